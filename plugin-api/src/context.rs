@@ -1,0 +1,151 @@
+//! The host's services as a plugin instance sees them.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::abi::{HostVTable, RStr, link_code, log_level};
+use crate::{LinkError, Request, Response};
+
+/// Handle to the host for one plugin instance: outbound links, timers, logs.
+/// Cheap to clone; move it into the futures that need it.
+#[derive(Clone)]
+pub struct Context {
+    host: *const HostVTable,
+    ctx: *const c_void,
+}
+
+// SAFETY: the host guarantees that its vtable is immutable for the life of the
+// process and that `ctx` stays valid and thread-safe for as long as the
+// instance (and any future it returned) exists.
+unsafe impl Send for Context {}
+// SAFETY: as above; every host service takes `ctx` by shared pointer.
+unsafe impl Sync for Context {}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Wraps the host pointers handed to `create`.
+    ///
+    /// # Safety
+    /// `host` must point to a vtable valid for the life of the instance and
+    /// `ctx` must be the context the host gave for this instance.
+    pub unsafe fn from_raw(host: *const HostVTable, ctx: *const c_void) -> Self {
+        Self { host, ctx }
+    }
+
+    fn host(&self) -> &HostVTable {
+        // SAFETY: see `from_raw`.
+        unsafe { &*self.host }
+    }
+
+    /// The name of this instance's tier.
+    pub fn tier(&self) -> String {
+        // SAFETY: `ctx` is this instance's host context; the name lives as long as it.
+        unsafe { (self.host().instance)(self.ctx).tier.to_string_lossy() }
+    }
+
+    /// This instance's replica index, from 0.
+    pub fn replica(&self) -> u32 {
+        // SAFETY: as for `tier`.
+        unsafe { (self.host().instance)(self.ctx).replica }
+    }
+
+    /// Calls outbound link `link` with `req`.
+    pub fn call(
+        &self,
+        link: &str,
+        req: Request,
+    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+        let call_link = self.host().call_link;
+        let ctx = self.ctx;
+        // SAFETY: `req` and `link` outlive this synchronous call, during which
+        // the host copies what it needs.
+        let fut =
+            req.with_raw(|raw| unsafe { call_link(ctx, RStr::from_bytes(link.as_bytes()), raw) });
+        async move {
+            let result = fut.await;
+            if result.code == link_code::OK {
+                Ok(Response::from_raw(result.response))
+            } else {
+                Err(LinkError::from_code(
+                    result.code,
+                    String::from_utf8_lossy(result.message.as_bytes()).into_owned(),
+                ))
+            }
+        }
+    }
+
+    /// A handle for outbound link `name`.
+    pub fn link<'a>(&'a self, name: &'a str) -> Link<'a> {
+        Link { cx: self, name }
+    }
+
+    /// Completes after `duration`, on the host's timer.
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        // SAFETY: `sleep` is a host function taking plain data.
+        unsafe { (self.host().sleep)(nanos) }
+    }
+
+    fn log(&self, level: u32, message: fmt::Arguments<'_>) {
+        let text = message.to_string();
+        // SAFETY: `ctx` is this instance's host context; the message outlives the call.
+        unsafe { (self.host().log)(self.ctx, level, RStr::from_bytes(text.as_bytes())) }
+    }
+
+    pub fn error(&self, message: impl fmt::Display) {
+        self.log(log_level::ERROR, format_args!("{message}"));
+    }
+
+    pub fn warn(&self, message: impl fmt::Display) {
+        self.log(log_level::WARN, format_args!("{message}"));
+    }
+
+    pub fn info(&self, message: impl fmt::Display) {
+        self.log(log_level::INFO, format_args!("{message}"));
+    }
+
+    pub fn debug(&self, message: impl fmt::Display) {
+        self.log(log_level::DEBUG, format_args!("{message}"));
+    }
+}
+
+/// An outbound link, named as the caller sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Link<'a> {
+    cx: &'a Context,
+    name: &'a str,
+}
+
+impl Link<'_> {
+    pub fn call(
+        &self,
+        req: Request,
+    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+        self.cx.call(self.name, req)
+    }
+
+    pub fn get(
+        &self,
+        uri: &str,
+    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+        self.call(Request::get(uri))
+    }
+
+    /// POSTs `value` as JSON to `uri`.
+    pub fn post_json<T: Serialize + ?Sized>(
+        &self,
+        uri: &str,
+        value: &T,
+    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+        self.call(Request::post(uri).with_json(value))
+    }
+}

@@ -1,0 +1,221 @@
+//! The glue [`export_plugin!`](crate::export_plugin) generates calls into:
+//! `extern "C"` shims that adapt a [`Plugin`] to the ABI. Every shim catches
+//! panics, so none unwinds into the host.
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use async_ffi::{FfiFuture, FutureExt as _};
+use futures_util::FutureExt as _;
+use http::StatusCode;
+
+use crate::abi::{HostVTable, RBuf, RStr, RawRequest, RawResponse};
+use crate::{ConfigIssue, Context, Plugin, Request, Response, ValidateContext};
+
+struct Instance<P> {
+    plugin: Arc<P>,
+    cx: Context,
+}
+
+/// Text of a panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+/// Deserializes a plugin from its configuration, with the path of the first error.
+pub fn parse_config<P: Plugin>(config: &[u8]) -> Result<P, ConfigIssue> {
+    let mut de = serde_json::Deserializer::from_slice(config);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        // serde_json appends " at line 1 column N" of the JSON text: meaningless to the user.
+        let message = match message.rfind(" at line ") {
+            Some(i) => message[..i].to_owned(),
+            None => message,
+        };
+        ConfigIssue::new(path, message)
+    })
+}
+
+/// # Safety
+/// `config` and `links` must be valid for reads during the call.
+pub unsafe extern "C" fn validate<P: Plugin>(config: RStr, links: RStr) -> RBuf {
+    let result = catch_unwind(|| {
+        // SAFETY: the caller guarantees both slices are readable.
+        let (config, links) = unsafe { (config.as_bytes(), links.to_string_lossy()) };
+        let cx = ValidateContext::new(
+            links
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        );
+        let issues = match parse_config::<P>(config) {
+            Ok(plugin) => plugin.validate(&cx).err().unwrap_or_default(),
+            Err(issue) => vec![issue],
+        };
+        serde_json::to_vec(&issues).unwrap_or_default()
+    });
+    let json = result.unwrap_or_else(|payload| {
+        let issue = ConfigIssue::new(
+            "",
+            format!(
+                "the plugin panicked while validating: {}",
+                panic_message(&*payload)
+            ),
+        );
+        serde_json::to_vec(&[issue]).unwrap_or_default()
+    });
+    RBuf::from_vec(json)
+}
+
+/// # Safety
+/// `config` must be readable; `host` and `host_ctx` must satisfy
+/// [`Context::from_raw`]; `out` must be writable.
+pub unsafe extern "C" fn create<P: Plugin>(
+    config: RStr,
+    host: *const HostVTable,
+    host_ctx: *const c_void,
+    out: *mut *const c_void,
+) -> RBuf {
+    let result = catch_unwind(|| {
+        // SAFETY: the caller guarantees `config` is readable.
+        let plugin = parse_config::<P>(unsafe { config.as_bytes() }).map_err(|issue| {
+            if issue.path.is_empty() {
+                issue.message
+            } else {
+                format!("{}: {}", issue.path, issue.message)
+            }
+        })?;
+        // SAFETY: forwarded from the caller.
+        let cx = unsafe { Context::from_raw(host, host_ctx) };
+        Ok::<_, String>(Box::into_raw(Box::new(Instance {
+            plugin: Arc::new(plugin),
+            cx,
+        })))
+    });
+    match result {
+        Ok(Ok(instance)) => {
+            // SAFETY: the caller guarantees `out` is writable.
+            unsafe { *out = instance.cast::<c_void>() };
+            RBuf::empty()
+        }
+        Ok(Err(message)) => RBuf::from_vec(message.into_bytes()),
+        Err(payload) => RBuf::from_vec(
+            format!(
+                "the plugin panicked while starting: {}",
+                panic_message(&*payload)
+            )
+            .into_bytes(),
+        ),
+    }
+}
+
+fn ready(response: Response) -> FfiFuture<RawResponse> {
+    std::future::ready(response.into_raw()).into_ffi()
+}
+
+/// # Safety
+/// `instance` must come from [`create`] with the same `P` and not be destroyed;
+/// `req` must be readable during the call.
+pub unsafe extern "C" fn handle<P: Plugin>(
+    instance: *const c_void,
+    req: *const RawRequest,
+) -> FfiFuture<RawResponse> {
+    let started = catch_unwind(|| {
+        // SAFETY: the caller guarantees `instance` is a live `Instance<P>` and `req` is readable.
+        let (instance, raw) = unsafe { (&*instance.cast::<Instance<P>>(), &*req) };
+        // SAFETY: as above.
+        let request = unsafe { Request::from_raw(raw) };
+        (instance.plugin.clone(), instance.cx.clone(), request)
+    });
+    match started {
+        Ok((plugin, cx, Ok(request))) => async move {
+            let response = AssertUnwindSafe(async move { plugin.handle(request, cx).await })
+                .catch_unwind()
+                .await;
+            match response {
+                Ok(response) => response.into_raw(),
+                Err(payload) => Response::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("the handler panicked: {}", panic_message(&*payload)),
+                )
+                .into_raw(),
+            }
+        }
+        .into_ffi(),
+        Ok((_, _, Err(reason))) => ready(Response::error(StatusCode::BAD_REQUEST, &reason)),
+        Err(payload) => ready(Response::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the plugin panicked: {}", panic_message(&*payload)),
+        )),
+    }
+}
+
+/// # Safety
+/// `instance` must come from [`create`] with the same `P`, and no call on it may
+/// be running or follow.
+pub unsafe extern "C" fn destroy<P: Plugin>(instance: *const c_void) {
+    // A panic in a plugin's Drop must not unwind into the host; the instance is
+    // gone either way.
+    let _ = catch_unwind(|| {
+        // SAFETY: the caller guarantees `instance` came from `create::<P>` and is dropped once.
+        drop(unsafe { Box::from_raw(instance.cast::<Instance<P>>().cast_mut()) });
+    });
+}
+
+/// Exports a [`Plugin`](crate::Plugin) type from a `cdylib` under the crate's
+/// name and version.
+///
+/// ```ignore
+/// plugin_api::export_plugin!(Hello);
+/// ```
+///
+/// The plugin's name is the library crate's name (`[lib] name`), which is also
+/// the file the host looks for (`lib<name>.so`).
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        $crate::declare_plugin!($plugin);
+
+        /// The entry point the orchestrator looks up.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn orchestrator_plugin_declaration() -> *const $crate::abi::PluginDecl {
+            &__ORCHESTRATOR_PLUGIN_DECL
+        }
+    };
+}
+
+/// Declares a plugin's ABI table without exporting a symbol: what built-in
+/// plugins linked into the host use (they are reached through
+/// `plugin_declaration()`), and what [`export_plugin!`] builds on.
+#[macro_export]
+macro_rules! declare_plugin {
+    ($plugin:ty) => {
+        static __ORCHESTRATOR_PLUGIN_DECL: $crate::abi::PluginDecl = $crate::abi::PluginDecl {
+            abi_version: $crate::abi::ABI_VERSION,
+            api_version: $crate::abi::RStr::from_static($crate::API_VERSION),
+            name: $crate::abi::RStr::from_static(env!("CARGO_CRATE_NAME")),
+            version: $crate::abi::RStr::from_static(env!("CARGO_PKG_VERSION")),
+            serves: $crate::LinkKind::bits(<$plugin as $crate::Plugin>::SERVES),
+            validate: $crate::export::validate::<$plugin>,
+            create: $crate::export::create::<$plugin>,
+            handle: $crate::export::handle::<$plugin>,
+            destroy: $crate::export::destroy::<$plugin>,
+        };
+
+        /// This plugin's ABI declaration.
+        pub fn plugin_declaration() -> &'static $crate::abi::PluginDecl {
+            &__ORCHESTRATOR_PLUGIN_DECL
+        }
+    };
+}

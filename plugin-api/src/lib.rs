@@ -1,0 +1,66 @@
+//! Everything a tier plugin for the orchestrator depends on.
+//!
+//! A plugin is a type that implements [`Plugin`] (one required method,
+//! [`Plugin::handle`]) and a call to [`export_plugin!`]; build the crate as a
+//! `cdylib` and name it in a topology's `plugin:` key.
+//!
+//! ```ignore
+//! use plugin_api::prelude::*;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(crate = "plugin_api::serde", default, deny_unknown_fields)]
+//! struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl Default for Hello {
+//!     fn default() -> Self {
+//!         Self { greeting: "Hello!".into() }
+//!     }
+//! }
+//!
+//! impl Plugin for Hello {
+//!     async fn handle(&self, _req: Request, _cx: Context) -> Response {
+//!         Response::text(self.greeting.clone())
+//!     }
+//! }
+//!
+//! export_plugin!(Hello);
+//! ```
+//!
+//! Layout:
+//! - [`abi`] — the C ABI: the only types that cross between host and plugin;
+//! - `message` — [`Request`] and [`Response`];
+//! - `context` — [`Context`], the host's services (outbound links, timers, logs);
+//! - `plugin` — the [`Plugin`] trait;
+//! - [`export`] — the `extern "C"` shims behind [`export_plugin!`];
+//! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host.
+
+pub mod abi;
+mod context;
+pub mod export;
+mod message;
+mod plugin;
+pub mod testing;
+mod types;
+
+pub use bytes::{self, Bytes};
+pub use context::{Context, Link};
+pub use http::{self, HeaderMap, Method, StatusCode};
+pub use message::{Request, Response};
+pub use plugin::Plugin;
+pub use types::{ConfigIssue, LinkError, LinkErrorKind, LinkKind, ValidateContext};
+pub use {serde, serde_json};
+
+/// Version of this crate, recorded in every plugin's declaration. The host
+/// accepts plugins built against a caret-compatible version.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The names most plugins need.
+pub mod prelude {
+    pub use crate::serde::{Deserialize, Serialize};
+    pub use crate::{
+        ConfigIssue, Context, LinkError, LinkKind, Plugin, Request, Response, StatusCode,
+        ValidateContext, export_plugin,
+    };
+}

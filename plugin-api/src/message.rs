@@ -1,0 +1,223 @@
+//! Requests and responses as a plugin sees them.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::abi::{self, RBuf, RStr, RawRequest, RawResponse};
+
+/// An HTTP-shaped request: what a tier receives and what it sends on a link.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: Method,
+    /// Path and query, e.g. `/api/items?page=2`.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn new(method: Method, uri: impl Into<String>) -> Self {
+        Self {
+            method,
+            uri: uri.into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn get(uri: impl Into<String>) -> Self {
+        Self::new(Method::GET, uri)
+    }
+
+    pub fn post(uri: impl Into<String>) -> Self {
+        Self::new(Method::POST, uri)
+    }
+
+    /// Sets the body and the `content-type: application/json` header.
+    pub fn with_json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        self.body = serde_json::to_vec(value)
+            .map(Bytes::from)
+            .unwrap_or_default();
+        self.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Adds a header; an invalid name or value is ignored.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            self.headers.append(n, v);
+        }
+        self
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.uri.split_once('?').map_or(&self.uri, |(p, _)| p)
+    }
+
+    /// The query string, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.uri.split_once('?').map(|(_, q)| q)
+    }
+
+    /// Parses the body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+
+    /// Copies a borrowed raw request.
+    ///
+    /// # Safety
+    /// Every `RStr` in `raw` must be valid for reads.
+    pub unsafe fn from_raw(raw: &RawRequest) -> Result<Self, String> {
+        // SAFETY: forwarded to the caller.
+        let (method, uri, headers, body) = unsafe {
+            (
+                raw.method.as_bytes(),
+                raw.uri.as_bytes(),
+                raw.headers.as_bytes(),
+                raw.body.as_bytes(),
+            )
+        };
+        let method = Method::from_bytes(method).map_err(|_| "invalid request method".to_owned())?;
+        let uri = std::str::from_utf8(uri).map_err(|_| "request URI is not UTF-8".to_owned())?;
+        Ok(Self {
+            method,
+            uri: uri.to_owned(),
+            headers: abi::decode_header_map(headers),
+            body: Bytes::copy_from_slice(body),
+        })
+    }
+
+    /// Lends this request as a [`RawRequest`] to `f`.
+    pub fn with_raw<R>(&self, f: impl FnOnce(&RawRequest) -> R) -> R {
+        let mut headers = Vec::with_capacity(64);
+        abi::encode_header_map(&self.headers, &mut headers);
+        let raw = RawRequest {
+            method: RStr::from_bytes(self.method.as_str().as_bytes()),
+            uri: RStr::from_bytes(self.uri.as_bytes()),
+            headers: RStr::from_bytes(&headers),
+            body: RStr::from_bytes(&self.body),
+        };
+        f(&raw)
+    }
+}
+
+/// An HTTP-shaped response.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Self::new(StatusCode::OK)
+    }
+}
+
+impl Response {
+    pub fn new(status: StatusCode) -> Self {
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// `200 OK` with a JSON body.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                let mut r = Self::new(StatusCode::OK).with_body(body);
+                r.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => Self::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot encode JSON: {e}"),
+            ),
+        }
+    }
+
+    /// `200 OK` with a plain-text body.
+    pub fn text(body: impl Into<String>) -> Self {
+        let mut r = Self::new(StatusCode::OK).with_body(body.into());
+        r.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+
+    /// A JSON error body `{"error": message}` with `status`.
+    pub fn error(status: StatusCode, message: &str) -> Self {
+        Self::json(&serde_json::json!({ "error": message })).with_status(status)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Adds a header; an invalid name or value is ignored.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            self.headers.append(n, v);
+        }
+        self
+    }
+
+    /// Parses the body as JSON.
+    pub fn json_body<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+
+    /// Hands this response over the ABI. The body is not copied when it is
+    /// uniquely owned.
+    pub fn into_raw(self) -> RawResponse {
+        let mut headers = Vec::new();
+        abi::encode_header_map(&self.headers, &mut headers);
+        RawResponse {
+            status: self.status.as_u16(),
+            headers: RBuf::from_vec(headers),
+            body: RBuf::from_vec(Vec::from(self.body)),
+        }
+    }
+
+    /// Takes a response from the ABI. The body is not copied: it is freed by
+    /// the side that allocated it when the last `Bytes` referring to it drops.
+    pub fn from_raw(raw: RawResponse) -> Self {
+        let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = abi::decode_header_map(raw.headers.as_bytes());
+        let body = if raw.body.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from_owner(raw.body)
+        };
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+}

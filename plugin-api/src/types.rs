@@ -1,0 +1,173 @@
+//! Small shared vocabulary: link kinds, link errors, configuration issues.
+
+use std::fmt;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::Response;
+use crate::abi::link_code;
+
+/// How a link carries traffic. A plugin declares which kinds it can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    Rest,
+    Rpc,
+    Queue,
+}
+
+impl LinkKind {
+    pub const ALL: [LinkKind; 3] = [LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
+
+    /// This kind's bit in `PluginDecl::serves`.
+    pub const fn bit(self) -> u32 {
+        match self {
+            LinkKind::Rest => 1,
+            LinkKind::Rpc => 2,
+            LinkKind::Queue => 4,
+        }
+    }
+
+    /// The bit set for `kinds`.
+    pub const fn bits(kinds: &[LinkKind]) -> u32 {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= kinds[i].bit();
+            i += 1;
+        }
+        bits
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkKind::Rest => "rest",
+            LinkKind::Rpc => "rpc",
+            LinkKind::Queue => "queue",
+        }
+    }
+}
+
+impl fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a link call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkErrorKind {
+    /// The caller has no outbound link of that name.
+    UnknownLink,
+    /// The target has no ready replica.
+    Unavailable,
+    /// The call did not complete within the link's timeout.
+    Timeout,
+    /// The target failed while handling the call.
+    Upstream,
+}
+
+/// A failed link call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkError {
+    pub kind: LinkErrorKind,
+    pub message: String,
+}
+
+impl LinkError {
+    pub fn new(kind: LinkErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The status a gateway answers with: 503 unavailable, 504 timeout, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            LinkErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            LinkErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            LinkErrorKind::Upstream | LinkErrorKind::UnknownLink => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The JSON error response for this failure.
+    pub fn to_response(&self) -> Response {
+        Response::error(self.status(), &self.message)
+    }
+
+    pub(crate) fn from_code(code: u32, message: String) -> Self {
+        let kind = match code {
+            link_code::UNKNOWN_LINK => LinkErrorKind::UnknownLink,
+            link_code::UNAVAILABLE => LinkErrorKind::Unavailable,
+            link_code::TIMEOUT => LinkErrorKind::Timeout,
+            _ => LinkErrorKind::Upstream,
+        };
+        Self { kind, message }
+    }
+
+    /// This error's code in [`link_code`].
+    pub fn code(&self) -> u32 {
+        match self.kind {
+            LinkErrorKind::UnknownLink => link_code::UNKNOWN_LINK,
+            LinkErrorKind::Unavailable => link_code::UNAVAILABLE,
+            LinkErrorKind::Timeout => link_code::TIMEOUT,
+            LinkErrorKind::Upstream => link_code::UPSTREAM,
+        }
+    }
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// A problem a plugin found in its tier's `config`. `path` is relative to
+/// `config` (`routes[0].link`); the host locates it in the topology file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl ConfigIssue {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// What a plugin may consult while validating its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ValidateContext {
+    links: Vec<String>,
+}
+
+impl ValidateContext {
+    pub fn new(links: Vec<String>) -> Self {
+        Self { links }
+    }
+
+    /// Names of the tier's outbound links.
+    pub fn links(&self) -> &[String] {
+        &self.links
+    }
+
+    pub fn has_link(&self, name: &str) -> bool {
+        self.links.iter().any(|l| l == name)
+    }
+}

@@ -1,0 +1,66 @@
+//! A fixture for the integration tests. Paths:
+//! - `/whoami` — `{"tier": ..., "replica": n, "tag": config.tag}`;
+//! - `/panic` — panics inside the handler;
+//! - `/sleep/<ms>` — answers after `ms` milliseconds on the host's timer;
+//! - `/call/<link>/<rest>` — forwards to outbound link `link` with path `/<rest>`;
+//! - anything else — echoes method, path and body.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use plugin_api::prelude::*;
+use plugin_api::serde_json::json;
+
+#[derive(Deserialize, Default)]
+#[serde(crate = "plugin_api::serde", default, deny_unknown_fields)]
+struct Testkit {
+    tag: String,
+    /// Makes validation fail, to test how plugin config errors are located.
+    reject: bool,
+}
+
+impl Plugin for Testkit {
+    fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
+        if self.reject {
+            return Err(vec![
+                ConfigIssue::new("reject", "rejected on request").with_hint("set `reject: false`"),
+            ]);
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request, cx: Context) -> Response {
+        let path = req.path().to_owned();
+        if path == "/whoami" {
+            return Response::json(
+                &json!({ "tier": cx.tier(), "replica": cx.replica(), "tag": self.tag }),
+            );
+        }
+        if path == "/panic" {
+            panic!("asked to panic");
+        }
+        if let Some(ms) = path.strip_prefix("/sleep/") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            cx.sleep(Duration::from_millis(ms)).await;
+            return Response::json(&json!({ "slept_ms": ms, "replica": cx.replica() }));
+        }
+        if let Some(rest) = path.strip_prefix("/call/") {
+            let (link, uri) = rest.split_once('/').unwrap_or((rest, ""));
+            let mut forwarded = req.clone();
+            forwarded.uri = format!("/{uri}");
+            return match cx.call(link, forwarded).await {
+                Ok(resp) => resp,
+                Err(e) => e.to_response(),
+            };
+        }
+        Response::json(&json!({
+            "method": req.method.as_str(),
+            "path": path,
+            "body": String::from_utf8_lossy(&req.body),
+            "replica": cx.replica(),
+        }))
+    }
+}
+
+export_plugin!(Testkit);
