@@ -41,18 +41,12 @@ pub struct RStr {
 impl RStr {
     /// Borrows a `'static` string.
     pub const fn from_static(s: &'static str) -> Self {
-        Self {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        Self { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// Borrows `bytes`; the result must not outlive them.
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        Self {
-            ptr: bytes.as_ptr(),
-            len: bytes.len(),
-        }
+        Self { ptr: bytes.as_ptr(), len: bytes.len() }
     }
 
     /// The borrowed bytes.
@@ -105,12 +99,7 @@ unsafe extern "C" fn free_vec(ptr: *mut u8, len: usize, cap: usize) {
 impl RBuf {
     /// An empty buffer that owns nothing.
     pub const fn empty() -> Self {
-        Self {
-            ptr: NonNull::dangling().as_ptr(),
-            len: 0,
-            cap: 0,
-            free: None,
-        }
+        Self { ptr: NonNull::dangling().as_ptr(), len: 0, cap: 0, free: None }
     }
 
     /// Takes ownership of `v`; it is freed by this library's allocator.
@@ -119,12 +108,7 @@ impl RBuf {
             return Self::empty();
         }
         let mut v = std::mem::ManuallyDrop::new(v);
-        Self {
-            ptr: v.as_mut_ptr(),
-            len: v.len(),
-            cap: v.capacity(),
-            free: Some(free_vec),
-        }
+        Self { ptr: v.as_mut_ptr(), len: v.len(), cap: v.capacity(), free: Some(free_vec) }
     }
 
     pub fn len(&self) -> usize {
@@ -219,17 +203,17 @@ pub struct HostVTable {
     pub abi_version: u32,
     /// Calls outbound link `link` of the instance identified by `host_ctx`. The
     /// host copies what it needs from `req` before returning.
-    pub call_link: unsafe extern "C" fn(
-        host_ctx: *const c_void,
-        link: RStr,
-        req: *const RawRequest,
-    ) -> FfiFuture<RawLinkResult>,
+    pub call_link:
+        unsafe extern "C" fn(host_ctx: *const c_void, link: RStr, req: *const RawRequest) -> FfiFuture<RawLinkResult>,
     /// Completes after `nanos` nanoseconds.
     pub sleep: unsafe extern "C" fn(nanos: u64) -> FfiFuture<()>,
     /// Emits a log line attributed to the instance.
     pub log: unsafe extern "C" fn(host_ctx: *const c_void, level: u32, message: RStr),
     /// Which tier and replica the instance is; the name lives as long as the instance.
     pub instance: unsafe extern "C" fn(host_ctx: *const c_void) -> InstanceInfo,
+    /// Looks up the tier's environment variable `key` (from the topology's
+    /// `env:`); a null `ptr` means unset. The value lives as long as the instance.
+    pub env: unsafe extern "C" fn(host_ctx: *const c_void, key: RStr) -> RStr,
 }
 
 /// Identity of a plugin instance.
@@ -263,10 +247,7 @@ pub struct PluginDecl {
         out: *mut *const c_void,
     ) -> RBuf,
     /// Handles one request. The plugin copies `req` before returning.
-    pub handle: unsafe extern "C" fn(
-        instance: *const c_void,
-        req: *const RawRequest,
-    ) -> FfiFuture<RawResponse>,
+    pub handle: unsafe extern "C" fn(instance: *const c_void, req: *const RawRequest) -> FfiFuture<RawResponse>,
     /// Destroys an instance made by `create`.
     pub destroy: unsafe extern "C" fn(instance: *const c_void),
 }
@@ -276,10 +257,7 @@ pub struct PluginDecl {
 unsafe impl Sync for PluginDecl {}
 
 /// Appends headers to `out` as `u32 LE name length, name, u32 LE value length, value`.
-pub fn encode_headers<'a>(
-    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    out: &mut Vec<u8>,
-) {
+pub fn encode_headers<'a>(headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, out: &mut Vec<u8>) {
     for (name, value) in headers {
         for part in [name, value] {
             let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
@@ -310,22 +288,14 @@ pub fn decode_headers(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> 
 
 /// Encodes an `http::HeaderMap`.
 pub fn encode_header_map(headers: &http::HeaderMap, out: &mut Vec<u8>) {
-    encode_headers(
-        headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        out,
-    );
+    encode_headers(headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), out);
 }
 
 /// Decodes into an `http::HeaderMap`, skipping entries that are not valid headers.
 pub fn decode_header_map(bytes: &[u8]) -> http::HeaderMap {
     let mut map = http::HeaderMap::new();
     for (name, value) in decode_headers(bytes) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name),
-            http::HeaderValue::from_bytes(value),
-        ) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) {
             map.append(name, value);
         }
     }
@@ -339,21 +309,9 @@ mod tests {
     #[test]
     fn headers_round_trip() {
         let mut buf = Vec::new();
-        encode_headers(
-            [
-                (&b"content-type"[..], &b"application/json"[..]),
-                (b"x-a", b""),
-            ],
-            &mut buf,
-        );
+        encode_headers([(&b"content-type"[..], &b"application/json"[..]), (b"x-a", b"")], &mut buf);
         let decoded: Vec<_> = decode_headers(&buf).collect();
-        assert_eq!(
-            decoded,
-            vec![
-                (&b"content-type"[..], &b"application/json"[..]),
-                (&b"x-a"[..], &b""[..])
-            ]
-        );
+        assert_eq!(decoded, vec![(&b"content-type"[..], &b"application/json"[..]), (&b"x-a"[..], &b""[..])]);
     }
 
     #[test]

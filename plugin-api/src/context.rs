@@ -58,27 +58,28 @@ impl Context {
         unsafe { (self.host().instance)(self.ctx).replica }
     }
 
+    /// The tier's environment variable `key`, from the topology's `env:`.
+    pub fn env(&self, key: &str) -> Option<String> {
+        // SAFETY: `ctx` is this instance's host context; `key` outlives the call and
+        // the returned value lives as long as the instance.
+        let value = unsafe { (self.host().env)(self.ctx, RStr::from_bytes(key.as_bytes())) };
+        // SAFETY: as above.
+        (!value.ptr.is_null()).then(|| unsafe { value.to_string_lossy() })
+    }
+
     /// Calls outbound link `link` with `req`.
-    pub fn call(
-        &self,
-        link: &str,
-        req: Request,
-    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+    pub fn call(&self, link: &str, req: Request) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
         let call_link = self.host().call_link;
         let ctx = self.ctx;
         // SAFETY: `req` and `link` outlive this synchronous call, during which
         // the host copies what it needs.
-        let fut =
-            req.with_raw(|raw| unsafe { call_link(ctx, RStr::from_bytes(link.as_bytes()), raw) });
+        let fut = req.with_raw(|raw| unsafe { call_link(ctx, RStr::from_bytes(link.as_bytes()), raw) });
         async move {
             let result = fut.await;
             if result.code == link_code::OK {
                 Ok(Response::from_raw(result.response))
             } else {
-                Err(LinkError::from_code(
-                    result.code,
-                    String::from_utf8_lossy(result.message.as_bytes()).into_owned(),
-                ))
+                Err(LinkError::from_code(result.code, String::from_utf8_lossy(result.message.as_bytes()).into_owned()))
             }
         }
     }
@@ -126,17 +127,11 @@ pub struct Link<'a> {
 }
 
 impl Link<'_> {
-    pub fn call(
-        &self,
-        req: Request,
-    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+    pub fn call(&self, req: Request) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
         self.cx.call(self.name, req)
     }
 
-    pub fn get(
-        &self,
-        uri: &str,
-    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+    pub fn get(&self, uri: &str) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
         self.call(Request::get(uri))
     }
 

@@ -52,13 +52,7 @@ pub unsafe extern "C" fn validate<P: Plugin>(config: RStr, links: RStr) -> RBuf 
     let result = catch_unwind(|| {
         // SAFETY: the caller guarantees both slices are readable.
         let (config, links) = unsafe { (config.as_bytes(), links.to_string_lossy()) };
-        let cx = ValidateContext::new(
-            links
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        );
+        let cx = ValidateContext::new(links.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect());
         let issues = match parse_config::<P>(config) {
             Ok(plugin) => plugin.validate(&cx).err().unwrap_or_default(),
             Err(issue) => vec![issue],
@@ -66,13 +60,7 @@ pub unsafe extern "C" fn validate<P: Plugin>(config: RStr, links: RStr) -> RBuf 
         serde_json::to_vec(&issues).unwrap_or_default()
     });
     let json = result.unwrap_or_else(|payload| {
-        let issue = ConfigIssue::new(
-            "",
-            format!(
-                "the plugin panicked while validating: {}",
-                panic_message(&*payload)
-            ),
-        );
+        let issue = ConfigIssue::new("", format!("the plugin panicked while validating: {}", panic_message(&*payload)));
         serde_json::to_vec(&[issue]).unwrap_or_default()
     });
     RBuf::from_vec(json)
@@ -90,18 +78,11 @@ pub unsafe extern "C" fn create<P: Plugin>(
     let result = catch_unwind(|| {
         // SAFETY: the caller guarantees `config` is readable.
         let plugin = parse_config::<P>(unsafe { config.as_bytes() }).map_err(|issue| {
-            if issue.path.is_empty() {
-                issue.message
-            } else {
-                format!("{}: {}", issue.path, issue.message)
-            }
+            if issue.path.is_empty() { issue.message } else { format!("{}: {}", issue.path, issue.message) }
         })?;
         // SAFETY: forwarded from the caller.
         let cx = unsafe { Context::from_raw(host, host_ctx) };
-        Ok::<_, String>(Box::into_raw(Box::new(Instance {
-            plugin: Arc::new(plugin),
-            cx,
-        })))
+        Ok::<_, String>(Box::into_raw(Box::new(Instance { plugin: Arc::new(plugin), cx })))
     });
     match result {
         Ok(Ok(instance)) => {
@@ -110,13 +91,9 @@ pub unsafe extern "C" fn create<P: Plugin>(
             RBuf::empty()
         }
         Ok(Err(message)) => RBuf::from_vec(message.into_bytes()),
-        Err(payload) => RBuf::from_vec(
-            format!(
-                "the plugin panicked while starting: {}",
-                panic_message(&*payload)
-            )
-            .into_bytes(),
-        ),
+        Err(payload) => {
+            RBuf::from_vec(format!("the plugin panicked while starting: {}", panic_message(&*payload)).into_bytes())
+        }
     }
 }
 
@@ -127,10 +104,7 @@ fn ready(response: Response) -> FfiFuture<RawResponse> {
 /// # Safety
 /// `instance` must come from [`create`] with the same `P` and not be destroyed;
 /// `req` must be readable during the call.
-pub unsafe extern "C" fn handle<P: Plugin>(
-    instance: *const c_void,
-    req: *const RawRequest,
-) -> FfiFuture<RawResponse> {
+pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const RawRequest) -> FfiFuture<RawResponse> {
     let started = catch_unwind(|| {
         // SAFETY: the caller guarantees `instance` is a live `Instance<P>` and `req` is readable.
         let (instance, raw) = unsafe { (&*instance.cast::<Instance<P>>(), &*req) };
@@ -140,9 +114,7 @@ pub unsafe extern "C" fn handle<P: Plugin>(
     });
     match started {
         Ok((plugin, cx, Ok(request))) => async move {
-            let response = AssertUnwindSafe(async move { plugin.handle(request, cx).await })
-                .catch_unwind()
-                .await;
+            let response = AssertUnwindSafe(async move { plugin.handle(request, cx).await }).catch_unwind().await;
             match response {
                 Ok(response) => response.into_raw(),
                 Err(payload) => Response::error(

@@ -60,7 +60,7 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod prelude {
     pub use crate::serde::{Deserialize, Serialize};
     pub use crate::{
-        ConfigIssue, Context, LinkError, LinkKind, Plugin, Request, Response, StatusCode,
-        ValidateContext, export_plugin,
+        ConfigIssue, Context, LinkError, LinkKind, Plugin, Request, Response, StatusCode, ValidateContext,
+        export_plugin,
     };
 }

@@ -19,12 +19,7 @@ pub struct Request {
 
 impl Request {
     pub fn new(method: Method, uri: impl Into<String>) -> Self {
-        Self {
-            method,
-            uri: uri.into(),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-        }
+        Self { method, uri: uri.into(), headers: HeaderMap::new(), body: Bytes::new() }
     }
 
     pub fn get(uri: impl Into<String>) -> Self {
@@ -37,13 +32,8 @@ impl Request {
 
     /// Sets the body and the `content-type: application/json` header.
     pub fn with_json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
-        self.body = serde_json::to_vec(value)
-            .map(Bytes::from)
-            .unwrap_or_default();
-        self.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        self.body = serde_json::to_vec(value).map(Bytes::from).unwrap_or_default();
+        self.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self
     }
 
@@ -81,14 +71,8 @@ impl Request {
     /// Every `RStr` in `raw` must be valid for reads.
     pub unsafe fn from_raw(raw: &RawRequest) -> Result<Self, String> {
         // SAFETY: forwarded to the caller.
-        let (method, uri, headers, body) = unsafe {
-            (
-                raw.method.as_bytes(),
-                raw.uri.as_bytes(),
-                raw.headers.as_bytes(),
-                raw.body.as_bytes(),
-            )
-        };
+        let (method, uri, headers, body) =
+            unsafe { (raw.method.as_bytes(), raw.uri.as_bytes(), raw.headers.as_bytes(), raw.body.as_bytes()) };
         let method = Method::from_bytes(method).map_err(|_| "invalid request method".to_owned())?;
         let uri = std::str::from_utf8(uri).map_err(|_| "request URI is not UTF-8".to_owned())?;
         Ok(Self {
@@ -129,11 +113,7 @@ impl Default for Response {
 
 impl Response {
     pub fn new(status: StatusCode) -> Self {
-        Self {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-        }
+        Self { status, headers: HeaderMap::new(), body: Bytes::new() }
     }
 
     /// `200 OK` with a JSON body.
@@ -141,26 +121,17 @@ impl Response {
         match serde_json::to_vec(value) {
             Ok(body) => {
                 let mut r = Self::new(StatusCode::OK).with_body(body);
-                r.headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
+                r.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 r
             }
-            Err(e) => Self::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("cannot encode JSON: {e}"),
-            ),
+            Err(e) => Self::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}")),
         }
     }
 
     /// `200 OK` with a plain-text body.
     pub fn text(body: impl Into<String>) -> Self {
         let mut r = Self::new(StatusCode::OK).with_body(body.into());
-        r.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        r.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         r
     }
 
@@ -209,15 +180,7 @@ impl Response {
     pub fn from_raw(raw: RawResponse) -> Self {
         let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = abi::decode_header_map(raw.headers.as_bytes());
-        let body = if raw.body.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::from_owner(raw.body)
-        };
-        Self {
-            status,
-            headers,
-            body,
-        }
+        let body = if raw.body.is_empty() { Bytes::new() } else { Bytes::from_owner(raw.body) };
+        Self { status, headers, body }
     }
 }

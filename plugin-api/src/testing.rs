@@ -35,8 +35,7 @@ use std::time::Duration;
 use async_ffi::{FfiFuture, FutureExt as _};
 
 use crate::abi::{
-    ABI_VERSION, HostVTable, InstanceInfo, RBuf, RStr, RawLinkResult, RawRequest, RawResponse,
-    link_code,
+    ABI_VERSION, HostVTable, InstanceInfo, RBuf, RStr, RawLinkResult, RawRequest, RawResponse, link_code,
 };
 use crate::{ConfigIssue, LinkError, Plugin, Request, Response, export};
 
@@ -60,12 +59,7 @@ impl Default for TestHost {
 
 impl TestHost {
     pub fn new() -> Self {
-        Self {
-            state: HostState {
-                links: HashMap::new(),
-                logs: Mutex::new(Vec::new()),
-            },
-        }
+        Self { state: HostState { links: HashMap::new(), logs: Mutex::new(Vec::new()) } }
     }
 
     /// Answers outbound link `name` with `f`.
@@ -87,20 +81,10 @@ impl TestHost {
     /// host's links as the tier's outbound links.
     pub fn validate<P: Plugin>(&self, config: serde_json::Value) -> Vec<ConfigIssue> {
         let config = config.to_string();
-        let links = self
-            .state
-            .links
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let links = self.state.links.keys().cloned().collect::<Vec<_>>().join("\n");
         // SAFETY: both slices outlive the call.
-        let out = unsafe {
-            export::validate::<P>(
-                RStr::from_bytes(config.as_bytes()),
-                RStr::from_bytes(links.as_bytes()),
-            )
-        };
+        let out =
+            unsafe { export::validate::<P>(RStr::from_bytes(config.as_bytes()), RStr::from_bytes(links.as_bytes())) };
         serde_json::from_slice(out.as_bytes()).unwrap_or_default()
     }
 
@@ -108,10 +92,7 @@ impl TestHost {
     pub fn start<P: Plugin>(self, config: serde_json::Value) -> Result<TestInstance<P>, String> {
         let issues = self.validate::<P>(config.clone());
         if !issues.is_empty() {
-            let text: Vec<String> = issues
-                .iter()
-                .map(|i| format!("{}: {}", i.path, i.message))
-                .collect();
+            let text: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
             return Err(text.join("; "));
         }
         let state = Arc::new(self.state);
@@ -130,11 +111,7 @@ impl TestHost {
         if !err.is_empty() {
             return Err(String::from_utf8_lossy(err.as_bytes()).into_owned());
         }
-        Ok(TestInstance {
-            instance,
-            state,
-            _plugin: std::marker::PhantomData,
-        })
+        Ok(TestInstance { instance, state, _plugin: std::marker::PhantomData })
     }
 }
 
@@ -152,10 +129,7 @@ impl<P: Plugin> TestInstance<P> {
     }
 
     /// Sends `req` through the ABI.
-    pub fn call_async(
-        &self,
-        req: Request,
-    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+    pub fn call_async(&self, req: Request) -> impl std::future::Future<Output = Response> + Send + 'static {
         // SAFETY: `instance` is live until drop; `raw` outlives the call.
         let fut = req.with_raw(|raw| unsafe { export::handle::<P>(self.instance, raw) });
         async move { Response::from_raw(fut.await) }
@@ -163,11 +137,7 @@ impl<P: Plugin> TestInstance<P> {
 
     /// Lines the plugin logged, as `LEVEL message`.
     pub fn logs(&self) -> Vec<String> {
-        self.state
-            .logs
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        self.state.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -184,13 +154,7 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     pollster::block_on(fut)
 }
 
-static TEST_VTABLE: HostVTable = HostVTable {
-    abi_version: ABI_VERSION,
-    call_link,
-    sleep,
-    log,
-    instance,
-};
+static TEST_VTABLE: HostVTable = HostVTable { abi_version: ABI_VERSION, call_link, sleep, log, instance, env };
 
 unsafe extern "C" fn call_link(
     host_ctx: *const c_void,
@@ -198,34 +162,18 @@ unsafe extern "C" fn call_link(
     req: *const RawRequest,
 ) -> FfiFuture<RawLinkResult> {
     // SAFETY: host_ctx is the HostState a TestInstance keeps alive; link and req are readable now.
-    let (state, name, req) = unsafe {
-        (
-            &*host_ctx.cast::<HostState>(),
-            link.to_string_lossy(),
-            Request::from_raw(&*req),
-        )
-    };
+    let (state, name, req) =
+        unsafe { (&*host_ctx.cast::<HostState>(), link.to_string_lossy(), Request::from_raw(&*req)) };
     let result = match (state.links.get(&name), req) {
         (Some(f), Ok(req)) => f(req),
-        (None, _) => Err(LinkError::new(
-            crate::LinkErrorKind::UnknownLink,
-            format!("no outbound link named `{name}`"),
-        )),
+        (None, _) => Err(LinkError::new(crate::LinkErrorKind::UnknownLink, format!("no outbound link named `{name}`"))),
         (_, Err(e)) => Err(LinkError::new(crate::LinkErrorKind::Upstream, e)),
     };
     let raw = match result {
-        Ok(resp) => RawLinkResult {
-            code: link_code::OK,
-            response: resp.into_raw(),
-            message: RBuf::empty(),
-        },
+        Ok(resp) => RawLinkResult { code: link_code::OK, response: resp.into_raw(), message: RBuf::empty() },
         Err(e) => RawLinkResult {
             code: e.code(),
-            response: RawResponse {
-                status: 0,
-                headers: RBuf::empty(),
-                body: RBuf::empty(),
-            },
+            response: RawResponse { status: 0, headers: RBuf::empty(), body: RBuf::empty() },
             message: RBuf::from_vec(e.message.into_bytes()),
         },
     };
@@ -270,8 +218,9 @@ unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
 }
 
 unsafe extern "C" fn instance(_host_ctx: *const c_void) -> InstanceInfo {
-    InstanceInfo {
-        tier: RStr::from_static("test"),
-        replica: 0,
-    }
+    InstanceInfo { tier: RStr::from_static("test"), replica: 0 }
+}
+
+unsafe extern "C" fn env(_host_ctx: *const c_void, _key: RStr) -> RStr {
+    RStr { ptr: std::ptr::null(), len: 0 }
 }

@@ -77,10 +77,7 @@ pub struct LinkError {
 
 impl LinkError {
     pub fn new(kind: LinkErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 
     /// The status a gateway answers with: 503 unavailable, 504 timeout, 502 otherwise.
@@ -138,11 +135,7 @@ pub struct ConfigIssue {
 
 impl ConfigIssue {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-            hint: None,
-        }
+        Self { path: path.into(), message: message.into(), hint: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {

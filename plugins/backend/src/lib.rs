@@ -14,9 +14,7 @@ pub struct Backend {
 
 impl Default for Backend {
     fn default() -> Self {
-        Self {
-            greeting: "Hello Python!".to_owned(),
-        }
+        Self { greeting: "Hello Python!".to_owned() }
     }
 }
 
@@ -46,20 +44,11 @@ impl Plugin for Backend {
 
     async fn handle(&self, req: Request, _cx: Context) -> Response {
         if req.method != plugin_api::Method::POST {
-            return Response::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "POST a JSON object {\"message\": ...}",
-            );
+            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "POST a JSON object {\"message\": ...}");
         }
         match req.json::<Incoming>() {
-            Ok(incoming) => Response::json(&Outgoing {
-                message: &self.greeting,
-                data: incoming.message,
-            }),
-            Err(e) => Response::error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected a JSON object with `message`: {e}"),
-            ),
+            Ok(incoming) => Response::json(&Outgoing { message: &self.greeting, data: incoming.message }),
+            Err(e) => Response::error(StatusCode::BAD_REQUEST, &format!("expected a JSON object with `message`: {e}")),
         }
     }
 }
@@ -75,26 +64,17 @@ mod tests {
 
     #[test]
     fn answers_with_greeting_and_data() {
-        let backend = TestHost::new()
-            .start::<Backend>(json!({ "greeting": "Hi!" }))
-            .unwrap();
-        let resp =
-            backend.call(Request::post("/backend").with_json(&json!({ "message": "Hello Go!" })));
+        let backend = TestHost::new().start::<Backend>(json!({ "greeting": "Hi!" })).unwrap();
+        let resp = backend.call(Request::post("/backend").with_json(&json!({ "message": "Hello Go!" })));
         assert_eq!(resp.status, StatusCode::OK);
-        assert_eq!(
-            resp.json_body::<Value>().unwrap(),
-            json!({ "message": "Hi!", "data": "Hello Go!" })
-        );
+        assert_eq!(resp.json_body::<Value>().unwrap(), json!({ "message": "Hi!", "data": "Hello Go!" }));
     }
 
     #[test]
     fn greeting_defaults_to_hello_python() {
         let backend = TestHost::new().start::<Backend>(json!({})).unwrap();
         let resp = backend.call(Request::post("/").with_json(&json!({ "message": 1 })));
-        assert_eq!(
-            resp.json_body::<Value>().unwrap(),
-            json!({ "message": "Hello Python!", "data": 1 })
-        );
+        assert_eq!(resp.json_body::<Value>().unwrap(), json!({ "message": "Hello Python!", "data": 1 }));
     }
 
     #[test]
@@ -109,10 +89,7 @@ mod tests {
         let host = TestHost::new();
         let issues = host.validate::<Backend>(json!({ "greting": "x" }));
         assert_eq!(issues.len(), 1);
-        assert!(
-            issues[0].message.contains("unknown field `greting`"),
-            "{issues:?}"
-        );
+        assert!(issues[0].message.contains("unknown field `greting`"), "{issues:?}");
         let issues = host.validate::<Backend>(json!({ "greeting": " " }));
         assert_eq!(issues[0].path, "greeting");
     }

@@ -19,11 +19,7 @@ pub struct Frontend {
 
 impl Default for Frontend {
     fn default() -> Self {
-        Self {
-            link: "backend".to_owned(),
-            path: "/backend".to_owned(),
-            message: "Hello Go!".to_owned(),
-        }
+        Self { link: "backend".to_owned(), path: "/backend".to_owned(), message: "Hello Go!".to_owned() }
     }
 }
 
@@ -31,18 +27,14 @@ impl Plugin for Frontend {
     fn validate(&self, cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         if !cx.has_link(&self.link) {
             let hint = match cx.links() {
-                [] => format!(
-                    "add a link `{{ from: <this tier>, to: <backend tier>, kind: rest, name: {} }}`",
-                    self.link
-                ),
+                [] => {
+                    format!("add a link `{{ from: <this tier>, to: <backend tier>, kind: rest, name: {} }}`", self.link)
+                }
                 links => format!("this tier's links are: {}", links.join(", ")),
             };
             return Err(vec![
-                ConfigIssue::new(
-                    "link",
-                    format!("this tier has no outbound link named `{}`", self.link),
-                )
-                .with_hint(hint),
+                ConfigIssue::new("link", format!("this tier has no outbound link named `{}`", self.link))
+                    .with_hint(hint),
             ]);
         }
         Ok(())
@@ -52,11 +44,7 @@ impl Plugin for Frontend {
         if req.method != plugin_api::Method::GET {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
         }
-        match cx
-            .link(&self.link)
-            .post_json(&self.path, &json!({ "message": self.message }))
-            .await
-        {
+        match cx.link(&self.link).post_json(&self.path, &json!({ "message": self.message })).await {
             Ok(resp) => resp,
             Err(e) => {
                 cx.warn(format_args!("Backend call failed: {e}."));
@@ -85,20 +73,13 @@ mod tests {
         });
         let frontend = host.start::<Frontend>(json!({})).unwrap();
         let resp = frontend.call(Request::get("/api"));
-        assert_eq!(
-            resp.json_body::<Value>().unwrap(),
-            json!({ "message": "Hello Python!", "data": "Hello Go!" })
-        );
+        assert_eq!(resp.json_body::<Value>().unwrap(), json!({ "message": "Hello Python!", "data": "Hello Go!" }));
     }
 
     #[test]
     fn link_failure_becomes_gateway_error() {
-        let host = TestHost::new().link_result("backend", |_| {
-            Err(LinkError::new(
-                LinkErrorKind::Timeout,
-                "backend timed out after 2s",
-            ))
-        });
+        let host = TestHost::new()
+            .link_result("backend", |_| Err(LinkError::new(LinkErrorKind::Timeout, "backend timed out after 2s")));
         let frontend = host.start::<Frontend>(json!({})).unwrap();
         let resp = frontend.call(Request::get("/api"));
         assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);

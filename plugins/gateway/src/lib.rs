@@ -36,10 +36,7 @@ pub struct Gateway {
 impl Gateway {
     /// The route for `path`: the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .filter(|r| matches(&r.path, path))
-            .max_by_key(|r| r.path.len())
+        self.routes.iter().filter(|r| matches(&r.path, path)).max_by_key(|r| r.path.len())
     }
 }
 
@@ -78,28 +75,17 @@ impl Plugin for Gateway {
                 );
             }
         }
-        if issues.is_empty() {
-            Ok(())
-        } else {
-            Err(issues)
-        }
+        if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
 
     async fn handle(&self, mut req: Request, cx: Context) -> Response {
         let Some(route) = self.route(req.path()) else {
-            return Response::error(
-                StatusCode::NOT_FOUND,
-                &format!("no route for {}", req.path()),
-            );
+            return Response::error(StatusCode::NOT_FOUND, &format!("no route for {}", req.path()));
         };
         if route.strip_prefix {
             let prefix = route.path.trim_end_matches('/');
             let rest = &req.uri[prefix.len()..];
-            req.uri = if rest.is_empty() || rest.starts_with('?') {
-                format!("/{rest}")
-            } else {
-                rest.to_owned()
-            };
+            req.uri = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_owned() };
         }
         match cx.call(&route.link, req).await {
             Ok(resp) => resp,
@@ -122,12 +108,7 @@ mod tests {
         TestHost::new()
             .link("api", |req| Response::text(format!("api {}", req.uri)))
             .link("root", |req| Response::text(format!("root {}", req.uri)))
-            .link_result("down", |_| {
-                Err(LinkError::new(
-                    LinkErrorKind::Unavailable,
-                    "no ready replica",
-                ))
-            })
+            .link_result("down", |_| Err(LinkError::new(LinkErrorKind::Unavailable, "no ready replica")))
     }
 
     #[test]
@@ -144,31 +125,21 @@ mod tests {
         assert_eq!(gw.call(Request::get("/apix")).body, "root /apix");
         let down = gw.call(Request::get("/down"));
         assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            down.json_body::<Value>().unwrap(),
-            json!({ "error": "no ready replica" })
-        );
+        assert_eq!(down.json_body::<Value>().unwrap(), json!({ "error": "no ready replica" }));
     }
 
     #[test]
     fn strip_prefix_rewrites_the_path() {
         let gw = host()
-            .start::<Gateway>(
-                json!({ "routes": [{ "path": "/api/", "link": "api", "strip_prefix": true }] }),
-            )
+            .start::<Gateway>(json!({ "routes": [{ "path": "/api/", "link": "api", "strip_prefix": true }] }))
             .unwrap();
-        assert_eq!(
-            gw.call(Request::get("/api/items?x=1")).body,
-            "api /items?x=1"
-        );
+        assert_eq!(gw.call(Request::get("/api/items?x=1")).body, "api /items?x=1");
         assert_eq!(gw.call(Request::get("/api")).body, "api /");
     }
 
     #[test]
     fn unmatched_path_is_a_json_404() {
-        let gw = host()
-            .start::<Gateway>(json!({ "routes": [{ "path": "/api", "link": "api" }] }))
-            .unwrap();
+        let gw = host().start::<Gateway>(json!({ "routes": [{ "path": "/api", "link": "api" }] })).unwrap();
         let resp = gw.call(Request::get("/other"));
         assert_eq!(resp.status, StatusCode::NOT_FOUND);
         assert!(resp.json_body::<Value>().unwrap()["error"].is_string());
@@ -176,8 +147,7 @@ mod tests {
 
     #[test]
     fn unknown_link_and_bad_path_are_located_issues() {
-        let issues =
-            host().validate::<Gateway>(json!({ "routes": [{ "path": "api", "link": "apy" }] }));
+        let issues = host().validate::<Gateway>(json!({ "routes": [{ "path": "api", "link": "apy" }] }));
         let paths: Vec<_> = issues.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["routes[0].path", "routes[0].link"]);
     }

@@ -9,9 +9,7 @@ pub struct Hello {
 
 impl Default for Hello {
     fn default() -> Self {
-        Self {
-            greeting: "Hello, world!".into(),
-        }
+        Self { greeting: "Hello, world!".into() }
     }
 }
 

@@ -5,9 +5,7 @@ use plugin_api::testing::TestHost;
 
 #[test]
 fn greets_with_the_configured_greeting() {
-    let hello = TestHost::new()
-        .start::<Hello>(json!({ "greeting": "Hi!" }))
-        .unwrap();
+    let hello = TestHost::new().start::<Hello>(json!({ "greeting": "Hi!" })).unwrap();
     let resp = hello.call(Request::get("/there"));
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.body, "Hi! You asked for /there.\n");

@@ -8,10 +8,7 @@ pub struct FutureDecl {
     pub something_new: [u64; 4],
 }
 
-static DECL: FutureDecl = FutureDecl {
-    abi_version: 999,
-    something_new: [0; 4],
-};
+static DECL: FutureDecl = FutureDecl { abi_version: 999, something_new: [0; 4] };
 
 #[unsafe(no_mangle)]
 pub extern "C" fn orchestrator_plugin_declaration() -> *const FutureDecl {

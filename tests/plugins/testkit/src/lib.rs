@@ -23,9 +23,7 @@ struct Testkit {
 impl Plugin for Testkit {
     fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         if self.reject {
-            return Err(vec![
-                ConfigIssue::new("reject", "rejected on request").with_hint("set `reject: false`"),
-            ]);
+            return Err(vec![ConfigIssue::new("reject", "rejected on request").with_hint("set `reject: false`")]);
         }
         Ok(())
     }
@@ -33,9 +31,7 @@ impl Plugin for Testkit {
     async fn handle(&self, req: Request, cx: Context) -> Response {
         let path = req.path().to_owned();
         if path == "/whoami" {
-            return Response::json(
-                &json!({ "tier": cx.tier(), "replica": cx.replica(), "tag": self.tag }),
-            );
+            return Response::json(&json!({ "tier": cx.tier(), "replica": cx.replica(), "tag": self.tag }));
         }
         if path == "/panic" {
             panic!("asked to panic");

@@ -1,0 +1,56 @@
+//! The replicas a link can route to, and how one is picked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::plugins::Instance;
+use crate::topology::TierId;
+
+/// The ready replicas of one tier. Every link to the tier routes through its
+/// endpoint, so swapping the replica list re-routes all of them at once.
+pub struct Endpoint {
+    pub tier: TierId,
+    replicas: ArcSwap<Vec<Arc<Instance>>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("tier", &self.tier).field("replicas", &self.len()).finish()
+    }
+}
+
+impl Endpoint {
+    pub fn new(tier: TierId) -> Self {
+        Self { tier, replicas: ArcSwap::from_pointee(Vec::new()), next: AtomicUsize::new(0) }
+    }
+
+    /// Replaces the routable replicas.
+    pub fn set(&self, replicas: Vec<Arc<Instance>>) {
+        self.replicas.store(Arc::new(replicas));
+    }
+
+    pub fn replicas(&self) -> Arc<Vec<Arc<Instance>>> {
+        self.replicas.load_full()
+    }
+
+    pub fn len(&self) -> usize {
+        self.replicas.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next replica, round robin; `None` when none is ready.
+    pub fn pick(&self) -> Option<Arc<Instance>> {
+        let replicas = self.replicas.load();
+        match replicas.len() {
+            0 => None,
+            1 => Some(replicas[0].clone()),
+            n => Some(replicas[self.next.fetch_add(1, Ordering::Relaxed) % n].clone()),
+        }
+    }
+}

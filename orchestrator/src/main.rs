@@ -1,0 +1,210 @@
+//! The `orchestrator` command: parses arguments, sets up logging, calls the
+//! library, and maps outcomes to exit codes (0 ok, 1 runtime failure, 64 bad
+//! usage, 78 invalid topology).
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use orchestrator::plugins::Registry;
+use orchestrator::runtime::{self, RunOptions};
+use orchestrator::topology::{self, graph};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 64;
+const EXIT_CONFIG: u8 = 78;
+
+/// Run a multi-tier application declared in one YAML file.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start every tier of a topology and serve until SIGINT or SIGTERM.
+    Run {
+        /// The topology file.
+        file: PathBuf,
+        /// Address of the admin API (status, readiness). Port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: SocketAddr,
+        /// How long in-flight requests may take to finish at shutdown, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+        #[command(flatten)]
+        plugins: PluginDirs,
+    },
+    /// Check topology files; print every error, located.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginDirs,
+    },
+    /// Print a topology's tiers and links as a graph.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: graph::Format,
+        #[command(flatten)]
+        plugins: PluginDirs,
+    },
+    /// List available plugins: name, version, ABI version, and file or built-in.
+    Plugins {
+        /// Also search the plugin directories this topology names.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginDirs,
+    },
+    /// Print the JSON Schema of the topology file, for editors.
+    Schema,
+}
+
+#[derive(Debug, clap::Args)]
+struct PluginDirs {
+    /// Extra directory to search for plugin libraries (repeatable). Also:
+    /// ORCH_PLUGIN_PATH, and the executable's directory.
+    #[arg(long = "plugin-dir", value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+}
+
+impl PluginDirs {
+    fn registry(&self) -> Registry {
+        Registry::new(self.dirs.clone())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    init_tracing();
+    match cli.command {
+        Command::Run { file, admin, drain_timeout, plugins } => run(&file, admin, drain_timeout, &plugins),
+        Command::Validate { files, plugins } => validate(&files, &plugins),
+        Command::Graph { file, format, plugins } => match load(&file, &plugins.registry()) {
+            Ok(t) => {
+                print!("{}", graph::render(&t, format));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Plugins { topology, plugins } => list_plugins(topology.as_deref(), &plugins),
+        Command::Schema => {
+            println!("{}", topology::raw::json_schema());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Loads a topology, printing located errors; the exit code on failure.
+fn load(file: &Path, registry: &Registry) -> Result<topology::Topology, ExitCode> {
+    match topology::load(file, registry) {
+        Ok(t) => Ok(t),
+        Err(topology::Error::Invalid(d)) => {
+            eprint!("{}", d.render(color()));
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(e @ topology::Error::Read { .. }) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
+    let registry = plugins.registry();
+    let mut worst = ExitCode::SUCCESS;
+    for file in files {
+        match load(file, &registry) {
+            Ok(t) => println!("{}: ok ({} tiers, {} links)", file.display(), t.tiers.len(), t.links.len()),
+            Err(code) => {
+                // A file that cannot be read is a usage error; an invalid one a config error.
+                if code == ExitCode::from(EXIT_CONFIG) || worst == ExitCode::SUCCESS {
+                    worst = code;
+                }
+            }
+        }
+    }
+    worst
+}
+
+fn run(file: &Path, admin: SocketAddr, drain_timeout: Duration, plugins: &PluginDirs) -> ExitCode {
+    let registry = Arc::new(plugins.registry());
+    let topology = match load(file, &registry) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(runtime::run(topology, registry, RunOptions { admin, drain_timeout })) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "The topology could not run.");
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn list_plugins(topology_file: Option<&Path>, plugins: &PluginDirs) -> ExitCode {
+    let registry = plugins.registry();
+    let mut extra = Vec::new();
+    if let Some(file) = topology_file {
+        match topology::load(file, &registry) {
+            Ok(t) => extra = t.plugin_dirs,
+            Err(e) => eprintln!("warning: {}: {e}", file.display()),
+        }
+    }
+    println!("{:<14} {:<9} {:<4} {:<6} ORIGIN", "NAME", "VERSION", "ABI", "API");
+    for (name, plugin) in registry.list(&extra) {
+        match plugin {
+            Ok(p) => println!(
+                "{:<14} {:<9} {:<4} {:<6} {}",
+                p.name(),
+                p.version(),
+                p.abi_version(),
+                p.api_version(),
+                p.path().map_or_else(|| "built-in".to_owned(), |p| p.display().to_string())
+            ),
+            Err(e) => println!("{name:<14} {:<9} {:<4} {:<6} refused: {e}", "-", "-", "-"),
+        }
+    }
+    let dirs: Vec<String> = registry.dirs(&extra).iter().map(|d| d.display().to_string()).collect();
+    println!("\nsearched: {}", dirs.join(", "));
+    ExitCode::SUCCESS
+}

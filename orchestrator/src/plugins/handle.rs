@@ -1,0 +1,265 @@
+//! Safe wrappers around a plugin's declaration and its instances.
+
+use std::ffi::c_void;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use async_ffi::FfiFuture;
+use libloading::Library;
+use plugin_api::abi::{PluginDecl, RStr, RawRequest, RawResponse};
+use plugin_api::{ConfigIssue, LinkKind};
+
+use super::host::{self, HostCtx};
+
+/// A plugin: built in, or a loaded library that this handle keeps loaded.
+pub struct PluginHandle {
+    decl: *const PluginDecl,
+    name: String,
+    version: String,
+    api_version: String,
+    path: Option<PathBuf>,
+    // Declared last: dropped after everything above that points into it.
+    _lib: Option<Arc<Library>>,
+}
+
+// SAFETY: the declaration is immutable static data of a library that stays
+// loaded while this handle exists; its functions are thread-safe by contract.
+unsafe impl Send for PluginHandle {}
+// SAFETY: as above.
+unsafe impl Sync for PluginHandle {}
+
+impl std::fmt::Debug for PluginHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHandle").field("name", &self.name).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl PluginHandle {
+    /// # Safety
+    /// `decl` must point to a declaration of this host's ABI version that stays
+    /// valid while `lib` is loaded (or forever, when `lib` is `None`).
+    pub(super) unsafe fn from_decl(decl: *const PluginDecl, lib: Option<Arc<Library>>, path: Option<PathBuf>) -> Self {
+        // SAFETY: guaranteed by the caller.
+        let d = unsafe { &*decl };
+        // SAFETY: the declaration's strings are static data of the library.
+        let (name, version, api_version) =
+            unsafe { (d.name.to_string_lossy(), d.version.to_string_lossy(), d.api_version.to_string_lossy()) };
+        Self { decl, name, version, api_version, path, _lib: lib }
+    }
+
+    fn decl(&self) -> &PluginDecl {
+        // SAFETY: see `from_decl`; the library is kept loaded by `self._lib`.
+        unsafe { &*self.decl }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    pub fn abi_version(&self) -> u32 {
+        self.decl().abi_version
+    }
+
+    /// The library file, or `None` for a built-in plugin.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Link kinds this plugin can serve.
+    pub fn serves(&self) -> Vec<LinkKind> {
+        let bits = self.decl().serves;
+        LinkKind::ALL.into_iter().filter(|k| bits & k.bit() != 0).collect()
+    }
+
+    /// Asks the plugin to check `config`, given its tier's outbound link names.
+    pub fn validate(&self, config: &serde_json::Value, links: &[String]) -> Vec<ConfigIssue> {
+        let config = config.to_string();
+        let links = links.join("\n");
+        // SAFETY: both strings outlive the call; `validate` catches its own panics.
+        let out =
+            unsafe { (self.decl().validate)(RStr::from_bytes(config.as_bytes()), RStr::from_bytes(links.as_bytes())) };
+        serde_json::from_slice(out.as_bytes()).unwrap_or_else(|e| {
+            vec![ConfigIssue::new("", format!("plugin `{}` returned an unreadable validation result: {e}", self.name))]
+        })
+    }
+}
+
+static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One running instance of a plugin: a replica of a tier.
+pub struct Instance {
+    ptr: *const c_void,
+    pub id: u64,
+    pub started: SystemTime,
+    ctx: Arc<HostCtx>,
+    // Dropped after `Drop::drop` destroyed the instance, keeping the code loaded until then.
+    plugin: Arc<PluginHandle>,
+}
+
+// SAFETY: a plugin instance is `Send + Sync` by the `Plugin` trait's bounds;
+// the pointer is only passed back to the plugin's own functions.
+unsafe impl Send for Instance {}
+// SAFETY: as above.
+unsafe impl Sync for Instance {}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("id", &self.id).field("plugin", &self.plugin.name).finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// Creates an instance of `plugin` with `config` for the tier replica `ctx` describes.
+    pub fn create(
+        plugin: Arc<PluginHandle>,
+        config: &serde_json::Value,
+        ctx: Arc<HostCtx>,
+    ) -> Result<Arc<Self>, String> {
+        let config = config.to_string();
+        let mut ptr: *const c_void = std::ptr::null();
+        // SAFETY: the vtable is static; `ctx` is kept alive by the instance for as
+        // long as the plugin may use it; `ptr` is writable; `create` catches panics.
+        let err = unsafe {
+            (plugin.decl().create)(
+                RStr::from_bytes(config.as_bytes()),
+                &host::VTABLE,
+                Arc::as_ptr(&ctx).cast(),
+                &mut ptr,
+            )
+        };
+        if !err.is_empty() || ptr.is_null() {
+            let reason = String::from_utf8_lossy(err.as_bytes()).into_owned();
+            return Err(if reason.is_empty() { "the plugin returned no instance".to_owned() } else { reason });
+        }
+        let id = NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Self { ptr, id, started: SystemTime::now(), ctx, plugin }))
+    }
+
+    pub fn plugin(&self) -> &Arc<PluginHandle> {
+        &self.plugin
+    }
+
+    pub fn replica(&self) -> u32 {
+        self.ctx.replica
+    }
+
+    /// Starts handling `req`; the plugin copies it before this returns.
+    pub fn call(self: &Arc<Self>, req: &BorrowedRequest<'_>) -> InstanceCall {
+        // SAFETY: the instance is alive (we hold an Arc) and `req` is readable for
+        // the duration of this synchronous call (its lifetime); `handle` catches panics.
+        let fut = unsafe { (self.plugin.decl().handle)(self.ptr, &req.raw) };
+        InstanceCall { fut, _instance: self.clone() }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: made by this plugin's `create`, destroyed once; no call is in
+        // flight, because every `InstanceCall` holds an `Arc<Instance>`.
+        unsafe { (self.plugin.decl().destroy)(self.ptr) }
+    }
+}
+
+/// A plugin's handler panicked in a way the plugin did not catch.
+#[derive(Debug, Clone, Copy)]
+pub struct Panicked;
+
+/// An in-flight call into a plugin instance. Keeps the instance (and so its
+/// library) alive until the call completes or is dropped.
+pub struct InstanceCall {
+    // Field order matters: the plugin's future is dropped before the instance.
+    fut: FfiFuture<RawResponse>,
+    _instance: Arc<Instance>,
+}
+
+impl Future for InstanceCall {
+    type Output = Result<RawResponse, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The plugin catches its own panics; this guards against a plugin that
+        // was not built with our export shims.
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.fut).poll(cx))) {
+            Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
+        }
+    }
+}
+
+/// A request lent across the ABI: valid for `'a`.
+#[derive(Clone, Copy, Debug)]
+pub struct BorrowedRequest<'a> {
+    raw: RawRequest,
+    _borrow: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: a BorrowedRequest is four shared byte slices borrowed for 'a.
+unsafe impl Send for BorrowedRequest<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for BorrowedRequest<'_> {}
+
+impl<'a> BorrowedRequest<'a> {
+    pub fn new(method: &'a [u8], uri: &'a [u8], headers: &'a [u8], body: &'a [u8]) -> Self {
+        let raw = RawRequest {
+            method: RStr::from_bytes(method),
+            uri: RStr::from_bytes(uri),
+            headers: RStr::from_bytes(headers),
+            body: RStr::from_bytes(body),
+        };
+        Self { raw, _borrow: PhantomData }
+    }
+
+    /// # Safety
+    /// Every field of `raw` must be readable for `'a`.
+    pub unsafe fn from_raw(raw: &'a RawRequest) -> Self {
+        Self { raw: *raw, _borrow: PhantomData }
+    }
+
+    pub fn method(&self) -> &'a [u8] {
+        // SAFETY: readable for 'a, by construction.
+        unsafe { self.raw.method.as_bytes() }
+    }
+
+    /// Copies the request, e.g. to send it again.
+    pub fn to_owned(&self) -> OwnedRequest {
+        // SAFETY: readable for 'a, by construction.
+        let (uri, headers, body) =
+            unsafe { (self.raw.uri.as_bytes(), self.raw.headers.as_bytes(), self.raw.body.as_bytes()) };
+        OwnedRequest {
+            method: self.method().to_vec(),
+            uri: uri.to_vec(),
+            headers: headers.to_vec(),
+            body: body.to_vec(),
+        }
+    }
+}
+
+/// A request owned by the host.
+#[derive(Clone, Debug)]
+pub struct OwnedRequest {
+    method: Vec<u8>,
+    uri: Vec<u8>,
+    headers: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl OwnedRequest {
+    pub fn borrow(&self) -> BorrowedRequest<'_> {
+        BorrowedRequest::new(&self.method, &self.uri, &self.headers, &self.body)
+    }
+}

@@ -1,0 +1,122 @@
+//! The services the host offers plugin instances: the `HostVTable`.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_ffi::{FfiFuture, FutureExt as _};
+use plugin_api::abi::{
+    ABI_VERSION, HostVTable, InstanceInfo, RBuf, RStr, RawLinkResult, RawRequest, RawResponse, link_code, log_level,
+};
+use plugin_api::{LinkError, LinkErrorKind};
+
+use super::BorrowedRequest;
+use crate::links::{self, LinkTable};
+use crate::topology::TierId;
+
+/// What the host knows about one plugin instance; the plugin holds a pointer
+/// to it, kept alive by the `Instance`.
+pub struct HostCtx {
+    pub tier: TierId,
+    pub replica: u32,
+    pub links: Arc<LinkTable>,
+    pub env: BTreeMap<String, String>,
+    /// The span every log line of this instance is attributed to.
+    pub span: tracing::Span,
+}
+
+impl HostCtx {
+    pub fn new(tier: TierId, replica: u32, links: Arc<LinkTable>, env: BTreeMap<String, String>) -> Self {
+        let span = tracing::info_span!("tier", tier = %tier, replica);
+        Self { tier, replica, links, env, span }
+    }
+}
+
+pub static VTABLE: HostVTable = HostVTable { abi_version: ABI_VERSION, call_link, sleep, log, instance, env };
+
+fn empty_response() -> RawResponse {
+    RawResponse { status: 0, headers: RBuf::empty(), body: RBuf::empty() }
+}
+
+fn link_result(result: Result<RawResponse, LinkError>) -> RawLinkResult {
+    match result {
+        Ok(response) => RawLinkResult { code: link_code::OK, response, message: RBuf::empty() },
+        Err(e) => RawLinkResult {
+            code: e.code(),
+            response: empty_response(),
+            message: RBuf::from_vec(e.message.into_bytes()),
+        },
+    }
+}
+
+fn failed(error: LinkError) -> FfiFuture<RawLinkResult> {
+    std::future::ready(link_result(Err(error))).into_ffi()
+}
+
+unsafe extern "C" fn call_link(
+    host_ctx: *const c_void,
+    link: RStr,
+    req: *const RawRequest,
+) -> FfiFuture<RawLinkResult> {
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `host_ctx` is the HostCtx this host gave the instance, alive while
+        // it runs; `link` and `req` are readable for this synchronous call.
+        let (ctx, name, req) =
+            unsafe { (&*host_ctx.cast::<HostCtx>(), link.as_bytes(), BorrowedRequest::from_raw(&*req)) };
+        let name = String::from_utf8_lossy(name);
+        match ctx.links.get(&name) {
+            Some(route) => {
+                let call = links::call(&route, &req);
+                async move { link_result(call.await) }.into_ffi()
+            }
+            None => failed(LinkError::new(
+                LinkErrorKind::UnknownLink,
+                format!("tier `{}` has no outbound link named `{name}`", ctx.tier),
+            )),
+        }
+    }));
+    started.unwrap_or_else(|_| failed(LinkError::new(LinkErrorKind::Upstream, "the host failed to start the call")))
+}
+
+unsafe extern "C" fn sleep(nanos: u64) -> FfiFuture<()> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::time::sleep(Duration::from_nanos(nanos)).into_ffi(),
+        Err(_) => {
+            tracing::error!("A plugin asked for a timer outside the host's runtime; it completes at once.");
+            std::future::ready(()).into_ffi()
+        }
+    }
+}
+
+unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `call_link`.
+        let (ctx, message) = unsafe { (&*host_ctx.cast::<HostCtx>(), message.to_string_lossy()) };
+        let span = &ctx.span;
+        match level {
+            log_level::ERROR => tracing::error!(parent: span, "{message}"),
+            log_level::WARN => tracing::warn!(parent: span, "{message}"),
+            log_level::INFO => tracing::info!(parent: span, "{message}"),
+            log_level::DEBUG => tracing::debug!(parent: span, "{message}"),
+            _ => tracing::trace!(parent: span, "{message}"),
+        }
+    }));
+}
+
+unsafe extern "C" fn instance(host_ctx: *const c_void) -> InstanceInfo {
+    // SAFETY: as in `call_link`; the tier name lives as long as the context.
+    let ctx = unsafe { &*host_ctx.cast::<HostCtx>() };
+    InstanceInfo { tier: RStr::from_bytes(ctx.tier.as_str().as_bytes()), replica: ctx.replica }
+}
+
+unsafe extern "C" fn env(host_ctx: *const c_void, key: RStr) -> RStr {
+    // SAFETY: as in `call_link`; values live as long as the context.
+    let (ctx, key) = unsafe { (&*host_ctx.cast::<HostCtx>(), key.as_bytes()) };
+    let value = std::str::from_utf8(key).ok().and_then(|k| ctx.env.get(k));
+    match value {
+        Some(v) => RStr::from_bytes(v.as_bytes()),
+        None => RStr { ptr: std::ptr::null(), len: 0 },
+    }
+}

@@ -1,0 +1,76 @@
+//! Loading plugin libraries. All `unsafe` of the host's plugin handling lives
+//! in this module and its siblings `handle` and `host`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use libloading::Library;
+use plugin_api::abi::{ABI_VERSION, ENTRY_SYMBOL, EntryFn, PluginDecl};
+
+use super::{LoadError, PluginHandle};
+
+/// Whether a plugin built against plugin-api `theirs` works with ours: the
+/// same major version, and for 0.x the same minor (Cargo's caret rule).
+pub fn api_compatible(ours: &str, theirs: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(ours), parse(theirs)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+/// Loads the plugin library at `path` and checks, in order: the entry symbol,
+/// the ABI version, then the plugin-api version.
+pub fn load(path: &Path) -> Result<PluginHandle, LoadError> {
+    // SAFETY: loading a library runs its initialisers. Plugin libraries are
+    // code the user chose to run by naming them in a topology. libloading opens
+    // with RTLD_LOCAL, so the identical symbol names of different plugins do not clash.
+    let lib =
+        unsafe { Library::new(path) }.map_err(|e| LoadError::Open { path: path.to_owned(), reason: e.to_string() })?;
+    // SAFETY: the symbol, when present, has the `EntryFn` signature: that is the
+    // contract of `ENTRY_SYMBOL`, which only plugin libraries export.
+    let entry =
+        unsafe { lib.get::<EntryFn>(ENTRY_SYMBOL) }.map_err(|_| LoadError::NoSymbol { path: path.to_owned() })?;
+    // SAFETY: as above; the entry function takes nothing and returns a pointer to static data.
+    let decl = unsafe { entry() };
+    if decl.is_null() {
+        return Err(LoadError::NoSymbol { path: path.to_owned() });
+    }
+    // SAFETY: every ABI version's declaration starts with a `u32` version, so
+    // reading it is valid whatever the rest of the layout is.
+    let abi = unsafe { decl.cast::<u32>().read() };
+    if abi != ABI_VERSION {
+        return Err(LoadError::AbiMismatch { path: path.to_owned(), found: abi });
+    }
+    // SAFETY: same ABI version, so the layout is `PluginDecl`; it is static data
+    // of `lib`, which the handle keeps loaded.
+    let handle = unsafe { PluginHandle::from_decl(decl, Some(Arc::new(lib)), Some(path.to_owned())) };
+    if !api_compatible(plugin_api::API_VERSION, handle.api_version()) {
+        return Err(LoadError::ApiMismatch { path: path.to_owned(), found: handle.api_version().to_owned() });
+    }
+    Ok(handle)
+}
+
+/// A handle for a plugin linked into this binary.
+pub fn builtin(decl: &'static PluginDecl) -> PluginHandle {
+    // SAFETY: a declaration compiled into this binary is static and of our ABI.
+    unsafe { PluginHandle::from_decl(decl, None, None) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caret_compatibility() {
+        assert!(api_compatible("0.1.0", "0.1.7"));
+        assert!(!api_compatible("0.1.0", "0.2.0"));
+        assert!(api_compatible("1.2.0", "1.0.3"));
+        assert!(!api_compatible("1.2.0", "2.0.0"));
+        assert!(!api_compatible("0.1.0", "garbage"));
+    }
+}

@@ -1,0 +1,177 @@
+//! Finding and loading plugins.
+//!
+//! A plugin is either built in (linked into this binary: `gateway`) or a
+//! library `lib<name>.so` in one of the plugin directories: those the topology
+//! lists under `plugins:`, those given with `--plugin-dir`, those in
+//! `ORCH_PLUGIN_PATH` (colon-separated), and the directory of the orchestrator
+//! executable itself (so `cargo build` output is found without configuration).
+//!
+//! `loader` opens libraries and checks their ABI; `handle` wraps declarations
+//! and instances; `host` is what the host offers plugins. All `unsafe` code of
+//! the host is in these three files.
+
+pub mod handle;
+pub mod host;
+pub mod loader;
+
+use std::collections::HashMap;
+use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use handle::{BorrowedRequest, Instance, InstanceCall, OwnedRequest, Panicked, PluginHandle};
+pub use host::HostCtx;
+
+/// Why a plugin could not be used. Each is one sentence naming the file.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    #[error("no plugin named `{name}` (looked for {file} in {})", dirs_list(searched))]
+    NotFound { name: String, file: String, searched: Vec<PathBuf> },
+    #[error("cannot load plugin library {}: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
+    #[error("{} is not an orchestrator plugin: it does not export `orchestrator_plugin_declaration`", path.display())]
+    NoSymbol { path: PathBuf },
+    #[error(
+        "{} was built for plugin ABI version {found}, but this orchestrator speaks ABI version {}; rebuild the plugin against plugin-api {}",
+        path.display(), plugin_api::abi::ABI_VERSION, plugin_api::API_VERSION
+    )]
+    AbiMismatch { path: PathBuf, found: u32 },
+    #[error(
+        "{} was built with plugin-api {found}, which is not compatible with this orchestrator's plugin-api {}; rebuild the plugin",
+        path.display(), plugin_api::API_VERSION
+    )]
+    ApiMismatch { path: PathBuf, found: String },
+    #[error("{} declares plugin `{declared}`, not `{expected}`", path.display())]
+    NameMismatch { path: PathBuf, declared: String, expected: String },
+}
+
+fn dirs_list(dirs: &[PathBuf]) -> String {
+    if dirs.is_empty() {
+        return "no plugin directories".to_owned();
+    }
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The plugins this orchestrator can use.
+pub struct Registry {
+    builtins: Vec<Arc<PluginHandle>>,
+    dirs: Vec<PathBuf>,
+    loaded: Mutex<HashMap<PathBuf, Result<Arc<PluginHandle>, LoadError>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("dirs", &self.dirs).finish_non_exhaustive()
+    }
+}
+
+/// The file name of plugin `name` on this platform.
+pub fn library_file(name: &str) -> String {
+    format!("{DLL_PREFIX}{name}{DLL_SUFFIX}")
+}
+
+impl Registry {
+    /// A registry with the built-in plugins and `dirs`, then `ORCH_PLUGIN_PATH`,
+    /// then the executable's directory.
+    pub fn new(dirs: Vec<PathBuf>) -> Self {
+        let mut all = dirs;
+        if let Some(path) = std::env::var_os("ORCH_PLUGIN_PATH") {
+            all.extend(std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()));
+        }
+        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+            all.push(dir);
+        }
+        Self::with_dirs(all)
+    }
+
+    /// A registry with the built-in plugins and exactly `dirs`.
+    pub fn with_dirs(dirs: Vec<PathBuf>) -> Self {
+        let builtins = vec![Arc::new(loader::builtin(gateway::plugin_declaration()))];
+        Self { builtins, dirs, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    fn search_dirs<'a>(&'a self, extra: &'a [PathBuf]) -> impl Iterator<Item = &'a PathBuf> {
+        extra.iter().chain(&self.dirs)
+    }
+
+    /// The plugin named `name`, searching `extra` directories first.
+    pub fn lookup(&self, name: &str, extra: &[PathBuf]) -> Result<Arc<PluginHandle>, LoadError> {
+        if let Some(p) = self.builtins.iter().find(|p| p.name() == name) {
+            return Ok(p.clone());
+        }
+        let file = library_file(name);
+        for dir in self.search_dirs(extra) {
+            let path = dir.join(&file);
+            if path.is_file() {
+                let plugin = self.load(&path)?;
+                if plugin.name() != name {
+                    return Err(LoadError::NameMismatch {
+                        path,
+                        declared: plugin.name().to_owned(),
+                        expected: name.to_owned(),
+                    });
+                }
+                return Ok(plugin);
+            }
+        }
+        Err(LoadError::NotFound { name: name.to_owned(), file, searched: self.search_dirs(extra).cloned().collect() })
+    }
+
+    /// Loads the library at `path` once; later calls return the same handle.
+    pub fn load(&self, path: &Path) -> Result<Arc<PluginHandle>, LoadError> {
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.entry(key).or_insert_with(|| loader::load(path).map(Arc::new)).clone()
+    }
+
+    /// Names of every plugin that can be looked up, without loading any.
+    pub fn names(&self, extra: &[PathBuf]) -> Vec<String> {
+        let mut names: Vec<String> = self.builtins.iter().map(|p| p.name().to_owned()).collect();
+        for (name, _) in self.files(extra) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Library files in the plugin directories, first occurrence of each name.
+    fn files(&self, extra: &[PathBuf]) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for dir in self.search_dirs(extra) {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let mut found: Vec<(String, PathBuf)> = entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let file = e.file_name().into_string().ok()?;
+                    let name = file.strip_prefix(DLL_PREFIX)?.strip_suffix(DLL_SUFFIX)?.to_owned();
+                    Some((name, e.path()))
+                })
+                .collect();
+            found.sort();
+            for (name, path) in found {
+                if !out.iter().any(|(n, _)| n == &name) {
+                    out.push((name, path));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every plugin found, loaded, or the reason it cannot be.
+    pub fn list(&self, extra: &[PathBuf]) -> Vec<(String, Result<Arc<PluginHandle>, LoadError>)> {
+        let mut out: Vec<_> = self.builtins.iter().map(|p| (p.name().to_owned(), Ok(p.clone()))).collect();
+        for (name, path) in self.files(extra) {
+            if out.iter().any(|(n, _)| n == &name) {
+                continue;
+            }
+            out.push((name, self.load(&path)));
+        }
+        out
+    }
+
+    /// The directories searched, in order.
+    pub fn dirs(&self, extra: &[PathBuf]) -> Vec<PathBuf> {
+        self.search_dirs(extra).cloned().collect()
+    }
+}

@@ -1,0 +1,153 @@
+//! HTTP listeners for tiers with a `listen` address: every request goes to one
+//! of the tier's replicas, round robin.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use plugin_api::abi::{RawResponse, decode_headers, encode_headers};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use crate::links::Endpoint;
+use crate::plugins::BorrowedRequest;
+
+type Response = hyper::Response<Full<Bytes>>;
+
+/// A bound listener and the task serving it.
+#[derive(Debug)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Binds `addr` and serves `endpoint` on it.
+    pub async fn bind(addr: SocketAddr, endpoint: Arc<Endpoint>, max_body: u64) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let span = tracing::info_span!("listener", tier = %endpoint.tier, %addr);
+        let task = tokio::spawn(serve(listener, endpoint, max_body, stop_rx).instrument(span));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most `drain`), and
+    /// closes the connections.
+    pub async fn stop(self, drain: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(drain + Duration::from_secs(1), &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, max_body: u64, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let endpoint = endpoint.clone();
+                    let service = service_fn(move |req| handle(req, endpoint.clone(), max_body));
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "Connection closed with an error.");
+                        }
+                    }.in_current_span());
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("Stopped accepting; draining connections.");
+    // The caller bounds how long this may take.
+    graceful.shutdown().await;
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body: u64) -> Result<Response, Infallible> {
+    let (parts, body) = req.into_parts();
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Ok(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than this tier's limit of {max_body} bytes"),
+            ));
+        }
+        Err(e) => return Ok(json_error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))),
+    };
+    let Some(instance) = endpoint.pick() else {
+        return Ok(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("tier `{}` has no ready replica", endpoint.tier),
+        ));
+    };
+    let mut headers = Vec::with_capacity(256);
+    encode_headers(parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut headers);
+    let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // The plugin copies the request before `call` returns.
+    let call = instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
+    drop((headers, body));
+    Ok(match call.await {
+        Ok(resp) => into_hyper(resp),
+        Err(_) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("tier `{}` failed without answering", endpoint.tier))
+        }
+    })
+}
+
+/// Headers a handler must not set: the connection's framing is ours.
+fn is_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+        || name.eq_ignore_ascii_case(b"connection")
+}
+
+fn into_hyper(raw: RawResponse) -> Response {
+    let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if raw.body.is_empty() { Bytes::new() } else { Bytes::from_owner(raw.body) };
+    let mut resp = hyper::Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    for (name, value) in decode_headers(raw.headers.as_bytes()) {
+        if is_framing(name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(n, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,103 @@
+//! The validated topology: what the rest of the program works with.
+//!
+//! Every type derives `PartialEq` so that a reload can diff the running
+//! topology against a new one spec by spec.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+pub use plugin_api::LinkKind;
+
+/// A tier's name, cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TierId(Arc<str>);
+
+impl TierId {
+    pub fn new(name: &str) -> Self {
+        Self(Arc::from(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TierId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A whole application.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Topology {
+    pub name: String,
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// Extra plugin directories, resolved against the file's directory.
+    pub plugin_dirs: Vec<PathBuf>,
+    pub tiers: IndexMap<TierId, TierSpec>,
+    pub links: Vec<LinkSpec>,
+}
+
+impl Topology {
+    /// The outbound links of `tier`.
+    pub fn links_from<'a>(&'a self, tier: &'a TierId) -> impl Iterator<Item = &'a LinkSpec> + 'a {
+        self.links.iter().filter(move |l| &l.from == tier)
+    }
+}
+
+/// One tier: a plugin, its replicas and its configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TierSpec {
+    pub id: TierId,
+    pub plugin: String,
+    pub replicas: u32,
+    /// Where the tier accepts HTTP traffic from outside, if anywhere.
+    pub listen: Option<SocketAddr>,
+    /// Largest request body accepted on `listen`, in bytes.
+    pub max_body: u64,
+    /// The plugin's own configuration, as JSON.
+    pub config: serde_json::Value,
+    /// Environment the tier's handler can read.
+    pub env: BTreeMap<String, String>,
+}
+
+/// How a queue link delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueMode {
+    /// Every subscribing tier gets each message.
+    PubSub,
+    /// Subscribers compete: exactly one gets each message.
+    PointToPoint,
+}
+
+/// A link from one tier to another.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkSpec {
+    pub from: TierId,
+    pub to: TierId,
+    /// The name the caller uses; defaults to the target tier's name.
+    pub name: String,
+    pub kind: LinkKind,
+    pub timeout: Duration,
+    /// Extra attempts for idempotent requests that fail without an answer.
+    pub retries: u32,
+    pub topic: Option<String>,
+    pub mode: QueueMode,
+}
+
+/// Defaults and limits of the topology language.
+pub mod limits {
+    use std::time::Duration;
+
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_REPLICAS: i64 = 256;
+    pub const MAX_RETRIES: u32 = 10;
+    pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+}

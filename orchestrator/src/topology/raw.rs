@@ -1,0 +1,117 @@
+//! The topology file's shape, as serde reads it. These types are checked
+//! piece by piece by `validate` (so that every error is reported, not only the
+//! first) and never travel further. They also generate the JSON Schema.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A multi-tier application: tiers from plugins, and the links between them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "orchestrator topology")]
+pub struct RawTopology {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// Name of the application.
+    pub name: String,
+    /// Extra directories to search for plugin libraries, relative to this file.
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// The tiers, by name.
+    #[serde(default)]
+    pub tiers: IndexMap<String, RawTier>,
+    /// The links between tiers.
+    #[serde(default)]
+    pub links: Vec<RawLink>,
+}
+
+/// One tier.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// The plugin that handles this tier: a built-in (`gateway`) or a library `lib<name>.so`.
+    pub plugin: String,
+    /// How many instances to run (1 to 256; default 1). Links balance across them.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 256))]
+    pub replicas: Option<i64>,
+    /// `IP:port` to accept HTTP traffic on (port 0 picks a free port).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Largest request body accepted on `listen`: bytes, or a size such as `512KiB`, `1MiB` (default 1MiB).
+    #[serde(default)]
+    pub max_body: Option<RawSize>,
+    /// The plugin's own configuration.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// Environment variables for the tier.
+    #[serde(default)]
+    pub env: IndexMap<String, String>,
+}
+
+/// A size in bytes, as a number or a string with a unit.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// The kind of a link.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLinkKind {
+    /// HTTP requests.
+    Rest,
+    /// gRPC-compatible unary calls.
+    Rpc,
+    /// Messages through a queue tier.
+    Queue,
+}
+
+/// Delivery mode of a queue link.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+pub enum RawQueueMode {
+    /// Every subscribing tier gets each message.
+    #[serde(rename = "pubsub")]
+    PubSub,
+    /// Exactly one subscriber gets each message.
+    #[serde(rename = "point-to-point")]
+    PointToPoint,
+}
+
+/// A link from one tier to another.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLink {
+    /// The calling tier.
+    pub from: String,
+    /// The tier called.
+    pub to: String,
+    pub kind: RawLinkKind,
+    /// The name the caller uses for this link (default: the target tier's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for one call, such as `2s` or `500ms` (default 30s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Extra attempts for idempotent requests that get no answer (0 to 10; default 0).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Queue links only: the topic (default: the link's name).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Queue links only: `pubsub` (default) or `point-to-point`.
+    #[serde(default)]
+    pub mode: Option<RawQueueMode>,
+}
+
+/// The topology file's JSON Schema, pretty-printed.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawTopology);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+/// The top-level keys, for "did you mean" hints.
+pub const TOP_LEVEL_KEYS: [&str; 5] = ["version", "name", "plugins", "tiers", "links"];

@@ -1,0 +1,423 @@
+//! From the YAML node tree to a typed [`Topology`], collecting every error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+
+use super::diagnostic::{Diagnostic, Diagnostics};
+use super::model::{LinkKind, LinkSpec, QueueMode, TierId, TierSpec, Topology, limits};
+use super::node::{KeyPath, Node, Value};
+use super::raw::{RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
+use crate::plugins::Registry;
+
+/// Parses and validates topology `source` read from `file`.
+pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology, Diagnostics> {
+    let mut diags = Diagnostics::new(file, source.into());
+    let root = match Node::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            diags.push(syntax_error(&e));
+            return Err(diags);
+        }
+    };
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut v = Validator { root: &root, diags, registry, base };
+    let topology = v.topology(file);
+    match topology {
+        Some(t) if v.diags.is_empty() => Ok(t),
+        _ => Err(v.diags),
+    }
+}
+
+fn syntax_error(e: &serde_saphyr::Error) -> Diagnostic {
+    let loc = e.location().and_then(|l| {
+        let span = l.span();
+        Some(super::node::Loc {
+            line: u32::try_from(l.line()).ok()?,
+            column: u32::try_from(l.column()).ok()?,
+            offset: span.byte_offset().and_then(|o| usize::try_from(o).ok()).unwrap_or(0),
+            len: span.byte_len().and_then(|o| usize::try_from(o).ok()).unwrap_or(1),
+        })
+    });
+    let text = e.without_snippet().to_string();
+    // The located rendering repeats the position; keep the sentence.
+    let message = text.lines().next().unwrap_or("invalid YAML").trim().to_owned();
+    Diagnostic::new(&KeyPath::root(), format!("invalid YAML: {message}")).at(loc)
+}
+
+/// Closest candidate to `word`, if one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+struct Validator<'a> {
+    root: &'a Node,
+    diags: Diagnostics,
+    registry: &'a Registry,
+    base: PathBuf,
+}
+
+struct TierDraft {
+    raw: RawTier,
+    path: KeyPath,
+    serves: Option<Vec<LinkKind>>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, path: &KeyPath, message: impl Into<String>) -> &mut Diagnostic {
+        let d = Diagnostic::new(path, message).at(self.root.locate(path));
+        self.diags.push(d);
+        self.diags.items.last_mut().expect("just pushed")
+    }
+
+    fn key_error(&mut self, path: &KeyPath, message: impl Into<String>) -> &mut Diagnostic {
+        let d = Diagnostic::new(path, message).at(self.root.locate_key(path));
+        self.diags.push(d);
+        self.diags.items.last_mut().expect("just pushed")
+    }
+
+    /// Deserializes `node` (at `path`) into `T`, reporting the first error located.
+    fn de<T: DeserializeOwned>(&mut self, node: &Node, path: &KeyPath) -> Option<T> {
+        let json = node.to_json();
+        match serde_path_to_error::deserialize::<_, T>(json) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let at = path.join_serde(e.path());
+                let message = e.inner().to_string();
+                self.serde_error(&at, &message);
+                None
+            }
+        }
+    }
+
+    fn serde_error(&mut self, at: &KeyPath, message: &str) {
+        let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            let hint = did_you_mean(name, quoted.iter().skip(1).copied())
+                .or_else(|| (quoted.len() > 1).then(|| format!("expected one of: {}", quoted[1..].join(", "))));
+            self.key_error(&at.key(name), format!("unknown key `{name}`")).hint = hint;
+        } else if let Some(rest) = message.strip_prefix("missing field `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            self.error(at, format!("missing key `{name}`"));
+        } else if let Some(rest) = message.strip_prefix("unknown variant `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            let hint = did_you_mean(name, quoted.iter().skip(1).copied())
+                .or_else(|| Some(format!("expected one of: {}", quoted[1..].join(", "))));
+            self.error(at, format!("unknown value `{name}`")).hint = hint;
+        } else {
+            self.error(at, message.to_owned());
+        }
+    }
+
+    fn topology(&mut self, file: &Path) -> Option<Topology> {
+        let root = self.root;
+        let top = KeyPath::root();
+        let Some(entries) = root.as_map() else {
+            self.error(
+                &top,
+                format!("a topology is a mapping with `version`, `name` and `tiers`, not {}", root.kind()),
+            );
+            return None;
+        };
+        for (key, _) in entries {
+            if !TOP_LEVEL_KEYS.contains(&key.name.as_str()) {
+                let hint = did_you_mean(&key.name, TOP_LEVEL_KEYS);
+                self.key_error(&top.key(&key.name), format!("unknown key `{}`", key.name)).hint =
+                    hint.or_else(|| Some(format!("expected one of: {}", TOP_LEVEL_KEYS.join(", "))));
+            }
+        }
+
+        match root.get("version") {
+            None => {
+                self.error(&top, "missing key `version`").hint = Some("add `version: 1`".into());
+            }
+            Some(n) => {
+                if !matches!(n.value, Value::Int(1)) {
+                    self.error(&top.key("version"), "unsupported topology version").hint =
+                        Some("this orchestrator reads `version: 1`".into());
+                }
+            }
+        }
+        let name = match root.get("name") {
+            None => {
+                self.error(&top, "missing key `name`").hint = Some("add `name: <your application>`".into());
+                String::new()
+            }
+            Some(n) => self.de::<String>(n, &top.key("name")).unwrap_or_default(),
+        };
+
+        let plugin_dirs: Vec<PathBuf> = match root.get("plugins") {
+            Some(n) => self.de::<Vec<String>>(n, &top.key("plugins")).unwrap_or_default(),
+            None => Vec::new(),
+        }
+        .into_iter()
+        .map(|d| self.base.join(d))
+        .collect();
+
+        let tiers = self.tiers(&plugin_dirs);
+        let links = self.links(&tiers);
+        self.listen_conflicts(&tiers);
+        self.plugin_configs(&tiers, &links, &plugin_dirs);
+
+        let tiers =
+            tiers.into_iter().filter_map(|(id, draft)| Some((id.clone(), self.tier_spec(&id, draft)?))).collect();
+        Some(Topology {
+            name,
+            file: file.to_owned(),
+            plugin_dirs,
+            tiers,
+            links: links.into_iter().map(|(l, _)| l).collect(),
+        })
+    }
+
+    fn tiers(&mut self, plugin_dirs: &[PathBuf]) -> IndexMap<TierId, TierDraft> {
+        let mut out = IndexMap::new();
+        let path = KeyPath::root().key("tiers");
+        let Some(node) = self.root.get("tiers") else {
+            self.error(&KeyPath::root(), "missing key `tiers`").hint =
+                Some("declare at least one tier under `tiers:`".into());
+            return out;
+        };
+        let Some(entries) = node.as_map() else {
+            self.error(&path, format!("`tiers` is a mapping from tier name to tier, not {}", node.kind()));
+            return out;
+        };
+        if entries.is_empty() {
+            self.error(&path, "no tiers declared");
+        }
+        for (key, tier_node) in entries {
+            let tpath = path.key(&key.name);
+            if !valid_name(&key.name) {
+                self.key_error(&tpath, format!("`{}` is not a valid tier name", key.name)).hint =
+                    Some("use letters, digits, `-` and `_`, starting with a letter or digit".into());
+            }
+            let Some(raw) = self.de::<RawTier>(tier_node, &tpath) else { continue };
+            let serves = match self.registry.lookup(&raw.plugin, plugin_dirs) {
+                Ok(p) => Some(p.serves()),
+                Err(e) => {
+                    let names = self.registry.names(plugin_dirs);
+                    let hint = did_you_mean(&raw.plugin, names.iter().map(String::as_str)).unwrap_or_else(|| {
+                        if names.is_empty() {
+                            "no plugins found; build them with `cargo build --release`".to_owned()
+                        } else {
+                            format!("available plugins: {}", names.join(", "))
+                        }
+                    });
+                    self.error(&tpath.key("plugin"), e.to_string()).hint = Some(hint);
+                    None
+                }
+            };
+            if let Some(r) = raw.replicas
+                && !(1..=limits::MAX_REPLICAS).contains(&r)
+            {
+                self.error(
+                    &tpath.key("replicas"),
+                    format!("replicas must be between 1 and {}, not {r}", limits::MAX_REPLICAS),
+                );
+            }
+            out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves });
+        }
+        out
+    }
+
+    fn links(&mut self, tiers: &IndexMap<TierId, TierDraft>) -> Vec<(LinkSpec, KeyPath)> {
+        let mut out: Vec<(LinkSpec, KeyPath)> = Vec::new();
+        let path = KeyPath::root().key("links");
+        let Some(node) = self.root.get("links") else { return out };
+        let items: &[Node] = match &node.value {
+            Value::Seq(items) => items,
+            Value::Null => &[],
+            _ => {
+                self.error(&path, format!("`links` is a list of links, not {}", node.kind()));
+                return out;
+            }
+        };
+        let tier_names: Vec<&str> = tiers.keys().map(TierId::as_str).collect();
+        let mut seen: HashMap<(TierId, String), usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let lpath = path.index(i);
+            let Some(raw) = self.de::<RawLink>(item, &lpath) else { continue };
+            let mut ok = true;
+            for (end, name) in [("from", &raw.from), ("to", &raw.to)] {
+                if !tiers.contains_key(&TierId::new(name)) {
+                    let hint = did_you_mean(name, tier_names.iter().copied())
+                        .unwrap_or_else(|| format!("the tiers are: {}", tier_names.join(", ")));
+                    self.error(&lpath.key(end), format!("unknown tier `{name}`")).hint = Some(hint);
+                    ok = false;
+                }
+            }
+            let kind = match raw.kind {
+                RawLinkKind::Rest => LinkKind::Rest,
+                RawLinkKind::Rpc => LinkKind::Rpc,
+                RawLinkKind::Queue => LinkKind::Queue,
+            };
+            if let Some(target) = tiers.get(&TierId::new(&raw.to))
+                && let Some(serves) = &target.serves
+                && !serves.contains(&kind)
+            {
+                let served: Vec<&str> = serves.iter().map(|k| k.as_str()).collect();
+                self.error(
+                    &lpath.key("kind"),
+                    format!("tier `{}` (plugin `{}`) cannot serve `{kind}` links", raw.to, target.raw.plugin),
+                )
+                .hint = Some(if served.is_empty() {
+                    "that plugin serves no links".to_owned()
+                } else {
+                    format!("it serves: {}", served.join(", "))
+                });
+                ok = false;
+            }
+            let name = raw.name.clone().unwrap_or_else(|| raw.to.clone());
+            if !valid_name(&name) {
+                self.error(&lpath.key("name"), format!("`{name}` is not a valid link name")).hint =
+                    Some("use letters, digits, `-` and `_`".into());
+                ok = false;
+            }
+            if let Some(first) = seen.insert((TierId::new(&raw.from), name.clone()), i) {
+                self.error(
+                    &lpath.key(if raw.name.is_some() { "name" } else { "to" }),
+                    format!("tier `{}` already has an outbound link named `{name}` (links[{first}])", raw.from),
+                )
+                .hint = Some("give one of them a distinct `name:`".into());
+                ok = false;
+            }
+            let timeout = match &raw.timeout {
+                None => limits::DEFAULT_TIMEOUT,
+                Some(t) => match humantime::parse_duration(t) {
+                    Ok(d) if d > Duration::ZERO => d,
+                    Ok(_) => {
+                        self.error(&lpath.key("timeout"), "the timeout must be greater than zero");
+                        ok = false;
+                        Duration::ZERO
+                    }
+                    Err(e) => {
+                        self.error(&lpath.key("timeout"), format!("`{t}` is not a duration: {e}")).hint =
+                            Some("write a number with a unit, e.g. `2s` or `500ms`".into());
+                        ok = false;
+                        Duration::ZERO
+                    }
+                },
+            };
+            let retries = raw.retries.unwrap_or(0);
+            if retries > limits::MAX_RETRIES {
+                self.error(
+                    &lpath.key("retries"),
+                    format!("retries must be at most {}, not {retries}", limits::MAX_RETRIES),
+                );
+                ok = false;
+            }
+            if kind != LinkKind::Queue {
+                for (key, set) in [("topic", raw.topic.is_some()), ("mode", raw.mode.is_some())] {
+                    if set {
+                        self.key_error(&lpath.key(key), format!("`{key}` only applies to queue links"));
+                        ok = false;
+                    }
+                }
+            }
+            let mode = match raw.mode {
+                Some(RawQueueMode::PointToPoint) => QueueMode::PointToPoint,
+                _ => QueueMode::PubSub,
+            };
+            if ok {
+                let spec = LinkSpec {
+                    from: TierId::new(&raw.from),
+                    to: TierId::new(&raw.to),
+                    topic: if kind == LinkKind::Queue { Some(raw.topic.unwrap_or_else(|| name.clone())) } else { None },
+                    name,
+                    kind,
+                    timeout,
+                    retries,
+                    mode,
+                };
+                out.push((spec, lpath));
+            }
+        }
+        out
+    }
+
+    fn listen_conflicts(&mut self, tiers: &IndexMap<TierId, TierDraft>) {
+        let mut seen: HashMap<SocketAddr, TierId> = HashMap::new();
+        for (id, draft) in tiers {
+            let Some(text) = &draft.raw.listen else { continue };
+            let path = draft.path.key("listen");
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() == 0 => {}
+                Ok(addr) => {
+                    if let Some(other) = seen.insert(addr, id.clone()) {
+                        self.error(&path, format!("tier `{other}` already listens on {addr}")).hint =
+                            Some("give each tier its own address, or port 0 for any free port".into());
+                    }
+                }
+                Err(_) => {
+                    self.error(&path, format!("`{text}` is not an IP:port address")).hint =
+                        Some("write an IP address and a port, e.g. `127.0.0.1:8080`".into());
+                }
+            }
+        }
+    }
+
+    fn plugin_configs(&mut self, tiers: &IndexMap<TierId, TierDraft>, links: &[(LinkSpec, KeyPath)], dirs: &[PathBuf]) {
+        for (id, draft) in tiers {
+            let Ok(plugin) = self.registry.lookup(&draft.raw.plugin, dirs) else { continue };
+            let outbound: Vec<String> =
+                links.iter().filter(|(l, _)| &l.from == id).map(|(l, _)| l.name.clone()).collect();
+            let config = draft.raw.config.clone().unwrap_or_else(|| serde_json::json!({}));
+            let cpath = draft.path.key("config");
+            for issue in plugin.validate(&config, &outbound) {
+                let at = cpath.join_str(&issue.path);
+                let message = format!("{} (plugin `{}`)", issue.message, draft.raw.plugin);
+                if issue.message.starts_with("unknown field `") {
+                    let name = issue.message.split('`').nth(1).unwrap_or_default().to_owned();
+                    let quoted: Vec<&str> = issue.message.split('`').skip(3).step_by(2).collect();
+                    let hint = issue.hint.clone().or_else(|| did_you_mean(&name, quoted.iter().copied()));
+                    self.key_error(&at.key(&name), format!("unknown key `{name}` (plugin `{}`)", draft.raw.plugin))
+                        .hint = hint;
+                } else {
+                    self.error(&at, message).hint = issue.hint;
+                }
+            }
+        }
+    }
+
+    fn tier_spec(&mut self, id: &TierId, draft: TierDraft) -> Option<TierSpec> {
+        let raw = draft.raw;
+        let max_body = match &raw.max_body {
+            None => limits::DEFAULT_MAX_BODY,
+            Some(RawSize::Bytes(b)) => *b,
+            Some(RawSize::Text(t)) => match t.parse::<bytesize::ByteSize>() {
+                Ok(b) => b.as_u64(),
+                Err(e) => {
+                    self.error(&draft.path.key("max_body"), format!("`{t}` is not a size: {e}")).hint =
+                        Some("write bytes or a size with a unit, e.g. `512KiB`, `1MiB`".into());
+                    return None;
+                }
+            },
+        };
+        Some(TierSpec {
+            id: id.clone(),
+            plugin: raw.plugin,
+            replicas: raw.replicas.and_then(|r| u32::try_from(r).ok()).unwrap_or(1),
+            listen: raw.listen.and_then(|l| l.parse().ok()),
+            max_body,
+            config: raw.config.unwrap_or_else(|| serde_json::json!({})),
+            env: raw.env.into_iter().collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
