@@ -146,7 +146,14 @@ fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
     let mut worst = ExitCode::SUCCESS;
     for file in files {
         match load(file, &registry) {
-            Ok(t) => println!("{}: ok ({} tiers, {} links)", file.display(), t.tiers.len(), t.links.len()),
+            Ok(t) => println!(
+                "{}: ok ({} tier{}, {} link{})",
+                file.display(),
+                t.tiers.len(),
+                if t.tiers.len() == 1 { "" } else { "s" },
+                t.links.len(),
+                if t.links.len() == 1 { "" } else { "s" }
+            ),
             Err(code) => {
                 // A file that cannot be read is a usage error; an invalid one a config error.
                 if code == ExitCode::from(EXIT_CONFIG) || worst == ExitCode::SUCCESS {

@@ -19,18 +19,29 @@ pub struct Loc {
 }
 
 impl Loc {
-    fn from_location(l: &serde_saphyr::Location) -> Option<Self> {
+    /// Converts a parser location; byte offsets missing from it are computed
+    /// from the line and column in `source`.
+    pub fn from_location(l: &serde_saphyr::Location, source: &str) -> Option<Self> {
         if l.line() == 0 {
             return None;
         }
+        let line = u32::try_from(l.line()).unwrap_or(u32::MAX);
+        let column = u32::try_from(l.column()).unwrap_or(u32::MAX);
         let span = l.span();
-        Some(Self {
-            line: u32::try_from(l.line()).unwrap_or(u32::MAX),
-            column: u32::try_from(l.column()).unwrap_or(u32::MAX),
-            offset: span.byte_offset().and_then(|o| usize::try_from(o).ok()).unwrap_or(0),
-            len: span.byte_len().and_then(|o| usize::try_from(o).ok()).unwrap_or(0),
-        })
+        let offset = match span.byte_offset().and_then(|o| usize::try_from(o).ok()) {
+            Some(o) => o,
+            None => byte_offset(source, line, column),
+        };
+        let len = span.byte_len().and_then(|o| usize::try_from(o).ok()).unwrap_or(0);
+        Some(Self { line, column, offset, len })
     }
+}
+
+/// The byte offset of 1-based `line` and character `column` in `source`.
+fn byte_offset(source: &str, line: u32, column: u32) -> usize {
+    let line_start: usize = source.split_inclusive('\n').take(line.saturating_sub(1) as usize).map(str::len).sum();
+    let rest = &source[line_start.min(source.len())..];
+    line_start + rest.char_indices().nth(column.saturating_sub(1) as usize).map_or(rest.len(), |(i, _)| i)
 }
 
 /// One segment of a key path: `tiers` / `api` / `[1]`.
@@ -145,7 +156,36 @@ impl Node {
     /// Parses a YAML document.
     pub fn parse(source: &str) -> Result<Node, serde_saphyr::Error> {
         let spanned: Spanned<Value> = serde_saphyr::from_str(source)?;
-        Ok(Node::from(spanned))
+        Ok(Node::from(spanned).fill_offsets(source))
+    }
+
+    /// Computes byte offsets the parser did not provide.
+    fn fill_offsets(mut self, source: &str) -> Self {
+        fn fix(loc: &mut Option<Loc>, source: &str) {
+            if let Some(l) = loc
+                && l.offset == 0
+                && (l.line, l.column) != (1, 1)
+            {
+                l.offset = byte_offset(source, l.line, l.column);
+            }
+        }
+        fix(&mut self.loc, source);
+        match &mut self.value {
+            Value::Seq(items) => {
+                *items = std::mem::take(items).into_iter().map(|n| n.fill_offsets(source)).collect();
+            }
+            Value::Map(entries) => {
+                *entries = std::mem::take(entries)
+                    .into_iter()
+                    .map(|(mut k, v)| {
+                        fix(&mut k.loc, source);
+                        (k, v.fill_offsets(source))
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+        self
     }
 
     pub fn as_map(&self) -> Option<&[(Key, Node)]> {
@@ -223,7 +263,7 @@ impl Node {
 
 impl From<Spanned<Value>> for Node {
     fn from(s: Spanned<Value>) -> Self {
-        Node { loc: Loc::from_location(&s.referenced), value: s.value }
+        Node { loc: Loc::from_location(&s.referenced, ""), value: s.value }
     }
 }
 
@@ -284,7 +324,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
             if entries.iter().any(|(k, _)| k.name == name) {
                 return Err(de::Error::custom(format_args!("duplicate key `{name}`")));
             }
-            entries.push((Key { name, loc: Loc::from_location(&key.referenced) }, value));
+            entries.push((Key { name, loc: Loc::from_location(&key.referenced, "") }, value));
         }
         Ok(Value::Map(entries))
     }

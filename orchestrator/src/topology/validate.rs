@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::model::{LinkKind, LinkSpec, QueueMode, TierId, TierSpec, Topology, limits};
-use super::node::{KeyPath, Node, Value};
+use super::node::{KeyPath, Node, Seg, Value};
 use super::raw::{RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
 use crate::plugins::Registry;
 
@@ -20,7 +20,7 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
     let root = match Node::parse(source) {
         Ok(root) => root,
         Err(e) => {
-            diags.push(syntax_error(&e));
+            diags.push(syntax_error(&e, source));
             return Err(diags);
         }
     };
@@ -33,20 +33,32 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
     }
 }
 
-fn syntax_error(e: &serde_saphyr::Error) -> Diagnostic {
-    let loc = e.location().and_then(|l| {
-        let span = l.span();
-        Some(super::node::Loc {
-            line: u32::try_from(l.line()).ok()?,
-            column: u32::try_from(l.column()).ok()?,
-            offset: span.byte_offset().and_then(|o| usize::try_from(o).ok()).unwrap_or(0),
-            len: span.byte_len().and_then(|o| usize::try_from(o).ok()).unwrap_or(1),
-        })
-    });
+fn syntax_error(e: &serde_saphyr::Error, source: &str) -> Diagnostic {
+    let loc = e.location().and_then(|l| super::node::Loc::from_location(&l, source));
     let text = e.without_snippet().to_string();
-    // The located rendering repeats the position; keep the sentence.
     let message = text.lines().next().unwrap_or("invalid YAML").trim().to_owned();
     Diagnostic::new(&KeyPath::root(), format!("invalid YAML: {message}")).at(loc)
+}
+
+/// The field an "unknown field" error from serde is about.
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
+}
+
+/// Removes `key` from the object at `path` inside `json`; whether it was there.
+fn remove_key(json: &mut serde_json::Value, path: &[Seg], key: &str) -> bool {
+    let mut node = json;
+    for seg in path {
+        let next = match seg {
+            Seg::Key(k) => node.get_mut(k.as_str()),
+            Seg::Index(i) => node.get_mut(*i),
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    node.as_object_mut().is_some_and(|o| o.remove(key).is_some())
 }
 
 /// Closest candidate to `word`, if one is close enough to be a likely typo.
@@ -92,24 +104,40 @@ impl Validator<'_> {
         self.diags.items.last_mut().expect("just pushed")
     }
 
-    /// Deserializes `node` (at `path`) into `T`, reporting the first error located.
+    /// Deserializes `node` (at `path`) into `T`. Unknown keys are reported and
+    /// skipped so that the rest is still checked; any other error is reported
+    /// and gives `None`.
     fn de<T: DeserializeOwned>(&mut self, node: &Node, path: &KeyPath) -> Option<T> {
-        let json = node.to_json();
-        match serde_path_to_error::deserialize::<_, T>(json) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let at = path.join_serde(e.path());
-                let message = e.inner().to_string();
-                self.serde_error(&at, &message);
-                None
+        let mut json = node.to_json();
+        for _ in 0..64 {
+            match serde_path_to_error::deserialize::<_, T>(json.clone()) {
+                Ok(t) => return Some(t),
+                Err(e) => {
+                    let mut at = path.join_serde(e.path());
+                    let message = e.inner().to_string();
+                    if let Some(name) = unknown_field(&message) {
+                        // The path of an unknown field ends with the field itself.
+                        if at.0.last() == Some(&Seg::Key(name.to_owned())) {
+                            at.0.pop();
+                        }
+                        let removed = remove_key(&mut json, &at.0[path.0.len()..], name);
+                        self.serde_error(&at, &message);
+                        if removed {
+                            continue;
+                        }
+                    } else {
+                        self.serde_error(&at, &message);
+                    }
+                    return None;
+                }
             }
         }
+        None
     }
 
     fn serde_error(&mut self, at: &KeyPath, message: &str) {
         let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            let name = rest.split('`').next().unwrap_or_default();
+        if let Some(name) = unknown_field(message) {
             let hint = did_you_mean(name, quoted.iter().skip(1).copied())
                 .or_else(|| (quoted.len() > 1).then(|| format!("expected one of: {}", quoted[1..].join(", "))));
             self.key_error(&at.key(name), format!("unknown key `{name}`")).hint = hint;
@@ -172,9 +200,9 @@ impl Validator<'_> {
         .collect();
 
         let tiers = self.tiers(&plugin_dirs);
-        let links = self.links(&tiers);
+        let (links, declared) = self.links(&tiers);
         self.listen_conflicts(&tiers);
-        self.plugin_configs(&tiers, &links, &plugin_dirs);
+        self.plugin_configs(&tiers, &declared, &plugin_dirs);
 
         let tiers =
             tiers.into_iter().filter_map(|(id, draft)| Some((id.clone(), self.tier_spec(&id, draft)?))).collect();
@@ -237,16 +265,19 @@ impl Validator<'_> {
         out
     }
 
-    fn links(&mut self, tiers: &IndexMap<TierId, TierDraft>) -> Vec<(LinkSpec, KeyPath)> {
+    /// The valid links, and the (caller, name) of every link that parsed, valid
+    /// or not, so that plugins checking their link names see no false errors.
+    fn links(&mut self, tiers: &IndexMap<TierId, TierDraft>) -> (Vec<(LinkSpec, KeyPath)>, Vec<(TierId, String)>) {
         let mut out: Vec<(LinkSpec, KeyPath)> = Vec::new();
+        let mut declared = Vec::new();
         let path = KeyPath::root().key("links");
-        let Some(node) = self.root.get("links") else { return out };
+        let Some(node) = self.root.get("links") else { return (out, declared) };
         let items: &[Node] = match &node.value {
             Value::Seq(items) => items,
             Value::Null => &[],
             _ => {
                 self.error(&path, format!("`links` is a list of links, not {}", node.kind()));
-                return out;
+                return (out, declared);
             }
         };
         let tier_names: Vec<&str> = tiers.keys().map(TierId::as_str).collect();
@@ -285,6 +316,7 @@ impl Validator<'_> {
                 ok = false;
             }
             let name = raw.name.clone().unwrap_or_else(|| raw.to.clone());
+            declared.push((TierId::new(&raw.from), name.clone()));
             if !valid_name(&name) {
                 self.error(&lpath.key("name"), format!("`{name}` is not a valid link name")).hint =
                     Some("use letters, digits, `-` and `_`".into());
@@ -349,7 +381,7 @@ impl Validator<'_> {
                 out.push((spec, lpath));
             }
         }
-        out
+        (out, declared)
     }
 
     fn listen_conflicts(&mut self, tiers: &IndexMap<TierId, TierDraft>) {
@@ -373,11 +405,11 @@ impl Validator<'_> {
         }
     }
 
-    fn plugin_configs(&mut self, tiers: &IndexMap<TierId, TierDraft>, links: &[(LinkSpec, KeyPath)], dirs: &[PathBuf]) {
+    fn plugin_configs(&mut self, tiers: &IndexMap<TierId, TierDraft>, links: &[(TierId, String)], dirs: &[PathBuf]) {
         for (id, draft) in tiers {
             let Ok(plugin) = self.registry.lookup(&draft.raw.plugin, dirs) else { continue };
             let outbound: Vec<String> =
-                links.iter().filter(|(l, _)| &l.from == id).map(|(l, _)| l.name.clone()).collect();
+                links.iter().filter(|(from, _)| from == id).map(|(_, name)| name.clone()).collect();
             let config = draft.raw.config.clone().unwrap_or_else(|| serde_json::json!({}));
             let cpath = draft.path.key("config");
             for issue in plugin.validate(&config, &outbound) {
@@ -387,8 +419,8 @@ impl Validator<'_> {
                     let name = issue.message.split('`').nth(1).unwrap_or_default().to_owned();
                     let quoted: Vec<&str> = issue.message.split('`').skip(3).step_by(2).collect();
                     let hint = issue.hint.clone().or_else(|| did_you_mean(&name, quoted.iter().copied()));
-                    self.key_error(&at.key(&name), format!("unknown key `{name}` (plugin `{}`)", draft.raw.plugin))
-                        .hint = hint;
+                    let at = if at.0.last() == Some(&Seg::Key(name.clone())) { at } else { at.key(&name) };
+                    self.key_error(&at, format!("unknown key `{name}` (plugin `{}`)", draft.raw.plugin)).hint = hint;
                 } else {
                     self.error(&at, message).hint = issue.hint;
                 }
@@ -419,5 +451,158 @@ impl Validator<'_> {
             config: raw.config.unwrap_or_else(|| serde_json::json!({})),
             env: raw.env.into_iter().collect::<BTreeMap<_, _>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Topology, Diagnostics> {
+        parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new()))
+    }
+
+    /// `(key path, line, column, message)` of every error.
+    fn errors(yaml: &str) -> Vec<(String, u32, u32, String)> {
+        let diags = check(yaml).expect_err("the topology should be invalid");
+        diags
+            .items
+            .iter()
+            .map(|d| (d.path.clone(), d.loc.map_or(0, |l| l.line), d.loc.map_or(0, |l| l.column), d.message.clone()))
+            .collect()
+    }
+
+    const BASE: &str = "version: 1\nname: t\ntiers:\n  web:\n    plugin: gateway\n    listen: 127.0.0.1:0\n    config: { routes: [{ path: /, link: api }] }\n  api:\n    plugin: gateway\n";
+
+    #[test]
+    fn a_valid_topology_becomes_typed_specs() {
+        let t =
+            check(&format!("{BASE}links:\n  - {{ from: web, to: api, kind: rest, timeout: 1500ms, retries: 2 }}\n"))
+                .unwrap();
+        assert_eq!(t.name, "t");
+        assert_eq!(t.tiers.len(), 2);
+        let web = &t.tiers[&TierId::new("web")];
+        assert_eq!(web.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(web.replicas, 1);
+        assert_eq!(web.max_body, limits::DEFAULT_MAX_BODY);
+        let link = &t.links[0];
+        assert_eq!(
+            (link.name.as_str(), link.kind, link.timeout, link.retries),
+            ("api", LinkKind::Rest, Duration::from_millis(1500), 2)
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let e = errors("version: 1\nname: [oops\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].1, e[0].2), (2, 7));
+        assert!(e[0].3.starts_with("invalid YAML"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_located_with_suggestions() {
+        let diags = check(&format!("{BASE}    replcas: 2\nlink: []\n")).unwrap_err();
+        let e: Vec<_> = diags.items.iter().map(|d| (d.path.as_str(), d.loc.unwrap().line, d.hint.clone())).collect();
+        assert!(e.contains(&("link", 11, Some("did you mean `links`?".into()))), "{e:?}");
+        assert!(e.contains(&("tiers.api.replcas", 10, Some("did you mean `replicas`?".into()))), "{e:?}");
+        // The gateway's own route check still ran: its link does not exist.
+        assert!(diags.items.iter().any(|d| d.path == "tiers.web.config.routes[0].link"));
+    }
+
+    #[test]
+    fn unknown_tier_in_a_link() {
+        let diags = check(&format!("{BASE}links:\n  - {{ from: web, to: apu, kind: rest }}\n")).unwrap_err();
+        let d = diags.items.iter().find(|d| d.path == "links[0].to").unwrap();
+        assert_eq!((d.loc.unwrap().line, d.loc.unwrap().column), (11, 22));
+        assert_eq!(d.message, "unknown tier `apu`");
+        assert_eq!(d.hint.as_deref(), Some("did you mean `api`?"));
+    }
+
+    #[test]
+    fn duplicate_link_names_per_caller() {
+        let e = errors(&format!(
+            "{BASE}links:\n  - {{ from: web, to: api, kind: rest }}\n  - {{ from: web, to: web, kind: rest, name: api }}\n"
+        ));
+        assert_eq!(e[0].0, "links[1].name");
+        assert_eq!(e[0].1, 12);
+        assert!(e[0].3.contains("already has an outbound link named `api`"));
+    }
+
+    #[test]
+    fn unknown_plugin_names_the_file_searched() {
+        let e = errors("version: 1\nname: t\ntiers:\n  a:\n    plugin: gatewy\n");
+        assert_eq!((e[0].0.as_str(), e[0].1, e[0].2), ("tiers.a.plugin", 5, 13));
+        assert!(e[0].3.contains("no plugin named `gatewy`"), "{e:?}");
+        let hint = check("version: 1\nname: t\ntiers:\n  a:\n    plugin: gatewy\n").unwrap_err().items[0].hint.clone();
+        assert_eq!(hint.as_deref(), Some("did you mean `gateway`?"));
+    }
+
+    #[test]
+    fn plugin_config_errors_are_located_inside_config() {
+        let e = errors(
+            "version: 1\nname: t\ntiers:\n  a:\n    plugin: gateway\n    config:\n      routes:\n        - { path: x, link: nowhere }\n",
+        );
+        assert_eq!(e[0].0, "tiers.a.config.routes[0].path");
+        assert_eq!((e[0].1, e[0].2), (8, 19));
+        assert_eq!(e[1].0, "tiers.a.config.routes[0].link");
+        let e = errors("version: 1\nname: t\ntiers:\n  a:\n    plugin: gateway\n    config:\n      rotes: []\n");
+        assert_eq!((e[0].0.as_str(), e[0].1), ("tiers.a.config.rotes", 7));
+        assert!(e[0].3.starts_with("unknown key `rotes`"), "{e:?}");
+    }
+
+    #[test]
+    fn replicas_out_of_range() {
+        for (value, ok) in [("0", false), ("257", false), ("-1", false), ("256", true), ("1", true)] {
+            let r = check(&format!("version: 1\nname: t\ntiers:\n  a:\n    plugin: gateway\n    replicas: {value}\n"));
+            assert_eq!(r.is_ok(), ok, "replicas {value}");
+            if let Err(d) = r {
+                assert_eq!((d.items[0].path.as_str(), d.items[0].loc.unwrap().line), ("tiers.a.replicas", 6));
+            }
+        }
+    }
+
+    #[test]
+    fn two_tiers_on_one_listen_address() {
+        let e = errors(
+            "version: 1\nname: t\ntiers:\n  a: { plugin: gateway, listen: 127.0.0.1:8080 }\n  b: { plugin: gateway, listen: 127.0.0.1:8080 }\n  c: { plugin: gateway, listen: localhost:80 }\n",
+        );
+        assert_eq!(e[0].0, "tiers.b.listen");
+        assert!(e[0].3.contains("tier `a` already listens on 127.0.0.1:8080"));
+        assert_eq!(e[1].0, "tiers.c.listen");
+        // Port 0 twice is fine: each gets its own port.
+        assert!(check("version: 1\nname: t\ntiers:\n  a: { plugin: gateway, listen: 127.0.0.1:0 }\n  b: { plugin: gateway, listen: 127.0.0.1:0 }\n").is_ok());
+    }
+
+    #[test]
+    fn a_link_kind_the_target_cannot_serve() {
+        let e = errors(&format!("{BASE}links:\n  - {{ from: web, to: api, kind: queue }}\n"));
+        let d = e.iter().find(|d| d.0 == "links[0].kind").unwrap();
+        assert!(d.3.contains("cannot serve `queue` links"), "{d:?}");
+        assert_eq!(d.1, 11);
+    }
+
+    #[test]
+    fn bad_values_are_reported_together() {
+        let e = errors(
+            "version: 2\nname: t\ntiers:\n  a: { plugin: gateway, max_body: lots }\nlinks:\n  - { from: a, to: a, kind: rst, timeout: 3 }\n  - { from: a, to: a, kind: rest, timeout: soon, topic: x, retries: 99 }\n",
+        );
+        let paths: Vec<&str> = e.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["version", "links[0].kind", "links[1].timeout", "links[1].retries", "links[1].topic", "tiers.a.max_body"]
+        );
+    }
+
+    #[test]
+    fn not_a_mapping() {
+        let e = errors("- just\n- a list\n");
+        assert!(e[0].3.contains("a topology is a mapping"));
+    }
+
+    #[test]
+    fn suggestions_need_a_close_match() {
+        assert_eq!(did_you_mean("backnd", ["backend", "frontend"]).as_deref(), Some("did you mean `backend`?"));
+        assert_eq!(did_you_mean("zzz", ["backend", "frontend"]), None);
     }
 }
