@@ -1,1 +1,266 @@
+//! Runs the real `orchestrator` binary for integration tests.
+//!
+//! Every process is started on port 0 and found through what it reports (the
+//! admin address in its log, tier addresses in `/admin/status`); every wait is
+//! on an event with a deadline, never a sleep. A failing test prints the
+//! process's output and the topology it ran.
 
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The cargo target directory holding the binary and the plugin libraries.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("test executable in target/<profile>/deps").to_path_buf()
+}
+
+/// The orchestrator binary. The test command builds the workspace first.
+pub fn bin() -> PathBuf {
+    let bin = target_dir().join("orchestrator");
+    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace` before the tests", bin.display());
+    bin
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repository").to_path_buf()
+}
+
+/// Runs `orchestrator ARGS` to completion.
+pub fn orchestrator(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("NO_COLOR", "1").output().expect("run orchestrator")
+}
+
+/// A topology file in a temporary directory.
+pub struct TopologyFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub yaml: String,
+}
+
+impl TopologyFile {
+    pub fn new(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("topology.yaml");
+        std::fs::write(&path, yaml).expect("write topology");
+        Self { dir, path, yaml: yaml.to_owned() }
+    }
+
+    /// A repository topology with its fixed listen addresses moved to port 0.
+    pub fn from_repo(relative: &str) -> Self {
+        let yaml = std::fs::read_to_string(repo_root().join(relative)).expect("read topology");
+        Self::new(&yaml.replace("127.0.0.1:8080", "127.0.0.1:0"))
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("UTF-8 temp path")
+    }
+}
+
+/// A running `orchestrator run`.
+pub struct Running {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+    pub admin: SocketAddr,
+    pub topology: TopologyFile,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Running {
+    /// Starts `orchestrator run` on `yaml` and waits until it is ready.
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_file(TopologyFile::new(yaml)).await
+    }
+
+    pub async fn start_file(topology: TopologyFile) -> Self {
+        let mut child = Command::new(bin())
+            .args(["run", topology.path_str(), "--admin", "127.0.0.1:0", "--drain-timeout", "10s"])
+            .env("NO_COLOR", "1")
+            .env("ORCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn orchestrator");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let mut running = Self { child, log, lines, admin: "0.0.0.0:0".parse().expect("addr"), topology, client };
+        let line = running.wait_for_line("Admin API listening.");
+        let addr = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).unwrap_or_else(|| {
+            running.fail(&format!("no address in the ready line: {line}"));
+        });
+        running.admin = addr.parse().unwrap_or_else(|_| running.fail(&format!("bad admin address {addr}")));
+        running.wait_ready().await;
+        running
+    }
+
+    /// Panics with the process's output and the topology.
+    pub fn fail(&self, why: &str) -> ! {
+        let log = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+        panic!(
+            "{why}\n--- topology ({}) ---\n{}\n--- orchestrator stderr ---\n{log}\n---",
+            self.topology.path.display(),
+            self.topology.yaml
+        );
+    }
+
+    /// Waits for a log line containing `needle` (one not consumed by an earlier wait).
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no log line with `{needle}` within {DEADLINE:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("the process exited before logging `{needle}`"))
+                }
+            }
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        self.wait_for_line("Topology running.");
+        match self.try_get(self.admin, "/admin/ready").await {
+            Ok((200, _)) => {}
+            other => self.fail(&format!("running, but /admin/ready answered {other:?}")),
+        }
+    }
+
+    /// `GET /admin/status`.
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get(self.admin, "/admin/status").await;
+        assert_eq!(code, 200, "status: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| self.fail(&format!("status is not JSON ({e}): {body}")))
+    }
+
+    /// The address tier `tier` listens on, from `/admin/status`.
+    pub async fn tier_addr(&self, tier: &str) -> SocketAddr {
+        let status = self.status().await;
+        let tiers = status["tiers"].as_array().cloned().unwrap_or_default();
+        let listen = tiers.iter().find(|t| t["name"] == tier).and_then(|t| t["listen"].as_str()).map(str::to_owned);
+        match listen.and_then(|l| l.parse().ok()) {
+            Some(addr) => addr,
+            None => self.fail(&format!("tier `{tier}` has no listen address in {status}")),
+        }
+    }
+
+    pub async fn try_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+        self.try_request("GET", addr, path, Bytes::new()).await
+    }
+
+    /// Sends one request; the status code and the body.
+    pub async fn try_request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(u16, String), String> {
+        request(&self.client, method, addr, path, body).await
+    }
+
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> (u16, String) {
+        self.try_get(addr, path).await.unwrap_or_else(|e| self.fail(&format!("GET {path}: {e}")))
+    }
+
+    pub async fn post(&self, addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> (u16, String) {
+        self.try_request("POST", addr, path, body.into())
+            .await
+            .unwrap_or_else(|e| self.fail(&format!("POST {path}: {e}")))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM to the process this test started.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit: its stderr closes, then it is reaped.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => self.fail("the process did not exit in time"),
+            }
+        }
+        self.child.wait().unwrap_or_else(|e| self.fail(&format!("wait: {e}")))
+    }
+}
+
+/// Sends one HTTP/1.1 request with `client`.
+pub async fn request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, String), String> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(DEADLINE, client.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A new HTTP client (its own connection pool).
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Stop what this test started, by its PID.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -17,6 +17,7 @@
 
 // Only `plugins`, the host's side of the C ABI, may use `unsafe`.
 #![deny(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod links;

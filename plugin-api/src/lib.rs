@@ -36,6 +36,8 @@
 //! - [`export`] — the `extern "C"` shims behind [`export_plugin!`];
 //! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod abi;
 mod context;
 pub mod export;

@@ -63,7 +63,7 @@ impl Diagnostics {
     /// Renders like a compiler: each error with its source line and a caret.
     pub fn render(&self, color: bool) -> String {
         let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
+        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1).with_wrap_lines(false);
         let name = self.file.display().to_string();
         let mut out = String::new();
         for d in &self.items {

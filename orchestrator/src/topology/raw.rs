@@ -29,6 +29,7 @@ pub struct RawTopology {
 /// One tier.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tier")]
 pub struct RawTier {
     /// The plugin that handles this tier: a built-in (`gateway`) or a library `lib<name>.so`.
     pub plugin: String,
@@ -53,6 +54,7 @@ pub struct RawTier {
 /// A size in bytes, as a number or a string with a unit.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "Size")]
 pub enum RawSize {
     Bytes(u64),
     Text(String),
@@ -61,6 +63,7 @@ pub enum RawSize {
 /// The kind of a link.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "LinkKind")]
 pub enum RawLinkKind {
     /// HTTP requests.
     Rest,
@@ -72,6 +75,7 @@ pub enum RawLinkKind {
 
 /// Delivery mode of a queue link.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[schemars(rename = "QueueMode")]
 pub enum RawQueueMode {
     /// Every subscribing tier gets each message.
     #[serde(rename = "pubsub")]
@@ -84,6 +88,7 @@ pub enum RawQueueMode {
 /// A link from one tier to another.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Link")]
 pub struct RawLink {
     /// The calling tier.
     pub from: String,

@@ -12,7 +12,7 @@ use super::diagnostic::{Diagnostic, Diagnostics};
 use super::model::{LinkKind, LinkSpec, QueueMode, TierId, TierSpec, Topology, limits};
 use super::node::{KeyPath, Node, Seg, Value};
 use super::raw::{RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
-use crate::plugins::Registry;
+use crate::plugins::{LoadError, Registry};
 
 /// Parses and validates topology `source` read from `file`.
 pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology, Diagnostics> {
@@ -206,13 +206,7 @@ impl Validator<'_> {
 
         let tiers =
             tiers.into_iter().filter_map(|(id, draft)| Some((id.clone(), self.tier_spec(&id, draft)?))).collect();
-        Some(Topology {
-            name,
-            file: file.to_owned(),
-            plugin_dirs,
-            tiers,
-            links: links.into_iter().map(|(l, _)| l).collect(),
-        })
+        Some(Topology { name, file: file.to_owned(), plugin_dirs, tiers, links })
     }
 
     fn tiers(&mut self, plugin_dirs: &[PathBuf]) -> IndexMap<TierId, TierDraft> {
@@ -241,14 +235,19 @@ impl Validator<'_> {
                 Ok(p) => Some(p.serves()),
                 Err(e) => {
                     let names = self.registry.names(plugin_dirs);
-                    let hint = did_you_mean(&raw.plugin, names.iter().map(String::as_str)).unwrap_or_else(|| {
-                        if names.is_empty() {
-                            "no plugins found; build them with `cargo build --release`".to_owned()
-                        } else {
-                            format!("available plugins: {}", names.join(", "))
+                    let hint = match &e {
+                        LoadError::NotFound { .. } => {
+                            Some(did_you_mean(&raw.plugin, names.iter().map(String::as_str)).unwrap_or_else(|| {
+                                if names.is_empty() {
+                                    "no plugins found; build them with `cargo build --release`".to_owned()
+                                } else {
+                                    format!("available plugins: {}", names.join(", "))
+                                }
+                            }))
                         }
-                    });
-                    self.error(&tpath.key("plugin"), e.to_string()).hint = Some(hint);
+                        _ => None,
+                    };
+                    self.error(&tpath.key("plugin"), e.to_string()).hint = hint;
                     None
                 }
             };
@@ -267,8 +266,8 @@ impl Validator<'_> {
 
     /// The valid links, and the (caller, name) of every link that parsed, valid
     /// or not, so that plugins checking their link names see no false errors.
-    fn links(&mut self, tiers: &IndexMap<TierId, TierDraft>) -> (Vec<(LinkSpec, KeyPath)>, Vec<(TierId, String)>) {
-        let mut out: Vec<(LinkSpec, KeyPath)> = Vec::new();
+    fn links(&mut self, tiers: &IndexMap<TierId, TierDraft>) -> (Vec<LinkSpec>, Vec<(TierId, String)>) {
+        let mut out: Vec<LinkSpec> = Vec::new();
         let mut declared = Vec::new();
         let path = KeyPath::root().key("links");
         let Some(node) = self.root.get("links") else { return (out, declared) };
@@ -378,7 +377,7 @@ impl Validator<'_> {
                     retries,
                     mode,
                 };
-                out.push((spec, lpath));
+                out.push(spec);
             }
         }
         (out, declared)

@@ -1,7 +1,8 @@
 //! A fixture for the integration tests. Paths:
 //! - `/whoami` — `{"tier": ..., "replica": n, "tag": config.tag}`;
+//! - `/env/<key>` — `{"value": the tier's env value or null}`;
 //! - `/panic` — panics inside the handler;
-//! - `/sleep/<ms>` — answers after `ms` milliseconds on the host's timer;
+//! - `/sleep/<ms>` — logs `Sleeping for <ms> ms.`, answers after `ms` milliseconds on the host's timer;
 //! - `/call/<link>/<rest>` — forwards to outbound link `link` with path `/<rest>`;
 //! - anything else — echoes method, path and body.
 
@@ -33,11 +34,15 @@ impl Plugin for Testkit {
         if path == "/whoami" {
             return Response::json(&json!({ "tier": cx.tier(), "replica": cx.replica(), "tag": self.tag }));
         }
+        if let Some(key) = path.strip_prefix("/env/") {
+            return Response::json(&json!({ "value": cx.env(key) }));
+        }
         if path == "/panic" {
             panic!("asked to panic");
         }
         if let Some(ms) = path.strip_prefix("/sleep/") {
             let ms: u64 = ms.parse().unwrap_or(0);
+            cx.info(format_args!("Sleeping for {ms} ms."));
             cx.sleep(Duration::from_millis(ms)).await;
             return Response::json(&json!({ "slept_ms": ms, "replica": cx.replica() }));
         }

@@ -1,0 +1,44 @@
+//! `graph` and `schema`.
+
+use integration_tests::{orchestrator, repo_root};
+use serde_json::Value;
+
+#[test]
+fn graph_draws_tiers_and_links_as_mermaid_and_dot() {
+    let hello = repo_root().join("topologies/hello.yaml");
+    let out = orchestrator(&["graph", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let mermaid = String::from_utf8_lossy(&out.stdout);
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    assert!(mermaid.contains(r#"t_backend["backend<br/>backend ×3"]"#), "{mermaid}");
+    assert!(mermaid.contains(r#"t_frontend -- "rest" --> t_backend"#), "{mermaid}");
+
+    let out = orchestrator(&["graph", hello.to_str().unwrap(), "--format", "dot"]);
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(dot.starts_with("digraph \"hello\" {"), "{dot}");
+    assert!(dot.contains(r#""web" -> "frontend" [label="rest", style=solid];"#), "{dot}");
+}
+
+#[test]
+fn schema_describes_the_topology_file() {
+    let out = orchestrator(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "orchestrator topology");
+    assert_eq!(schema["additionalProperties"], false);
+    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(required, ["version", "name"]);
+    for key in ["version", "name", "plugins", "tiers", "links"] {
+        assert!(schema["properties"][key].is_object(), "no `{key}` in the schema");
+    }
+    let tier = &schema["$defs"]["Tier"];
+    assert_eq!(tier["additionalProperties"], false);
+    assert!(tier["properties"]["replicas"].is_object());
+    // The committed copy for editors is current.
+    let committed = std::fs::read_to_string(repo_root().join("docs/topology.schema.json")).unwrap();
+    assert_eq!(
+        committed.trim_end(),
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "regenerate docs/topology.schema.json with `orchestrator schema`"
+    );
+}

@@ -1,0 +1,24 @@
+//! Many concurrent requests through gateway → frontend → backend.
+
+use integration_tests::{Running, TopologyFile, client, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_are_all_answered_correctly() {
+    let orch = Running::start_file(TopologyFile::from_repo("topologies/hello.yaml")).await;
+    let web = orch.tier_addr("web").await;
+    let http = client();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let http = http.clone();
+            tokio::spawn(async move { request(&http, "GET", web, "/api", Default::default()).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((200, body)) if body == r#"{"message":"Hello Python!","data":"Hello Go!"}"# => ok += 1,
+            other => orch.fail(&format!("unexpected answer: {other:?}")),
+        }
+    }
+    assert_eq!(ok, 1000);
+}

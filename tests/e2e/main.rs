@@ -1,0 +1,9 @@
+//! End-to-end tests: each runs the real `orchestrator` binary.
+
+mod cli;
+mod guide;
+mod hello;
+mod load;
+mod plugins;
+mod shutdown;
+mod validation;
