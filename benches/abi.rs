@@ -1,1 +1,105 @@
-fn main() {}
+//! The cost of the plugin boundary, in-process (no sockets):
+//!
+//! - `plugin_call/direct`: the backend handler called as a Rust function;
+//! - `plugin_call/abi`: the same handler, loaded from `libbackend.so`, called
+//!   through the C ABI (request copied in, FFI future polled, response handed back);
+//! - `link_call/gateway_to_backend`: the built-in gateway's handler calling the
+//!   backend over a REST link through the host (plugin → host → plugin).
+//!
+//! ABI overhead per call = abi − direct; link-call overhead = link_call − abi.
+//! Run: `cargo bench -p benches --bench abi` (after `cargo build --release --workspace`).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use orchestrator::links::{Endpoint, LinkTable, Route};
+use orchestrator::plugins::{BorrowedRequest, HostCtx, Instance, Registry};
+use orchestrator::topology::{LinkKind, LinkSpec, QueueMode, TierId};
+use plugin_api::abi::encode_headers;
+use plugin_api::{Plugin, Request};
+
+const BODY: &[u8] = br#"{"message":"Hello Go!"}"#;
+
+fn release_dir() -> std::path::PathBuf {
+    // target/release/deps/abi-<hash> → target/release
+    let exe = std::env::current_exe().expect("bench executable");
+    exe.parent().and_then(|p| p.parent()).expect("target/release").to_path_buf()
+}
+
+fn instance(
+    registry: &Registry,
+    plugin: &str,
+    tier: &str,
+    config: serde_json::Value,
+    links: Arc<LinkTable>,
+) -> Arc<Instance> {
+    let plugin = registry.lookup(plugin, &[]).expect("plugin library: run `cargo build --release --workspace`");
+    Instance::create(plugin, &config, Arc::new(HostCtx::new(TierId::new(tier), 0, links, Default::default())))
+        .expect("instance")
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _guard = rt.enter();
+    let registry = Registry::with_dirs(vec![release_dir()]);
+
+    let mut headers = Vec::new();
+    encode_headers([(&b"content-type"[..], &b"application/json"[..])], &mut headers);
+
+    // Direct: the handler as a Rust call.
+    let backend = backend::Backend::default();
+    let cx = plugin_api::testing::detached_context();
+    let request = Request::post("/backend").with_header("content-type", "application/json").with_body(BODY);
+    let mut group = c.benchmark_group("plugin_call");
+    group.bench_function("direct", |b| {
+        b.iter(|| rt.block_on(async { black_box(backend.handle(request.clone(), cx.clone()).await) }))
+    });
+
+    // Through the ABI: the same handler from libbackend.so.
+    let loaded = instance(&registry, "backend", "backend", serde_json::json!({}), Arc::new(LinkTable::default()));
+    group.bench_function("abi", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = BorrowedRequest::new(b"POST", b"/backend", &headers, BODY);
+                black_box(loaded.call(&req).await.expect("response"))
+            })
+        })
+    });
+    group.finish();
+
+    // Gateway → host → backend over a link.
+    let endpoint = Arc::new(Endpoint::new(TierId::new("backend")));
+    endpoint.set(vec![loaded.clone()]);
+    let spec = LinkSpec {
+        from: TierId::new("web"),
+        to: TierId::new("backend"),
+        name: "backend".into(),
+        kind: LinkKind::Rest,
+        timeout: std::time::Duration::from_secs(30),
+        retries: 0,
+        topic: None,
+        mode: QueueMode::PubSub,
+    };
+    let links =
+        Arc::new(LinkTable::new(HashMap::from([("backend".to_owned(), Arc::new(Route { spec, target: endpoint }))])));
+    let gateway = instance(
+        &registry,
+        "gateway",
+        "web",
+        serde_json::json!({ "routes": [{ "path": "/", "link": "backend" }] }),
+        links,
+    );
+    c.bench_function("link_call/gateway_to_backend", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = BorrowedRequest::new(b"POST", b"/backend", &headers, BODY);
+                black_box(gateway.call(&req).await.expect("response"))
+            })
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

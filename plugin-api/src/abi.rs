@@ -96,6 +96,12 @@ unsafe extern "C" fn free_vec(ptr: *mut u8, len: usize, cap: usize) {
     drop(unsafe { Vec::from_raw_parts(ptr, len, cap) });
 }
 
+unsafe extern "C" fn free_bytes(_ptr: *mut u8, _len: usize, boxed: usize) {
+    // SAFETY: made by `RBuf::from_bytes` of this same library: `boxed` is the
+    // address of a leaked `Box<Bytes>`. Dropping `Bytes` does not panic.
+    drop(unsafe { Box::from_raw(boxed as *mut bytes::Bytes) });
+}
+
 impl RBuf {
     /// An empty buffer that owns nothing.
     pub const fn empty() -> Self {
@@ -109,6 +115,18 @@ impl RBuf {
         }
         let mut v = std::mem::ManuallyDrop::new(v);
         Self { ptr: v.as_mut_ptr(), len: v.len(), cap: v.capacity(), free: Some(free_vec) }
+    }
+
+    /// Hands over `bytes` without copying: the `Bytes` handle itself is kept
+    /// alive (boxed) until the receiver frees the buffer.
+    pub fn from_bytes(bytes: bytes::Bytes) -> Self {
+        if bytes.is_empty() {
+            return Self::empty();
+        }
+        let (ptr, len) = (bytes.as_ptr().cast_mut(), bytes.len());
+        // The box's address travels in `cap`, which only `free_bytes` reads.
+        let boxed = Box::into_raw(Box::new(bytes)) as usize;
+        Self { ptr, len, cap: boxed, free: Some(free_bytes) }
     }
 
     pub fn len(&self) -> usize {
@@ -288,14 +306,21 @@ pub fn decode_headers(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> 
 
 /// Encodes an `http::HeaderMap`.
 pub fn encode_header_map(headers: &http::HeaderMap, out: &mut Vec<u8>) {
+    out.reserve(headers.iter().map(|(n, v)| 8 + n.as_str().len() + v.len()).sum());
     encode_headers(headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), out);
 }
 
-/// Decodes into an `http::HeaderMap`, skipping entries that are not valid headers.
+/// Decodes into an `http::HeaderMap`, skipping entries that are not valid
+/// headers. Values share one copied buffer rather than one allocation each.
 pub fn decode_header_map(bytes: &[u8]) -> http::HeaderMap {
-    let mut map = http::HeaderMap::new();
-    for (name, value) in decode_headers(bytes) {
-        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) {
+    if bytes.is_empty() {
+        return http::HeaderMap::new();
+    }
+    let blob = bytes::Bytes::copy_from_slice(bytes);
+    let mut map = http::HeaderMap::with_capacity(decode_headers(bytes).count());
+    for (name, value) in decode_headers(&blob) {
+        let Ok(name) = http::HeaderName::from_bytes(name) else { continue };
+        if let Ok(value) = http::HeaderValue::from_maybe_shared(blob.slice_ref(value)) {
             map.append(name, value);
         }
     }
@@ -320,6 +345,21 @@ mod tests {
         encode_headers([(&b"a"[..], &b"b"[..])], &mut buf);
         buf.truncate(buf.len() - 1);
         assert_eq!(decode_headers(&buf).count(), 0);
+    }
+
+    #[test]
+    fn shared_bytes_cross_without_a_copy() {
+        let shared = bytes::Bytes::from(b"shared body".to_vec());
+        let keep = shared.clone();
+        let buf = RBuf::from_bytes(shared);
+        assert_eq!(buf.as_bytes().as_ptr(), keep.as_ptr());
+        drop(buf);
+        assert_eq!(keep, &b"shared body"[..]);
+        let unique = RBuf::from_bytes(bytes::Bytes::from(b"unique".to_vec()));
+        assert_eq!(unique.as_bytes(), b"unique");
+        let owned = RBuf::from_vec(b"x".to_vec());
+        let foreign = bytes::Bytes::from_owner(owned);
+        assert_eq!(RBuf::from_bytes(foreign).as_bytes(), b"x");
     }
 
     #[test]

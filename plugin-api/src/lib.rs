@@ -39,15 +39,19 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod abi;
+mod body;
 mod context;
 pub mod export;
+mod headers;
 mod message;
 mod plugin;
 pub mod testing;
 mod types;
 
+pub use body::Body;
 pub use bytes::{self, Bytes};
 pub use context::{Context, Link};
+pub use headers::Headers;
 pub use http::{self, HeaderMap, Method, StatusCode};
 pub use message::{Request, Response};
 pub use plugin::Plugin;
@@ -62,7 +66,7 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod prelude {
     pub use crate::serde::{Deserialize, Serialize};
     pub use crate::{
-        ConfigIssue, Context, LinkError, LinkKind, Plugin, Request, Response, StatusCode, ValidateContext,
+        Body, ConfigIssue, Context, LinkError, LinkKind, Plugin, Request, Response, StatusCode, ValidateContext,
         export_plugin,
     };
 }

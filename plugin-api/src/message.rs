@@ -1,11 +1,12 @@
 //! Requests and responses as a plugin sees them.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::abi::{self, RBuf, RStr, RawRequest, RawResponse};
+use crate::abi::{RStr, RawRequest, RawResponse};
+use crate::{Body, Headers};
 
 /// An HTTP-shaped request: what a tier receives and what it sends on a link.
 #[derive(Clone, Debug)]
@@ -13,13 +14,13 @@ pub struct Request {
     pub method: Method,
     /// Path and query, e.g. `/api/items?page=2`.
     pub uri: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+    pub headers: Headers,
+    pub body: Body,
 }
 
 impl Request {
     pub fn new(method: Method, uri: impl Into<String>) -> Self {
-        Self { method, uri: uri.into(), headers: HeaderMap::new(), body: Bytes::new() }
+        Self { method, uri: uri.into(), headers: Headers::new(), body: Body::new() }
     }
 
     pub fn get(uri: impl Into<String>) -> Self {
@@ -32,21 +33,19 @@ impl Request {
 
     /// Sets the body and the `content-type: application/json` header.
     pub fn with_json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
-        self.body = serde_json::to_vec(value).map(Bytes::from).unwrap_or_default();
-        self.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.body = serde_json::to_vec(value).map(Body::from).unwrap_or_default();
+        self.headers.insert("content-type", "application/json");
         self
     }
 
-    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+    pub fn with_body(mut self, body: impl Into<Body>) -> Self {
         self.body = body.into();
         self
     }
 
     /// Adds a header; an invalid name or value is ignored.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            self.headers.append(n, v);
-        }
+        self.headers.append(name, value);
         self
     }
 
@@ -78,15 +77,18 @@ impl Request {
         Ok(Self {
             method,
             uri: uri.to_owned(),
-            headers: abi::decode_header_map(headers),
-            body: Bytes::copy_from_slice(body),
+            headers: if headers.is_empty() {
+                Headers::new()
+            } else {
+                Headers::encoded(Bytes::copy_from_slice(headers))
+            },
+            body: Body::from(Bytes::copy_from_slice(body)),
         })
     }
 
     /// Lends this request as a [`RawRequest`] to `f`.
     pub fn with_raw<R>(&self, f: impl FnOnce(&RawRequest) -> R) -> R {
-        let mut headers = Vec::with_capacity(64);
-        abi::encode_header_map(&self.headers, &mut headers);
+        let headers = self.headers.to_encoded();
         let raw = RawRequest {
             method: RStr::from_bytes(self.method.as_str().as_bytes()),
             uri: RStr::from_bytes(self.uri.as_bytes()),
@@ -101,8 +103,8 @@ impl Request {
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+    pub headers: Headers,
+    pub body: Body,
 }
 
 impl Default for Response {
@@ -113,7 +115,7 @@ impl Default for Response {
 
 impl Response {
     pub fn new(status: StatusCode) -> Self {
-        Self { status, headers: HeaderMap::new(), body: Bytes::new() }
+        Self { status, headers: Headers::new(), body: Body::new() }
     }
 
     /// `200 OK` with a JSON body.
@@ -121,7 +123,7 @@ impl Response {
         match serde_json::to_vec(value) {
             Ok(body) => {
                 let mut r = Self::new(StatusCode::OK).with_body(body);
-                r.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers.insert("content-type", "application/json");
                 r
             }
             Err(e) => Self::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}")),
@@ -131,7 +133,7 @@ impl Response {
     /// `200 OK` with a plain-text body.
     pub fn text(body: impl Into<String>) -> Self {
         let mut r = Self::new(StatusCode::OK).with_body(body.into());
-        r.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers.insert("content-type", "text/plain; charset=utf-8");
         r
     }
 
@@ -145,16 +147,14 @@ impl Response {
         self
     }
 
-    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+    pub fn with_body(mut self, body: impl Into<Body>) -> Self {
         self.body = body.into();
         self
     }
 
     /// Adds a header; an invalid name or value is ignored.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            self.headers.append(n, v);
-        }
+        self.headers.append(name, value);
         self
     }
 
@@ -166,21 +166,15 @@ impl Response {
     /// Hands this response over the ABI. The body is not copied when it is
     /// uniquely owned.
     pub fn into_raw(self) -> RawResponse {
-        let mut headers = Vec::new();
-        abi::encode_header_map(&self.headers, &mut headers);
-        RawResponse {
-            status: self.status.as_u16(),
-            headers: RBuf::from_vec(headers),
-            body: RBuf::from_vec(Vec::from(self.body)),
-        }
+        RawResponse { status: self.status.as_u16(), headers: self.headers.into_rbuf(), body: self.body.into_rbuf() }
     }
 
     /// Takes a response from the ABI. The body is not copied: it is freed by
     /// the side that allocated it when the last `Bytes` referring to it drops.
     pub fn from_raw(raw: RawResponse) -> Self {
         let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let headers = abi::decode_header_map(raw.headers.as_bytes());
-        let body = if raw.body.is_empty() { Bytes::new() } else { Bytes::from_owner(raw.body) };
+        let headers = Headers::foreign(raw.headers);
+        let body = Body::foreign(raw.body);
         Self { status, headers, body }
     }
 }

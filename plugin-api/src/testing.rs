@@ -149,6 +149,15 @@ impl<P: Plugin> Drop for TestInstance<P> {
     }
 }
 
+/// A context backed by a host with no links, for calling a plugin's handler
+/// directly (benchmarks, or unit tests that bypass the ABI).
+pub fn detached_context() -> crate::Context {
+    static EMPTY: std::sync::OnceLock<HostState> = std::sync::OnceLock::new();
+    let state = EMPTY.get_or_init(|| HostState { links: HashMap::new(), logs: Mutex::new(Vec::new()) });
+    // SAFETY: the vtable and the state are static.
+    unsafe { crate::Context::from_raw(&TEST_VTABLE, std::ptr::from_ref(state).cast()) }
+}
+
 /// Runs a future to completion on the current thread.
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     pollster::block_on(fut)

@@ -9,7 +9,9 @@ pub mod balance;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use arc_swap::ArcSwap;
 pub use balance::Endpoint;
@@ -50,6 +52,35 @@ impl LinkTable {
     }
 }
 
+/// Runs `fut` until the deadline: `timeout` after the first time any attempt
+/// of this call had to wait (set in `deadline`). The clock is read and the
+/// timer armed only then: most in-process calls complete on their first poll,
+/// and a timer would cost more than the call.
+async fn within<F: Future>(
+    deadline: &mut Option<tokio::time::Instant>,
+    timeout: std::time::Duration,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+        let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// A call's deadline passed.
+#[derive(Debug)]
+struct Elapsed;
+
 fn idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE")
 }
@@ -68,7 +99,8 @@ pub fn call(
     let first = route.target.pick().map(|instance| instance.call(req));
     let route = route.clone();
     async move {
-        let deadline = tokio::time::Instant::now() + route.spec.timeout;
+        // The deadline is fixed when a call first has to wait (see `within`).
+        let mut deadline = None;
         let mut attempt = first;
         let mut retries_left = if retry_copy.is_some() { route.spec.retries } else { 0 };
         loop {
@@ -77,7 +109,7 @@ pub fn call(
                     LinkErrorKind::Unavailable,
                     format!("link `{}`: tier `{}` has no ready replica", route.spec.name, route.spec.to),
                 ),
-                Some(call) => match tokio::time::timeout_at(deadline, call).await {
+                Some(call) => match within(&mut deadline, route.spec.timeout, call).await {
                     Ok(Ok(response)) => return Ok(response),
                     Ok(Err(Panicked)) => LinkError::new(
                         LinkErrorKind::Upstream,

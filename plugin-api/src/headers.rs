@@ -1,0 +1,165 @@
+//! Headers that cross the ABI in their wire form and are decoded only when read.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::Body;
+use crate::abi::{self, RBuf};
+
+/// The headers of a [`Request`](crate::Request) or [`Response`](crate::Response).
+///
+/// Headers received over the ABI stay encoded until a handler reads them, and
+/// are passed on unchanged without being decoded again: a tier that forwards a
+/// request or a response pays nothing for its headers.
+#[derive(Clone, Default)]
+pub struct Headers {
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    /// As received: encoded, plus the decoded map once someone read it.
+    Encoded(Body, OnceLock<HeaderMap>),
+    Map(HeaderMap),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Map(HeaderMap::new())
+    }
+}
+
+impl Headers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Headers in the ABI's encoded form.
+    pub(crate) fn encoded(bytes: Bytes) -> Self {
+        Self { repr: Repr::Encoded(Body::from(bytes), OnceLock::new()) }
+    }
+
+    /// Headers in a buffer from the other side of the ABI, kept as is.
+    pub(crate) fn foreign(buf: RBuf) -> Self {
+        if buf.is_empty() {
+            return Self::new();
+        }
+        Self { repr: Repr::Encoded(Body::foreign(buf), OnceLock::new()) }
+    }
+
+    /// All headers as an `http::HeaderMap`.
+    pub fn map(&self) -> &HeaderMap {
+        match &self.repr {
+            Repr::Map(map) => map,
+            Repr::Encoded(bytes, map) => map.get_or_init(|| abi::decode_header_map(bytes)),
+        }
+    }
+
+    /// All headers, for changing them.
+    pub fn map_mut(&mut self) -> &mut HeaderMap {
+        if let Repr::Encoded(bytes, map) = &mut self.repr {
+            let map = map.take().unwrap_or_else(|| abi::decode_header_map(bytes));
+            self.repr = Repr::Map(map);
+        }
+        match &mut self.repr {
+            Repr::Map(map) => map,
+            Repr::Encoded(..) => unreachable!("converted to a map just above"),
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive), if it is text.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.map().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Sets header `name`, replacing other values; an invalid name or value is ignored.
+    pub fn insert(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            self.map_mut().insert(n, v);
+        }
+    }
+
+    /// Adds a value for header `name`; an invalid name or value is ignored.
+    pub fn append(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            self.map_mut().append(n, v);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match &self.repr {
+            Repr::Encoded(bytes, _) => bytes.is_empty(),
+            Repr::Map(map) => map.is_empty(),
+        }
+    }
+
+    /// The encoded form, borrowed when unchanged since it was received.
+    pub(crate) fn to_encoded(&self) -> Cow<'_, [u8]> {
+        match &self.repr {
+            Repr::Encoded(bytes, _) => Cow::Borrowed(bytes),
+            Repr::Map(map) => {
+                let mut out = Vec::new();
+                abi::encode_header_map(map, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The encoded form as an owned buffer, without copying when unchanged.
+    pub(crate) fn into_rbuf(self) -> RBuf {
+        match self.repr {
+            Repr::Encoded(bytes, _) => bytes.into_rbuf(),
+            Repr::Map(map) => {
+                let mut out = Vec::new();
+                abi::encode_header_map(&map, &mut out);
+                RBuf::from_vec(out)
+            }
+        }
+    }
+}
+
+impl From<HeaderMap> for Headers {
+    fn from(map: HeaderMap) -> Self {
+        Self { repr: Repr::Map(map) }
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.map(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(pairs: &[(&str, &str)]) -> Headers {
+        let mut buf = Vec::new();
+        abi::encode_headers(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())), &mut buf);
+        Headers::encoded(Bytes::from(buf))
+    }
+
+    #[test]
+    fn unchanged_headers_pass_through_encoded() {
+        let h = encoded(&[("content-type", "application/json"), ("x-a", "1")]);
+        assert_eq!(h.get("Content-Type"), Some("application/json"));
+        assert!(matches!(h.to_encoded(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn changed_headers_are_encoded_again() {
+        let mut h = encoded(&[("x-a", "1")]);
+        h.insert("x-b", "2");
+        let round = Headers::encoded(Bytes::from(h.to_encoded().into_owned()));
+        assert_eq!((round.get("x-a"), round.get("x-b"), round.len()), (Some("1"), Some("2"), 2));
+    }
+}
