@@ -5,7 +5,6 @@
 use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures_util::FutureExt as _;
@@ -15,7 +14,7 @@ use crate::abi::{HostVTable, RBuf, RStr, RawRequest, RawResponse};
 use crate::{ConfigIssue, Context, Plugin, Request, Response, ValidateContext};
 
 struct Instance<P> {
-    plugin: Arc<P>,
+    plugin: P,
     cx: Context,
 }
 
@@ -82,7 +81,7 @@ pub unsafe extern "C" fn create<P: Plugin>(
         })?;
         // SAFETY: forwarded from the caller.
         let cx = unsafe { Context::from_raw(host, host_ctx) };
-        Ok::<_, String>(Box::into_raw(Box::new(Instance { plugin: Arc::new(plugin), cx })))
+        Ok::<_, String>(Box::into_raw(Box::new(Instance { plugin, cx })))
     });
     match result {
         Ok(Ok(instance)) => {
@@ -102,20 +101,22 @@ fn ready(response: Response) -> FfiFuture<RawResponse> {
 }
 
 /// # Safety
-/// `instance` must come from [`create`] with the same `P` and not be destroyed;
-/// `req` must be readable during the call.
+/// `instance` must come from [`create`] with the same `P`, and must not be
+/// destroyed before the returned future is dropped (the ABI contract: the host
+/// keeps an instance alive while any of its calls is in flight); `req` must be
+/// readable during the call.
 pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const RawRequest) -> FfiFuture<RawResponse> {
     let started = catch_unwind(|| {
-        // SAFETY: the caller guarantees `instance` is a live `Instance<P>` and `req` is readable.
-        let (instance, raw) = unsafe { (&*instance.cast::<Instance<P>>(), &*req) };
+        // SAFETY: the caller guarantees that the instance outlives the future
+        // built here, so borrowing it for 'static is sound; `req` is readable now.
+        let (instance, raw): (&'static Instance<P>, _) = unsafe { (&*instance.cast::<Instance<P>>(), &*req) };
         // SAFETY: as above.
         let request = unsafe { Request::from_raw(raw) };
-        (instance.plugin.clone(), instance.cx.clone(), request)
+        request.map(|request| instance.plugin.handle(request, instance.cx.clone()))
     });
     match started {
-        Ok((plugin, cx, Ok(request))) => async move {
-            let response = AssertUnwindSafe(async move { plugin.handle(request, cx).await }).catch_unwind().await;
-            match response {
+        Ok(Ok(handling)) => async move {
+            match AssertUnwindSafe(handling).catch_unwind().await {
                 Ok(response) => response.into_raw(),
                 Err(payload) => Response::error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,7 +126,7 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
             }
         }
         .into_ffi(),
-        Ok((_, _, Err(reason))) => ready(Response::error(StatusCode::BAD_REQUEST, &reason)),
+        Ok(Err(reason)) => ready(Response::error(StatusCode::BAD_REQUEST, &reason)),
         Err(payload) => ready(Response::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("the plugin panicked: {}", panic_message(&*payload)),

@@ -23,13 +23,15 @@ pub struct Headers {
 #[derive(Clone)]
 enum Repr {
     /// As received: encoded, plus the decoded map once someone read it.
-    Encoded(Body, OnceLock<HeaderMap>),
-    Map(HeaderMap),
+    Encoded(Body, OnceLock<Box<HeaderMap>>),
+    // Boxed: requests and responses live inside futures that are moved
+    // across the ABI, so they are kept small.
+    Map(Box<HeaderMap>),
 }
 
 impl Default for Repr {
     fn default() -> Self {
-        Repr::Map(HeaderMap::new())
+        Repr::Map(Box::default())
     }
 }
 
@@ -55,14 +57,14 @@ impl Headers {
     pub fn map(&self) -> &HeaderMap {
         match &self.repr {
             Repr::Map(map) => map,
-            Repr::Encoded(bytes, map) => map.get_or_init(|| abi::decode_header_map(bytes)),
+            Repr::Encoded(bytes, map) => map.get_or_init(|| Box::new(abi::decode_header_map(bytes))),
         }
     }
 
     /// All headers, for changing them.
     pub fn map_mut(&mut self) -> &mut HeaderMap {
         if let Repr::Encoded(bytes, map) = &mut self.repr {
-            let map = map.take().unwrap_or_else(|| abi::decode_header_map(bytes));
+            let map = map.take().unwrap_or_else(|| Box::new(abi::decode_header_map(bytes)));
             self.repr = Repr::Map(map);
         }
         match &mut self.repr {
@@ -128,7 +130,7 @@ impl Headers {
 
 impl From<HeaderMap> for Headers {
     fn from(map: HeaderMap) -> Self {
-        Self { repr: Repr::Map(map) }
+        Self { repr: Repr::Map(Box::new(map)) }
     }
 }
 

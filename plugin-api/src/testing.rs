@@ -122,15 +122,23 @@ pub struct TestInstance<P: Plugin> {
     _plugin: std::marker::PhantomData<P>,
 }
 
+// SAFETY: the pointer is to the plugin's instance, which is `Send + Sync`
+// because `P` is (the `Plugin` bounds); the host state is `Send + Sync`.
+unsafe impl<P: Plugin> Send for TestInstance<P> {}
+// SAFETY: as above.
+unsafe impl<P: Plugin> Sync for TestInstance<P> {}
+
 impl<P: Plugin> TestInstance<P> {
     /// Sends `req` through the ABI and waits for the response.
     pub fn call(&self, req: Request) -> Response {
         block_on(self.call_async(req))
     }
 
-    /// Sends `req` through the ABI.
-    pub fn call_async(&self, req: Request) -> impl std::future::Future<Output = Response> + Send + 'static {
-        // SAFETY: `instance` is live until drop; `raw` outlives the call.
+    /// Sends `req` through the ABI. The future borrows the instance, which
+    /// must outlive every call (as the orchestrator guarantees).
+    pub fn call_async(&self, req: Request) -> impl std::future::Future<Output = Response> + Send + '_ {
+        // SAFETY: `instance` is live until drop, and the returned future borrows
+        // `self`, so it cannot outlive it; `raw` outlives the call.
         let fut = req.with_raw(|raw| unsafe { export::handle::<P>(self.instance, raw) });
         async move { Response::from_raw(fut.await) }
     }
