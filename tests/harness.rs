@@ -91,8 +91,14 @@ impl Running {
     }
 
     pub async fn start_file(topology: TopologyFile) -> Self {
+        Self::start_with(topology, &[]).await
+    }
+
+    /// Starts `orchestrator run` with extra arguments.
+    pub async fn start_with(topology: TopologyFile, extra: &[&str]) -> Self {
         let mut child = Command::new(bin())
             .args(["run", topology.path_str(), "--admin", "127.0.0.1:0", "--drain-timeout", "10s"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .env("ORCH_LOG", "info")
             .stdout(Stdio::null())
@@ -168,6 +174,47 @@ impl Running {
         serde_json::from_str(&body).unwrap_or_else(|e| self.fail(&format!("status is not JSON ({e}): {body}")))
     }
 
+    /// `/admin/status` once `generation` is at least `generation` (the admin
+    /// API waits for it); fails the test if it is not reached in time.
+    pub async fn wait_generation(&self, generation: u64) -> serde_json::Value {
+        self.wait_status("min_generation", generation, |s| s["generation"].as_u64() >= Some(generation)).await
+    }
+
+    /// `/admin/status` once `attempts` reloads (of any outcome) were made.
+    pub async fn wait_attempts(&self, attempts: u64) -> serde_json::Value {
+        self.wait_status("min_attempts", attempts, |s| s["reloads"]["attempts"].as_u64() >= Some(attempts)).await
+    }
+
+    async fn wait_status(
+        &self,
+        param: &str,
+        n: u64,
+        reached: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let path = format!("/admin/status?{param}={n}&wait={}s", DEADLINE.as_secs());
+        let (code, body) = self.get(self.admin, &path).await;
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| self.fail(&format!("status is not JSON ({e}): {body}")));
+        if !reached(&status) {
+            self.fail(&format!("{param} {n} not reached within {DEADLINE:?}: {status}"));
+        }
+        status
+    }
+
+    /// Saves a new topology the way editors do: write a temporary file, then
+    /// rename it over the original.
+    pub fn save(&self, yaml: &str) {
+        let tmp = self.topology.dir.path().join(".topology.yaml.swp");
+        std::fs::write(&tmp, yaml).expect("write temp topology");
+        std::fs::rename(&tmp, &self.topology.path).expect("rename over topology");
+    }
+
+    /// Overwrites the topology file in place.
+    pub fn overwrite(&self, yaml: &str) {
+        std::fs::write(&self.topology.path, yaml).expect("write topology");
+    }
+
     /// The address tier `tier` listens on, from `/admin/status`.
     pub async fn tier_addr(&self, tier: &str) -> SocketAddr {
         let status = self.status().await;
@@ -210,8 +257,14 @@ impl Running {
 
     /// Sends SIGTERM to the process this test started.
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`…) to the process this test started.
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Waits for the process to exit: its stderr closes, then it is reaped.
@@ -248,6 +301,22 @@ pub async fn request(
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A status's tier `name`.
+pub fn tier<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["tiers"]
+        .as_array()
+        .and_then(|tiers| tiers.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no tier `{name}` in {status}"))
+}
+
+/// The instance ids of tier `name`.
+pub fn instance_ids(status: &serde_json::Value, name: &str) -> Vec<u64> {
+    tier(status, name)["instances"]
+        .as_array()
+        .map(|i| i.iter().filter_map(|i| i["id"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// A new HTTP client (its own connection pool).

@@ -8,12 +8,16 @@
 //!   host's `unsafe` lives here);
 //! - [`links`] — outbound link tables, endpoints of ready replicas, round-robin
 //!   balancing, timeouts and retries;
-//! - [`runtime`] — the supervisor that owns running tiers, tier HTTP listeners,
-//!   status snapshots, and the run loop with graceful shutdown;
+//! - [`runtime`] — the supervisor that owns running tiers and applies each
+//!   topology as a plan (prepare, commit, drain), tier HTTP listeners, status
+//!   snapshots, and the run loop: signals, reloads, graceful shutdown;
+//! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
 //! - [`admin`] — the admin HTTP API (status, readiness).
 //!
 //! The pipeline runs one way: file → `topology::load` → `Topology` →
-//! `runtime::Supervisor::start` → tiers serving, links routed.
+//! `topology::diff` against the running one → `Plan` → `Supervisor` applies it.
+//! Every trigger (start, file change, plugin change, SIGHUP, admin API) goes
+//! through `Supervisor::reload`.
 
 // Only `plugins`, the host's side of the C ABI, may use `unsafe`.
 #![deny(unsafe_code)]
@@ -23,5 +27,6 @@ pub mod admin;
 pub mod links;
 #[allow(unsafe_code)]
 pub mod plugins;
+pub mod reload;
 pub mod runtime;
 pub mod topology;

@@ -40,8 +40,18 @@ enum Command {
         /// How long in-flight requests may take to finish at shutdown, e.g. `30s`.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Do not reload when the topology file or a plugin library changes
+        /// (SIGHUP and `orchestrator reload` still do).
+        #[arg(long)]
+        no_watch: bool,
         #[command(flatten)]
         plugins: PluginDirs,
+    },
+    /// Ask a running orchestrator to reread its topology and apply what changed.
+    Reload {
+        /// Address of its admin API.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: SocketAddr,
     },
     /// Check topology files; print every error, located.
     Validate {
@@ -94,7 +104,10 @@ fn main() -> ExitCode {
     };
     init_tracing();
     match cli.command {
-        Command::Run { file, admin, drain_timeout, plugins } => run(&file, admin, drain_timeout, &plugins),
+        Command::Run { file, admin, drain_timeout, no_watch, plugins } => {
+            run(&file, RunOptions { admin, drain_timeout, watch: !no_watch }, &plugins)
+        }
+        Command::Reload { admin } => reload(admin),
         Command::Validate { files, plugins } => validate(&files, &plugins),
         Command::Graph { file, format, plugins } => match load(&file, &plugins.registry()) {
             Ok(t) => {
@@ -165,7 +178,7 @@ fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
     worst
 }
 
-fn run(file: &Path, admin: SocketAddr, drain_timeout: Duration, plugins: &PluginDirs) -> ExitCode {
+fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
     let registry = Arc::new(plugins.registry());
     let topology = match load(file, &registry) {
         Ok(t) => t,
@@ -178,12 +191,57 @@ fn run(file: &Path, admin: SocketAddr, drain_timeout: Duration, plugins: &Plugin
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match rt.block_on(runtime::run(topology, registry, RunOptions { admin, drain_timeout })) {
+    match rt.block_on(runtime::run(topology, registry, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "The topology could not run.");
             eprintln!("error: {e}");
             ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// `orchestrator reload`: 0 when applied or unchanged, 78 when the topology is
+/// invalid, 1 otherwise.
+fn reload(admin: SocketAddr) -> ExitCode {
+    use http_body_util::{BodyExt as _, Empty};
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let answer = rt.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Empty<bytes::Bytes>>();
+        let req = http::Request::post(format!("http://{admin}/admin/reload"))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = client.request(req).await.map_err(|e| format!("cannot reach the admin API at {admin}: {e}"))?;
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| format!("unexpected answer from {admin}: {e}"))
+    });
+    let record = match answer {
+        Ok(record) => record,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let text = |key: &str| record[key].as_str().unwrap_or_default().to_owned();
+    match text("outcome").as_str() {
+        "applied" => {
+            println!("applied: generation {} ({})", record["generation"], text("summary"));
+            ExitCode::SUCCESS
+        }
+        "unchanged" => {
+            println!("unchanged: generation {}", record["generation"]);
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprint!("reload failed; generation {} keeps running:\n{}", record["generation"], text("error"));
+            if text("error_kind") == "invalid" { ExitCode::from(EXIT_CONFIG) } else { ExitCode::from(EXIT_RUNTIME) }
         }
     }
 }

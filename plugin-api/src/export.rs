@@ -146,19 +146,23 @@ pub unsafe extern "C" fn destroy<P: Plugin>(instance: *const c_void) {
     });
 }
 
-/// Exports a [`Plugin`](crate::Plugin) type from a `cdylib` under the crate's
-/// name and version.
+/// Exports a [`Plugin`](crate::Plugin) type from a `cdylib`.
 ///
 /// ```ignore
-/// plugin_api::export_plugin!(Hello);
+/// plugin_api::export_plugin!(Hello);                  // named after the library crate
+/// plugin_api::export_plugin!(Hello, name = "greeter"); // or named explicitly
 /// ```
 ///
-/// The plugin's name is the library crate's name (`[lib] name`), which is also
-/// the file the host looks for (`lib<name>.so`).
+/// The host looks for plugin `NAME` in the file `libNAME.so`, so by default
+/// the plugin's name is the library crate's name (`[lib] name`). An explicit
+/// name must match the file the library is installed as.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
-        $crate::declare_plugin!($plugin);
+        $crate::export_plugin!($plugin, name = env!("CARGO_CRATE_NAME"));
+    };
+    ($plugin:ty, name = $name:expr) => {
+        $crate::declare_plugin!($plugin, name = $name);
 
         /// The entry point the orchestrator looks up.
         #[unsafe(no_mangle)]
@@ -174,10 +178,13 @@ macro_rules! export_plugin {
 #[macro_export]
 macro_rules! declare_plugin {
     ($plugin:ty) => {
+        $crate::declare_plugin!($plugin, name = env!("CARGO_CRATE_NAME"));
+    };
+    ($plugin:ty, name = $name:expr) => {
         static __ORCHESTRATOR_PLUGIN_DECL: $crate::abi::PluginDecl = $crate::abi::PluginDecl {
             abi_version: $crate::abi::ABI_VERSION,
             api_version: $crate::abi::RStr::from_static($crate::API_VERSION),
-            name: $crate::abi::RStr::from_static(env!("CARGO_CRATE_NAME")),
+            name: $crate::abi::RStr::from_static($name),
             version: $crate::abi::RStr::from_static(env!("CARGO_PKG_VERSION")),
             serves: $crate::LinkKind::bits(<$plugin as $crate::Plugin>::SERVES),
             validate: $crate::export::validate::<$plugin>,

@@ -5,5 +5,6 @@ mod guide;
 mod hello;
 mod load;
 mod plugins;
+mod reload;
 mod shutdown;
 mod validation;

@@ -169,6 +169,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        tracing::info!(tier = %self.ctx.tier, replica = self.ctx.replica, instance = self.id, "Instance stopped.");
         // SAFETY: made by this plugin's `create`, destroyed once; no call is in
         // flight, because every `InstanceCall` holds an `Arc<Instance>`.
         unsafe { (self.plugin.decl().destroy)(self.ptr) }

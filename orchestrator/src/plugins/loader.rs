@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use libloading::Library;
 use plugin_api::abi::{ABI_VERSION, ENTRY_SYMBOL, EntryFn, PluginDecl};
@@ -25,12 +26,22 @@ pub fn api_compatible(ours: &str, theirs: &str) -> bool {
 
 /// Loads the plugin library at `path` and checks, in order: the entry symbol,
 /// the ABI version, then the plugin-api version.
+///
+/// The library is opened from a private copy, so that rewriting the file on
+/// disk (a rebuild) never changes code that is mapped and running, and so that
+/// a rebuilt file loads as a new library (the dynamic loader caches by path).
+/// The copy is deleted once open. Errors name `path`.
 pub fn load(path: &Path) -> Result<PluginHandle, LoadError> {
+    let open_error = |reason: String| LoadError::Open { path: path.to_owned(), reason };
+    let copy = private_copy(path).map_err(|e| open_error(format!("cannot copy it: {e}")))?;
     // SAFETY: loading a library runs its initialisers. Plugin libraries are
     // code the user chose to run by naming them in a topology. libloading opens
     // with RTLD_LOCAL, so the identical symbol names of different plugins do not clash.
+    let lib = unsafe { Library::new(&copy) };
+    // Once open, the mapping does not need the file.
+    let _ = std::fs::remove_file(&copy);
     let lib =
-        unsafe { Library::new(path) }.map_err(|e| LoadError::Open { path: path.to_owned(), reason: e.to_string() })?;
+        lib.map_err(|e| open_error(e.to_string().replace(&copy.display().to_string(), &path.display().to_string())))?;
     // SAFETY: the symbol, when present, has the `EntryFn` signature: that is the
     // contract of `ENTRY_SYMBOL`, which only plugin libraries export.
     let entry =
@@ -53,6 +64,18 @@ pub fn load(path: &Path) -> Result<PluginHandle, LoadError> {
         return Err(LoadError::ApiMismatch { path: path.to_owned(), found: handle.api_version().to_owned() });
     }
     Ok(handle)
+}
+
+/// Copies `path` to a file of its own in this process's temporary directory.
+fn private_copy(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    static COPIES: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!("orchestrator-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+    let n = COPIES.fetch_add(1, Ordering::Relaxed);
+    let copy = dir.join(format!("{stem}-{n}{}", std::env::consts::DLL_SUFFIX));
+    std::fs::copy(path, &copy)?;
+    Ok(copy)
 }
 
 /// A handle for a plugin linked into this binary.

@@ -52,11 +52,43 @@ fn dirs_list(dirs: &[PathBuf]) -> String {
     dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// What identifies one version of a library file on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileVersion {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
+    }
+}
+
+struct Loaded {
+    version: Option<FileVersion>,
+    result: Result<Arc<PluginHandle>, LoadError>,
+}
+
 /// The plugins this orchestrator can use.
+///
+/// A library file is loaded again when it changes on disk (a rebuild): the new
+/// handle sits beside the old one, whose instances keep running. Loaded
+/// libraries are never unloaded (see `retained`).
 pub struct Registry {
     builtins: Vec<Arc<PluginHandle>>,
     dirs: Vec<PathBuf>,
-    loaded: Mutex<HashMap<PathBuf, Result<Arc<PluginHandle>, LoadError>>>,
+    loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    /// Every library ever loaded. Code from a library may be referenced from
+    /// places the host cannot see (a waker stored by a timer, a thread-local
+    /// destructor), so a library stays mapped for the life of the process: a
+    /// reload of a plugin costs the memory of one more copy of it.
+    retained: Mutex<Vec<Arc<PluginHandle>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -87,7 +119,7 @@ impl Registry {
     /// A registry with the built-in plugins and exactly `dirs`.
     pub fn with_dirs(dirs: Vec<PathBuf>) -> Self {
         let builtins = vec![Arc::new(loader::builtin(gateway::plugin_declaration()))];
-        Self { builtins, dirs, loaded: Mutex::new(HashMap::new()) }
+        Self { builtins, dirs, loaded: Mutex::new(HashMap::new()), retained: Mutex::new(Vec::new()) }
     }
 
     fn search_dirs<'a>(&'a self, extra: &'a [PathBuf]) -> impl Iterator<Item = &'a PathBuf> {
@@ -117,11 +149,24 @@ impl Registry {
         Err(LoadError::NotFound { name: name.to_owned(), file, searched: self.search_dirs(extra).cloned().collect() })
     }
 
-    /// Loads the library at `path` once; later calls return the same handle.
+    /// Loads the library at `path`; later calls return the same handle until
+    /// the file changes on disk, then a newly loaded one.
     pub fn load(&self, path: &Path) -> Result<Arc<PluginHandle>, LoadError> {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let version = FileVersion::of(path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        loaded.entry(key).or_insert_with(|| loader::load(path).map(Arc::new)).clone()
+        if let Some(entry) = loaded.get(&key)
+            && entry.version == version
+        {
+            return entry.result.clone();
+        }
+        let result = loader::load(path).map(Arc::new);
+        if let Ok(handle) = &result {
+            self.retained.lock().unwrap_or_else(|e| e.into_inner()).push(handle.clone());
+            tracing::debug!(plugin = handle.name(), path = %path.display(), "Plugin library loaded.");
+        }
+        loaded.insert(key, Loaded { version, result: result.clone() });
+        result
     }
 
     /// Names of every plugin that can be looked up, without loading any.

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,10 +25,37 @@ use crate::plugins::BorrowedRequest;
 
 type Response = hyper::Response<Full<Bytes>>;
 
-/// A bound listener and the task serving it.
+/// An address bound but not yet served: what a reload prepares before it
+/// commits, so that a bind failure changes nothing.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Bound {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr })
+    }
+
+    /// Starts serving `endpoint`: each request goes to one of its replicas.
+    pub fn serve(self, endpoint: Arc<Endpoint>, max_body: u64) -> Listener {
+        let (stop, stop_rx) = watch::channel(false);
+        let max_body = Arc::new(AtomicU64::new(max_body));
+        let span = tracing::info_span!("listener", tier = %endpoint.tier, addr = %self.addr);
+        let task = tokio::spawn(serve(self.listener, endpoint, max_body.clone(), stop_rx).instrument(span));
+        Listener { addr: self.addr, max_body, stop, task }
+    }
+}
+
+/// A listener and the task serving it. The listener and every connection
+/// outlive reloads of the tier behind it: only the replicas it routes to change.
 #[derive(Debug)]
 pub struct Listener {
     pub addr: SocketAddr,
+    max_body: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -35,12 +63,12 @@ pub struct Listener {
 impl Listener {
     /// Binds `addr` and serves `endpoint` on it.
     pub async fn bind(addr: SocketAddr, endpoint: Arc<Endpoint>, max_body: u64) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let span = tracing::info_span!("listener", tier = %endpoint.tier, %addr);
-        let task = tokio::spawn(serve(listener, endpoint, max_body, stop_rx).instrument(span));
-        Ok(Self { addr, stop, task })
+        Ok(Bound::bind(addr).await?.serve(endpoint, max_body))
+    }
+
+    /// Changes the request body limit for requests from now on.
+    pub fn set_max_body(&self, max_body: u64) {
+        self.max_body.store(max_body, Ordering::Relaxed);
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `drain`), and
@@ -49,12 +77,18 @@ impl Listener {
         let _ = self.stop.send(true);
         let mut task = self.task;
         if tokio::time::timeout(drain + Duration::from_secs(1), &mut task).await.is_err() {
+            tracing::warn!(addr = %self.addr, "Drain timeout: closing the remaining connections.");
             task.abort();
         }
     }
 }
 
-async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, max_body: u64, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    max_body: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
@@ -64,7 +98,8 @@ async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, max_body: u64, mu
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let endpoint = endpoint.clone();
-                    let service = service_fn(move |req| handle(req, endpoint.clone(), max_body));
+                    let max_body = max_body.clone();
+                    let service = service_fn(move |req| handle(req, endpoint.clone(), max_body.load(Ordering::Relaxed)));
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

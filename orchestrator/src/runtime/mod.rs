@@ -1,5 +1,5 @@
 //! Running a topology: the supervisor, tier listeners, status, and the
-//! process's life from start to graceful shutdown.
+//! process's life from start through reloads to graceful shutdown.
 
 pub mod listener;
 pub mod status;
@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use status::Status;
+use status::{ReloadRecord, Trigger};
 pub use supervisor::{StartError, Supervisor};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admin;
 use crate::plugins::Registry;
+use crate::reload::{self, Watched};
 use crate::topology::Topology;
 
 /// How `orchestrator run` runs.
@@ -23,6 +25,8 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Reload when the topology file or a plugin library changes.
+    pub watch: bool,
 }
 
 /// Why `run` failed.
@@ -34,51 +38,97 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    #[error("cannot watch files: {0}")]
+    Watch(#[from] notify::Error),
 }
 
-/// Runs `topology` until SIGINT or SIGTERM, then shuts down gracefully.
+/// A request to the supervisor.
+#[derive(Debug)]
+pub enum Command {
+    /// Reread the topology and apply what changed; answer on `reply`.
+    Reload { trigger: Trigger, reply: Option<oneshot::Sender<ReloadRecord>> },
+}
+
+/// Runs `topology` until SIGINT or SIGTERM, reloading on SIGHUP, on
+/// `POST /admin/reload` and (with `watch`) when files change; then shuts down
+/// gracefully.
 pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) -> Result<(), RunError> {
     let (status_tx, status_rx) = watch::channel(supervisor::starting_status(&topology));
-    let admin = admin::Admin::bind(opts.admin, status_rx)
+    let (commands, mut requests) = mpsc::channel::<Command>(16);
+    let admin = admin::Admin::bind(opts.admin, status_rx, commands.clone())
         .await
         .map_err(|source| RunError::Admin { addr: opts.admin, source })?;
     tracing::info!(addr = %admin.addr, "Admin API listening.");
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let name = topology.name.clone();
-    let tiers = topology.tiers.len();
-    let mut supervisor = match Supervisor::start(topology, &registry, status_tx).await {
+    let mut supervisor = match Supervisor::start(topology, registry, status_tx, opts.drain_timeout).await {
         Ok(s) => s,
         Err(e) => {
             admin.stop().await;
             return Err(e.into());
         }
     };
-    tracing::info!(topology = %name, tiers, generation = supervisor.generation(), "Topology running.");
+    let mut watcher =
+        if opts.watch { Some(reload::Watcher::start(watched(&supervisor), commands.clone())?) } else { None };
+    tracing::info!(
+        topology = %supervisor.topology().name,
+        tiers = supervisor.topology().tiers.len(),
+        generation = supervisor.generation(),
+        "Topology running."
+    );
 
-    let signal = signals.next().await;
+    let signal = loop {
+        let (trigger, reply) = tokio::select! {
+            signal = signals.next() => match signal {
+                "SIGHUP" => (Trigger::Signal, None),
+                other => break other,
+            },
+            Some(Command::Reload { trigger, reply }) = requests.recv() => (trigger, reply),
+        };
+        let record = supervisor.reload(trigger).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(record);
+        }
+        if let Some(w) = &mut watcher
+            && let Err(e) = w.update(watched(&supervisor))
+        {
+            tracing::warn!(error = %e, "Cannot watch a plugin directory; its changes will not trigger reloads.");
+        }
+    };
     tracing::info!(signal, drain_timeout = %humantime::format_duration(opts.drain_timeout), "Shutting down.");
-    supervisor.shutdown(opts.drain_timeout).await;
+    drop(watcher);
+    supervisor.shutdown().await;
     admin.stop().await;
     tracing::info!("Stopped.");
     Ok(())
 }
 
+fn watched(supervisor: &Supervisor) -> Watched {
+    let (topology, plugins) = supervisor.watched_files();
+    Watched { topology: reload::normalize(&topology), plugins: plugins.iter().map(|p| reload::normalize(p)).collect() }
+}
+
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
     async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }

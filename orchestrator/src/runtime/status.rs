@@ -1,20 +1,27 @@
 //! What `/admin/status` reports: a snapshot the supervisor publishes.
 
-use std::time::SystemTime;
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+
+use crate::topology::Diagnostic;
 
 /// The running system, as last published by the supervisor.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub name: String,
     pub file: String,
-    /// Bumped each time a topology is applied (1 after start).
+    /// Bumped each time a change is applied (1 after start).
     pub generation: u64,
     pub state: State,
     pub started_at: String,
     pub tiers: Vec<TierStatus>,
     pub links: Vec<LinkStatus>,
+    /// The last reload attempt, successful or not.
+    pub last_reload: Option<ReloadRecord>,
+    pub reloads: ReloadCounts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -36,6 +43,8 @@ pub struct TierStatus {
     /// The bound address, when the tier listens.
     pub listen: Option<String>,
     pub state: State,
+    /// The generation in which the tier's current instances started.
+    pub generation: u64,
     pub instances: Vec<InstanceStatus>,
 }
 
@@ -55,6 +64,101 @@ pub struct LinkStatus {
     pub kind: String,
     pub timeout_ms: u64,
     pub retries: u32,
+}
+
+/// Reloads so far.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ReloadCounts {
+    /// Every attempt, whatever its outcome.
+    pub attempts: u64,
+    pub applied: u64,
+    pub failed: u64,
+}
+
+/// What started a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The topology file changed.
+    File,
+    /// A plugin library file changed.
+    Plugin,
+    /// SIGHUP.
+    Signal,
+    /// `POST /admin/reload` (or `orchestrator reload`).
+    Admin,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::File => "file",
+            Trigger::Plugin => "plugin",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Admin => "admin",
+        })
+    }
+}
+
+/// One reload attempt.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadRecord {
+    pub at: String,
+    pub trigger: Trigger,
+    /// `applied`, `unchanged` or `failed`.
+    pub outcome: &'static str,
+    /// The generation running after the attempt.
+    pub generation: u64,
+    pub duration_ms: f64,
+    /// What changed, for `applied`.
+    pub summary: String,
+    /// `invalid` (the file has errors), `unreadable`, or `start` (a new
+    /// instance or listener failed), for `failed`.
+    pub error_kind: Option<&'static str>,
+    /// The whole error, located (`file:line:col: path: message`).
+    pub error: Option<String>,
+    /// Each error of an invalid file.
+    pub errors: Vec<LocatedError>,
+}
+
+impl ReloadRecord {
+    pub fn new(trigger: Trigger, generation: u64, took: Duration) -> Self {
+        Self {
+            at: timestamp(SystemTime::now()),
+            trigger,
+            outcome: "failed",
+            generation,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            summary: String::new(),
+            error_kind: None,
+            error: None,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// One located error of a topology file.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocatedError {
+    pub file: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl LocatedError {
+    pub fn new(file: &Path, d: &Diagnostic) -> Self {
+        Self {
+            file: file.display().to_string(),
+            line: d.loc.map(|l| l.line),
+            column: d.loc.map(|l| l.column),
+            path: d.path.clone(),
+            message: d.message.clone(),
+            hint: d.hint.clone(),
+        }
+    }
 }
 
 /// RFC 3339 time, to the millisecond.

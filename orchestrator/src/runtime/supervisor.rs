@@ -1,21 +1,28 @@
-//! The supervisor owns the running tiers: it starts them from a topology,
-//! publishes status snapshots, and stops them.
+//! The supervisor owns the running tiers. It applies topologies — the first
+//! one at start, then each reload — as a plan (`topology::diff`): prepare
+//! everything new (instances, bound addresses), then commit by swapping
+//! routing atomically, then let the old drain. A failure while preparing
+//! changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use indexmap::IndexMap;
 use tokio::sync::watch;
 
-use super::listener::Listener;
-use super::status::{InstanceStatus, LinkStatus, State, Status, TierStatus, timestamp};
+use super::listener::{Bound, Listener};
+use super::status::{
+    InstanceStatus, LinkStatus, ReloadCounts, ReloadRecord, State, Status, TierStatus, Trigger, timestamp,
+};
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
-use crate::topology::{TierId, TierSpec, Topology};
+use crate::topology::diff::{self, Instances, Listen, Plan};
+use crate::topology::{self, TierId, TierSpec, Topology};
 
-/// Why a topology could not be started.
+/// Why a topology could not be applied. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("tier `{tier}`: {source}")]
@@ -29,17 +36,36 @@ pub enum StartError {
 struct RunningTier {
     spec: TierSpec,
     plugin: Arc<PluginHandle>,
+    /// Stable for the tier's life: every route to the tier points here.
     endpoint: Arc<Endpoint>,
+    /// Stable for the tier's life: every instance of the tier reads it.
+    links: Arc<LinkTable>,
     instances: Vec<Arc<Instance>>,
+    /// The generation in which the current instances were started.
+    generation: u64,
     listener: Option<Listener>,
+}
+
+/// What a reload prepared and has not committed yet. Dropping it undoes it:
+/// the new instances are destroyed and the bound addresses released.
+#[derive(Default)]
+struct Prepared {
+    instances: HashMap<TierId, Vec<Arc<Instance>>>,
+    new_tiers: HashMap<TierId, (Arc<Endpoint>, Arc<LinkTable>)>,
+    bound: HashMap<TierId, Bound>,
 }
 
 /// The running topology.
 pub struct Supervisor {
+    registry: Arc<Registry>,
     topology: Topology,
     tiers: IndexMap<TierId, RunningTier>,
     generation: u64,
     started_at: SystemTime,
+    drain: Duration,
+    state: State,
+    last_reload: Option<ReloadRecord>,
+    counts: ReloadCounts,
     status: watch::Sender<Status>,
 }
 
@@ -62,60 +88,44 @@ pub fn starting_status(topology: &Topology) -> Status {
         started_at: timestamp(SystemTime::now()),
         tiers: Vec::new(),
         links: Vec::new(),
+        last_reload: None,
+        reloads: ReloadCounts::default(),
+    }
+}
+
+fn empty_like(t: &Topology) -> Topology {
+    Topology {
+        name: t.name.clone(),
+        file: t.file.clone(),
+        plugin_dirs: t.plugin_dirs.clone(),
+        tiers: IndexMap::new(),
+        links: Vec::new(),
     }
 }
 
 impl Supervisor {
-    /// Starts every tier of `topology`: instances first, then links are routed
-    /// to them, then listeners open. On failure everything started is stopped.
+    /// Starts every tier of `topology` (generation 1).
     pub async fn start(
         topology: Topology,
-        registry: &Registry,
+        registry: Arc<Registry>,
         status: watch::Sender<Status>,
+        drain: Duration,
     ) -> Result<Self, StartError> {
-        let endpoints: HashMap<TierId, Arc<Endpoint>> =
-            topology.tiers.keys().map(|id| (id.clone(), Arc::new(Endpoint::new(id.clone())))).collect();
-        let mut tiers = IndexMap::new();
-        for (id, spec) in &topology.tiers {
-            let plugin = registry
-                .lookup(&spec.plugin, &topology.plugin_dirs)
-                .map_err(|source| StartError::Plugin { tier: id.clone(), source })?;
-            let links = Arc::new(link_table(&topology, id, &endpoints));
-            let mut instances = Vec::with_capacity(spec.replicas as usize);
-            for replica in 0..spec.replicas {
-                let ctx = Arc::new(HostCtx::new(id.clone(), replica, links.clone(), spec.env.clone()));
-                let instance = Instance::create(plugin.clone(), &spec.config, ctx)
-                    .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
-                tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
-                instances.push(instance);
-            }
-            let endpoint = endpoints[id].clone();
-            tiers.insert(id.clone(), RunningTier { spec: spec.clone(), plugin, endpoint, instances, listener: None });
-        }
-        // Every instance exists: make them routable.
-        for tier in tiers.values() {
-            tier.endpoint.set(tier.instances.clone());
-        }
-        let mut supervisor = Self { topology, tiers, generation: 0, started_at: SystemTime::now(), status };
-        let to_bind: Vec<(TierId, SocketAddr)> =
-            supervisor.tiers.iter().filter_map(|(id, t)| Some((id.clone(), t.spec.listen?))).collect();
-        for (id, addr) in to_bind {
-            let tier = &supervisor.tiers[&id];
-            match Listener::bind(addr, tier.endpoint.clone(), tier.spec.max_body).await {
-                Ok(listener) => {
-                    tracing::info!(tier = %id, addr = %listener.addr, "Tier listening.");
-                    if let Some(t) = supervisor.tiers.get_mut(&id) {
-                        t.listener = Some(listener);
-                    }
-                }
-                Err(source) => {
-                    supervisor.shutdown(Duration::ZERO).await;
-                    return Err(StartError::Bind { tier: id, addr, source });
-                }
-            }
-        }
-        supervisor.generation = 1;
-        supervisor.publish(State::Running);
+        let mut supervisor = Self {
+            registry,
+            topology: empty_like(&topology),
+            tiers: IndexMap::new(),
+            generation: 0,
+            started_at: SystemTime::now(),
+            drain,
+            state: State::Starting,
+            last_reload: None,
+            counts: ReloadCounts::default(),
+            status,
+        };
+        supervisor.apply(topology).await?;
+        supervisor.state = State::Running;
+        supervisor.publish();
         Ok(supervisor)
     }
 
@@ -123,12 +133,245 @@ impl Supervisor {
         self.generation
     }
 
-    /// The address tier `id` listens on, if it does.
-    pub fn listen_addr(&self, id: &TierId) -> Option<SocketAddr> {
-        self.tiers.get(id)?.listener.as_ref().map(|l| l.addr)
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
-    fn publish(&self, state: State) {
+    /// The files whose change triggers a reload: the topology and the plugin
+    /// libraries in use.
+    pub fn watched_files(&self) -> (PathBuf, Vec<PathBuf>) {
+        let mut plugins: Vec<PathBuf> =
+            self.tiers.values().filter_map(|t| t.plugin.path().map(PathBuf::from)).collect();
+        plugins.sort();
+        plugins.dedup();
+        (self.topology.file.clone(), plugins)
+    }
+
+    /// Reads the topology file again and applies what changed. On any error
+    /// the running topology is left exactly as it was.
+    pub async fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
+        let started = Instant::now();
+        let file = self.topology.file.clone();
+        let result = match topology::load(&file, &self.registry) {
+            Ok(new) => self.apply(new).await.map_err(ReloadFailure::Start),
+            Err(e) => Err(ReloadFailure::Topology(e)),
+        };
+        let mut record = ReloadRecord::new(trigger, self.generation, started.elapsed());
+        self.counts.attempts += 1;
+        match result {
+            Ok(plan) if plan.is_empty() => {
+                record.outcome = "unchanged";
+                record.summary = plan.summary();
+                tracing::info!(%trigger, generation = self.generation, "Reload: nothing changed.");
+            }
+            Ok(plan) => {
+                self.counts.applied += 1;
+                record.outcome = "applied";
+                record.summary = plan.summary();
+                tracing::info!(%trigger, generation = self.generation, changes = %record.summary, "Reload applied.");
+            }
+            Err(failure) => {
+                self.counts.failed += 1;
+                record.outcome = "failed";
+                failure.describe(&mut record);
+                tracing::error!(
+                    %trigger,
+                    generation = self.generation,
+                    error = %record.error.as_deref().unwrap_or_default().trim_end(),
+                    "Reload failed; the running topology is unchanged."
+                );
+            }
+        }
+        self.last_reload = Some(record.clone());
+        self.publish();
+        record
+    }
+
+    /// Applies `new`: the plan of differences, prepared then committed.
+    async fn apply(&mut self, new: Topology) -> Result<Plan, StartError> {
+        let mut plugins = HashMap::new();
+        for (id, spec) in &new.tiers {
+            let plugin = self
+                .registry
+                .lookup(&spec.plugin, &new.plugin_dirs)
+                .map_err(|source| StartError::Plugin { tier: id.clone(), source })?;
+            plugins.insert(id.clone(), plugin);
+        }
+        let replaced: HashSet<String> = new
+            .tiers
+            .iter()
+            .filter(|(id, _)| self.tiers.get(*id).is_some_and(|t| !Arc::ptr_eq(&t.plugin, &plugins[*id])))
+            .map(|(_, spec)| spec.plugin.clone())
+            .collect();
+        let plan = diff::diff(&self.topology, &new, &replaced);
+        if plan.is_empty() {
+            self.topology = new;
+            return Ok(plan);
+        }
+        let generation = self.generation + 1;
+        let prepared = self.prepare(&new, &plan, &plugins).await?;
+        self.commit(new, &plan, plugins, prepared, generation);
+        Ok(plan)
+    }
+
+    async fn prepare(
+        &self,
+        new: &Topology,
+        plan: &Plan,
+        plugins: &HashMap<TierId, Arc<PluginHandle>>,
+    ) -> Result<Prepared, StartError> {
+        let mut prepared = Prepared::default();
+        for (id, tier_plan) in &plan.tiers {
+            let Some(spec) = new.tiers.get(id) else { continue };
+            let (links, replicas) = match &tier_plan.instances {
+                Instances::Start => {
+                    let endpoint = Arc::new(Endpoint::new(id.clone()));
+                    let links = Arc::new(LinkTable::default());
+                    prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
+                    (links, 0..spec.replicas)
+                }
+                Instances::Replace => (self.tiers[id].links.clone(), 0..spec.replicas),
+                Instances::Scale { from, to } if to > from => (self.tiers[id].links.clone(), *from..*to),
+                _ => continue,
+            };
+            let mut instances = Vec::with_capacity(replicas.len());
+            for replica in replicas {
+                let ctx = Arc::new(HostCtx::new(id.clone(), replica, links.clone(), spec.env.clone()));
+                let instance = Instance::create(plugins[id].clone(), &spec.config, ctx)
+                    .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
+                tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
+                instances.push(instance);
+            }
+            prepared.instances.insert(id.clone(), instances);
+        }
+        for (id, tier_plan) in &plan.tiers {
+            if let Listen::Bind(addr) = tier_plan.listen {
+                let bound =
+                    Bound::bind(addr).await.map_err(|source| StartError::Bind { tier: id.clone(), addr, source })?;
+                prepared.bound.insert(id.clone(), bound);
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Switches to what `prepare` made. Cannot fail. Order matters for zero
+    /// dropped requests: targets become routable before anything routes to them,
+    /// and removed tiers are unrouted before they stop.
+    fn commit(
+        &mut self,
+        new: Topology,
+        plan: &Plan,
+        mut plugins: HashMap<TierId, Arc<PluginHandle>>,
+        mut prepared: Prepared,
+        generation: u64,
+    ) {
+        let mut retired: Vec<Arc<Instance>> = Vec::new();
+        let mut closing: Vec<Listener> = Vec::new();
+
+        // 1. New and changed replicas become routable.
+        for (id, tier_plan) in &plan.tiers {
+            let Some(spec) = new.tiers.get(id) else { continue };
+            let fresh = prepared.instances.remove(id).unwrap_or_default();
+            match &tier_plan.instances {
+                Instances::Start => {
+                    let Some((endpoint, links)) = prepared.new_tiers.remove(id) else { continue };
+                    endpoint.set(fresh.clone());
+                    let plugin = plugins.remove(id).expect("every tier of the new topology has a plugin");
+                    self.tiers.insert(
+                        id.clone(),
+                        RunningTier {
+                            spec: spec.clone(),
+                            plugin,
+                            endpoint,
+                            links,
+                            instances: fresh,
+                            generation,
+                            listener: None,
+                        },
+                    );
+                }
+                Instances::Replace => {
+                    let tier = self.tiers.get_mut(id).expect("a replaced tier is running");
+                    tier.endpoint.set(fresh.clone());
+                    retired.extend(std::mem::replace(&mut tier.instances, fresh));
+                    tier.generation = generation;
+                    tier.plugin = plugins.remove(id).expect("every tier of the new topology has a plugin");
+                    tier.spec = spec.clone();
+                }
+                Instances::Scale { to, .. } => {
+                    let tier = self.tiers.get_mut(id).expect("a scaled tier is running");
+                    tier.instances.extend(fresh);
+                    retired.extend(tier.instances.split_off(*to as usize));
+                    tier.endpoint.set(tier.instances.clone());
+                    tier.spec = spec.clone();
+                }
+                Instances::Keep => {
+                    if let Some(tier) = self.tiers.get_mut(id) {
+                        tier.spec = spec.clone();
+                    }
+                }
+                Instances::Stop => {}
+            }
+        }
+
+        // 2. Every link table is rewired to the new topology.
+        let endpoints: HashMap<TierId, Arc<Endpoint>> =
+            self.tiers.iter().map(|(id, t)| (id.clone(), t.endpoint.clone())).collect();
+        for (id, tier) in &self.tiers {
+            if new.tiers.contains_key(id) {
+                tier.links.replace(routes(&new, id, &endpoints));
+            }
+        }
+
+        // 3. Removed tiers: unrouted now (step 2), emptied, their listeners closed.
+        for id in plan.tiers_with(&Instances::Stop) {
+            if let Some(mut tier) = self.tiers.shift_remove(id) {
+                tier.endpoint.set(Vec::new());
+                tier.links.replace(HashMap::new());
+                retired.append(&mut tier.instances);
+                closing.extend(tier.listener.take());
+                tracing::info!(tier = %id, "Tier removed.");
+            }
+        }
+
+        // 4. Listeners: new addresses serve before old ones close.
+        for (id, tier_plan) in &plan.tiers {
+            let Some(tier) = self.tiers.get_mut(id) else { continue };
+            if let Some(bound) = prepared.bound.remove(id) {
+                let listener = bound.serve(tier.endpoint.clone(), tier.spec.max_body);
+                tracing::info!(tier = %id, addr = %listener.addr, "Tier listening.");
+                closing.extend(tier.listener.replace(listener));
+            } else if tier_plan.listen == Listen::Close {
+                closing.extend(tier.listener.take());
+            }
+            if tier_plan.max_body_changed
+                && let Some(listener) = &tier.listener
+            {
+                listener.set_max_body(tier.spec.max_body);
+            }
+        }
+
+        // Status is published by the caller, with the reload's record.
+        self.topology = new;
+        self.generation = generation;
+
+        // 5. The old drains: in-flight calls hold their instance until they
+        // finish; the last reference destroys it. Old listeners drain apart.
+        if !retired.is_empty() {
+            tracing::info!(instances = retired.len(), "Old instances draining.");
+        }
+        drop(retired);
+        let drain = self.drain;
+        for listener in closing {
+            tokio::spawn(async move {
+                let addr = listener.addr;
+                listener.stop(drain).await;
+                tracing::info!(%addr, "Listener closed.");
+            });
+        }
+    }
+
+    fn publish(&self) {
         let tiers = self
             .tiers
             .iter()
@@ -139,7 +382,8 @@ impl Supervisor {
                 origin: t.plugin.path().map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
                 replicas: t.spec.replicas,
                 listen: t.listener.as_ref().map(|l| l.addr.to_string()),
-                state,
+                state: self.state,
+                generation: t.generation,
                 instances: t
                     .instances
                     .iter()
@@ -164,35 +408,68 @@ impl Supervisor {
             name: self.topology.name.clone(),
             file: self.topology.file.display().to_string(),
             generation: self.generation,
-            state,
+            state: self.state,
             started_at: timestamp(self.started_at),
             tiers,
             links,
+            last_reload: self.last_reload.clone(),
+            reloads: self.counts,
         });
     }
 
     /// Stops accepting on every listener, drains in-flight requests (at most
-    /// `drain`), then destroys every instance.
-    pub async fn shutdown(&mut self, drain: Duration) {
-        self.publish(State::Stopping);
+    /// the drain timeout), then drops every instance.
+    pub async fn shutdown(&mut self) {
+        self.state = State::Stopping;
+        self.publish();
         let listeners: Vec<Listener> = self.tiers.values_mut().filter_map(|t| t.listener.take()).collect();
-        let stops = listeners.into_iter().map(|l| l.stop(drain));
-        futures_util::future::join_all(stops).await;
+        let drain = self.drain;
+        futures_util::future::join_all(listeners.into_iter().map(|l| l.stop(drain))).await;
         for (id, tier) in self.tiers.drain(..) {
             tier.endpoint.set(Vec::new());
+            tier.links.replace(HashMap::new());
             tracing::info!(tier = %id, "Tier stopped.");
         }
     }
 }
 
-/// The outbound links of `tier`, routed to the target endpoints.
-fn link_table(topology: &Topology, tier: &TierId, endpoints: &HashMap<TierId, Arc<Endpoint>>) -> LinkTable {
-    let routes = topology
+/// Why a reload failed.
+enum ReloadFailure {
+    Topology(topology::Error),
+    Start(StartError),
+}
+
+impl ReloadFailure {
+    fn describe(&self, record: &mut ReloadRecord) {
+        match self {
+            ReloadFailure::Topology(topology::Error::Invalid(d)) => {
+                record.error_kind = Some("invalid");
+                record.error = Some(d.to_string());
+                record.errors = d.items.iter().map(|i| super::status::LocatedError::new(&d.file, i)).collect();
+            }
+            ReloadFailure::Topology(e) => {
+                record.error_kind = Some("unreadable");
+                record.error = Some(e.to_string());
+            }
+            ReloadFailure::Start(e) => {
+                record.error_kind = Some("start");
+                record.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The outbound links of `tier` in `topology`, routed to `endpoints`.
+fn routes(
+    topology: &Topology,
+    tier: &TierId,
+    endpoints: &HashMap<TierId, Arc<Endpoint>>,
+) -> HashMap<String, Arc<Route>> {
+    topology
         .links_from(tier)
         .filter_map(|spec| {
             let target = endpoints.get(&spec.to)?.clone();
             Some((spec.name.clone(), Arc::new(Route { spec: spec.clone(), target })))
         })
-        .collect();
-    LinkTable::new(routes)
+        .collect()
 }

@@ -5,6 +5,7 @@
 //! serde shape (and the JSON Schema); `graph` draws it.
 
 pub mod diagnostic;
+pub mod diff;
 pub mod graph;
 pub mod model;
 pub mod node;

@@ -1,0 +1,233 @@
+//! What a reload changes: the running topology against a new one, compared as
+//! typed specs, tier by tier.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use indexmap::IndexMap;
+
+use super::model::{TierId, TierSpec, Topology};
+
+/// What happens to a tier's instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Instances {
+    /// Unchanged: the same instances keep serving.
+    Keep,
+    /// A new tier: start its replicas.
+    Start,
+    /// Plugin, configuration, environment or library changed: start new
+    /// replicas, switch to them, drain the old ones.
+    Replace,
+    /// Only the replica count changed: start or stop the difference.
+    Scale { from: u32, to: u32 },
+    /// The tier is gone: unroute, drain, stop.
+    Stop,
+}
+
+/// What happens to a tier's listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Keep,
+    /// Bind this address (a new listener, or a move: the new address is bound
+    /// before the old one closes).
+    Bind(SocketAddr),
+    /// Close the listener after draining it.
+    Close,
+}
+
+/// The plan for one tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierPlan {
+    pub instances: Instances,
+    pub listen: Listen,
+    /// The body limit changed (applied live to a kept listener).
+    pub max_body_changed: bool,
+}
+
+impl TierPlan {
+    pub fn is_noop(&self) -> bool {
+        self.instances == Instances::Keep && self.listen == Listen::Keep && !self.max_body_changed
+    }
+}
+
+/// A reload, as a plan: every tier of either topology, and whether links changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub tiers: IndexMap<TierId, TierPlan>,
+    pub links_changed: bool,
+}
+
+impl Plan {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.links_changed && self.tiers.values().all(TierPlan::is_noop)
+    }
+
+    /// Tiers whose plan is `instances`.
+    pub fn tiers_with(&self, instances: &Instances) -> Vec<&TierId> {
+        self.tiers.iter().filter(|(_, p)| &p.instances == instances).map(|(id, _)| id).collect()
+    }
+
+    /// One line for the log: `added [a], replaced [b], scaled [c 3→1], removed [d], links changed`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let names = |want: fn(&Instances) -> bool| -> Vec<String> {
+            self.tiers.iter().filter(|(_, p)| want(&p.instances)).map(|(id, _)| id.to_string()).collect()
+        };
+        for (label, list) in [
+            ("added", names(|i| matches!(i, Instances::Start))),
+            ("replaced", names(|i| matches!(i, Instances::Replace))),
+            ("removed", names(|i| matches!(i, Instances::Stop))),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{label} {}", list.join(", ")));
+            }
+        }
+        let scaled: Vec<String> = self
+            .tiers
+            .iter()
+            .filter_map(|(id, p)| match p.instances {
+                Instances::Scale { from, to } => Some(format!("{id} {from}→{to}")),
+                _ => None,
+            })
+            .collect();
+        if !scaled.is_empty() {
+            parts.push(format!("scaled {}", scaled.join(", ")));
+        }
+        let listeners: Vec<String> = self
+            .tiers
+            .iter()
+            .filter(|(_, p)| p.listen != Listen::Keep || p.max_body_changed)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        if !listeners.is_empty() {
+            parts.push(format!("listeners {}", listeners.join(", ")));
+        }
+        if self.links_changed {
+            parts.push("links changed".to_owned());
+        }
+        if parts.is_empty() { "nothing changed".to_owned() } else { parts.join("; ") }
+    }
+}
+
+/// Compares `old` (running) with `new`. `replaced_plugins` names plugins whose
+/// library file changed on disk since the running instances were made.
+pub fn diff(old: &Topology, new: &Topology, replaced_plugins: &HashSet<String>) -> Plan {
+    let mut tiers = IndexMap::new();
+    for (id, spec) in &new.tiers {
+        let plan = match old.tiers.get(id) {
+            None => TierPlan {
+                instances: Instances::Start,
+                listen: spec.listen.map_or(Listen::Keep, Listen::Bind),
+                max_body_changed: false,
+            },
+            Some(before) => tier_plan(before, spec, replaced_plugins.contains(&spec.plugin)),
+        };
+        tiers.insert(id.clone(), plan);
+    }
+    for (id, before) in &old.tiers {
+        if !new.tiers.contains_key(id) {
+            let listen = if before.listen.is_some() { Listen::Close } else { Listen::Keep };
+            tiers.insert(id.clone(), TierPlan { instances: Instances::Stop, listen, max_body_changed: false });
+        }
+    }
+    Plan { tiers, links_changed: old.links != new.links }
+}
+
+fn tier_plan(before: &TierSpec, after: &TierSpec, library_changed: bool) -> TierPlan {
+    let same_handler = before.plugin == after.plugin && before.config == after.config && before.env == after.env;
+    let instances = if !same_handler || library_changed {
+        Instances::Replace
+    } else if before.replicas != after.replicas {
+        Instances::Scale { from: before.replicas, to: after.replicas }
+    } else {
+        Instances::Keep
+    };
+    let listen = match (before.listen, after.listen) {
+        (a, b) if a == b => Listen::Keep,
+        (_, Some(addr)) => Listen::Bind(addr),
+        (Some(_), None) => Listen::Close,
+        (None, None) => Listen::Keep,
+    };
+    TierPlan { instances, listen, max_body_changed: before.max_body != after.max_body }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::plugins::Registry;
+    use crate::topology::validate::parse;
+
+    fn topo(yaml: &str) -> Topology {
+        parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).expect("valid")
+    }
+
+    const BASE: &str = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway, listen: 127.0.0.1:0, config: { routes: [{ path: /, link: api }] } }\n  api: { plugin: gateway, replicas: 3 }\nlinks:\n  - { from: web, to: api, kind: rest }\n";
+
+    fn plan_of(new: &str) -> Plan {
+        diff(&topo(BASE), &topo(new), &HashSet::new())
+    }
+
+    #[test]
+    fn the_same_topology_is_an_empty_plan() {
+        let plan = plan_of(BASE);
+        assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!(plan.summary(), "nothing changed");
+    }
+
+    #[test]
+    fn a_config_change_replaces_only_that_tier() {
+        let plan = plan_of(&BASE.replace(
+            "api: { plugin: gateway, replicas: 3 }",
+            "api: { plugin: gateway, replicas: 3, config: { routes: [] } }",
+        ));
+        assert_eq!(plan.tiers[&TierId::new("api")].instances, Instances::Replace);
+        assert_eq!(plan.tiers[&TierId::new("web")].instances, Instances::Keep);
+        assert!(!plan.links_changed);
+    }
+
+    #[test]
+    fn replica_changes_scale_without_replacing() {
+        let plan = plan_of(&BASE.replace("replicas: 3", "replicas: 1"));
+        assert_eq!(plan.tiers[&TierId::new("api")].instances, Instances::Scale { from: 3, to: 1 });
+        assert_eq!(plan.summary(), "scaled api 3→1");
+    }
+
+    #[test]
+    fn a_changed_library_replaces_the_tiers_using_it() {
+        let plan = diff(&topo(BASE), &topo(BASE), &HashSet::from(["gateway".to_owned()]));
+        assert_eq!(plan.tiers_with(&Instances::Replace).len(), 2);
+    }
+
+    #[test]
+    fn added_and_removed_tiers_and_links() {
+        let new = BASE
+            .replace("links:\n", "  extra: { plugin: gateway }\nlinks:\n  - { from: web, to: extra, kind: rest }\n");
+        let plan = plan_of(&new);
+        assert_eq!(plan.tiers[&TierId::new("extra")].instances, Instances::Start);
+        assert!(plan.links_changed);
+        let back = diff(&topo(&new), &topo(BASE), &HashSet::new());
+        assert_eq!(back.tiers[&TierId::new("extra")].instances, Instances::Stop);
+        assert_eq!(back.summary(), "removed extra; links changed");
+    }
+
+    #[test]
+    fn listen_changes_do_not_restart_instances() {
+        let plan = plan_of(&BASE.replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:1234"));
+        let web = &plan.tiers[&TierId::new("web")];
+        assert_eq!(web.instances, Instances::Keep);
+        assert_eq!(web.listen, Listen::Bind("127.0.0.1:1234".parse().unwrap()));
+        let plan = plan_of(&BASE.replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:0, max_body: 10"));
+        assert!(plan.tiers[&TierId::new("web")].max_body_changed);
+        assert_eq!(plan.tiers[&TierId::new("web")].listen, Listen::Keep);
+    }
+
+    #[test]
+    fn a_timeout_change_rewires_links_only() {
+        let plan = plan_of(&BASE.replace("kind: rest }", "kind: rest, timeout: 1s }"));
+        assert!(plan.links_changed);
+        assert!(plan.tiers.values().all(|t| t.instances == Instances::Keep));
+    }
+}
