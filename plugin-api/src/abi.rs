@@ -178,11 +178,21 @@ pub struct RawRequest {
 #[repr(C)]
 #[derive(Debug)]
 pub struct RawResponse {
+    /// The HTTP status, or one of [`NO_ANSWER`] and [`NOT_DELIVERED`]: the
+    /// handler could not get an answer (the body then holds the reason) and
+    /// the host may retry on another replica.
     pub status: u16,
     /// Headers in the [`encode_headers`] format.
     pub headers: RBuf,
     pub body: RBuf,
 }
+
+/// [`RawResponse::status`]: no answer came, and the request may have been
+/// delivered (retry only idempotent requests).
+pub const NO_ANSWER: u16 = 0;
+/// [`RawResponse::status`]: the request was not delivered at all (e.g. the
+/// connection was refused): any request may be retried.
+pub const NOT_DELIVERED: u16 = 1;
 
 /// Outcome codes of a link call ([`RawLinkResult::code`]).
 pub mod link_code {
@@ -232,6 +242,14 @@ pub struct HostVTable {
     /// Looks up the tier's environment variable `key` (from the topology's
     /// `env:`); a null `ptr` means unset. The value lives as long as the instance.
     pub env: unsafe extern "C" fn(host_ctx: *const c_void, key: RStr) -> RStr,
+    /// The tier's whole `env:`, as a JSON object.
+    pub env_all: unsafe extern "C" fn(host_ctx: *const c_void) -> RBuf,
+    /// The names of the tier's outbound links, newline separated.
+    pub links: unsafe extern "C" fn(host_ctx: *const c_void) -> RBuf,
+    /// The URL of a local HTTP listener, owned by the host, that forwards to
+    /// outbound link `link` (for programs outside the process); its address
+    /// stays the same across reloads. Empty when there is no such link.
+    pub link_url: unsafe extern "C" fn(host_ctx: *const c_void, link: RStr) -> RBuf,
 }
 
 /// Identity of a plugin instance.
@@ -241,6 +259,9 @@ pub struct InstanceInfo {
     pub tier: RStr,
     /// Replica index, from 0.
     pub replica: u32,
+    /// The directory of the topology file, against which relative paths in a
+    /// configuration are resolved.
+    pub base_dir: RStr,
 }
 
 /// What a plugin library declares. Starts with the ABI version.
@@ -266,6 +287,16 @@ pub struct PluginDecl {
     ) -> RBuf,
     /// Handles one request. The plugin copies `req` before returning.
     pub handle: unsafe extern "C" fn(instance: *const c_void, req: *const RawRequest) -> FfiFuture<RawResponse>,
+    /// Whether the instance can take requests now (1) or not (0). Called on
+    /// every routing decision: must be cheap.
+    pub is_ready: unsafe extern "C" fn(instance: *const c_void) -> u32,
+    /// Completes when the instance is first ready (empty buffer) or cannot
+    /// become ready (the reason, UTF-8).
+    pub wait_ready: unsafe extern "C" fn(instance: *const c_void) -> FfiFuture<RBuf>,
+    /// The instance's own status for the admin API, as JSON (`null` if none).
+    pub status: unsafe extern "C" fn(instance: *const c_void) -> RBuf,
+    /// Stops the instance gracefully; `destroy` follows.
+    pub stop: unsafe extern "C" fn(instance: *const c_void) -> FfiFuture<()>,
     /// Destroys an instance made by `create`.
     pub destroy: unsafe extern "C" fn(instance: *const c_void),
 }

@@ -67,6 +67,36 @@ impl Context {
         (!value.ptr.is_null()).then(|| unsafe { value.to_string_lossy() })
     }
 
+    /// The tier's whole environment (the topology's `env:`).
+    pub fn env_all(&self) -> std::collections::BTreeMap<String, String> {
+        // SAFETY: `ctx` is this instance's host context.
+        let json = unsafe { (self.host().env_all)(self.ctx) };
+        serde_json::from_slice(json.as_bytes()).unwrap_or_default()
+    }
+
+    /// The names of the tier's outbound links.
+    pub fn links(&self) -> Vec<String> {
+        // SAFETY: `ctx` is this instance's host context.
+        let names = unsafe { (self.host().links)(self.ctx) };
+        String::from_utf8_lossy(names.as_bytes()).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// The URL (`http://127.0.0.1:PORT`) of a local listener, owned by the
+    /// host, that forwards HTTP requests to outbound link `name`: for programs
+    /// that run outside the orchestrator. Its address stays the same across
+    /// reloads. `None` if the tier has no such link.
+    pub fn link_url(&self, name: &str) -> Option<String> {
+        // SAFETY: `ctx` is this instance's host context; `name` outlives the call.
+        let url = unsafe { (self.host().link_url)(self.ctx, RStr::from_bytes(name.as_bytes())) };
+        (!url.is_empty()).then(|| String::from_utf8_lossy(url.as_bytes()).into_owned())
+    }
+
+    /// The directory of the topology file: resolve relative paths against it.
+    pub fn base_dir(&self) -> std::path::PathBuf {
+        // SAFETY: as for `tier`.
+        std::path::PathBuf::from(unsafe { (self.host().instance)(self.ctx).base_dir.to_string_lossy() })
+    }
+
     /// Calls outbound link `link` with `req`.
     pub fn call(&self, link: &str, req: Request) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
         let call_link = self.host().call_link;

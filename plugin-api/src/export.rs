@@ -135,6 +135,60 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
 }
 
 /// # Safety
+/// `instance` must come from [`create`] with the same `P` and be alive.
+pub unsafe extern "C" fn is_ready<P: Plugin>(instance: *const c_void) -> u32 {
+    // SAFETY: guaranteed by the caller.
+    let instance = unsafe { &*instance.cast::<Instance<P>>() };
+    catch_unwind(AssertUnwindSafe(|| u32::from(instance.plugin.is_ready()))).unwrap_or(0)
+}
+
+/// # Safety
+/// As for [`handle`]: the instance outlives the returned future.
+pub unsafe extern "C" fn wait_ready<P: Plugin>(instance: *const c_void) -> FfiFuture<RBuf> {
+    // SAFETY: guaranteed by the caller.
+    let instance: &'static Instance<P> = unsafe { &*instance.cast::<Instance<P>>() };
+    match catch_unwind(AssertUnwindSafe(|| instance.plugin.wait_ready(instance.cx.clone()))) {
+        Ok(waiting) => async move {
+            match AssertUnwindSafe(waiting).catch_unwind().await {
+                Ok(Ok(())) => RBuf::empty(),
+                Ok(Err(reason)) => RBuf::from_vec(reason.into_bytes()),
+                Err(payload) => {
+                    RBuf::from_vec(format!("the plugin panicked: {}", panic_message(&*payload)).into_bytes())
+                }
+            }
+        }
+        .into_ffi(),
+        Err(payload) => std::future::ready(RBuf::from_vec(
+            format!("the plugin panicked: {}", panic_message(&*payload)).into_bytes(),
+        ))
+        .into_ffi(),
+    }
+}
+
+/// # Safety
+/// `instance` must come from [`create`] with the same `P` and be alive.
+pub unsafe extern "C" fn status<P: Plugin>(instance: *const c_void) -> RBuf {
+    // SAFETY: guaranteed by the caller.
+    let instance = unsafe { &*instance.cast::<Instance<P>>() };
+    let json = catch_unwind(AssertUnwindSafe(|| serde_json::to_vec(&instance.plugin.status()).unwrap_or_default()));
+    RBuf::from_vec(json.unwrap_or_default())
+}
+
+/// # Safety
+/// As for [`handle`]: the instance outlives the returned future.
+pub unsafe extern "C" fn stop<P: Plugin>(instance: *const c_void) -> FfiFuture<()> {
+    // SAFETY: guaranteed by the caller.
+    let instance: &'static Instance<P> = unsafe { &*instance.cast::<Instance<P>>() };
+    match catch_unwind(AssertUnwindSafe(|| instance.plugin.stop(instance.cx.clone()))) {
+        Ok(stopping) => async move {
+            let _ = AssertUnwindSafe(stopping).catch_unwind().await;
+        }
+        .into_ffi(),
+        Err(_) => std::future::ready(()).into_ffi(),
+    }
+}
+
+/// # Safety
 /// `instance` must come from [`create`] with the same `P`, and no call on it may
 /// be running or follow.
 pub unsafe extern "C" fn destroy<P: Plugin>(instance: *const c_void) {
@@ -190,6 +244,10 @@ macro_rules! declare_plugin {
             validate: $crate::export::validate::<$plugin>,
             create: $crate::export::create::<$plugin>,
             handle: $crate::export::handle::<$plugin>,
+            is_ready: $crate::export::is_ready::<$plugin>,
+            wait_ready: $crate::export::wait_ready::<$plugin>,
+            status: $crate::export::status::<$plugin>,
+            stop: $crate::export::stop::<$plugin>,
             destroy: $crate::export::destroy::<$plugin>,
         };
 

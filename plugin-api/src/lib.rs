@@ -53,7 +53,7 @@ pub use bytes::{self, Bytes};
 pub use context::{Context, Link};
 pub use headers::Headers;
 pub use http::{self, HeaderMap, Method, StatusCode};
-pub use message::{Request, Response};
+pub use message::{Failure, Request, Response};
 pub use plugin::Plugin;
 pub use types::{ConfigIssue, LinkError, LinkErrorKind, LinkKind, ValidateContext};
 pub use {serde, serde_json};

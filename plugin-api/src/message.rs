@@ -5,7 +5,7 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::abi::{RStr, RawRequest, RawResponse};
+use crate::abi::{RBuf, RStr, RawRequest, RawResponse};
 use crate::{Body, Headers};
 
 /// An HTTP-shaped request: what a tier receives and what it sends on a link.
@@ -105,6 +105,16 @@ pub struct Response {
     pub status: StatusCode,
     pub headers: Headers,
     pub body: Body,
+    failure: Option<Failure>,
+}
+
+/// Why a [`Response`] carries no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer came; the request may have been delivered.
+    NoAnswer,
+    /// The request was not delivered at all.
+    NotDelivered,
 }
 
 impl Default for Response {
@@ -115,7 +125,30 @@ impl Default for Response {
 
 impl Response {
     pub fn new(status: StatusCode) -> Self {
-        Self { status, headers: Headers::new(), body: Body::new() }
+        Self { status, headers: Headers::new(), body: Body::new(), failure: None }
+    }
+
+    /// No answer came (the replica failed while handling the request): the
+    /// caller sees a `502`, and the host may retry an idempotent request on
+    /// another replica.
+    pub fn no_answer(reason: &str) -> Self {
+        let mut r = Self::error(StatusCode::BAD_GATEWAY, reason);
+        r.failure = Some(Failure::NoAnswer);
+        r
+    }
+
+    /// The request was not delivered (the replica is not ready, the
+    /// connection was refused): the host may retry it on another replica,
+    /// whatever its method; otherwise the caller sees a `502`.
+    pub fn not_delivered(reason: &str) -> Self {
+        let mut r = Self::error(StatusCode::BAD_GATEWAY, reason);
+        r.failure = Some(Failure::NotDelivered);
+        r
+    }
+
+    /// Why this response carries no answer, if it does not.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure
     }
 
     /// `200 OK` with a JSON body.
@@ -166,15 +199,30 @@ impl Response {
     /// Hands this response over the ABI. The body is not copied when it is
     /// uniquely owned.
     pub fn into_raw(self) -> RawResponse {
+        if let Some(failure) = self.failure {
+            let reason =
+                self.json_body::<serde_json::Value>().ok().and_then(|v| v["error"].as_str().map(str::to_owned));
+            let reason = reason.unwrap_or_else(|| "no answer".to_owned());
+            let status = match failure {
+                Failure::NoAnswer => crate::abi::NO_ANSWER,
+                Failure::NotDelivered => crate::abi::NOT_DELIVERED,
+            };
+            return RawResponse { status, headers: RBuf::empty(), body: RBuf::from_vec(reason.into_bytes()) };
+        }
         RawResponse { status: self.status.as_u16(), headers: self.headers.into_rbuf(), body: self.body.into_rbuf() }
     }
 
     /// Takes a response from the ABI. The body is not copied: it is freed by
     /// the side that allocated it when the last `Bytes` referring to it drops.
     pub fn from_raw(raw: RawResponse) -> Self {
+        match raw.status {
+            crate::abi::NO_ANSWER => return Self::no_answer(&String::from_utf8_lossy(raw.body.as_bytes())),
+            crate::abi::NOT_DELIVERED => return Self::not_delivered(&String::from_utf8_lossy(raw.body.as_bytes())),
+            _ => {}
+        }
         let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = Headers::foreign(raw.headers);
         let body = Body::foreign(raw.body);
-        Self { status, headers, body }
+        Self { status, headers, body, failure: None }
     }
 }

@@ -28,4 +28,29 @@ pub trait Plugin: DeserializeOwned + Send + Sync + 'static {
 
     /// Handles one request. Panics are caught and become a `500` response.
     fn handle(&self, req: Request, cx: Context) -> impl Future<Output = Response> + Send;
+
+    /// Whether this instance can take requests now. Links and listeners route
+    /// only to ready instances. Called on every routing decision: keep it cheap.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Completes when the instance is ready to serve, or with the reason it
+    /// cannot be. Nothing routes to a new instance before this completes.
+    fn wait_ready(&self, cx: Context) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = cx;
+        std::future::ready(Ok(()))
+    }
+
+    /// This instance's state for `/admin/status` (shown under the instance).
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Stops gracefully, after the instance stopped receiving requests and its
+    /// in-flight requests completed (or the drain timeout passed).
+    fn stop(&self, cx: Context) -> impl Future<Output = ()> + Send {
+        let _ = cx;
+        std::future::ready(())
+    }
 }

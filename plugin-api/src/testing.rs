@@ -171,7 +171,8 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     pollster::block_on(fut)
 }
 
-static TEST_VTABLE: HostVTable = HostVTable { abi_version: ABI_VERSION, call_link, sleep, log, instance, env };
+static TEST_VTABLE: HostVTable =
+    HostVTable { abi_version: ABI_VERSION, call_link, sleep, log, instance, env, env_all, links, link_url };
 
 unsafe extern "C" fn call_link(
     host_ctx: *const c_void,
@@ -235,7 +236,21 @@ unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
 }
 
 unsafe extern "C" fn instance(_host_ctx: *const c_void) -> InstanceInfo {
-    InstanceInfo { tier: RStr::from_static("test"), replica: 0 }
+    InstanceInfo { tier: RStr::from_static("test"), replica: 0, base_dir: RStr::from_static(".") }
+}
+
+unsafe extern "C" fn env_all(_host_ctx: *const c_void) -> RBuf {
+    RBuf::from_vec(b"{}".to_vec())
+}
+
+unsafe extern "C" fn links(host_ctx: *const c_void) -> RBuf {
+    // SAFETY: host_ctx is the HostState a TestInstance keeps alive.
+    let state = unsafe { &*host_ctx.cast::<HostState>() };
+    RBuf::from_vec(state.links.keys().cloned().collect::<Vec<_>>().join("\n").into_bytes())
+}
+
+unsafe extern "C" fn link_url(_host_ctx: *const c_void, _link: RStr) -> RBuf {
+    RBuf::empty()
 }
 
 unsafe extern "C" fn env(_host_ctx: *const c_void, _key: RStr) -> RStr {

@@ -44,13 +44,14 @@ impl Endpoint {
         self.len() == 0
     }
 
-    /// The next replica, round robin; `None` when none is ready.
+    /// The next ready replica, round robin; `None` when none is ready.
     pub fn pick(&self) -> Option<Arc<Instance>> {
         let replicas = self.replicas.load();
-        match replicas.len() {
-            0 => None,
-            1 => Some(replicas[0].clone()),
-            n => Some(replicas[self.next.fetch_add(1, Ordering::Relaxed) % n].clone()),
+        let n = replicas.len();
+        if n == 1 {
+            return replicas[0].is_ready().then(|| replicas[0].clone());
         }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| &replicas[(start + i) % n]).find(|r| r.is_ready()).cloned()
     }
 }

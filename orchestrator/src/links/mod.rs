@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::Poll;
 
 use arc_swap::ArcSwap;
 pub use balance::Endpoint;
-use plugin_api::abi::RawResponse;
+use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
 use crate::plugins::{BorrowedRequest, Panicked};
@@ -32,11 +33,45 @@ pub struct Route {
 #[derive(Debug, Default)]
 pub struct LinkTable {
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
+    /// Local HTTP listeners forwarding to a link, for programs outside the
+    /// process (process tiers). Closed when the table (the tier) goes away.
+    proxies: Mutex<HashMap<String, Proxy>>,
+}
+
+#[derive(Debug)]
+struct Proxy {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl LinkTable {
     pub fn new(routes: HashMap<String, Arc<Route>>) -> Self {
-        Self { routes: ArcSwap::from_pointee(routes) }
+        Self { routes: ArcSwap::from_pointee(routes), proxies: Mutex::default() }
+    }
+
+    /// The URL of this tier's local listener for link `name`, opened on first
+    /// use. The listener resolves the link by name on every request, so its
+    /// address survives any reload (and it answers 502 while no such link exists).
+    pub fn proxy_url(self: &Arc<Self>, name: &str) -> std::io::Result<Option<String>> {
+        let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(proxy) = proxies.get(name) {
+            return Ok(Some(proxy.url.clone()));
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let task = crate::runtime::listener::serve_link(listener, Arc::downgrade(self), name.to_owned());
+        let url = format!("http://{addr}");
+        tracing::debug!(link = name, %url, "Link listener open.");
+        proxies.insert(name.to_owned(), Proxy { url: url.clone(), task });
+        Ok(Some(url))
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {
@@ -88,52 +123,58 @@ fn idempotent(method: &[u8]) -> bool {
 /// Calls `route` with `req`. The target copies the request before this
 /// returns; the returned future applies the link's timeout and retries.
 ///
-/// Retries (idempotent methods only, up to `retries` more attempts, within the
-/// same deadline) happen when no replica answered: none was ready, or the
-/// handler failed without a response.
+/// With `retries: N`, up to N more attempts are made, each on the next ready
+/// replica and all within the one timeout, when no replica answered:
+/// - a request that was not delivered (no ready replica; the replica refused
+///   it) is retried whatever its method;
+/// - a request that may have been delivered (the handler failed without an
+///   answer) is retried only if its method is idempotent.
 pub fn call(
     route: &Arc<Route>,
     req: &BorrowedRequest<'_>,
 ) -> impl Future<Output = Result<RawResponse, LinkError>> + Send + 'static {
-    let retry_copy = (route.spec.retries > 0 && idempotent(req.method())).then(|| req.to_owned());
+    let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
+    let idempotent = idempotent(req.method());
     let first = route.target.pick().map(|instance| instance.call(req));
     let route = route.clone();
     async move {
         // The deadline is fixed when a call first has to wait (see `within`).
         let mut deadline = None;
         let mut attempt = first;
-        let mut retries_left = if retry_copy.is_some() { route.spec.retries } else { 0 };
+        let mut retries_left = route.spec.retries;
         loop {
-            let error = match attempt.take() {
-                None => LinkError::new(
-                    LinkErrorKind::Unavailable,
-                    format!("link `{}`: tier `{}` has no ready replica", route.spec.name, route.spec.to),
-                ),
+            let (error, delivered) = match attempt.take() {
+                None => (route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned()), false),
                 Some(call) => match within(&mut deadline, route.spec.timeout, call).await {
+                    Ok(Ok(response)) if response.status == NOT_DELIVERED => {
+                        let why = String::from_utf8_lossy(response.body.as_bytes()).into_owned();
+                        (route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}")), false)
+                    }
+                    Ok(Ok(response)) if response.status == NO_ANSWER => {
+                        let why = String::from_utf8_lossy(response.body.as_bytes()).into_owned();
+                        (route.error(LinkErrorKind::Upstream, format!("gave no answer: {why}")), true)
+                    }
                     Ok(Ok(response)) => return Ok(response),
-                    Ok(Err(Panicked)) => LinkError::new(
-                        LinkErrorKind::Upstream,
-                        format!("link `{}`: tier `{}` failed without answering", route.spec.name, route.spec.to),
-                    ),
-                    Err(_) => {
-                        return Err(LinkError::new(
-                            LinkErrorKind::Timeout,
-                            format!(
-                                "link `{}`: tier `{}` did not answer within {}",
-                                route.spec.name,
-                                route.spec.to,
-                                humantime::format_duration(route.spec.timeout)
-                            ),
-                        ));
+                    Ok(Err(Panicked)) => {
+                        (route.error(LinkErrorKind::Upstream, "failed without answering".to_owned()), true)
+                    }
+                    Err(Elapsed) => {
+                        let limit = humantime::format_duration(route.spec.timeout);
+                        return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));
                     }
                 },
             };
-            if retries_left == 0 {
+            let Some(copy) = retry_copy.as_ref().filter(|_| retries_left > 0 && (!delivered || idempotent)) else {
                 return Err(error);
-            }
+            };
             retries_left -= 1;
-            let copy = retry_copy.as_ref().expect("retries_left > 0 only with a copy");
             attempt = route.target.pick().map(|instance| instance.call(&copy.borrow()));
         }
+    }
+}
+
+impl Route {
+    fn error(&self, kind: LinkErrorKind, what: String) -> LinkError {
+        LinkError::new(kind, format!("link `{}`: tier `{}` {what}", self.spec.name, self.spec.to))
     }
 }

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -17,6 +17,7 @@ use plugin_api::abi::{PluginDecl, RStr, RawRequest, RawResponse};
 use plugin_api::{ConfigIssue, LinkKind};
 
 use super::host::{self, HostCtx};
+use crate::topology::TierId;
 
 /// A plugin: built in, or a loaded library that this handle keeps loaded.
 pub struct PluginHandle {
@@ -106,6 +107,9 @@ pub struct Instance {
     ptr: *const c_void,
     pub id: u64,
     pub started: SystemTime,
+    /// Calls in flight, and a signal when they reach zero (for draining).
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
     ctx: Arc<HostCtx>,
     // Dropped after `Drop::drop` destroyed the instance, keeping the code loaded until then.
     plugin: Arc<PluginHandle>,
@@ -147,7 +151,15 @@ impl Instance {
             return Err(if reason.is_empty() { "the plugin returned no instance".to_owned() } else { reason });
         }
         let id = NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(Self { ptr, id, started: SystemTime::now(), ctx, plugin }))
+        Ok(Arc::new(Self {
+            ptr,
+            id,
+            started: SystemTime::now(),
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            ctx,
+            plugin,
+        }))
     }
 
     pub fn plugin(&self) -> &Arc<PluginHandle> {
@@ -158,12 +170,68 @@ impl Instance {
         self.ctx.replica
     }
 
+    pub fn tier(&self) -> &TierId {
+        &self.ctx.tier
+    }
+
     /// Starts handling `req`; the plugin copies it before this returns.
     pub fn call(self: &Arc<Self>, req: &BorrowedRequest<'_>) -> InstanceCall {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         // SAFETY: the instance is alive (we hold an Arc) and `req` is readable for
         // the duration of this synchronous call (its lifetime); `handle` catches panics.
         let fut = unsafe { (self.plugin.decl().handle)(self.ptr, &req.raw) };
-        InstanceCall { fut, _instance: self.clone() }
+        InstanceCall { fut: Some(fut), instance: self.clone() }
+    }
+
+    /// Whether the instance takes requests now.
+    pub fn is_ready(&self) -> bool {
+        // SAFETY: the instance is alive; `is_ready` catches panics.
+        unsafe { (self.plugin.decl().is_ready)(self.ptr) != 0 }
+    }
+
+    /// Completes when the instance is ready, or with why it cannot be.
+    pub fn wait_ready(self: &Arc<Self>) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        // SAFETY: the instance is alive, and the future keeps it alive until it
+        // completes or is dropped (the `Arc` below is dropped after `fut`).
+        let fut = unsafe { (self.plugin.decl().wait_ready)(self.ptr) };
+        let instance = self.clone();
+        async move {
+            let reason = fut.await;
+            drop(instance);
+            if reason.is_empty() { Ok(()) } else { Err(String::from_utf8_lossy(reason.as_bytes()).into_owned()) }
+        }
+    }
+
+    /// The plugin's own status for this instance (`null` if it has none).
+    pub fn detail(&self) -> serde_json::Value {
+        // SAFETY: the instance is alive; `status` catches panics.
+        let json = unsafe { (self.plugin.decl().status)(self.ptr) };
+        serde_json::from_slice(json.as_bytes()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until no call is in flight, at most `limit`; whether it got there.
+    pub async fn drained(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Stops the instance gracefully (a process tier stops its program).
+    pub fn stop(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        // SAFETY: as for `wait_ready`.
+        let fut = unsafe { (self.plugin.decl().stop)(self.ptr) };
+        let instance = self.clone();
+        async move {
+            fut.await;
+            drop(instance);
+        }
     }
 }
 
@@ -183,9 +251,19 @@ pub struct Panicked;
 /// An in-flight call into a plugin instance. Keeps the instance (and so its
 /// library) alive until the call completes or is dropped.
 pub struct InstanceCall {
-    // Field order matters: the plugin's future is dropped before the instance.
-    fut: FfiFuture<RawResponse>,
-    _instance: Arc<Instance>,
+    /// The plugin's future; taken (dropped) first in `drop`, while the
+    /// instance is still held and still counts this call.
+    fut: Option<FfiFuture<RawResponse>>,
+    instance: Arc<Instance>,
+}
+
+impl Drop for InstanceCall {
+    fn drop(&mut self) {
+        drop(self.fut.take());
+        if self.instance.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.instance.idle.notify_waiters();
+        }
+    }
 }
 
 impl Future for InstanceCall {
@@ -194,7 +272,8 @@ impl Future for InstanceCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // The plugin catches its own panics; this guards against a plugin that
         // was not built with our export shims.
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.fut).poll(cx))) {
+        let Some(fut) = self.fut.as_mut() else { return Poll::Ready(Err(Panicked)) };
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
             Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(_) => Poll::Ready(Err(Panicked)),

@@ -23,18 +23,31 @@ pub struct HostCtx {
     pub replica: u32,
     pub links: Arc<LinkTable>,
     pub env: BTreeMap<String, String>,
+    /// The topology file's directory.
+    pub base_dir: String,
+    /// The tier's outbound link names in the topology the instance was made
+    /// for (its link table is filled only when that topology is committed).
+    pub link_names: Vec<String>,
     /// The span every log line of this instance is attributed to.
     pub span: tracing::Span,
 }
 
 impl HostCtx {
-    pub fn new(tier: TierId, replica: u32, links: Arc<LinkTable>, env: BTreeMap<String, String>) -> Self {
+    pub fn new(
+        tier: TierId,
+        replica: u32,
+        links: Arc<LinkTable>,
+        env: BTreeMap<String, String>,
+        base_dir: &std::path::Path,
+        link_names: Vec<String>,
+    ) -> Self {
         let span = tracing::info_span!("tier", tier = %tier, replica);
-        Self { tier, replica, links, env, span }
+        Self { tier, replica, links, env, base_dir: base_dir.display().to_string(), link_names, span }
     }
 }
 
-pub static VTABLE: HostVTable = HostVTable { abi_version: ABI_VERSION, call_link, sleep, log, instance, env };
+pub static VTABLE: HostVTable =
+    HostVTable { abi_version: ABI_VERSION, call_link, sleep, log, instance, env, env_all, links, link_url };
 
 fn empty_response() -> RawResponse {
     RawResponse { status: 0, headers: RBuf::empty(), body: RBuf::empty() }
@@ -108,7 +121,11 @@ unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
 unsafe extern "C" fn instance(host_ctx: *const c_void) -> InstanceInfo {
     // SAFETY: as in `call_link`; the tier name lives as long as the context.
     let ctx = unsafe { &*host_ctx.cast::<HostCtx>() };
-    InstanceInfo { tier: RStr::from_bytes(ctx.tier.as_str().as_bytes()), replica: ctx.replica }
+    InstanceInfo {
+        tier: RStr::from_bytes(ctx.tier.as_str().as_bytes()),
+        replica: ctx.replica,
+        base_dir: RStr::from_bytes(ctx.base_dir.as_bytes()),
+    }
 }
 
 unsafe extern "C" fn env(host_ctx: *const c_void, key: RStr) -> RStr {
@@ -118,5 +135,38 @@ unsafe extern "C" fn env(host_ctx: *const c_void, key: RStr) -> RStr {
     match value {
         Some(v) => RStr::from_bytes(v.as_bytes()),
         None => RStr { ptr: std::ptr::null(), len: 0 },
+    }
+}
+
+unsafe extern "C" fn env_all(host_ctx: *const c_void) -> RBuf {
+    // SAFETY: as in `call_link`.
+    let ctx = unsafe { &*host_ctx.cast::<HostCtx>() };
+    RBuf::from_vec(serde_json::to_vec(&ctx.env).unwrap_or_default())
+}
+
+unsafe extern "C" fn links(host_ctx: *const c_void) -> RBuf {
+    // SAFETY: as in `call_link`.
+    let ctx = unsafe { &*host_ctx.cast::<HostCtx>() };
+    RBuf::from_vec(ctx.link_names.join("\n").into_bytes())
+}
+
+unsafe extern "C" fn link_url(host_ctx: *const c_void, link: RStr) -> RBuf {
+    let url = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `call_link`.
+        let (ctx, name) = unsafe { (&*host_ctx.cast::<HostCtx>(), link.to_string_lossy()) };
+        if !ctx.link_names.contains(&name) {
+            return None;
+        }
+        match ctx.links.proxy_url(&name) {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::error!(parent: &ctx.span, link = %name, error = %e, "Cannot open a local listener for the link.");
+                None
+            }
+        }
+    }));
+    match url {
+        Ok(Some(url)) => RBuf::from_vec(url.into_bytes()),
+        _ => RBuf::empty(),
     }
 }

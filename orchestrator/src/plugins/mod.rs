@@ -1,6 +1,7 @@
 //! Finding and loading plugins.
 //!
-//! A plugin is either built in (linked into this binary: `gateway`) or a
+//! A plugin is either built in (linked into this binary: `gateway`,
+//! `process`) or a
 //! library `lib<name>.so` in one of the plugin directories: those the topology
 //! lists under `plugins:`, those given with `--plugin-dir`, those in
 //! `ORCH_PLUGIN_PATH` (colon-separated), and the directory of the orchestrator
@@ -118,7 +119,10 @@ impl Registry {
 
     /// A registry with the built-in plugins and exactly `dirs`.
     pub fn with_dirs(dirs: Vec<PathBuf>) -> Self {
-        let builtins = vec![Arc::new(loader::builtin(gateway::plugin_declaration()))];
+        let builtins = vec![
+            Arc::new(loader::builtin(gateway::plugin_declaration())),
+            Arc::new(loader::builtin(process::plugin_declaration())),
+        ];
         Self { builtins, dirs, loaded: Mutex::new(HashMap::new()), retained: Mutex::new(Vec::new()) }
     }
 

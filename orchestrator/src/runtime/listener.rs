@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use crate::links::Endpoint;
+use futures_util::future::Either;
+
+use crate::links::{self, Endpoint, LinkTable};
 use crate::plugins::BorrowedRequest;
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -45,7 +47,8 @@ impl Bound {
         let (stop, stop_rx) = watch::channel(false);
         let max_body = Arc::new(AtomicU64::new(max_body));
         let span = tracing::info_span!("listener", tier = %endpoint.tier, addr = %self.addr);
-        let task = tokio::spawn(serve(self.listener, endpoint, max_body.clone(), stop_rx).instrument(span));
+        let task =
+            tokio::spawn(serve(self.listener, Target::Tier(endpoint), max_body.clone(), stop_rx).instrument(span));
         Listener { addr: self.addr, max_body, stop, task }
     }
 }
@@ -83,12 +86,34 @@ impl Listener {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    endpoint: Arc<Endpoint>,
-    max_body: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What a listener routes to.
+#[derive(Clone)]
+enum Target {
+    /// A tier's replicas (a tier's `listen` address).
+    Tier(Arc<Endpoint>),
+    /// A tier's outbound link, by name (a process tier's `ORCH_LINK_<NAME>_URL`).
+    Link(Weak<LinkTable>, Arc<str>),
+}
+
+/// Serves link `name` of `table` on `listener`, until the table goes away.
+pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String) -> JoinHandle<()> {
+    let (_stop, stop_rx) = watch::channel(false);
+    let span = tracing::info_span!("link", link = %name);
+    let target = Target::Link(table, Arc::from(name));
+    tokio::spawn(
+        async move {
+            // The sender lives in this task: the listener stops when it is aborted.
+            let _stop = _stop;
+            serve(listener, target, Arc::new(AtomicU64::new(LINK_MAX_BODY)), stop_rx).await;
+        }
+        .instrument(span),
+    )
+}
+
+/// Largest request body a link listener accepts.
+const LINK_MAX_BODY: u64 = 64 * 1024 * 1024;
+
+async fn serve(listener: TcpListener, target: Target, max_body: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
@@ -97,9 +122,15 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let endpoint = endpoint.clone();
+                    let target = target.clone();
                     let max_body = max_body.clone();
-                    let service = service_fn(move |req| handle(req, endpoint.clone(), max_body.load(Ordering::Relaxed)));
+                    let service = service_fn(move |req| {
+                        let limit = max_body.load(Ordering::Relaxed);
+                        match &target {
+                            Target::Tier(endpoint) => Either::Left(handle(req, endpoint.clone(), limit)),
+                            Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
+                        }
+                    });
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -130,18 +161,30 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     resp
 }
 
+/// The request's body, within `max_body`, or the error response.
+async fn read_body(body: Incoming, max_body: u64) -> Result<Bytes, Response> {
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than this tier's limit of {max_body} bytes"),
+        )),
+        Err(e) => Err(json_error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))),
+    }
+}
+
+fn encoded_headers(headers: &http::HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    encode_headers(headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut out);
+    out
+}
+
 async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body: u64) -> Result<Response, Infallible> {
     let (parts, body) = req.into_parts();
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Ok(json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than this tier's limit of {max_body} bytes"),
-            ));
-        }
-        Err(e) => return Ok(json_error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))),
+    let body = match read_body(body, max_body).await {
+        Ok(body) => body,
+        Err(resp) => return Ok(resp),
     };
     let Some(instance) = endpoint.pick() else {
         return Ok(json_error(
@@ -149,8 +192,7 @@ async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body
             &format!("tier `{}` has no ready replica", endpoint.tier),
         ));
     };
-    let mut headers = Vec::with_capacity(256);
-    encode_headers(parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut headers);
+    let headers = encoded_headers(&parts.headers);
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // The plugin copies the request before `call` returns.
     let call = instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
@@ -163,6 +205,31 @@ async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body
     })
 }
 
+async fn handle_link(
+    req: hyper::Request<Incoming>,
+    table: Weak<LinkTable>,
+    name: Arc<str>,
+    max_body: u64,
+) -> Result<Response, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body, max_body).await {
+        Ok(body) => body,
+        Err(resp) => return Ok(resp),
+    };
+    let Some(route) = table.upgrade().and_then(|t| t.get(&name)) else {
+        return Ok(json_error(StatusCode::BAD_GATEWAY, &format!("link `{name}` no longer exists")));
+    };
+    let headers = encoded_headers(&parts.headers);
+    let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let call =
+        links::call(&route, &BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
+    drop((headers, body));
+    Ok(match call.await {
+        Ok(resp) => into_hyper(resp),
+        Err(e) => json_error(e.status(), &e.message),
+    })
+}
+
 /// Headers a handler must not set: the connection's framing is ours.
 fn is_framing(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"content-length")
@@ -171,6 +238,9 @@ fn is_framing(name: &[u8]) -> bool {
 }
 
 fn into_hyper(raw: RawResponse) -> Response {
+    if raw.status == plugin_api::abi::NO_ANSWER || raw.status == plugin_api::abi::NOT_DELIVERED {
+        return json_error(StatusCode::BAD_GATEWAY, &String::from_utf8_lossy(raw.body.as_bytes()));
+    }
     let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = if raw.body.is_empty() { Bytes::new() } else { Bytes::from_owner(raw.body) };
     let mut resp = hyper::Response::new(Full::new(body));

@@ -54,6 +54,10 @@ pub struct InstanceStatus {
     /// Unique for the life of the process: a new instance gets a new id.
     pub id: u64,
     pub started_at: String,
+    /// The plugin's own report on the instance (a process tier's pid, state,
+    /// restarts, last exit, last probe error).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -29,6 +29,8 @@ pub enum StartError {
     Plugin { tier: TierId, source: LoadError },
     #[error("tier `{tier}` replica {replica} failed to start: {reason}")]
     Instance { tier: TierId, replica: u32, reason: String },
+    #[error("tier `{tier}` replica {replica} did not become ready: {reason}")]
+    Ready { tier: TierId, replica: u32, reason: String },
     #[error("tier `{tier}` cannot listen on {addr}: {source}")]
     Bind { tier: TierId, addr: SocketAddr, source: std::io::Error },
 }
@@ -221,28 +223,53 @@ impl Supervisor {
         plugins: &HashMap<TierId, Arc<PluginHandle>>,
     ) -> Result<Prepared, StartError> {
         let mut prepared = Prepared::default();
-        for (id, tier_plan) in &plan.tiers {
-            let Some(spec) = new.tiers.get(id) else { continue };
-            let (links, replicas) = match &tier_plan.instances {
-                Instances::Start => {
-                    let endpoint = Arc::new(Endpoint::new(id.clone()));
-                    let links = Arc::new(LinkTable::default());
-                    prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
-                    (links, 0..spec.replicas)
+        let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        // Callees start (and become ready) before their callers; tiers in a
+        // cycle start together.
+        for group in start_order(new) {
+            let mut starting = Vec::new();
+            for id in &group {
+                let (Some(tier_plan), Some(spec)) = (plan.tiers.get(id), new.tiers.get(id)) else { continue };
+                let (links, replicas) = match &tier_plan.instances {
+                    Instances::Start => {
+                        let endpoint = Arc::new(Endpoint::new(id.clone()));
+                        let links = Arc::new(LinkTable::default());
+                        prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
+                        (links, 0..spec.replicas)
+                    }
+                    Instances::Replace => (self.tiers[id].links.clone(), 0..spec.replicas),
+                    Instances::Scale { from, to } if to > from => (self.tiers[id].links.clone(), *from..*to),
+                    _ => continue,
+                };
+                let link_names: Vec<String> = new.links_from(id).map(|l| l.name.clone()).collect();
+                let mut instances = Vec::with_capacity(replicas.len());
+                for replica in replicas {
+                    let ctx = Arc::new(HostCtx::new(
+                        id.clone(),
+                        replica,
+                        links.clone(),
+                        spec.env.clone(),
+                        &base_dir,
+                        link_names.clone(),
+                    ));
+                    let instance = Instance::create(plugins[id].clone(), &spec.config, ctx)
+                        .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
+                    tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
+                    starting.push(instance.clone());
+                    instances.push(instance);
                 }
-                Instances::Replace => (self.tiers[id].links.clone(), 0..spec.replicas),
-                Instances::Scale { from, to } if to > from => (self.tiers[id].links.clone(), *from..*to),
-                _ => continue,
-            };
-            let mut instances = Vec::with_capacity(replicas.len());
-            for replica in replicas {
-                let ctx = Arc::new(HostCtx::new(id.clone(), replica, links.clone(), spec.env.clone()));
-                let instance = Instance::create(plugins[id].clone(), &spec.config, ctx)
-                    .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
-                tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
-                instances.push(instance);
+                prepared.instances.insert(id.clone(), instances);
             }
-            prepared.instances.insert(id.clone(), instances);
+            let ready = futures_util::future::join_all(starting.iter().map(|i| i.wait_ready())).await;
+            for (instance, result) in starting.iter().zip(ready) {
+                if let Err(reason) = result {
+                    return Err(StartError::Ready {
+                        tier: instance.tier().clone(),
+                        replica: instance.replica(),
+                        reason,
+                    });
+                }
+            }
         }
         for (id, tier_plan) in &plan.tiers {
             if let Listen::Bind(addr) = tier_plan.listen {
@@ -357,11 +384,13 @@ impl Supervisor {
 
         // 5. The old drains: in-flight calls hold their instance until they
         // finish; the last reference destroys it. Old listeners drain apart.
+        let drain = self.drain;
         if !retired.is_empty() {
             tracing::info!(instances = retired.len(), "Old instances draining.");
         }
-        drop(retired);
-        let drain = self.drain;
+        for instance in retired {
+            tokio::spawn(retire(instance, drain));
+        }
         for listener in closing {
             tokio::spawn(async move {
                 let addr = listener.addr;
@@ -387,7 +416,12 @@ impl Supervisor {
                 instances: t
                     .instances
                     .iter()
-                    .map(|i| InstanceStatus { replica: i.replica(), id: i.id, started_at: timestamp(i.started) })
+                    .map(|i| InstanceStatus {
+                        replica: i.replica(),
+                        id: i.id,
+                        started_at: timestamp(i.started),
+                        detail: i.detail(),
+                    })
                     .collect(),
             })
             .collect();
@@ -425,8 +459,14 @@ impl Supervisor {
         let listeners: Vec<Listener> = self.tiers.values_mut().filter_map(|t| t.listener.take()).collect();
         let drain = self.drain;
         futures_util::future::join_all(listeners.into_iter().map(|l| l.stop(drain))).await;
-        for (id, tier) in self.tiers.drain(..) {
+        // Callers stop before the tiers they call.
+        let mut order: Vec<TierId> = start_order(&self.topology).into_iter().flatten().collect();
+        order.reverse();
+        for id in order {
+            let Some(mut tier) = self.tiers.shift_remove(&id) else { continue };
             tier.endpoint.set(Vec::new());
+            let instances = std::mem::take(&mut tier.instances);
+            futures_util::future::join_all(instances.into_iter().map(|i| retire(i, drain))).await;
             tier.links.replace(HashMap::new());
             tracing::info!(tier = %id, "Tier stopped.");
         }
@@ -472,4 +512,74 @@ fn routes(
             Some((spec.name.clone(), Arc::new(Route { spec: spec.clone(), target })))
         })
         .collect()
+}
+
+/// Lets `instance` finish its in-flight calls (at most `drain`), then stops it.
+async fn retire(instance: Arc<Instance>, drain: Duration) {
+    if !instance.drained(drain).await {
+        tracing::warn!(tier = %instance.tier(), replica = instance.replica(), "Drain timeout: stopping with calls in flight.");
+    }
+    instance.stop().await;
+}
+
+/// The tiers of `topology` grouped so that each group's link targets are in
+/// earlier groups or in the group itself (a cycle): the order to start them.
+fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
+    // Tarjan's algorithm emits strongly connected components callees-first.
+    struct Tarjan<'a> {
+        topology: &'a Topology,
+        index: HashMap<TierId, usize>,
+        low: HashMap<TierId, usize>,
+        stack: Vec<TierId>,
+        on_stack: HashSet<TierId>,
+        next: usize,
+        out: Vec<Vec<TierId>>,
+    }
+    impl Tarjan<'_> {
+        fn visit(&mut self, v: &TierId) {
+            self.index.insert(v.clone(), self.next);
+            self.low.insert(v.clone(), self.next);
+            self.next += 1;
+            self.stack.push(v.clone());
+            self.on_stack.insert(v.clone());
+            let targets: Vec<TierId> = self.topology.links_from(v).map(|l| l.to.clone()).collect();
+            for w in &targets {
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let low = self.low[v].min(self.low[w]);
+                    self.low.insert(v.clone(), low);
+                } else if self.on_stack.contains(w) {
+                    let low = self.low[v].min(self.index[w]);
+                    self.low.insert(v.clone(), low);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut group = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on_stack.remove(&w);
+                    let done = &w == v;
+                    group.push(w);
+                    if done {
+                        break;
+                    }
+                }
+                self.out.push(group);
+            }
+        }
+    }
+    let mut t = Tarjan {
+        topology,
+        index: HashMap::new(),
+        low: HashMap::new(),
+        stack: Vec::new(),
+        on_stack: HashSet::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for id in topology.tiers.keys() {
+        if !t.index.contains_key(id) {
+            t.visit(id);
+        }
+    }
+    t.out
 }

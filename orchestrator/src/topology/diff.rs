@@ -1,7 +1,7 @@
 //! What a reload changes: the running topology against a new one, compared as
 //! typed specs, tier by tier.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 
 use indexmap::IndexMap;
@@ -121,7 +121,12 @@ pub fn diff(old: &Topology, new: &Topology, replaced_plugins: &HashSet<String>) 
                 listen: spec.listen.map_or(Listen::Keep, Listen::Bind),
                 max_body_changed: false,
             },
-            Some(before) => tier_plan(before, spec, replaced_plugins.contains(&spec.plugin)),
+            Some(before) => {
+                // Instances learn their outbound link names when they start
+                // (a process tier passes them to its program as environment).
+                let renamed = link_names(old, id) != link_names(new, id);
+                tier_plan(before, spec, replaced_plugins.contains(&spec.plugin) || renamed)
+            }
         };
         tiers.insert(id.clone(), plan);
     }
@@ -132,6 +137,10 @@ pub fn diff(old: &Topology, new: &Topology, replaced_plugins: &HashSet<String>) 
         }
     }
     Plan { tiers, links_changed: old.links != new.links }
+}
+
+fn link_names<'a>(topology: &'a Topology, tier: &'a TierId) -> BTreeSet<&'a str> {
+    topology.links_from(tier).map(|l| l.name.as_str()).collect()
 }
 
 fn tier_plan(before: &TierSpec, after: &TierSpec, library_changed: bool) -> TierPlan {
@@ -210,7 +219,7 @@ mod tests {
         assert!(plan.links_changed);
         let back = diff(&topo(&new), &topo(BASE), &HashSet::new());
         assert_eq!(back.tiers[&TierId::new("extra")].instances, Instances::Stop);
-        assert_eq!(back.summary(), "removed extra; links changed");
+        assert_eq!(back.summary(), "replaced web; removed extra; links changed");
     }
 
     #[test]
@@ -222,6 +231,15 @@ mod tests {
         let plan = plan_of(&BASE.replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:0, max_body: 10"));
         assert!(plan.tiers[&TierId::new("web")].max_body_changed);
         assert_eq!(plan.tiers[&TierId::new("web")].listen, Listen::Keep);
+    }
+
+    #[test]
+    fn a_new_outbound_link_name_restarts_the_caller() {
+        let new = BASE
+            .replace("links:\n", "  extra: { plugin: gateway }\nlinks:\n  - { from: web, to: extra, kind: rest }\n");
+        let plan = plan_of(&new);
+        assert_eq!(plan.tiers[&TierId::new("web")].instances, Instances::Replace);
+        assert_eq!(plan.tiers[&TierId::new("api")].instances, Instances::Keep);
     }
 
     #[test]

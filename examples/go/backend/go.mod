@@ -1,0 +1,3 @@
+module orchestrator.example/backend
+
+go 1.19

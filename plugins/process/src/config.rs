@@ -1,0 +1,194 @@
+//! The `process` plugin's configuration.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use plugin_api::ConfigIssue;
+use plugin_api::serde::Deserialize;
+
+use crate::Started;
+
+/// A probe: exactly one of `http` (a path answered 2xx), `tcp` (the port
+/// accepts connections) or `exec` (a command that exits 0).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(crate = "plugin_api::serde", deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub http: Option<String>,
+    pub tcp: Option<bool>,
+    pub exec: Option<Vec<String>>,
+    /// Between attempts (readiness default 100ms, liveness 5s).
+    pub interval: Option<String>,
+    /// For one attempt (default 1s).
+    pub timeout: Option<String>,
+    /// Liveness only: consecutive failures before the program is restarted (default 3).
+    pub failure_threshold: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(crate = "plugin_api::serde", rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// The tier's `config`.
+#[derive(Debug, Deserialize)]
+#[serde(crate = "plugin_api::serde", deny_unknown_fields)]
+pub struct Process {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Extra environment (on top of the tier's `env:`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the topology file (default: its directory).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub readiness: Option<ProbeConfig>,
+    #[serde(default)]
+    pub liveness: Option<ProbeConfig>,
+    #[serde(default)]
+    pub restart: Restart,
+    /// Restarts allowed before the replica is left failed (default 5); the
+    /// count starts again after a minute of readiness.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// First delay before a restart, doubled each time (default 100ms).
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Longest delay before a restart (default 10s).
+    #[serde(default)]
+    pub max_backoff: Option<String>,
+    /// How long a program may take to become ready (default 60s).
+    #[serde(default)]
+    pub startup_timeout: Option<String>,
+    /// Between SIGTERM and SIGKILL when stopping (default 10s).
+    #[serde(default)]
+    pub stop_grace: Option<String>,
+    #[serde(skip)]
+    pub(crate) replica: Started,
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+
+/// A probe, checked.
+#[derive(Clone, Debug)]
+pub enum ProbeKind {
+    Http(String),
+    Tcp,
+    Exec(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+/// Everything a replica needs, parsed.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub readiness: Probe,
+    pub liveness: Option<Probe>,
+    pub restart: Restart,
+    pub max_restarts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub startup_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+fn duration(value: &Option<String>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration: {e}")),
+    }
+}
+
+fn probe(config: &ProbeConfig, interval: Duration) -> Result<Probe, (String, String)> {
+    let kinds = [config.http.is_some(), config.tcp.is_some(), config.exec.is_some()];
+    let kind = match (&config.http, config.tcp, &config.exec) {
+        _ if kinds.iter().filter(|k| **k).count() > 1 => {
+            return Err((String::new(), "give one of `http`, `tcp` or `exec`, not several".into()));
+        }
+        (Some(path), _, _) if !path.starts_with('/') => {
+            return Err(("http".into(), format!("`{path}` is not a path: write `/{path}`")));
+        }
+        (Some(path), _, _) => ProbeKind::Http(path.clone()),
+        (_, _, Some(cmd)) if cmd.is_empty() => return Err(("exec".into(), "the command is empty".into())),
+        (_, _, Some(cmd)) => ProbeKind::Exec(cmd.clone()),
+        _ => ProbeKind::Tcp,
+    };
+    Ok(Probe {
+        kind,
+        interval: duration(&config.interval, interval).map_err(|e| ("interval".into(), e))?,
+        timeout: duration(&config.timeout, Duration::from_secs(1)).map_err(|e| ("timeout".into(), e))?,
+        failure_threshold: config.failure_threshold.unwrap_or(3).max(1),
+    })
+}
+
+impl Process {
+    /// The settings, or every problem with them (paths relative to `config`).
+    pub fn parse(&self) -> Result<Settings, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        if self.command.is_empty() || self.command[0].trim().is_empty() {
+            issues.push(
+                ConfigIssue::new("command", "the command is empty").with_hint("e.g. `command: [python3, app.py]`"),
+            );
+        }
+        let mut dur = |key: &str, value: &Option<String>, default: Duration| {
+            duration(value, default).unwrap_or_else(|e| {
+                issues.push(ConfigIssue::new(key, e).with_hint("write a number with a unit, e.g. `500ms`, `10s`"));
+                default
+            })
+        };
+        let backoff = dur("backoff", &self.backoff, Duration::from_millis(100));
+        let max_backoff = dur("max_backoff", &self.max_backoff, Duration::from_secs(10));
+        let startup_timeout = dur("startup_timeout", &self.startup_timeout, Duration::from_secs(60));
+        let stop_grace = dur("stop_grace", &self.stop_grace, Duration::from_secs(10));
+        let mut check_probe = |key: &str, config: &ProbeConfig, interval: Duration| match probe(config, interval) {
+            Ok(p) => Some(p),
+            Err((sub, message)) => {
+                issues.push(ConfigIssue::new(
+                    if sub.is_empty() { key.to_owned() } else { format!("{key}.{sub}") },
+                    message,
+                ));
+                None
+            }
+        };
+        let readiness = match &self.readiness {
+            Some(c) => check_probe("readiness", c, Duration::from_millis(100)),
+            None => check_probe("readiness", &ProbeConfig::default(), Duration::from_millis(100)),
+        };
+        let liveness = self.liveness.as_ref().map(|c| check_probe("liveness", c, Duration::from_secs(5)));
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(Settings {
+            command: self.command.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            readiness: readiness.expect("no issues, so the readiness probe parsed"),
+            liveness: liveness.flatten(),
+            restart: self.restart,
+            max_restarts: self.max_restarts,
+            backoff,
+            max_backoff,
+            startup_timeout,
+            stop_grace,
+        })
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Vec<ConfigIssue>> {
+        self.parse().map(|_| ())
+    }
+}

@@ -1,0 +1,83 @@
+//! The built-in `process` plugin: each replica of the tier is an external
+//! program, in any language.
+//!
+//! ```yaml
+//! backend:
+//!   plugin: process
+//!   replicas: 2
+//!   config:
+//!     command: [go, run, ./examples/go/backend]
+//!     workdir: ..                          # relative to the topology file
+//!     env: { GREETING: Hello Python! }
+//!     readiness: { http: /healthz }        # or { tcp: true } (default), or { exec: [cmd, args] }
+//!     liveness: { http: /healthz, interval: 5s, failure_threshold: 3 }
+//!     restart: always                      # always (default) | on-failure | never
+//!     max_restarts: 5
+//!     stop_grace: 10s
+//! ```
+//!
+//! Each replica runs with `PORT` (a free port it must serve HTTP on),
+//! `ORCH_TIER`, `ORCH_REPLICA`, the tier's `env:` and the config's `env`, and
+//! `ORCH_LINK_<NAME>_URL` for each outbound link: a local listener owned by the
+//! orchestrator that balances over the link's target and keeps its address
+//! across reloads. Requests to the tier are forwarded over HTTP to ready
+//! replicas only.
+//!
+//! Layout: `config` (what the user writes), `replica` (one program's life:
+//! start, probe, restart, stop), `probe`, `forward` (HTTP to the program).
+
+#![deny(unsafe_code)]
+
+mod config;
+mod forward;
+mod probe;
+mod replica;
+mod sys;
+
+use std::sync::{Arc, OnceLock};
+
+pub use config::Process;
+use plugin_api::prelude::*;
+use plugin_api::serde_json;
+use replica::Replica;
+
+impl Plugin for Process {
+    fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
+        self.check()
+    }
+
+    async fn handle(&self, req: Request, _cx: Context) -> Response {
+        match self.replica.get() {
+            Some(replica) => replica.forward(req).await,
+            None => Response::not_delivered("the replica has not started"),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.replica.get().is_some_and(|r| r.is_ready())
+    }
+
+    async fn wait_ready(&self, cx: Context) -> Result<(), String> {
+        let settings = self.parse().map_err(|issues| {
+            issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect::<Vec<_>>().join("; ")
+        })?;
+        let replica = self.replica.get_or_init(|| Replica::start(settings, cx));
+        replica.wait_ready().await
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.replica.get().map_or(serde_json::Value::Null, |r| r.report())
+    }
+
+    async fn stop(&self, _cx: Context) {
+        if let Some(replica) = self.replica.get() {
+            replica.stop().await;
+        }
+    }
+}
+
+/// Shared, started on first use (`wait_ready`, which the host calls before
+/// routing anything to the instance).
+pub(crate) type Started = OnceLock<Arc<Replica>>;
+
+plugin_api::declare_plugin!(Process);

@@ -1,0 +1,392 @@
+//! One replica: a program started, probed, restarted with backoff, stopped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use plugin_api::serde_json::{self, json};
+use plugin_api::{Context, Request, Response};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Restart, Settings};
+use crate::forward::Forwarder;
+use crate::probe;
+
+/// After this long ready, a replica's restart count starts again.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// What `/admin/status` shows for a replica.
+#[derive(Clone, Debug, Default)]
+struct Report {
+    pid: Option<u32>,
+    state: &'static str,
+    restarts: u32,
+    last_exit: Option<String>,
+    last_probe_error: Option<String>,
+    /// Why the replica gave up, once it has.
+    failed: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    port: u16,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    /// The program's process group (its pid), 0 when none runs.
+    pgid: AtomicI32,
+    report: Mutex<Report>,
+    /// Signalled on every state change.
+    changed: Notify,
+    /// Set once, to stop (level-triggered: no stop request can be missed).
+    stop_requested: watch::Sender<bool>,
+    forwarder: Forwarder,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Replica {
+    /// Starts supervising the program in the background.
+    pub fn start(settings: Settings, cx: Context) -> Arc<Self> {
+        let port = free_port();
+        let replica = Arc::new(Self {
+            port,
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            pgid: AtomicI32::new(0),
+            report: Mutex::new(Report { state: "starting", ..Report::default() }),
+            changed: Notify::new(),
+            stop_requested: watch::channel(false).0,
+            forwarder: Forwarder::new(port),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(supervise(replica.clone(), settings, cx));
+        *replica.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        replica
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Report)) {
+        f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_waiters();
+    }
+
+    /// Completes once ready, or with why the replica gave up.
+    pub async fn wait_ready(&self) -> Result<(), String> {
+        loop {
+            let changed = self.changed.notified();
+            if self.is_ready() {
+                return Ok(());
+            }
+            if let Some(why) = self.report.lock().unwrap_or_else(|e| e.into_inner()).failed.clone() {
+                return Err(why);
+            }
+            changed.await;
+        }
+    }
+
+    pub fn report(&self) -> serde_json::Value {
+        let r = self.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        json!({
+            "pid": r.pid,
+            "port": self.port,
+            "state": r.state,
+            "ready": self.is_ready(),
+            "restarts": r.restarts,
+            "last_exit": r.last_exit,
+            "last_probe_error": r.last_probe_error,
+            "failed": r.failed,
+        })
+    }
+
+    pub async fn forward(&self, req: Request) -> Response {
+        if !self.is_ready() {
+            return Response::not_delivered(&format!(
+                "the replica is {}",
+                self.report.lock().map(|r| r.state).unwrap_or("down")
+            ));
+        }
+        self.forwarder.forward(req).await
+    }
+
+    /// SIGTERM to the program's process group, SIGKILL after the grace period.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
+        self.stop_requested.send_replace(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // A safety net: whatever happened, the program does not outlive us.
+        let pgid = self.pgid.load(Ordering::Acquire);
+        if pgid > 0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// `ORCH_LINK_<NAME>_URL` for link `name`.
+pub fn link_var(name: &str) -> String {
+    let upper: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("ORCH_LINK_{upper}_URL")
+}
+
+fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String, String> {
+    let mut env = cx.env_all();
+    env.extend(settings.env.clone());
+    env.insert("PORT".into(), port.to_string());
+    env.insert("ORCH_TIER".into(), cx.tier());
+    env.insert("ORCH_REPLICA".into(), cx.replica().to_string());
+    for link in cx.links() {
+        if let Some(url) = cx.link_url(&link) {
+            env.insert(link_var(&link), url);
+        }
+    }
+    env
+}
+
+fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&settings.command[0]);
+    cmd.args(&settings.command[1..])
+        .current_dir(workdir)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that stopping it stops its children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    crate::sys::die_with_parent(&mut cmd);
+    cmd.spawn()
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => {
+            let name = Signal::try_from(signal).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| signal.to_string());
+            format!("killed by {name}")
+        }
+        _ => status.to_string(),
+    }
+}
+
+/// Re-emits each line the program prints as a log line of its tier and replica.
+fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Programs log to either stream; both are the tier's output.
+            cx.info(&line);
+        }
+    });
+}
+
+enum Ended {
+    /// The program exited (or was killed by a failed probe): why, whether it
+    /// exited successfully, and how long it had been ready.
+    Exited { why: String, success: bool, ready_for: Duration },
+    /// Asked to stop.
+    Stopped,
+}
+
+impl Ended {
+    fn failed(why: String) -> Self {
+        Ended::Exited { why, success: false, ready_for: Duration::ZERO }
+    }
+
+    fn exited(status: std::io::Result<ExitStatus>, ready_since: Option<Instant>) -> Self {
+        Ended::Exited {
+            why: status.as_ref().map_or_else(|e| e.to_string(), |s| describe(*s)),
+            success: status.is_ok_and(|s| s.success()),
+            ready_for: ready_since.map_or(Duration::ZERO, |t| t.elapsed()),
+        }
+    }
+}
+
+/// Completes when a stop is requested.
+async fn stop_requested(replica: &Replica) {
+    let mut rx = replica.stop_requested.subscribe();
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
+    let base = cx.base_dir();
+    let workdir = settings.workdir.as_ref().map_or_else(|| base.clone(), |w| base.join(w));
+    let env = environment(&settings, &cx, replica.port);
+    let mut backoff = settings.backoff;
+    let mut restarts = 0u32;
+    loop {
+        let ended = match spawn(&settings, &workdir, &env) {
+            Err(e) => Ended::failed(format!("cannot start `{}` in {}: {e}", settings.command[0], workdir.display())),
+            Ok(child) => run_once(&replica, &settings, &cx, child).await,
+        };
+        replica.ready.store(false, Ordering::Release);
+        replica.pgid.store(0, Ordering::Release);
+        let (why, success) = match ended {
+            Ended::Stopped => {
+                replica.update(|r| {
+                    r.state = "stopped";
+                    r.pid = None;
+                });
+                return;
+            }
+            Ended::Exited { why, success, ready_for } => {
+                // A replica that stayed ready for a while earns its full restart budget back.
+                if ready_for >= STABLE_AFTER {
+                    restarts = 0;
+                    backoff = settings.backoff;
+                }
+                (why, success)
+            }
+        };
+        let give_up = match settings.restart {
+            Restart::Never => Some("it exited and the restart policy is `never`".to_owned()),
+            Restart::OnFailure if success => {
+                Some("it exited successfully and the restart policy is `on-failure`".to_owned())
+            }
+            _ if restarts >= settings.max_restarts => Some(format!("it failed {} times (max_restarts)", restarts + 1)),
+            _ => None,
+        };
+        if let Some(reason) = give_up {
+            cx.error(format_args!("Replica stopped for good: {why}; {reason}."));
+            replica.update(|r| {
+                r.state = "failed";
+                r.pid = None;
+                r.last_exit = Some(why.clone());
+                r.failed = Some(format!("{why}; {reason}"));
+            });
+            return;
+        }
+        restarts += 1;
+        cx.warn(format_args!("Replica exited ({why}); restart {restarts} in {}.", humantime::format_duration(backoff)));
+        replica.update(|r| {
+            r.state = "restarting";
+            r.pid = None;
+            r.restarts = restarts;
+            r.last_exit = Some(why.clone());
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop_requested(&replica) => {
+                replica.update(|r| r.state = "stopped");
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+/// One run of the program: until it exits, fails its liveness probe, or is stopped.
+async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut child: Child) -> Ended {
+    let pid = child.id().unwrap_or(0);
+    replica.pgid.store(i32::try_from(pid).unwrap_or(0), Ordering::Release);
+    replica.update(|r| {
+        r.pid = Some(pid);
+        r.state = "starting";
+    });
+    if let Some(out) = child.stdout.take() {
+        relay(out, cx.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        relay(err, cx.clone());
+    }
+    // Readiness: probe until it passes, the program exits, or time runs out.
+    let deadline = Instant::now() + settings.startup_timeout;
+    loop {
+        tokio::select! {
+            status = child.wait() => return Ended::exited(status, None),
+            _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
+            result = probe::check(&settings.readiness, replica.port) => match result {
+                Ok(()) => break,
+                Err(e) => {
+                    replica.update(|r| r.last_probe_error = Some(e));
+                    if Instant::now() > deadline {
+                        let _ = kill_group(replica, Signal::SIGKILL);
+                        let _ = child.wait().await;
+                        let limit = humantime::format_duration(settings.startup_timeout);
+                        return Ended::failed(format!("not ready within {limit}"));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(settings.readiness.interval) => {}
+                        _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
+                    }
+                }
+            },
+        }
+    }
+    let ready_since = Instant::now();
+    replica.ready.store(true, Ordering::Release);
+    replica.update(|r| r.state = "ready");
+    cx.info(format_args!("Replica ready on port {} (pid {pid}).", replica.port));
+
+    // Running: until exit, liveness failure, or stop.
+    let mut failures = 0u32;
+    loop {
+        let interval = settings.liveness.as_ref().map_or(Duration::from_secs(3600), |p| p.interval);
+        tokio::select! {
+            status = child.wait() => return Ended::exited(status, Some(ready_since)),
+            _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
+            _ = tokio::time::sleep(interval) => {
+                let Some(liveness) = &settings.liveness else { continue };
+                match probe::check(liveness, replica.port).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        replica.update(|r| r.last_probe_error = Some(e.clone()));
+                        if failures >= liveness.failure_threshold {
+                            replica.ready.store(false, Ordering::Release);
+                            cx.warn(format_args!("Liveness probe failed {failures} times ({e}); restarting."));
+                            if let Ended::Stopped = terminate(replica, settings, &mut child).await {
+                                return Ended::Stopped;
+                            }
+                            return Ended::failed(format!("liveness probe failed: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn kill_group(replica: &Replica, signal: Signal) -> nix::Result<()> {
+    let pgid = replica.pgid.load(Ordering::Acquire);
+    if pgid <= 0 {
+        return Ok(());
+    }
+    killpg(Pid::from_raw(pgid), signal)
+}
+
+/// SIGTERM to the group, then SIGKILL after the grace period.
+async fn terminate(replica: &Replica, settings: &Settings, child: &mut Child) -> Ended {
+    replica.ready.store(false, Ordering::Release);
+    replica.update(|r| r.state = "stopping");
+    let _ = kill_group(replica, Signal::SIGTERM);
+    if tokio::time::timeout(settings.stop_grace, child.wait()).await.is_err() {
+        let _ = kill_group(replica, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Whatever else is left in the group goes too.
+    let _ = kill_group(replica, Signal::SIGKILL);
+    if replica.stopping.load(Ordering::Acquire) { Ended::Stopped } else { Ended::failed("stopped".into()) }
+}
