@@ -36,8 +36,12 @@ fn instance(
     links: Arc<LinkTable>,
 ) -> Arc<Instance> {
     let plugin = registry.lookup(plugin, &[]).expect("plugin library: run `cargo build --release --workspace`");
-    Instance::create(plugin, &config, Arc::new(HostCtx::new(TierId::new(tier), 0, links, Default::default())))
-        .expect("instance")
+    Instance::create(
+        plugin,
+        &config,
+        Arc::new(HostCtx::new(TierId::new(tier), 0, links, Default::default(), std::path::Path::new("."), Vec::new())),
+    )
+    .expect("instance")
 }
 
 fn bench(c: &mut Criterion) {

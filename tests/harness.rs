@@ -319,6 +319,78 @@ pub fn instance_ids(status: &serde_json::Value, name: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// The Go example backend, built once per test run into the target directory.
+pub fn go_backend() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = target_dir().join("examples").join("go-backend");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(repo_root().join("examples/go/backend"))
+                .status()
+                .expect("run `go` (install it with scripts/setup-examples)");
+            assert!(status.success(), "go build failed");
+            out
+        })
+        .clone()
+}
+
+/// The Python of the examples' virtualenv (made by scripts/setup-examples).
+pub fn venv_python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup-examples", python.display());
+    python
+}
+
+/// Whether process `pid` is gone (a zombie counts as gone: it runs nothing).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+/// Live processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        if fields.first() != Some(&"Z") && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until none of `pids` runs any more. There is no event to wait on for
+/// processes that are not our children, so this polls /proc, within DEADLINE.
+pub fn wait_all_gone(pids: &[u32]) -> Result<(), Vec<u32>> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| !process_gone(*p)).collect();
+        if alive.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(alive);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of tier `name`'s programs, from `/admin/status`.
+pub fn program_pids(status: &serde_json::Value, name: &str) -> Vec<u32> {
+    tier(status, name)["instances"]
+        .as_array()
+        .map(|i| i.iter().filter_map(|i| i["detail"]["pid"].as_u64()).map(|p| p as u32).collect())
+        .unwrap_or_default()
+}
+
 /// A new HTTP client (its own connection pool).
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

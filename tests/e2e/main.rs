@@ -5,6 +5,7 @@ mod guide;
 mod hello;
 mod load;
 mod plugins;
+mod process;
 mod reload;
 mod shutdown;
 mod validation;

@@ -3,7 +3,8 @@
 //
 // It listens on $PORT (set by the orchestrator) and reads its greeting from
 // $GREETING (default "Hello Python!"). GET /backend?message=M answers the same
-// way, and GET /healthz answers 200 for probes. Standard library only.
+// way, GET /healthz answers 200 for probes, and GET /whoami tells which
+// replica answered. Standard library only.
 package main
 
 import (
@@ -51,6 +52,9 @@ func main() {
 	})
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
+	})
+	http.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"tier": os.Getenv("ORCH_TIER"), "replica": os.Getenv("ORCH_REPLICA")})
 	})
 
 	addr := "127.0.0.1:" + port

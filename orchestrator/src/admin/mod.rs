@@ -96,7 +96,8 @@ async fn status_handler(Extract(shared): Extract<Shared>, Query(q): Query<Status
         };
         let _ = tokio::time::timeout(wait, status.wait_for(reached)).await;
     }
-    Json(shared.status.borrow().clone()).into_response()
+    let live = shared.status.borrow().live();
+    Json(live).into_response()
 }
 
 async fn ready_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {

@@ -58,6 +58,22 @@ pub struct InstanceStatus {
     /// restarts, last exit, last probe error).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
+    /// The instance, to read `detail` live when the status is served.
+    #[serde(skip)]
+    pub handle: std::sync::Weak<crate::plugins::Instance>,
+}
+
+impl Status {
+    /// This snapshot with every instance's `detail` read now.
+    pub fn live(&self) -> Status {
+        let mut status = self.clone();
+        for instance in status.tiers.iter_mut().flat_map(|t| t.instances.iter_mut()) {
+            if let Some(handle) = instance.handle.upgrade() {
+                instance.detail = handle.detail();
+            }
+        }
+        status
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

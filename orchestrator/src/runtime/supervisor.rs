@@ -125,7 +125,7 @@ impl Supervisor {
             counts: ReloadCounts::default(),
             status,
         };
-        supervisor.apply(topology).await?;
+        supervisor.apply(topology, true).await?;
         supervisor.state = State::Running;
         supervisor.publish();
         Ok(supervisor)
@@ -155,7 +155,7 @@ impl Supervisor {
         let started = Instant::now();
         let file = self.topology.file.clone();
         let result = match topology::load(&file, &self.registry) {
-            Ok(new) => self.apply(new).await.map_err(ReloadFailure::Start),
+            Ok(new) => self.apply(new, false).await.map_err(ReloadFailure::Start),
             Err(e) => Err(ReloadFailure::Topology(e)),
         };
         let mut record = ReloadRecord::new(trigger, self.generation, started.elapsed());
@@ -190,7 +190,11 @@ impl Supervisor {
     }
 
     /// Applies `new`: the plan of differences, prepared then committed.
-    async fn apply(&mut self, new: Topology) -> Result<Plan, StartError> {
+    ///
+    /// At start (`initial`), a replica that does not become ready does not stop
+    /// the others: it is reported, its tier starts without it, and every other
+    /// tier serves. In a reload it fails the reload, and the old keeps serving.
+    async fn apply(&mut self, new: Topology, initial: bool) -> Result<Plan, StartError> {
         let mut plugins = HashMap::new();
         for (id, spec) in &new.tiers {
             let plugin = self
@@ -211,7 +215,7 @@ impl Supervisor {
             return Ok(plan);
         }
         let generation = self.generation + 1;
-        let prepared = self.prepare(&new, &plan, &plugins).await?;
+        let prepared = self.prepare(&new, &plan, &plugins, initial).await?;
         self.commit(new, &plan, plugins, prepared, generation);
         Ok(plan)
     }
@@ -221,6 +225,7 @@ impl Supervisor {
         new: &Topology,
         plan: &Plan,
         plugins: &HashMap<TierId, Arc<PluginHandle>>,
+        initial: bool,
     ) -> Result<Prepared, StartError> {
         let mut prepared = Prepared::default();
         let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
@@ -263,11 +268,12 @@ impl Supervisor {
             let ready = futures_util::future::join_all(starting.iter().map(|i| i.wait_ready())).await;
             for (instance, result) in starting.iter().zip(ready) {
                 if let Err(reason) = result {
-                    return Err(StartError::Ready {
-                        tier: instance.tier().clone(),
-                        replica: instance.replica(),
-                        reason,
-                    });
+                    let error =
+                        StartError::Ready { tier: instance.tier().clone(), replica: instance.replica(), reason };
+                    if !initial {
+                        return Err(error);
+                    }
+                    tracing::error!(error = %error, "A replica failed to start; the other tiers start without it.");
                 }
             }
         }
@@ -421,6 +427,7 @@ impl Supervisor {
                         id: i.id,
                         started_at: timestamp(i.started),
                         detail: i.detail(),
+                        handle: Arc::downgrade(i),
                     })
                     .collect(),
             })

@@ -1,0 +1,263 @@
+//! Process tiers: programs in any language as tiers, wired by the same links.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use integration_tests::{
+    Running, TopologyFile, client, go_backend, group_members, program_pids, repo_root, request, tier, venv_python,
+    wait_all_gone,
+};
+use serde_json::Value;
+
+/// A repository topology with its fixed port moved to 0 and its working
+/// directories made absolute (the copy lives in a temporary directory).
+fn repo_topology(name: &str) -> TopologyFile {
+    let root = repo_root();
+    let yaml = std::fs::read_to_string(root.join(name)).unwrap();
+    venv_python();
+    TopologyFile::new(
+        &yaml
+            .replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("workdir: ../examples/go/backend", &format!("workdir: {}/examples/go/backend", root.display()))
+            .replace("workdir: ..", &format!("workdir: {}", root.display())),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_frontend_calls_go_backend_through_the_gateway() {
+    let orch = Running::start_file(repo_topology("topologies/python-go.yaml")).await;
+    let web = orch.tier_addr("web").await;
+    let (code, body) = orch.get(web, "/api").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        serde_json::json!({ "message": "Hello Python!", "data": "Hello Go!" })
+    );
+    let status = orch.status().await;
+    let backend = tier(&status, "backend");
+    for instance in backend["instances"].as_array().unwrap() {
+        let detail = &instance["detail"];
+        assert_eq!(
+            (detail["state"].as_str(), detail["ready"].as_bool(), detail["restarts"].as_u64()),
+            (Some("ready"), Some(true), Some(0))
+        );
+        assert!(detail["pid"].as_u64().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_frontend_calls_the_native_backend_just_the_same() {
+    let orch = Running::start_file(repo_topology("topologies/mixed.yaml")).await;
+    let web = orch.tier_addr("web").await;
+    let (code, body) = orch.get(web, "/api").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, r#"{"message":"Hello Python!","data":"Hello Go!"}"#);
+}
+
+fn go_tier(replicas: u32, retries: u32, command: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: go
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: {{ routes: [{{ path: /, link: backend }}] }}
+  backend:
+    plugin: process
+    replicas: {replicas}
+    env: {{ GREETING: Hello Python! }}
+    config:
+      command: {command}
+      readiness: {{ http: /healthz, interval: 20ms }}
+      backoff: 100ms
+links:
+  - {{ from: web, to: backend, kind: rest, retries: {retries} }}
+"#
+    )
+}
+
+/// Sends GETs to `path` from `n` tasks until `stop`; the failures.
+fn traffic(
+    web: std::net::SocketAddr,
+    path: &'static str,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    let http = client();
+    (0..n)
+        .map(|_| {
+            let (http, stop) = (http.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match request(&http, "GET", web, path, Default::default()).await {
+                        Ok((200, _)) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>) -> (u64, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in tasks {
+        let (n, f) = t.await.unwrap();
+        ok += n;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_is_restarted_and_no_request_fails() {
+    let bin = go_backend();
+    let orch = Running::start(&go_tier(2, 2, &format!("[{}]", bin.display()))).await;
+    let web = orch.tier_addr("web").await;
+    let before = orch.status().await;
+    let victim = program_pids(&before, "backend")[0];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = traffic(web, "/backend?message=hi", 8, stop.clone());
+    assert!(std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
+    orch.wait_for_line("Replica exited (killed by SIGKILL); restart 1 in 100ms.");
+    orch.wait_for_line("Replica ready on port");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = finish(tasks).await;
+    assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 0);
+
+    let after = orch.status().await;
+    let detail = &tier(&after, "backend")["instances"][0]["detail"];
+    assert_eq!((detail["restarts"].as_u64(), detail["state"].as_str()), (Some(1), Some("ready")));
+    assert_eq!(detail["last_exit"], "killed by SIGKILL");
+    assert_ne!(detail["pid"].as_u64(), Some(u64::from(victim)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_gets_no_traffic_before_its_probe_passes() {
+    // The program opens its port 400 ms after it starts; the link does not retry,
+    // so a request routed to a replica that is not ready would fail.
+    let bin = go_backend();
+    let command = format!("[sh, -c, 'sleep 0.4; exec {}']", bin.display());
+    let orch = Running::start(&go_tier(2, 0, &command)).await;
+    let web = orch.tier_addr("web").await;
+    let victim = program_pids(&orch.status().await, "backend")[0];
+    assert!(std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
+    orch.wait_for_line("Replica exited");
+    // Replica 0 restarts in 100 ms and then needs 400 ms to open its port.
+    for _ in 0..20 {
+        let (code, body) = orch.get(web, "/whoami").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["replica"],
+            "1",
+            "a replica that is not ready got traffic"
+        );
+    }
+    orch.wait_for_line("Replica ready on port");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (_, body) = orch.get(web, "/whoami").await;
+        seen.insert(serde_json::from_str::<Value>(&body).unwrap()["replica"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "the restarted replica is back in the round robin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_command_backs_off_stops_at_the_limit_and_others_serve() {
+    let orch = Running::start(
+        r#"
+version: 1
+name: crash
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /ok, link: fine }, { path: /crash, link: crash }, { path: /missing, link: missing }] }
+  fine: { plugin: testkit }
+  crash:
+    plugin: process
+    config: { command: [sh, -c, "echo going down; exit 3"], max_restarts: 3, backoff: 20ms }
+  missing:
+    plugin: process
+    config: { command: [no-such-program-here], max_restarts: 0 }
+links:
+  - { from: web, to: fine, kind: rest }
+  - { from: web, to: crash, kind: rest }
+  - { from: web, to: missing, kind: rest }
+"#,
+    )
+    .await;
+    // The backoff doubles: 20ms, 40ms, 80ms, then it gives up.
+    let log = orch.log().join("\n");
+    for line in ["restart 1 in 20ms", "restart 2 in 40ms", "restart 3 in 80ms", "going down"] {
+        assert!(log.contains(line), "no `{line}` in the log:\n{log}");
+    }
+    let status = orch.status().await;
+    let crash = &tier(&status, "crash")["instances"][0]["detail"];
+    assert_eq!(
+        (crash["state"].as_str(), crash["restarts"].as_u64(), crash["ready"].as_bool()),
+        (Some("failed"), Some(3), Some(false))
+    );
+    assert_eq!(crash["last_exit"], "exit code 3");
+    assert!(crash["failed"].as_str().unwrap().contains("max_restarts"), "{crash}");
+    let missing = &tier(&status, "missing")["instances"][0]["detail"];
+    assert!(missing["failed"].as_str().unwrap().contains("cannot start `no-such-program-here`"), "{missing}");
+    assert!(
+        log.contains("tier `missing` replica 0 did not become ready: cannot start `no-such-program-here`"),
+        "{log}"
+    );
+
+    let web = orch.tier_addr("web").await;
+    assert_eq!(orch.get(web, "/ok/whoami").await.0, 200, "the other tiers serve");
+    let (code, body) = orch.get(web, "/crash").await;
+    assert_eq!(code, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_change_replaces_the_programs_without_failing_a_request() {
+    let bin = go_backend();
+    let yaml = go_tier(2, 1, &format!("[{}]", bin.display()));
+    let orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+    let old_pids = program_pids(&orch.status().await, "backend");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = traffic(web, "/backend?message=hi", 8, stop.clone());
+    orch.save(&yaml.replace("GREETING: Hello Python!", "GREETING: Hallo!"));
+    let status = orch.wait_generation(2).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = finish(tasks).await;
+    assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 0);
+    let (_, body) = orch.get(web, "/backend?message=hi").await;
+    assert_eq!(body.trim(), r#"{"message":"Hallo!","data":"hi"}"#);
+    assert_eq!(status["last_reload"]["summary"], "replaced backend");
+    // The old programs are stopped once drained.
+    wait_all_gone(&old_pids).unwrap_or_else(|alive| orch.fail(&format!("old programs still run: {alive:?}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_program_outlives_the_orchestrator() {
+    let bin = go_backend();
+    // `sh -c` without exec: the server is a grandchild, in the replica's process group.
+    for (signal, command) in
+        [("TERM", format!("[sh, -c, '{}']", bin.display())), ("KILL", format!("[{}]", bin.display()))]
+    {
+        let mut orch = Running::start(&go_tier(2, 0, &command)).await;
+        let pids = program_pids(&orch.status().await, "backend");
+        let group: Vec<u32> = pids.iter().flat_map(|p| group_members(*p)).collect();
+        assert!(group.len() >= pids.len(), "{group:?}");
+        orch.signal(signal);
+        let exit = orch.wait_exit();
+        if signal == "TERM" {
+            assert_eq!(exit.code(), Some(0));
+        }
+        wait_all_gone(&group)
+            .unwrap_or_else(|alive| orch.fail(&format!("after SIG{signal}, still running: {alive:?}")));
+    }
+}
