@@ -2,7 +2,8 @@
 //! backend tier's work directly (parse `{"message": M}`, answer
 //! `{"message": "Hello Python!", "data": M}`), one HTTP hop and nothing else.
 //!
-//! `direct-hyper [ADDR]` (default 127.0.0.1:0) prints `listening on ADDR`.
+//! `direct-hyper [ADDR]` prints `listening on ADDR`. The address defaults to
+//! `127.0.0.1:$PORT` when `PORT` is set (as a process tier), else `127.0.0.1:0`.
 
 #![forbid(unsafe_code)]
 
@@ -43,7 +44,10 @@ async fn handle(req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<By
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let addr = std::env::args().nth(1).unwrap_or_else(|| match std::env::var("PORT") {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => "127.0.0.1:0".to_owned(),
+    });
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
     loop {

@@ -7,9 +7,10 @@ In one run, on this machine, interleaved A B C A B C ... over several rounds:
   B  direct-hyper: the same work in a minimal hyper server (the limit of one HTTP hop)
   C  nginx (Debian), reverse-proxying to B, tuned as a user would (upstream keepalive,
      HTTP/1.1 upstream, empty Connection header, high keepalive_requests)
+  D  orchestrator: gateway -> process tier running direct-hyper (one more HTTP hop, like C)
 
 wrk (-t1 -c32 by default) POSTs {"message":"Hello Go!"}. Prints req/s, p99 and
-server CPU per request for each target and round, then pooled ratios A/B and A/C,
+server CPU per request for each target and round, then pooled ratios A/B, A/C and D/C,
 and the idle resident memory of topologies/hello.yaml next to nginx's.
 
 Usage: benches/http_load.py [--rounds 6] [--duration 5] [--connections 32] [--no-build]
@@ -52,11 +53,17 @@ def main():
         a_addr = next(t["listen"] for t in status["tiers"] if t["name"] == "web")
         nginx, c_addr, _ = start_nginx(started, tmp, b_addr, "auto")
         nginx_pids = [nginx.pid] + children(nginx.pid)
+        with open(os.path.join(ROOT, "benches/topologies/gateway-process.yaml")) as f:
+            process_yaml = f.read().replace("DIRECT_HYPER", os.path.join(RELEASE, "direct-hyper"))
+        orch_p, status_p = start_orchestrator(started, process_yaml, tmp, "gateway-process.yaml")
+        d_addr = next(t["listen"] for t in status_p["tiers"] if t["name"] == "web")
 
         targets = {
             "A orchestrator": (a_addr, [orch.pid]),
             "B direct hyper": (b_addr, [direct.pid]),
             "C nginx -> B": (c_addr, nginx_pids + [direct.pid]),
+            # CPU of the orchestrator and of the program it runs.
+            "D orch -> process": (d_addr, [orch_p.pid] + children(orch_p.pid)),
         }
         # Each answers correctly before we measure.
         for name, (addr, _) in targets.items():
@@ -67,14 +74,14 @@ def main():
 
         results = {name: [] for name in targets}
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds")
-        print(f"{'round':<6}{'target':<18}{'req/s':>10}{'p99 ms':>9}{'CPU us/req':>12}{'non-2xx':>9}  socket errors")
+        print(f"{'round':<6}{'target':<19}{'req/s':>10}{'p99 ms':>9}{'CPU us/req':>12}{'non-2xx':>9}  socket errors")
         for r in range(1, args.rounds + 1):
             for name, (addr, pids) in targets.items():
                 before = cpu_ticks(pids)
                 res = wrk(f"http://{addr}/backend", args.duration, args.connections, script)
                 res["cpu_us"] = (cpu_ticks(pids) - before) / TICK * 1e6 / max(res["requests"], 1)
                 results[name].append(res)
-                print(f"{r:<6}{name:<18}{res['rps']:>10.0f}{res['p99_ms']:>9.2f}{res['cpu_us']:>12.2f}{res['non2xx']:>9}  {res['socket_errors']}")
+                print(f"{r:<6}{name:<19}{res['rps']:>10.0f}{res['p99_ms']:>9.2f}{res['cpu_us']:>12.2f}{res['non2xx']:>9}  {res['socket_errors']}")
 
         def pooled(name):
             rs = results[name]
@@ -83,13 +90,14 @@ def main():
                     sum(x["cpu_us"] * x["requests"] for x in rs) / sum(x["requests"] for x in rs),
                     sorted(x["p99_ms"] for x in rs)[len(rs) // 2])
 
-        a, b, c = (pooled(n) for n in targets)
+        a, b, c, d = (pooled(n) for n in targets)
         print()
-        print(f"pooled req/s: A {a[0]:.0f}  B {b[0]:.0f}  C {c[0]:.0f}")
-        print(f"median p99 ms: A {a[2]:.2f}  B {b[2]:.2f}  C {c[2]:.2f}")
+        print(f"pooled req/s: A {a[0]:.0f}  B {b[0]:.0f}  C {c[0]:.0f}  D {d[0]:.0f}")
+        print(f"median p99 ms: A {a[2]:.2f}  B {b[2]:.2f}  C {c[2]:.2f}  D {d[2]:.2f}")
+        print(f"D/C req/s = {d[0] / c[0]:.3f}  (target >= 1.0, p99 no worse: D {d[2]:.2f} ms vs C {c[2]:.2f} ms)")
         print(f"A/B req/s = {a[0] / b[0]:.3f}  (target >= 0.9)")
         print(f"A/C req/s = {a[0] / c[0]:.3f}  (target >= 1.5)")
-        print(f"CPU us/request: A {a[1]:.2f}  B {b[1]:.2f}  C (nginx + B) {c[1]:.2f};  A/B = {a[1] / b[1]:.3f}  (target <= 1.1)")
+        print(f"CPU us/request: A {a[1]:.2f}  B {b[1]:.2f}  C (nginx + B) {c[1]:.2f}  D (orchestrator + program) {d[1]:.2f};  A/B = {a[1] / b[1]:.3f}  (target <= 1.1)")
         ratios = [x["rps"] / y["rps"] for x, y in zip(results["A orchestrator"], results["B direct hyper"])]
         print(f"A/B per round: {' '.join(f'{x:.3f}' for x in ratios)}")
 

@@ -92,6 +92,15 @@ impl Headers {
         }
     }
 
+    /// Visits every header as raw name and value, without decoding headers
+    /// that are still in their wire form.
+    pub fn for_each_raw(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        match &self.repr {
+            Repr::Encoded(bytes, _) => abi::decode_headers(bytes).for_each(|(n, v)| f(n, v)),
+            Repr::Map(map) => map.iter().for_each(|(n, v)| f(n.as_str().as_bytes(), v.as_bytes())),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map().len()
     }

@@ -590,3 +590,26 @@ fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
     }
     t.out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::topology::validate::parse;
+
+    #[test]
+    fn callees_start_first_and_cycles_together() {
+        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
+        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
+        let order: Vec<Vec<String>> = start_order(&topology)
+            .into_iter()
+            .map(|g| {
+                let mut names: Vec<String> = g.iter().map(ToString::to_string).collect();
+                names.sort();
+                names
+            })
+            .collect();
+        assert_eq!(order, [vec!["c"], vec!["a", "b"], vec!["web"], vec!["lone"]]);
+    }
+}

@@ -192,3 +192,54 @@ impl Process {
         self.parse().map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::serde_json::{self, json};
+
+    use super::*;
+
+    fn parse(config: serde_json::Value) -> Result<Settings, Vec<ConfigIssue>> {
+        serde_json::from_value::<Process>(config).expect("deserializes").parse()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = parse(json!({ "command": ["./server"] })).unwrap();
+        assert!(matches!(s.readiness.kind, ProbeKind::Tcp));
+        assert_eq!((s.restart, s.max_restarts), (Restart::Always, 5));
+        assert_eq!((s.backoff, s.max_backoff), (Duration::from_millis(100), Duration::from_secs(10)));
+        assert_eq!(s.stop_grace, Duration::from_secs(10));
+        assert!(s.liveness.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let issues = parse(json!({
+            "command": [],
+            "stop_grace": "soon",
+            "readiness": { "http": "healthz" },
+            "liveness": { "http": "/h", "tcp": true },
+        }))
+        .unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["command", "stop_grace", "readiness.http", "liveness"]);
+    }
+
+    #[test]
+    fn probes_and_policies_parse() {
+        let s = parse(json!({
+            "command": ["x"],
+            "readiness": { "exec": ["true"], "interval": "50ms" },
+            "liveness": { "http": "/live", "failure_threshold": 5 },
+            "restart": "on-failure",
+        }))
+        .unwrap();
+        assert!(matches!(s.readiness.kind, ProbeKind::Exec(_)));
+        assert_eq!(s.readiness.interval, Duration::from_millis(50));
+        let live = s.liveness.unwrap();
+        assert!(matches!(live.kind, ProbeKind::Http(ref p) if p == "/live"));
+        assert_eq!((live.interval, live.failure_threshold), (Duration::from_secs(5), 5));
+        assert_eq!(s.restart, Restart::OnFailure);
+    }
+}

@@ -1,32 +1,41 @@
-//! Requests to a replica's program, over HTTP on loopback.
+//! Requests to a replica's program, over HTTP/1.1 on loopback, on a small
+//! pool of keep-alive connections.
+
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use plugin_api::{Request, Response, StatusCode};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
+use plugin_api::{Headers, Request, Response, StatusCode};
+
+/// Idle connections kept per replica.
+const MAX_IDLE: usize = 256;
 
 /// Hop-by-hop headers: they describe one connection, not the request.
-fn hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+fn hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"host",
+        b"content-length",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
+
+type Sender = SendRequest<Full<Bytes>>;
 
 /// Keep-alive connections to one program.
 pub struct Forwarder {
     port: u16,
-    client: Client<HttpConnector, Full<Bytes>>,
+    host: HeaderValue,
+    idle: Mutex<Vec<Sender>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -35,56 +44,135 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// Why a request got no answer.
+enum Failed {
+    /// Not sent at all: safe to send again.
+    NotSent(String),
+    /// Sent, maybe processed.
+    NoAnswer(String),
+}
+
 impl Forwarder {
     pub fn new(port: u16) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Self { port, client: Client::builder(TokioExecutor::new()).build(connector) }
+        let host = HeaderValue::from_str(&format!("127.0.0.1:{port}")).unwrap_or(HeaderValue::from_static("127.0.0.1"));
+        Self { port, host, idle: Mutex::new(Vec::new()) }
+    }
+
+    async fn connect(&self) -> Result<Sender, String> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|e| format!("cannot connect to the replica on port {}: {e}", self.port))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("cannot talk HTTP to the replica: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn pooled(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn release(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    fn outbound(&self, req: &Request) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let mut out = hyper::Request::new(Full::new(req.body.clone().into_bytes()));
+        *out.method_mut() = req.method.clone();
+        *out.uri_mut() = req.uri.parse().map_err(|e| format!("bad request URI: {e}"))?;
+        let headers = out.headers_mut();
+        headers.insert(hyper::header::HOST, self.host.clone());
+        req.headers.for_each_raw(|name, value| {
+            if !hop_by_hop(name)
+                && let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                headers.append(n, v);
+            }
+        });
+        Ok(out)
+    }
+
+    async fn send(&self, mut sender: Sender, req: hyper::Request<Full<Bytes>>) -> Result<Response, Failed> {
+        if sender.ready().await.is_err() {
+            return Err(Failed::NotSent("the connection closed".into()));
+        }
+        let resp = sender.send_request(req).await.map_err(|e| {
+            if e.is_canceled() {
+                Failed::NotSent(e.to_string())
+            } else {
+                Failed::NoAnswer(format!("the replica did not answer: {e}"))
+            }
+        })?;
+        let (mut parts, body) = resp.into_parts();
+        let body =
+            body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
+        self.release(sender);
+        for name in ["connection", "keep-alive", "transfer-encoding", "content-length"] {
+            parts.headers.remove(name);
+        }
+        let mut out = Response::new(parts.status).with_body(body.to_bytes());
+        out.headers = Headers::from(parts.headers);
+        Ok(out)
     }
 
     /// Sends `req` to the program. A request that could not be sent is
     /// `not_delivered` (safe to retry elsewhere); one sent without an answer
     /// back is `no_answer`.
     pub async fn forward(&self, req: Request) -> Response {
-        let mut builder = hyper::Request::builder()
-            .method(req.method.clone())
-            .uri(format!("http://127.0.0.1:{}{}", self.port, req.uri));
-        for (name, value) in req.headers.map() {
-            if !hop_by_hop(name.as_str()) {
-                builder = builder.header(name, value);
-            }
-        }
-        let outbound = match builder.body(Full::new(req.body.into_bytes())) {
+        let outbound = match self.outbound(&req) {
             Ok(r) => r,
-            Err(e) => return Response::error(StatusCode::BAD_REQUEST, &format!("cannot forward the request: {e}")),
+            Err(e) => return Response::error(StatusCode::BAD_REQUEST, &e),
         };
-        let resp = match self.client.request(outbound).await {
-            Ok(resp) => resp,
-            Err(e) if e.is_connect() => return Response::not_delivered(&format!("cannot connect to the replica: {e}")),
-            Err(e) => return Response::no_answer(&format!("the replica did not answer: {e}")),
-        };
-        let (parts, body) = resp.into_parts();
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return Response::no_answer(&format!("the replica's answer broke off: {e}")),
-        };
-        let mut out = Response::new(parts.status).with_body(body);
-        let headers = out.headers.map_mut();
-        for (name, value) in &parts.headers {
-            if !hop_by_hop(name.as_str()) {
-                headers.append(name.clone(), value.clone());
+        // A pooled connection may have been closed by the program meanwhile:
+        // a request it never sent goes again on a fresh connection.
+        if let Some(sender) = self.pooled() {
+            match self.send(sender, outbound).await {
+                Ok(resp) => return resp,
+                Err(Failed::NoAnswer(e)) => return Response::no_answer(&e),
+                Err(Failed::NotSent(_)) => {}
             }
+            return match self.outbound(&req) {
+                Ok(again) => self.fresh(again).await,
+                Err(e) => Response::error(StatusCode::BAD_REQUEST, &e),
+            };
         }
-        out
+        self.fresh(outbound).await
+    }
+
+    async fn fresh(&self, req: hyper::Request<Full<Bytes>>) -> Response {
+        let sender = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => return Response::not_delivered(&e),
+        };
+        match self.send(sender, req).await {
+            Ok(resp) => resp,
+            Err(Failed::NotSent(e)) => Response::not_delivered(&e),
+            Err(Failed::NoAnswer(e)) => Response::no_answer(&e),
+        }
     }
 }
 
 /// The status of `GET path` on the program (for probes).
 pub async fn get_status(port: u16, path: &str) -> Result<u16, String> {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = hyper::Request::get(format!("http://127.0.0.1:{port}{path}"))
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
-    Ok(resp.status().as_u16())
+    let resp = Forwarder::new(port).forward(Request::get(path)).await;
+    match resp.failure() {
+        Some(_) => Err(format!("GET {path}: {}", String::from_utf8_lossy(&resp.body))),
+        None => Ok(resp.status.as_u16()),
+    }
 }

@@ -390,3 +390,14 @@ async fn terminate(replica: &Replica, settings: &Settings, child: &mut Child) ->
     let _ = kill_group(replica, Signal::SIGKILL);
     if replica.stopping.load(Ordering::Acquire) { Ended::Stopped } else { Ended::failed("stopped".into()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_variables_are_upper_case_words() {
+        assert_eq!(link_var("backend"), "ORCH_LINK_BACKEND_URL");
+        assert_eq!(link_var("price-api"), "ORCH_LINK_PRICE_API_URL");
+    }
+}
