@@ -1,11 +1,17 @@
 //! Requests to a replica's program, over HTTP/1.1 on loopback, on a small
 //! pool of keep-alive connections.
+//!
+//! A connection is driven by the task that uses it (not by a task of its
+//! own): a request and its connection's I/O run on the same thread, with no
+//! hand-over between tasks, which is what a proxy hop costs most.
 
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use std::pin::Pin;
+
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use plugin_api::{Headers, Request, Response, StatusCode};
@@ -29,13 +35,20 @@ fn hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-type Sender = SendRequest<Full<Bytes>>;
+type Io = TokioIo<tokio::net::TcpStream>;
+
+/// One keep-alive connection: the handle to send on, and the connection
+/// itself, which must be polled for anything to happen on it.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    io: Pin<Box<Connection<Io, Full<Bytes>>>>,
+}
 
 /// Keep-alive connections to one program.
 pub struct Forwarder {
     port: u16,
     host: HeaderValue,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -58,37 +71,34 @@ impl Forwarder {
         Self { port, host, idle: Mutex::new(Vec::new()) }
     }
 
-    async fn connect(&self) -> Result<Sender, String> {
+    async fn connect(&self) -> Result<Conn, String> {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .map_err(|e| format!("cannot connect to the replica on port {}: {e}", self.port))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let (sender, io) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("cannot talk HTTP to the replica: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        Ok(Conn { sender, io: Box::pin(io) })
     }
 
-    fn pooled(&self) -> Option<Sender> {
+    fn pooled(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn release(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn release(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
@@ -108,25 +118,43 @@ impl Forwarder {
         Ok(out)
     }
 
-    async fn send(&self, mut sender: Sender, req: hyper::Request<Full<Bytes>>) -> Result<Response, Failed> {
-        if sender.ready().await.is_err() {
-            return Err(Failed::NotSent("the connection closed".into()));
+    async fn send(&self, mut conn: Conn, req: hyper::Request<Full<Bytes>>) -> Result<Response, Failed> {
+        let Conn { sender, io } = &mut conn;
+        // Ready for a request: the connection must be polled to get there.
+        tokio::select! {
+            biased;
+            ready = sender.ready() => ready.map_err(|e| Failed::NotSent(e.to_string()))?,
+            _ = io.as_mut() => return Err(Failed::NotSent("the connection closed".into())),
         }
-        let resp = sender.send_request(req).await.map_err(|e| {
-            if e.is_canceled() {
-                Failed::NotSent(e.to_string())
-            } else {
-                Failed::NoAnswer(format!("the replica did not answer: {e}"))
+        let exchange = async {
+            let resp = sender.send_request(req).await.map_err(|e| {
+                if e.is_canceled() {
+                    Failed::NotSent(e.to_string())
+                } else {
+                    Failed::NoAnswer(format!("the replica did not answer: {e}"))
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body =
+                body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
+            Ok::<_, Failed>((parts, body.to_bytes()))
+        };
+        let (mut parts, body) = tokio::select! {
+            biased;
+            done = exchange => done?,
+            // The connection ended before the answer did.
+            result = io.as_mut() => {
+                return Err(Failed::NoAnswer(match result {
+                    Ok(()) => "the replica closed the connection".to_owned(),
+                    Err(e) => format!("the replica did not answer: {e}"),
+                }));
             }
-        })?;
-        let (mut parts, body) = resp.into_parts();
-        let body =
-            body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
-        self.release(sender);
+        };
+        self.release(conn);
         for name in ["connection", "keep-alive", "transfer-encoding", "content-length"] {
             parts.headers.remove(name);
         }
-        let mut out = Response::new(parts.status).with_body(body.to_bytes());
+        let mut out = Response::new(parts.status).with_body(body);
         out.headers = Headers::from(parts.headers);
         Ok(out)
     }
@@ -141,8 +169,8 @@ impl Forwarder {
         };
         // A pooled connection may have been closed by the program meanwhile:
         // a request it never sent goes again on a fresh connection.
-        if let Some(sender) = self.pooled() {
-            match self.send(sender, outbound).await {
+        if let Some(conn) = self.pooled() {
+            match self.send(conn, outbound).await {
                 Ok(resp) => return resp,
                 Err(Failed::NoAnswer(e)) => return Response::no_answer(&e),
                 Err(Failed::NotSent(_)) => {}
@@ -156,11 +184,11 @@ impl Forwarder {
     }
 
     async fn fresh(&self, req: hyper::Request<Full<Bytes>>) -> Response {
-        let sender = match self.connect().await {
-            Ok(s) => s,
+        let conn = match self.connect().await {
+            Ok(c) => c,
             Err(e) => return Response::not_delivered(&e),
         };
-        match self.send(sender, req).await {
+        match self.send(conn, req).await {
             Ok(resp) => resp,
             Err(Failed::NotSent(e)) => Response::not_delivered(&e),
             Err(Failed::NoAnswer(e)) => Response::no_answer(&e),
