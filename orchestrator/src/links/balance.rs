@@ -44,6 +44,19 @@ impl Endpoint {
         self.len() == 0
     }
 
+    /// The next ready replica other than `failed`, for a retry.
+    pub fn pick_other(&self, failed: Option<&Arc<Instance>>) -> Option<Arc<Instance>> {
+        let Some(failed) = failed else { return self.pick() };
+        let replicas = self.replicas.load();
+        let n = replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &replicas[(start + i) % n])
+            .find(|r| !Arc::ptr_eq(r, failed) && r.is_ready())
+            .or_else(|| replicas.iter().find(|r| r.is_ready()))
+            .cloned()
+    }
+
     /// The next ready replica, round robin; `None` when none is ready.
     pub fn pick(&self) -> Option<Arc<Instance>> {
         let replicas = self.replicas.load();

@@ -135,7 +135,8 @@ pub fn call(
 ) -> impl Future<Output = Result<RawResponse, LinkError>> + Send + 'static {
     let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
     let idempotent = idempotent(req.method());
-    let first = route.target.pick().map(|instance| instance.call(req));
+    let mut last = route.target.pick();
+    let first = last.as_ref().map(|instance| instance.call(req));
     let route = route.clone();
     async move {
         // The deadline is fixed when a call first has to wait (see `within`).
@@ -168,7 +169,9 @@ pub fn call(
                 return Err(error);
             };
             retries_left -= 1;
-            attempt = route.target.pick().map(|instance| instance.call(&copy.borrow()));
+            // Another replica than the one that just failed, when there is one.
+            last = route.target.pick_other(last.as_ref());
+            attempt = last.as_ref().map(|instance| instance.call(&copy.borrow()));
         }
     }
 }

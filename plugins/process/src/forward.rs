@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
 
@@ -119,35 +120,39 @@ impl Forwarder {
     }
 
     async fn send(&self, mut conn: Conn, req: hyper::Request<Full<Bytes>>) -> Result<Response, Failed> {
-        let Conn { sender, io } = &mut conn;
-        // Ready for a request: the connection must be polled to get there.
-        tokio::select! {
-            biased;
-            ready = sender.ready() => ready.map_err(|e| Failed::NotSent(e.to_string()))?,
-            _ = io.as_mut() => return Err(Failed::NotSent("the connection closed".into())),
-        }
-        let exchange = async {
-            let resp = sender.send_request(req).await.map_err(|e| {
-                if e.is_canceled() {
-                    Failed::NotSent(e.to_string())
-                } else {
-                    Failed::NoAnswer(format!("the replica did not answer: {e}"))
-                }
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body =
-                body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
-            Ok::<_, Failed>((parts, body.to_bytes()))
-        };
-        let (mut parts, body) = tokio::select! {
-            biased;
-            done = exchange => done?,
-            // The connection ended before the answer did.
-            result = io.as_mut() => {
-                return Err(Failed::NoAnswer(match result {
-                    Ok(()) => "the replica closed the connection".to_owned(),
-                    Err(e) => format!("the replica did not answer: {e}"),
-                }));
+        let (mut parts, body) = {
+            let Conn { sender, io } = &mut conn;
+            // Ready for a request: the connection must be polled to get there.
+            tokio::select! {
+                biased;
+                ready = sender.ready() => ready.map_err(|e| Failed::NotSent(e.to_string()))?,
+                _ = io.as_mut() => return Err(Failed::NotSent("the connection closed".into())),
+            }
+            let exchange = async {
+                let resp = sender.send_request(req).await.map_err(|e| {
+                    if e.is_canceled() {
+                        Failed::NotSent(e.to_string())
+                    } else {
+                        Failed::NoAnswer(format!("the replica did not answer: {e}"))
+                    }
+                })?;
+                let (parts, body) = resp.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
+                Ok::<_, Failed>((parts, body.to_bytes()))
+            };
+            tokio::pin!(exchange);
+            tokio::select! {
+                biased;
+                done = &mut exchange => done?,
+                // The connection ended. A server that closes after each answer
+                // has delivered it already; otherwise there is none to wait for.
+                _ = io.as_mut() => match (&mut exchange).now_or_never() {
+                    Some(done) => done?,
+                    None => return Err(Failed::NoAnswer("the replica closed the connection".into())),
+                },
             }
         };
         self.release(conn);
