@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Run { file, admin, drain_timeout, no_watch, plugins } => {
-            run(&file, RunOptions { admin, drain_timeout, watch: !no_watch }, &plugins)
+            run(&file, RunOptions { admin, drain_timeout, watch: !no_watch, color: color() }, &plugins)
         }
         Command::Reload { admin } => reload(admin),
         Command::Validate { files, plugins } => validate(&files, &plugins),

@@ -30,6 +30,9 @@ pub struct HostCtx {
     pub link_names: Vec<String>,
     /// The span every log line of this instance is attributed to.
     pub span: tracing::Span,
+    /// A coloured `tier.replica |` put before each line the instance logs,
+    /// when logs go to a terminal (like Compose's per-service colours).
+    pub tag: Option<String>,
 }
 
 impl HostCtx {
@@ -42,7 +45,14 @@ impl HostCtx {
         link_names: Vec<String>,
     ) -> Self {
         let span = tracing::info_span!("tier", tier = %tier, replica);
-        Self { tier, replica, links, env, base_dir: base_dir.display().to_string(), link_names, span }
+        Self { tier, replica, links, env, base_dir: base_dir.display().to_string(), link_names, span, tag: None }
+    }
+
+    /// Tags the instance's log lines with its tier and replica in ANSI colour
+    /// number `color` (30–37).
+    pub fn with_color(mut self, color: Option<u8>) -> Self {
+        self.tag = color.map(|c| format!("\x1b[{c}m{}.{} |\x1b[0m", self.tier, self.replica));
+        self
     }
 }
 
@@ -106,7 +116,10 @@ unsafe extern "C" fn sleep(nanos: u64) -> FfiFuture<()> {
 unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in `call_link`.
-        let (ctx, message) = unsafe { (&*host_ctx.cast::<HostCtx>(), message.to_string_lossy()) };
+        let (ctx, mut message) = unsafe { (&*host_ctx.cast::<HostCtx>(), message.to_string_lossy()) };
+        if let Some(tag) = &ctx.tag {
+            message = format!("{tag} {message}");
+        }
         let span = &ctx.span;
         match level {
             log_level::ERROR => tracing::error!(parent: span, "{message}"),

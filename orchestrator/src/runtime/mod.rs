@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Reload when the topology file or a plugin library changes.
     pub watch: bool,
+    /// Colour each tier's log lines (logs go to a terminal).
+    pub color: bool,
 }
 
 /// Why `run` failed.
@@ -61,7 +63,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     tracing::info!(addr = %admin.addr, "Admin API listening.");
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let mut supervisor = match Supervisor::start(topology, registry, status_tx, opts.drain_timeout).await {
+    let mut supervisor = match Supervisor::start(topology, registry, status_tx, opts.drain_timeout, opts.color).await {
         Ok(s) => s,
         Err(e) => {
             admin.stop().await;

@@ -65,6 +65,8 @@ pub struct Supervisor {
     generation: u64,
     started_at: SystemTime,
     drain: Duration,
+    /// Colour instances' log lines per tier.
+    color: bool,
     state: State,
     last_reload: Option<ReloadRecord>,
     counts: ReloadCounts,
@@ -112,6 +114,7 @@ impl Supervisor {
         registry: Arc<Registry>,
         status: watch::Sender<Status>,
         drain: Duration,
+        color: bool,
     ) -> Result<Self, StartError> {
         let mut supervisor = Self {
             registry,
@@ -120,6 +123,7 @@ impl Supervisor {
             generation: 0,
             started_at: SystemTime::now(),
             drain,
+            color,
             state: State::Starting,
             last_reload: None,
             counts: ReloadCounts::default(),
@@ -247,16 +251,22 @@ impl Supervisor {
                     _ => continue,
                 };
                 let link_names: Vec<String> = new.links_from(id).map(|l| l.name.clone()).collect();
+                // Compose's palette: cyan, yellow, green, magenta, blue, red.
+                const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
+                let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);
                 let mut instances = Vec::with_capacity(replicas.len());
                 for replica in replicas {
-                    let ctx = Arc::new(HostCtx::new(
-                        id.clone(),
-                        replica,
-                        links.clone(),
-                        spec.env.clone(),
-                        &base_dir,
-                        link_names.clone(),
-                    ));
+                    let ctx = Arc::new(
+                        HostCtx::new(
+                            id.clone(),
+                            replica,
+                            links.clone(),
+                            spec.env.clone(),
+                            &base_dir,
+                            link_names.clone(),
+                        )
+                        .with_color(color),
+                    );
                     let instance = Instance::create(plugins[id].clone(), &spec.config, ctx)
                         .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
                     tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
