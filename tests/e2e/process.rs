@@ -136,6 +136,8 @@ async fn a_killed_replica_is_restarted_and_no_request_fails() {
     assert_eq!((detail["restarts"].as_u64(), detail["state"].as_str()), (Some(1), Some("ready")));
     assert_eq!(detail["last_exit"], "killed by SIGKILL");
     assert_ne!(detail["pid"].as_u64(), Some(u64::from(victim)));
+    let (_, metrics) = orch.get(orch.admin, "/admin/metrics").await;
+    assert!(metrics.contains(r#"orchestrator_replica_restarts_total{tier="backend",replica="0"} 1"#), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,18 @@ async fn a_greeting_change_replaces_only_the_backend() {
     assert_eq!(after["last_reload"]["summary"], "replaced backend");
     // The listener was kept: same address.
     assert_eq!(orch.tier_addr("web").await, web);
+
+    // The same, as Prometheus metrics.
+    let (code, metrics) = orch.get(orch.admin, "/admin/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "orchestrator_generation 2",
+        r#"orchestrator_reloads_total{outcome="applied"} 1"#,
+        r#"orchestrator_reloads_total{outcome="failed"} 0"#,
+        r#"orchestrator_tier_ready_replicas{tier="backend"} 3"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
 }
 
 const SCALED: &str = r#"

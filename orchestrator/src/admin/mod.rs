@@ -6,8 +6,12 @@
 //!   scripts and tests wait on events instead of sleeping;
 //! - `GET /admin/ready` — 200 once the topology runs, 503 before and while stopping;
 //! - `GET /admin/health` — 200 while the process serves;
+//! - `GET /admin/metrics` — generation, reloads, replicas and ready replicas
+//!   per tier, process restarts, in the Prometheus text format;
 //! - `POST /admin/reload` — reread the topology and apply what changed; answers
 //!   the attempt's record: 200 when applied or unchanged, 422 when it failed.
+
+mod metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,6 +58,7 @@ impl Admin {
             .route("/admin/ready", get(ready_handler))
             .route("/admin/health", get(|| async { "ok\n" }))
             .route("/admin/reload", post(reload_handler))
+            .route("/admin/metrics", get(metrics_handler))
             .with_state(Shared { status, commands });
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -98,6 +103,11 @@ async fn status_handler(Extract(shared): Extract<Shared>, Query(q): Query<Status
     }
     let live = shared.status.borrow().live();
     Json(live).into_response()
+}
+
+async fn metrics_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
+    let status = shared.status.borrow().live();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::render(&status))
 }
 
 async fn ready_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {

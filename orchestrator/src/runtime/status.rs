@@ -58,7 +58,9 @@ pub struct InstanceStatus {
     /// restarts, last exit, last probe error).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
-    /// The instance, to read `detail` live when the status is served.
+    /// Whether it takes requests now.
+    pub ready: bool,
+    /// The instance, to read `ready` and `detail` live when the status is served.
     #[serde(skip)]
     pub handle: std::sync::Weak<crate::plugins::Instance>,
 }
@@ -70,6 +72,7 @@ impl Status {
         for instance in status.tiers.iter_mut().flat_map(|t| t.instances.iter_mut()) {
             if let Some(handle) = instance.handle.upgrade() {
                 instance.detail = handle.detail();
+                instance.ready = handle.is_ready();
             }
         }
         status

@@ -437,6 +437,7 @@ impl Supervisor {
                         id: i.id,
                         started_at: timestamp(i.started),
                         detail: i.detail(),
+                        ready: i.is_ready(),
                         handle: Arc::downgrade(i),
                     })
                     .collect(),
