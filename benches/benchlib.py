@@ -182,3 +182,18 @@ def wrk(url, duration, connections, script):
     errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "requests": requests, "p99_ms": p99_ms,
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else "none"}
+
+
+def prepare(build):
+    """Installs wrk and nginx if missing; builds the release binaries unless told not to."""
+    ensure_tools()
+    if build:
+        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--lib"], cwd=ROOT, check=True)
+
+
+def post_script(tmp):
+    """A wrk script POSTing the backend's JSON message; returns its path."""
+    path = os.path.join(tmp, "post.lua")
+    with open(path, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = \'{"message":"Hello Go!"}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+    return path

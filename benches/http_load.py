@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import urllib.request
 
-from benchlib import (RELEASE, ROOT, TICK, Started, children, cpu_ticks, ensure_tools, rss_kib,
+from benchlib import (RELEASE, ROOT, TICK, Started, children, cpu_ticks, post_script, prepare, rss_kib,
                       start_nginx, start_orchestrator, wait_line, wrk)
 
 def main():
@@ -36,15 +36,11 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
 
-    ensure_tools()
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--lib"], cwd=ROOT, check=True)
+    prepare(build=not args.no_build)
 
     started = Started()
     tmp = tempfile.mkdtemp(prefix="orch-bench-")
-    script = os.path.join(tmp, "post.lua")
-    with open(script, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.body = \'{"message":"Hello Go!"}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+    script = post_script(tmp)
     try:
         direct = started.add(subprocess.Popen([os.path.join(RELEASE, "direct-hyper")], stdout=subprocess.PIPE, text=True))
         b_addr = wait_line(direct, direct.stdout, r"listening on (\S+)").group(1)

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import RELEASE, ROOT, Started, ensure_tools, start_nginx, start_orchestrator, wait_line, wrk
+from benchlib import RELEASE, ROOT, Started, post_script, prepare, start_nginx, start_orchestrator, wait_line, wrk
 
 
 def percentile(values, p):
@@ -100,9 +100,7 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
 
-    ensure_tools()
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--lib"], cwd=ROOT, check=True)
+    prepare(build=not args.no_build)
 
     tmp = tempfile.mkdtemp(prefix="orch-reload-bench-")
     script = os.path.join(tmp, "get.lua")
@@ -145,9 +143,7 @@ def main():
             return t0, Check("/backend", lambda resp, body: resp.getheader("X-Generation") == value)
 
         # wrk POSTs to nginx like the HTTP benchmark; a GET is enough to check the header.
-        post = os.path.join(tmp, "post.lua")
-        with open(post, "w") as f:
-            f.write('wrk.method = "POST"\nwrk.body = \'{"message":"Hello Go!"}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+        post = post_script(tmp)
         nginx_res, nginx_lat = run_under_load(nginx_addr, "/backend", args.duration, args.connections, post, args.reloads, change_nginx)
 
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.reloads} reloads each")

@@ -7,12 +7,14 @@
 //!   loader with its ABI checks, and the host services plugins call (all the
 //!   host's `unsafe` lives here);
 //! - [`links`] — outbound link tables, endpoints of ready replicas, round-robin
-//!   balancing, timeouts and retries;
+//!   balancing, timeouts and retries, and the local listeners that let
+//!   programs outside the process call a link;
 //! - [`runtime`] — the supervisor that owns running tiers and applies each
 //!   topology as a plan (prepare, commit, drain), tier HTTP listeners, status
 //!   snapshots, and the run loop: signals, reloads, graceful shutdown;
 //! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
-//! - [`admin`] — the admin HTTP API (status, readiness).
+//! - [`admin`] — the admin HTTP API: status (with waits on the generation),
+//!   readiness, reload, Prometheus metrics.
 //!
 //! The pipeline runs one way: file → `topology::load` → `Topology` →
 //! `topology::diff` against the running one → `Plan` → `Supervisor` applies it.
