@@ -222,7 +222,7 @@ links:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_env_change_replaces_the_programs_without_failing_a_request() {
+async fn an_env_change_rolls_the_programs_without_failing_a_request() {
     let bin = go_backend();
     let yaml = go_tier(2, 1, &format!("[{}]", bin.display()));
     let orch = Running::start(&yaml).await;
@@ -239,6 +239,15 @@ async fn an_env_change_replaces_the_programs_without_failing_a_request() {
     let (_, body) = orch.get(web, "/backend?message=hi").await;
     assert_eq!(body.trim(), r#"{"message":"Hallo!","data":"hi"}"#);
     assert_eq!(status["last_reload"]["summary"], "replaced backend");
+    // Rolling: each new replica was ready before the next one started.
+    let log = orch.log();
+    let reload = log.iter().rposition(|l| l.contains("Instance started. tier=backend replica=0")).unwrap();
+    let position =
+        |needle: &str| log[reload..].iter().position(|l| l.contains(needle)).unwrap_or_else(|| orch.fail(needle));
+    assert!(
+        position("tier{tier=backend replica=0}: orchestrator::plugins::host: Replica ready")
+            < position("Instance started. tier=backend replica=1")
+    );
     // The old programs are stopped once drained.
     wait_all_gone(&old_pids).unwrap_or_else(|alive| orch.fail(&format!("old programs still run: {alive:?}")));
 }

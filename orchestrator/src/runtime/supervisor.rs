@@ -70,6 +70,8 @@ pub struct Supervisor {
     state: State,
     last_reload: Option<ReloadRecord>,
     counts: ReloadCounts,
+    /// What went wrong in the last apply's rolling updates.
+    roll_problems: Vec<String>,
     status: watch::Sender<Status>,
 }
 
@@ -127,6 +129,7 @@ impl Supervisor {
             state: State::Starting,
             last_reload: None,
             counts: ReloadCounts::default(),
+            roll_problems: Vec::new(),
             status,
         };
         supervisor.apply(topology, true).await?;
@@ -174,6 +177,9 @@ impl Supervisor {
                 self.counts.applied += 1;
                 record.outcome = "applied";
                 record.summary = plan.summary();
+                for problem in std::mem::take(&mut self.roll_problems) {
+                    record.summary.push_str(&format!("; {problem}"));
+                }
                 tracing::info!(%trigger, generation = self.generation, changes = %record.summary, "Reload applied.");
             }
             Err(failure) => {
@@ -220,8 +226,32 @@ impl Supervisor {
         }
         let generation = self.generation + 1;
         let prepared = self.prepare(&new, &plan, &plugins, initial).await?;
-        self.commit(new, &plan, plugins, prepared, generation);
+        let rolling = self.commit(new, &plan, plugins, prepared, generation);
+        self.roll_problems = self.roll(rolling).await;
         Ok(plan)
+    }
+
+    /// Makes replica `replica` of tier `id` as `new` specifies it.
+    fn new_instance(
+        &self,
+        new: &Topology,
+        id: &TierId,
+        plugin: &Arc<PluginHandle>,
+        links: &Arc<LinkTable>,
+        replica: u32,
+    ) -> Result<Arc<Instance>, StartError> {
+        let spec = &new.tiers[id];
+        let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let link_names: Vec<String> = new.links_from(id).map(|l| l.name.clone()).collect();
+        // Compose's palette: cyan, yellow, green, magenta, blue, red.
+        const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
+        let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);
+        let ctx =
+            HostCtx::new(id.clone(), replica, links.clone(), spec.env.clone(), &base_dir, link_names).with_color(color);
+        let instance = Instance::create(plugin.clone(), &spec.config, Arc::new(ctx))
+            .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
+        tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
+        Ok(instance)
     }
 
     async fn prepare(
@@ -232,7 +262,6 @@ impl Supervisor {
         initial: bool,
     ) -> Result<Prepared, StartError> {
         let mut prepared = Prepared::default();
-        let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
         // Callees start (and become ready) before their callers; tiers in a
         // cycle start together.
         for group in start_order(new) {
@@ -246,30 +275,16 @@ impl Supervisor {
                         prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
                         (links, 0..spec.replicas)
                     }
-                    Instances::Replace => (self.tiers[id].links.clone(), 0..spec.replicas),
+                    // A tier of several replicas is replaced one replica at a
+                    // time: the first (the canary) here, so that a failure
+                    // changes nothing; the others after the commit (`roll`).
+                    Instances::Replace => (self.tiers[id].links.clone(), 0..spec.replicas.min(1)),
                     Instances::Scale { from, to } if to > from => (self.tiers[id].links.clone(), *from..*to),
                     _ => continue,
                 };
-                let link_names: Vec<String> = new.links_from(id).map(|l| l.name.clone()).collect();
-                // Compose's palette: cyan, yellow, green, magenta, blue, red.
-                const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
-                let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);
                 let mut instances = Vec::with_capacity(replicas.len());
                 for replica in replicas {
-                    let ctx = Arc::new(
-                        HostCtx::new(
-                            id.clone(),
-                            replica,
-                            links.clone(),
-                            spec.env.clone(),
-                            &base_dir,
-                            link_names.clone(),
-                        )
-                        .with_color(color),
-                    );
-                    let instance = Instance::create(plugins[id].clone(), &spec.config, ctx)
-                        .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
-                    tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
+                    let instance = self.new_instance(new, id, &plugins[id], &links, replica)?;
                     starting.push(instance.clone());
                     instances.push(instance);
                 }
@@ -307,9 +322,10 @@ impl Supervisor {
         mut plugins: HashMap<TierId, Arc<PluginHandle>>,
         mut prepared: Prepared,
         generation: u64,
-    ) {
+    ) -> Vec<TierId> {
         let mut retired: Vec<Arc<Instance>> = Vec::new();
         let mut closing: Vec<Listener> = Vec::new();
+        let mut rolling = Vec::new();
 
         // 1. New and changed replicas become routable.
         for (id, tier_plan) in &plan.tiers {
@@ -335,8 +351,22 @@ impl Supervisor {
                 }
                 Instances::Replace => {
                     let tier = self.tiers.get_mut(id).expect("a replaced tier is running");
-                    tier.endpoint.set(fresh.clone());
-                    retired.extend(std::mem::replace(&mut tier.instances, fresh));
+                    if (fresh.len() as u32) < spec.replicas {
+                        // Rolling: the canary takes replica 0's place; `roll` does the rest.
+                        let mut replicas = tier.instances.clone();
+                        for (i, instance) in fresh.into_iter().enumerate() {
+                            match replicas.get_mut(i) {
+                                Some(slot) => retired.push(std::mem::replace(slot, instance)),
+                                None => replicas.push(instance),
+                            }
+                        }
+                        tier.endpoint.set(replicas.clone());
+                        tier.instances = replicas;
+                        rolling.push(id.clone());
+                    } else {
+                        tier.endpoint.set(fresh.clone());
+                        retired.extend(std::mem::replace(&mut tier.instances, fresh));
+                    }
                     tier.generation = generation;
                     tier.plugin = plugins.remove(id).expect("every tier of the new topology has a plugin");
                     tier.spec = spec.clone();
@@ -414,6 +444,64 @@ impl Supervisor {
                 tracing::info!(%addr, "Listener closed.");
             });
         }
+        rolling
+    }
+
+    /// Finishes rolling updates: for each tier, replaces its remaining old
+    /// replicas one at a time, each new one ready before it takes the old
+    /// one's place and the old one drains. If a new replica cannot start, the
+    /// update stops there: the old replicas left keep serving. Returns what
+    /// went wrong, if anything.
+    async fn roll(&mut self, tiers: Vec<TierId>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for id in tiers {
+            let Some(tier) = self.tiers.get(&id) else { continue };
+            let (plugin, links, replicas) = (tier.plugin.clone(), tier.links.clone(), tier.spec.replicas);
+            let mut complete = true;
+            for replica in 1..replicas {
+                let started = match self.new_instance(&self.topology, &id, &plugin, &links, replica) {
+                    Ok(instance) => instance
+                        .wait_ready()
+                        .await
+                        .map(|()| instance)
+                        .map_err(|reason| StartError::Ready { tier: id.clone(), replica, reason }),
+                    Err(e) => Err(e),
+                };
+                let instance = match started {
+                    Ok(instance) => instance,
+                    Err(e) => {
+                        tracing::error!(error = %e, "Rolling update stopped; the remaining old replicas keep serving.");
+                        problems.push(format!("rolling update of `{id}` stopped: {e}"));
+                        complete = false;
+                        break;
+                    }
+                };
+                let Some(tier) = self.tiers.get_mut(&id) else { break };
+                let old = match tier.instances.get_mut(replica as usize) {
+                    Some(slot) => Some(std::mem::replace(slot, instance)),
+                    None => {
+                        tier.instances.push(instance);
+                        None
+                    }
+                };
+                tier.endpoint.set(tier.instances.clone());
+                if let Some(old) = old {
+                    tokio::spawn(retire(old, self.drain));
+                }
+            }
+            // Fewer replicas than before: the extra old ones go.
+            if let Some(tier) = self.tiers.get_mut(&id)
+                && tier.instances.len() > replicas as usize
+                && complete
+            {
+                let extra = tier.instances.split_off(replicas as usize);
+                tier.endpoint.set(tier.instances.clone());
+                for old in extra {
+                    tokio::spawn(retire(old, self.drain));
+                }
+            }
+        }
+        problems
     }
 
     fn publish(&self) {

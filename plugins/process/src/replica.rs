@@ -335,10 +335,11 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
             },
         }
     }
+    // Logged before it is announced, so that the log tells the order of events.
+    cx.info(format_args!("Replica ready on port {} (pid {pid}).", replica.port));
     let ready_since = Instant::now();
     replica.ready.store(true, Ordering::Release);
     replica.update(|r| r.state = "ready");
-    cx.info(format_args!("Replica ready on port {} (pid {pid}).", replica.port));
 
     // Running: until exit, liveness failure, or stop.
     let mut failures = 0u32;
