@@ -97,8 +97,14 @@ impl Context {
         std::path::PathBuf::from(unsafe { (self.host().instance)(self.ctx).base_dir.to_string_lossy() })
     }
 
-    /// Calls outbound link `link` with `req`.
-    pub fn call(&self, link: &str, req: Request) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+    /// Calls outbound link `link` with `req`. Without trace headers of its
+    /// own, `req` carries those of the request being handled.
+    pub fn call(
+        &self,
+        link: &str,
+        mut req: Request,
+    ) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
+        crate::trace::propagate(&mut req.headers);
         let call_link = self.host().call_link;
         let ctx = self.ctx;
         // SAFETY: `req` and `link` outlive this synchronous call, during which

@@ -112,7 +112,10 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
         let (instance, raw): (&'static Instance<P>, _) = unsafe { (&*instance.cast::<Instance<P>>(), &*req) };
         // SAFETY: as above.
         let request = unsafe { Request::from_raw(raw) };
-        request.map(|request| instance.plugin.handle(request, instance.cx.clone()))
+        request.map(|request| {
+            let trace = crate::trace::Trace::of(&request.headers);
+            crate::trace::WithTrace::new(instance.plugin.handle(request, instance.cx.clone()), trace)
+        })
     });
     match started {
         Ok(Ok(handling)) => async move {

@@ -34,7 +34,8 @@
 //! - `context` — [`Context`], the host's services (outbound links, timers, logs);
 //! - `plugin` — the [`Plugin`] trait;
 //! - [`export`] — the `extern "C"` shims behind [`export_plugin!`];
-//! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host.
+//! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host;
+//! - `trace` — W3C trace context carried from a handled request to its link calls.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -46,6 +47,7 @@ mod headers;
 mod message;
 mod plugin;
 pub mod testing;
+mod trace;
 mod types;
 
 pub use body::Body;
