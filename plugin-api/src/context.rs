@@ -120,6 +120,18 @@ impl Context {
         }
     }
 
+    /// Calls `method` (`package.Service/Method`) on outbound RPC link `link`
+    /// with `message`; the answer's message, or its status.
+    pub fn rpc(
+        &self,
+        link: &str,
+        method: &str,
+        message: impl Into<crate::Body>,
+    ) -> impl Future<Output = Result<crate::Body, crate::rpc::Status>> + Send + 'static {
+        let call = self.call(link, Request::rpc(method, message));
+        async move { call.await.map_err(crate::rpc::Status::from).and_then(Response::into_rpc) }
+    }
+
     /// A handle for outbound link `name`.
     pub fn link<'a>(&'a self, name: &'a str) -> Link<'a> {
         Link { cx: self, name }

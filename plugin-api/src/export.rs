@@ -114,18 +114,22 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
         let request = unsafe { Request::from_raw(raw) };
         request.map(|request| {
             let trace = crate::trace::Trace::of(&request.headers);
-            crate::trace::WithTrace::new(instance.plugin.handle(request, instance.cx.clone()), trace)
+            let rpc = request.rpc_method().is_some();
+            (crate::trace::WithTrace::new(instance.plugin.handle(request, instance.cx.clone()), trace), rpc)
         })
     });
     match started {
-        Ok(Ok(handling)) => async move {
+        Ok(Ok((handling, rpc))) => async move {
             match AssertUnwindSafe(handling).catch_unwind().await {
                 Ok(response) => response.into_raw(),
-                Err(payload) => Response::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("the handler panicked: {}", panic_message(&*payload)),
-                )
-                .into_raw(),
+                Err(payload) => {
+                    let why = format!("the handler panicked: {}", panic_message(&*payload));
+                    if rpc {
+                        Response::rpc_error(crate::rpc::Code::Internal, &why).into_raw()
+                    } else {
+                        Response::error(StatusCode::INTERNAL_SERVER_ERROR, &why).into_raw()
+                    }
+                }
             }
         }
         .into_ffi(),

@@ -101,6 +101,14 @@ impl Headers {
         }
     }
 
+    /// Whether header `name` has a value starting with `prefix`, checked
+    /// without decoding the headers.
+    pub fn raw_starts_with(&self, name: &str, prefix: &str) -> bool {
+        let mut found = false;
+        self.for_each_raw(|n, v| found |= n.eq_ignore_ascii_case(name.as_bytes()) && v.starts_with(prefix.as_bytes()));
+        found
+    }
+
     pub fn len(&self) -> usize {
         self.map().len()
     }

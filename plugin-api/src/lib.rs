@@ -35,6 +35,7 @@
 //! - `plugin` — the [`Plugin`] trait;
 //! - [`export`] — the `extern "C"` shims behind [`export_plugin!`];
 //! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host;
+//! - [`rpc`] — RPC calls over links, with gRPC's status codes and deadlines;
 //! - `trace` — W3C trace context carried from a handled request to its link calls.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -46,6 +47,7 @@ pub mod export;
 mod headers;
 mod message;
 mod plugin;
+pub mod rpc;
 pub mod testing;
 mod trace;
 mod types;

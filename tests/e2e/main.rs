@@ -7,5 +7,6 @@ mod load;
 mod plugins;
 mod process;
 mod reload;
+mod rpc;
 mod shutdown;
 mod validation;

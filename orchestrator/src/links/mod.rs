@@ -20,7 +20,7 @@ use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
 use crate::plugins::{BorrowedRequest, Panicked};
-use crate::topology::LinkSpec;
+use crate::topology::{LinkKind, LinkSpec};
 
 /// One outbound link of a tier.
 #[derive(Debug)]
@@ -134,6 +134,14 @@ pub fn call(
     req: &BorrowedRequest<'_>,
 ) -> impl Future<Output = Result<RawResponse, LinkError>> + Send + 'static {
     let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
+    // An RPC caller's own deadline (`grpc-timeout`) applies, capped by the link's timeout.
+    let timeout = match route.spec.kind {
+        LinkKind::Rpc => req
+            .header(b"grpc-timeout")
+            .and_then(plugin_api::rpc::decode_timeout)
+            .map_or(route.spec.timeout, |d| d.min(route.spec.timeout)),
+        _ => route.spec.timeout,
+    };
     let idempotent = idempotent(req.method());
     let mut last = route.target.pick();
     let first = last.as_ref().map(|instance| instance.call(req));
@@ -146,7 +154,7 @@ pub fn call(
         loop {
             let (error, delivered) = match attempt.take() {
                 None => (route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned()), false),
-                Some(call) => match within(&mut deadline, route.spec.timeout, call).await {
+                Some(call) => match within(&mut deadline, timeout, call).await {
                     Ok(Ok(response)) if response.status == NOT_DELIVERED => {
                         let why = String::from_utf8_lossy(response.body.as_bytes()).into_owned();
                         (route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}")), false)
@@ -160,7 +168,7 @@ pub fn call(
                         (route.error(LinkErrorKind::Upstream, "failed without answering".to_owned()), true)
                     }
                     Err(Elapsed) => {
-                        let limit = humantime::format_duration(route.spec.timeout);
+                        let limit = humantime::format_duration(timeout);
                         return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));
                     }
                 },

@@ -315,6 +315,13 @@ impl<'a> BorrowedRequest<'a> {
         unsafe { self.raw.method.as_bytes() }
     }
 
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        // SAFETY: readable for 'a, by construction.
+        let headers = unsafe { self.raw.headers.as_bytes() };
+        plugin_api::abi::decode_headers(headers).find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
     /// Copies the request, e.g. to send it again.
     pub fn to_owned(&self) -> OwnedRequest {
         // SAFETY: readable for 'a, by construction.
