@@ -244,11 +244,13 @@ pub struct HostVTable {
     pub env: unsafe extern "C" fn(host_ctx: *const c_void, key: RStr) -> RStr,
     /// The tier's whole `env:`, as a JSON object.
     pub env_all: unsafe extern "C" fn(host_ctx: *const c_void) -> RBuf,
-    /// The names of the tier's outbound links, newline separated.
+    /// The tier's outbound links, one `name<TAB>kind` line each.
     pub links: unsafe extern "C" fn(host_ctx: *const c_void) -> RBuf,
-    /// The URL of a local HTTP listener, owned by the host, that forwards to
-    /// outbound link `link` (for programs outside the process); its address
-    /// stays the same across reloads. Empty when there is no such link.
+    /// The URL of a local listener, owned by the host, that forwards to
+    /// outbound link `link` (for programs outside the process): HTTP/1.1
+    /// (`http://host:port`) for REST links, gRPC over cleartext HTTP/2
+    /// (`h2c://host:port`) for RPC links. Its address stays the same across
+    /// reloads. Empty when there is no such link.
     pub link_url: unsafe extern "C" fn(host_ctx: *const c_void, link: RStr) -> RBuf,
 }
 

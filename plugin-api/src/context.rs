@@ -76,15 +76,29 @@ impl Context {
 
     /// The names of the tier's outbound links.
     pub fn links(&self) -> Vec<String> {
-        // SAFETY: `ctx` is this instance's host context.
-        let names = unsafe { (self.host().links)(self.ctx) };
-        String::from_utf8_lossy(names.as_bytes()).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+        self.link_kinds().into_iter().map(|(name, _)| name).collect()
     }
 
-    /// The URL (`http://127.0.0.1:PORT`) of a local listener, owned by the
-    /// host, that forwards HTTP requests to outbound link `name`: for programs
-    /// that run outside the orchestrator. Its address stays the same across
-    /// reloads. `None` if the tier has no such link.
+    /// The tier's outbound links and their kinds.
+    pub fn link_kinds(&self) -> Vec<(String, crate::LinkKind)> {
+        // SAFETY: `ctx` is this instance's host context.
+        let lines = unsafe { (self.host().links)(self.ctx) };
+        String::from_utf8_lossy(lines.as_bytes())
+            .lines()
+            .filter_map(|line| {
+                let (name, kind) = line.split_once('\t').unwrap_or((line, "rest"));
+                let kind = crate::LinkKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+                (!name.is_empty()).then(|| (name.to_owned(), kind))
+            })
+            .collect()
+    }
+
+    /// The URL of a local listener, owned by the host, that forwards to
+    /// outbound link `name`, for programs that run outside the orchestrator:
+    /// `http://127.0.0.1:PORT` (HTTP/1.1) for a REST link,
+    /// `h2c://127.0.0.1:PORT` (gRPC over cleartext HTTP/2) for an RPC link.
+    /// Its address stays the same across reloads. `None` if the tier has no
+    /// such link.
     pub fn link_url(&self, name: &str) -> Option<String> {
         // SAFETY: `ctx` is this instance's host context; `name` outlives the call.
         let url = unsafe { (self.host().link_url)(self.ctx, RStr::from_bytes(name.as_bytes())) };

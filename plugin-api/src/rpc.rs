@@ -145,6 +145,31 @@ impl From<LinkError> for Status {
     }
 }
 
+/// The one message of a unary gRPC body (5-byte prefix: compressed flag,
+/// big-endian length).
+pub fn unframe(body: &[u8]) -> Result<&[u8], Status> {
+    let Some((prefix, message)) = body.split_first_chunk::<5>() else {
+        return Err(Status::new(Code::Internal, "a gRPC message needs its 5-byte prefix"));
+    };
+    if prefix[0] != 0 {
+        return Err(Status::new(Code::Unimplemented, "compressed messages are not supported"));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if message.len() != len {
+        return Err(Status::new(Code::Internal, "a unary call carries exactly one whole message"));
+    }
+    Ok(message)
+}
+
+/// `message` with its gRPC prefix.
+pub fn frame(message: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
 /// `grpc-timeout` for `d`: an integer of at most 8 digits and a unit.
 pub fn encode_timeout(d: Duration) -> String {
     let units: [(u128, &str); 5] =
@@ -297,6 +322,17 @@ mod tests {
         assert_eq!(decode_timeout(b"100m"), Some(Duration::from_millis(100)));
         assert_eq!(decode_timeout(b"123456789S"), None);
         assert_eq!(decode_timeout(b"5x"), None);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let framed = frame(b"hello");
+        assert_eq!(&framed[..5], &[0, 0, 0, 0, 5]);
+        assert_eq!(unframe(&framed).unwrap(), b"hello");
+        assert_eq!(unframe(&framed[..4]).unwrap_err().code, Code::Internal);
+        let mut compressed = framed.to_vec();
+        compressed[0] = 1;
+        assert_eq!(unframe(&compressed).unwrap_err().code, Code::Unimplemented);
     }
 
     #[test]

@@ -246,7 +246,7 @@ unsafe extern "C" fn env_all(_host_ctx: *const c_void) -> RBuf {
 unsafe extern "C" fn links(host_ctx: *const c_void) -> RBuf {
     // SAFETY: host_ctx is the HostState a TestInstance keeps alive.
     let state = unsafe { &*host_ctx.cast::<HostState>() };
-    RBuf::from_vec(state.links.keys().cloned().collect::<Vec<_>>().join("\n").into_bytes())
+    RBuf::from_vec(state.links.keys().map(|k| format!("{k}\trest")).collect::<Vec<_>>().join("\n").into_bytes())
 }
 
 unsafe extern "C" fn link_url(_host_ctx: *const c_void, _link: RStr) -> RBuf {

@@ -6,6 +6,7 @@
 //! instance's handler, without a socket or a copy on the host side.
 
 pub mod balance;
+pub mod rpc;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,7 +59,7 @@ impl LinkTable {
     /// The URL of this tier's local listener for link `name`, opened on first
     /// use. The listener resolves the link by name on every request, so its
     /// address survives any reload (and it answers 502 while no such link exists).
-    pub fn proxy_url(self: &Arc<Self>, name: &str) -> std::io::Result<Option<String>> {
+    pub fn proxy_url(self: &Arc<Self>, name: &str, kind: LinkKind) -> std::io::Result<Option<String>> {
         let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(proxy) = proxies.get(name) {
             return Ok(Some(proxy.url.clone()));
@@ -67,8 +68,15 @@ impl LinkTable {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let task = crate::runtime::listener::serve_link(listener, Arc::downgrade(self), name.to_owned());
-        let url = format!("http://{addr}");
+        let (task, url) = match kind {
+            LinkKind::Rpc => {
+                (rpc::serve_link(listener, Arc::downgrade(self), name.to_owned()), format!("h2c://{addr}"))
+            }
+            _ => {
+                let task = crate::runtime::listener::serve_link(listener, Arc::downgrade(self), name.to_owned());
+                (task, format!("http://{addr}"))
+            }
+        };
         tracing::debug!(link = name, %url, "Link listener open.");
         proxies.insert(name.to_owned(), Proxy { url: url.clone(), task });
         Ok(Some(url))

@@ -10,7 +10,7 @@ use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::abi::{
     ABI_VERSION, HostVTable, InstanceInfo, RBuf, RStr, RawLinkResult, RawRequest, RawResponse, link_code, log_level,
 };
-use plugin_api::{LinkError, LinkErrorKind};
+use plugin_api::{LinkError, LinkErrorKind, LinkKind};
 
 use super::BorrowedRequest;
 use crate::links::{self, LinkTable};
@@ -25,9 +25,9 @@ pub struct HostCtx {
     pub env: BTreeMap<String, String>,
     /// The topology file's directory.
     pub base_dir: String,
-    /// The tier's outbound link names in the topology the instance was made
-    /// for (its link table is filled only when that topology is committed).
-    pub link_names: Vec<String>,
+    /// The tier's outbound links (name, kind) in the topology the instance
+    /// was made for (its link table is filled only when that topology is committed).
+    pub link_names: Vec<(String, LinkKind)>,
     /// The span every log line of this instance is attributed to.
     pub span: tracing::Span,
     /// A coloured `tier.replica |` put before each line the instance logs,
@@ -42,7 +42,7 @@ impl HostCtx {
         links: Arc<LinkTable>,
         env: BTreeMap<String, String>,
         base_dir: &std::path::Path,
-        link_names: Vec<String>,
+        link_names: Vec<(String, LinkKind)>,
     ) -> Self {
         let span = tracing::info_span!("tier", tier = %tier, replica);
         Self { tier, replica, links, env, base_dir: base_dir.display().to_string(), link_names, span, tag: None }
@@ -160,17 +160,16 @@ unsafe extern "C" fn env_all(host_ctx: *const c_void) -> RBuf {
 unsafe extern "C" fn links(host_ctx: *const c_void) -> RBuf {
     // SAFETY: as in `call_link`.
     let ctx = unsafe { &*host_ctx.cast::<HostCtx>() };
-    RBuf::from_vec(ctx.link_names.join("\n").into_bytes())
+    let lines: Vec<String> = ctx.link_names.iter().map(|(name, kind)| format!("{name}\t{kind}")).collect();
+    RBuf::from_vec(lines.join("\n").into_bytes())
 }
 
 unsafe extern "C" fn link_url(host_ctx: *const c_void, link: RStr) -> RBuf {
     let url = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in `call_link`.
         let (ctx, name) = unsafe { (&*host_ctx.cast::<HostCtx>(), link.to_string_lossy()) };
-        if !ctx.link_names.contains(&name) {
-            return None;
-        }
-        match ctx.links.proxy_url(&name) {
+        let kind = ctx.link_names.iter().find(|(n, _)| n == &name).map(|(_, k)| *k)?;
+        match ctx.links.proxy_url(&name, kind) {
             Ok(url) => url,
             Err(e) => {
                 tracing::error!(parent: &ctx.span, link = %name, error = %e, "Cannot open a local listener for the link.");

@@ -20,7 +20,7 @@ use super::status::{
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
 use crate::topology::diff::{self, Instances, Listen, Plan};
-use crate::topology::{self, TierId, TierSpec, Topology};
+use crate::topology::{self, LinkKind, TierId, TierSpec, Topology};
 
 /// Why a topology could not be applied. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,7 @@ impl Supervisor {
     ) -> Result<Arc<Instance>, StartError> {
         let spec = &new.tiers[id];
         let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-        let link_names: Vec<String> = new.links_from(id).map(|l| l.name.clone()).collect();
+        let link_names: Vec<(String, LinkKind)> = new.links_from(id).map(|l| (l.name.clone(), l.kind)).collect();
         // Compose's palette: cyan, yellow, green, magenta, blue, red.
         const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
         let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);

@@ -63,7 +63,10 @@ impl Plugin for Pricing {
         let quote: Quote = match plugin_api::serde_json::from_slice(&req.body) {
             Ok(q) => q,
             Err(e) => {
-                return Response::rpc_error(Code::InvalidArgument, &format!("expected {{\"item\", \"quantity\"}}: {e}"));
+                return Response::rpc_error(
+                    Code::InvalidArgument,
+                    &format!("expected {{\"item\", \"quantity\"}}: {e}"),
+                );
             }
         };
         let Some(unit_price) = self.prices.get(&quote.item) else {

@@ -30,6 +30,7 @@
 
 mod config;
 mod forward;
+mod grpc;
 mod probe;
 mod replica;
 mod sys;
@@ -42,6 +43,9 @@ use plugin_api::serde_json;
 use replica::Replica;
 
 impl Plugin for Process {
+    /// REST over HTTP/1.1, and RPC as gRPC over HTTP/2, to the program's `PORT`.
+    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc];
+
     fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         self.check()
     }

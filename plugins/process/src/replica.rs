@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use plugin_api::serde_json::{self, json};
-use plugin_api::{Context, Request, Response};
+use plugin_api::{Context, LinkKind, Request, Response};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Restart, Settings};
 use crate::forward::Forwarder;
+use crate::grpc::GrpcForwarder;
 use crate::probe;
 
 /// After this long ready, a replica's restart count starts again.
@@ -47,6 +48,7 @@ pub struct Replica {
     /// Set once, to stop (level-triggered: no stop request can be missed).
     stop_requested: watch::Sender<bool>,
     forwarder: Forwarder,
+    grpc: GrpcForwarder,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -63,6 +65,7 @@ impl Replica {
             changed: Notify::new(),
             stop_requested: watch::channel(false).0,
             forwarder: Forwarder::new(port),
+            grpc: GrpcForwarder::new(port),
             task: Mutex::new(None),
         });
         let task = tokio::spawn(supervise(replica.clone(), settings, cx));
@@ -114,7 +117,7 @@ impl Replica {
                 self.report.lock().map(|r| r.state).unwrap_or("down")
             ));
         }
-        self.forwarder.forward(req).await
+        if req.rpc_method().is_some() { self.grpc.forward(req).await } else { self.forwarder.forward(req).await }
     }
 
     /// SIGTERM to the program's process group, SIGKILL after the grace period.
@@ -143,11 +146,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
-/// `ORCH_LINK_<NAME>_URL` for link `name`.
-pub fn link_var(name: &str) -> String {
+/// `ORCH_LINK_<NAME>_<SUFFIX>` for link `name`.
+pub fn link_var(name: &str, suffix: &str) -> String {
     let upper: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-    format!("ORCH_LINK_{upper}_URL")
+    format!("ORCH_LINK_{upper}_{suffix}")
 }
 
 fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String, String> {
@@ -156,9 +159,18 @@ fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String,
     env.insert("PORT".into(), port.to_string());
     env.insert("ORCH_TIER".into(), cx.tier());
     env.insert("ORCH_REPLICA".into(), cx.replica().to_string());
-    for link in cx.links() {
-        if let Some(url) = cx.link_url(&link) {
-            env.insert(link_var(&link), url);
+    for (link, kind) in cx.link_kinds() {
+        let Some(url) = cx.link_url(&link) else { continue };
+        match kind {
+            // A REST link: an HTTP/1.1 base URL.
+            LinkKind::Rest => {
+                env.insert(link_var(&link, "URL"), url);
+            }
+            // An RPC link: the host:port a gRPC client channel dials.
+            LinkKind::Rpc => {
+                env.insert(link_var(&link, "ADDR"), url.trim_start_matches("h2c://").to_owned());
+            }
+            LinkKind::Queue => {}
         }
     }
     env
@@ -398,7 +410,7 @@ mod tests {
 
     #[test]
     fn link_variables_are_upper_case_words() {
-        assert_eq!(link_var("backend"), "ORCH_LINK_BACKEND_URL");
-        assert_eq!(link_var("price-api"), "ORCH_LINK_PRICE_API_URL");
+        assert_eq!(link_var("backend", "URL"), "ORCH_LINK_BACKEND_URL");
+        assert_eq!(link_var("price-api", "ADDR"), "ORCH_LINK_PRICE_API_ADDR");
     }
 }
