@@ -122,3 +122,24 @@ async fn deadlines_and_unavailable_targets_give_grpc_statuses() {
     let down = get(&orch, &call("down", "x.X/Y", "", "&timeout=5")).await;
     assert_eq!(down["code"], "UNAVAILABLE", "{down}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retargeting_an_rpc_link_keeps_the_clients_channel() {
+    let file = topology();
+    let yaml = file.yaml.clone();
+    let orch = Running::start_file(file).await;
+    let widget = r#"{"item":"widget"}"#;
+    let before = orch.status().await;
+    let answer = get(&orch, &call("pricing", "pricing.Pricing/Quote", widget, "")).await;
+    assert!(serde_json::from_str::<Value>(answer["reply"].as_str().unwrap()).unwrap()["served_by"].is_null());
+
+    // The link named `pricing` now leads to the Python servers.
+    orch.save(&yaml.replace("{ from: caller, to: pricing, kind: rpc }", "{ from: caller, to: pyprice, kind: rpc, name: pricing }"));
+    let after = orch.wait_generation(2).await;
+    let answer = get(&orch, &call("pricing", "pricing.Pricing/Quote", widget, "")).await;
+    let reply: Value = serde_json::from_str(answer["reply"].as_str().unwrap()).unwrap();
+    assert_eq!(reply["served_by"], "python", "{answer}");
+    // The caller was not restarted: its channel (and the link's address) stayed.
+    assert_eq!(integration_tests::instance_ids(&before, "caller"), integration_tests::instance_ids(&after, "caller"));
+    assert_eq!(after["last_reload"]["summary"], "links changed");
+}
