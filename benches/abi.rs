@@ -4,7 +4,9 @@
 //! - `plugin_call/abi`: the same handler, loaded from `libbackend.so`, called
 //!   through the C ABI (request copied in, FFI future polled, response handed back);
 //! - `link_call/gateway_to_backend`: the built-in gateway's handler calling the
-//!   backend over a REST link through the host (plugin → host → plugin).
+//!   backend over a REST link through the host (plugin → host → plugin);
+//! - `rpc_call/link_to_pricing`: one unary RPC over an `rpc` link to the native
+//!   `pricing` plugin, as the host routes it (native → native).
 //!
 //! ABI overhead per call = abi − direct; link-call overhead = link_call − abi.
 //! Run: `cargo bench -p benches --bench abi` (after `cargo build --release --workspace`).
@@ -95,6 +97,38 @@ fn bench(c: &mut Criterion) {
         serde_json::json!({ "routes": [{ "path": "/", "link": "backend" }] }),
         links,
     );
+    let pricing = instance(&registry, "pricing", "pricing", serde_json::json!({}), Arc::new(LinkTable::default()));
+    let pricing_endpoint = Arc::new(Endpoint::new(TierId::new("pricing")));
+    pricing_endpoint.set(vec![pricing]);
+    let rpc_route = Arc::new(Route {
+        spec: LinkSpec {
+            from: TierId::new("caller"),
+            to: TierId::new("pricing"),
+            name: "pricing".into(),
+            kind: LinkKind::Rpc,
+            timeout: std::time::Duration::from_secs(30),
+            retries: 0,
+            topic: None,
+            mode: QueueMode::PubSub,
+        },
+        target: pricing_endpoint,
+    });
+    let mut rpc_headers = Vec::new();
+    encode_headers([(&b"content-type"[..], &b"application/grpc"[..])], &mut rpc_headers);
+    c.bench_function("rpc_call/link_to_pricing", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = BorrowedRequest::new(
+                    b"POST",
+                    b"/pricing.Pricing/Quote",
+                    &rpc_headers,
+                    br#"{"item":"widget","quantity":2}"#,
+                );
+                black_box(orchestrator::links::call(&rpc_route, &req).await.expect("answer"))
+            })
+        })
+    });
+
     c.bench_function("link_call/gateway_to_backend", |b| {
         b.iter(|| {
             rt.block_on(async {

@@ -134,7 +134,10 @@ async fn retargeting_an_rpc_link_keeps_the_clients_channel() {
     assert!(serde_json::from_str::<Value>(answer["reply"].as_str().unwrap()).unwrap()["served_by"].is_null());
 
     // The link named `pricing` now leads to the Python servers.
-    orch.save(&yaml.replace("{ from: caller, to: pricing, kind: rpc }", "{ from: caller, to: pyprice, kind: rpc, name: pricing }"));
+    orch.save(&yaml.replace(
+        "{ from: caller, to: pricing, kind: rpc }",
+        "{ from: caller, to: pyprice, kind: rpc, name: pricing }",
+    ));
     let after = orch.wait_generation(2).await;
     let answer = get(&orch, &call("pricing", "pricing.Pricing/Quote", widget, "")).await;
     let reply: Value = serde_json::from_str(answer["reply"].as_str().unwrap()).unwrap();
