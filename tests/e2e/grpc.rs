@@ -80,6 +80,17 @@ async fn grpc_clients_and_servers_talk_through_rpc_links() {
     let reply: Value = serde_json::from_str(answer["reply"].as_str().unwrap()).unwrap();
     assert_eq!((reply["served_by"].as_str(), reply["total"].as_f64()), (Some("python"), Some(5.0)), "{answer}");
 
+    // Metadata and trace context pass through the link to the server.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let extra = format!("&md-x-request-id=r-42&md-traceparent={traceparent}");
+    let answer = get(&orch, &call("pyprice", "pricing.Pricing/Quote", widget, &extra)).await;
+    let reply: Value = serde_json::from_str(answer["reply"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        reply["metadata"],
+        serde_json::json!({ "x-request-id": "r-42", "traceparent": traceparent }),
+        "{answer}"
+    );
+
     // Statuses chosen by either server reach the client.
     let missing = r#"{"item":"unobtainium"}"#;
     assert_eq!(get(&orch, &call("pricing", "pricing.Pricing/Quote", missing, "")).await["code"], "NOT_FOUND");

@@ -5,8 +5,9 @@ gRPC calls through the orchestrator: the address of each outbound RPC link
 `<name>` is in $ORCH_LINK_<NAME>_ADDR, a plain host:port a channel dials.
 Messages are bytes: no generated code is needed.
 
-  GET /call?link=pricing&method=pricing.Pricing/Quote&message=...&timeout=0.1
+  GET /call?link=pricing&method=pricing.Pricing/Quote&message=...&timeout=0.1&md-<key>=<value>
       -> {"code": "OK", "reply": "..."} or {"code": "NOT_FOUND", "details": "..."}
+      (md-* parameters are sent as call metadata)
   GET /spread?link=pricing&method=...&message=...&n=300
       -> {"replicas": {"0": 100, ...}, "errors": 0}: n calls on ONE channel
   GET /healthz
@@ -33,10 +34,10 @@ def channel(link):
         return _channels[link]
 
 
-def call(link, method, message, timeout=None):
+def call(link, method, message, timeout=None, metadata=None):
     stub = channel(link).unary_unary(f"/{method}")
     try:
-        return {"code": "OK", "reply": stub(message.encode(), timeout=timeout).decode()}
+        return {"code": "OK", "reply": stub(message.encode(), timeout=timeout, metadata=metadata).decode()}
     except grpc.RpcError as error:
         return {"code": error.code().name, "details": error.details()}
 
@@ -49,7 +50,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200, {"ok": True})
         if url.path == "/call":
             timeout = float(q["timeout"]) if "timeout" in q else None
-            return self.answer(200, call(q["link"], q["method"], q.get("message", ""), timeout))
+            # Metadata to send: md-<key>=<value> query parameters.
+            metadata = [(k[3:], v) for k, v in q.items() if k.startswith("md-")] or None
+            return self.answer(200, call(q["link"], q["method"], q.get("message", ""), timeout, metadata))
         if url.path == "/spread":
             replicas, errors = {}, 0
             for _ in range(int(q.get("n", "300"))):

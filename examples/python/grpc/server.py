@@ -4,7 +4,8 @@ It listens on $PORT (cleartext HTTP/2) and serves, with JSON messages as
 bytes (no generated code needed):
 
   pricing.Pricing/Quote  {"item": "widget", "quantity": 2}
-                         -> {"item", "quantity", "unit_price", "total", "replica", "served_by": "python"}
+                         -> {"item", "quantity", "unit_price", "total", "replica", "served_by": "python",
+                             "metadata": the call's x-request-id and traceparent, if sent}
                          NOT_FOUND for an unknown item, INVALID_ARGUMENT for a bad message
 """
 
@@ -32,6 +33,7 @@ def quote(request, context):
         "total": PRICES[item] * quantity,
         "replica": int(os.environ.get("ORCH_REPLICA", "0")),
         "served_by": "python",
+        "metadata": {k: v for k, v in context.invocation_metadata() if k in ("x-request-id", "traceparent")},
     }
     return json.dumps(answer).encode()
 
