@@ -214,7 +214,19 @@ impl Registry {
             if out.iter().any(|(n, _)| n == &name) {
                 continue;
             }
-            out.push((name, self.load(&path)));
+            // The same check as `lookup`: a library is found by its file name.
+            let plugin = self.load(&path).and_then(|p| {
+                if p.name() == name {
+                    Ok(p)
+                } else {
+                    Err(LoadError::NameMismatch {
+                        path: path.clone(),
+                        declared: p.name().to_owned(),
+                        expected: name.clone(),
+                    })
+                }
+            });
+            out.push((name, plugin));
         }
         out
     }
