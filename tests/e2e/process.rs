@@ -272,3 +272,62 @@ async fn no_program_outlives_the_orchestrator() {
             .unwrap_or_else(|alive| orch.fail(&format!("after SIG{signal}, still running: {alive:?}")));
     }
 }
+
+/// Live processes whose environment has `ORCH_TIER=<tier>` (the programs of
+/// that tier, whatever the status reports).
+fn programs_of_tier(tier: &str) -> Vec<u32> {
+    let needle = format!("ORCH_TIER={tier}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !integration_tests::process_gone(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_leaves_no_program_running() {
+    let bin = go_backend();
+    let orch = Running::start(&go_tier(1, 0, &format!("[{}]", bin.display()))).await;
+    // A new tier whose replica 0 starts fine and replica 1 cannot: the reload fails.
+    let tier = format!("flaky{}", orch.pid());
+    let flaky = format!(
+        "  {tier}:\n    plugin: process\n    replicas: 2\n    config:\n      command: [sh, -c, 'if [ \"$ORCH_REPLICA\" = 1 ]; then exit 3; fi; exec {}']\n      max_restarts: 0\n      readiness: {{ http: /healthz, interval: 20ms }}\nlinks:\n",
+        bin.display()
+    );
+    orch.save(&go_tier(1, 0, &format!("[{}]", bin.display())).replace("links:\n", &flaky));
+    let status = orch.wait_attempts(1).await;
+    assert_eq!(status["last_reload"]["outcome"], "failed", "{status}");
+    assert!(status["last_reload"]["error"].as_str().unwrap().contains("replica 1 did not become ready"), "{status}");
+    // Replica 0's program had started (and become ready) while preparing...
+    let started = format!("tier{{tier={tier} replica=0}}: orchestrator::plugins::host: Replica ready on port");
+    assert!(orch.log().iter().any(|l| l.contains(&started)), "replica 0 never started");
+    // ...and is stopped with the rest.
+    let pids = programs_of_tier(&tier);
+    integration_tests::wait_all_gone(&pids).unwrap_or_else(|alive| orch.fail(&format!("still running: {alive:?}")));
+    assert_eq!(orch.get(orch.tier_addr("web").await, "/whoami").await.0, 200, "the old topology serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_reload_stops_promptly_and_cleanly() {
+    let bin = go_backend();
+    let mut orch = Running::start(&go_tier(1, 0, &format!("[{}]", bin.display()))).await;
+    // A new tier that never becomes ready (it never opens its port): the reload waits for it.
+    let tier = format!("never{}", orch.pid());
+    let never = format!(
+        "  {tier}:\n    plugin: process\n    config: {{ command: [sleep, '600'], startup_timeout: 10m }}\nlinks:\n"
+    );
+    orch.save(&go_tier(1, 0, &format!("[{}]", bin.display())).replace("links:\n", &never));
+    orch.wait_for_line(&format!("Instance started. tier={tier}"));
+    orch.terminate();
+    orch.wait_for_line("Stopping during a reload: the reload is abandoned.");
+    let exit = orch.wait_exit();
+    assert_eq!(exit.code(), Some(0));
+    let pids = programs_of_tier(&tier);
+    integration_tests::wait_all_gone(&pids).unwrap_or_else(|alive| panic!("still running: {alive:?}"));
+}

@@ -87,8 +87,30 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
             },
             Some(Command::Reload { trigger, reply }) = requests.recv() => (trigger, reply),
         };
-        let record = supervisor.reload(trigger).await;
-        if let Some(reply) = reply {
+        // A stop signal does not wait for a reload to finish (one that starts
+        // slow programs can take a while): the reload is abandoned at its next
+        // await point, where everything it has done so far is consistent, and
+        // the shutdown stops what it started.
+        let mut stop = None;
+        let record = tokio::select! {
+            record = supervisor.reload(trigger) => Some(record),
+            signal = async {
+                loop {
+                    match signals.next().await {
+                        "SIGHUP" => tracing::info!("A reload is already running; SIGHUP ignored."),
+                        other => return other,
+                    }
+                }
+            } => {
+                stop = Some(signal);
+                None
+            }
+        };
+        if let Some(signal) = stop {
+            tracing::warn!(signal, "Stopping during a reload: the reload is abandoned.");
+            break signal;
+        }
+        if let (Some(reply), Some(record)) = (reply, record) {
             let _ = reply.send(record);
         }
         if let Some(w) = &mut watcher

@@ -80,6 +80,16 @@ impl Plugin for Process {
     }
 }
 
+impl Drop for Process {
+    fn drop(&mut self) {
+        // The supervising task holds the replica too: tell it to end, so that
+        // no program outlives its instance.
+        if let Some(replica) = self.replica.get() {
+            replica.abandon();
+        }
+    }
+}
+
 /// Shared, started on first use (`wait_ready`, which the host calls before
 /// routing anything to the instance).
 pub(crate) type Started = OnceLock<Arc<Replica>>;

@@ -132,6 +132,17 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// Stops at once, without grace: the instance is being destroyed without
+    /// having been stopped (a reload that failed after starting it).
+    pub fn abandon(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
+        self.stop_requested.send_replace(true);
+        let _ = kill_group(self, Signal::SIGKILL);
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         // A safety net: whatever happened, the program does not outlive us.
