@@ -367,20 +367,33 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
     out
 }
 
-/// Waits until none of `pids` runs any more. There is no event to wait on for
-/// processes that are not our children, so this polls /proc, within DEADLINE.
+/// Waits until none of `pids` runs any more, each on its own exit event (a
+/// pidfd becomes readable when its process ends), within DEADLINE.
 pub fn wait_all_gone(pids: &[u32]) -> Result<(), Vec<u32>> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::process::{Pid, PidfdFlags, pidfd_open};
     let deadline = Instant::now() + DEADLINE;
-    loop {
-        let alive: Vec<u32> = pids.iter().copied().filter(|p| !process_gone(*p)).collect();
-        if alive.is_empty() {
-            return Ok(());
+    let mut alive = Vec::new();
+    for &pid in pids {
+        let Some(fd) =
+            i32::try_from(pid).ok().and_then(Pid::from_raw).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok())
+        else {
+            continue; // No such process: already gone.
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(0) => alive.push(pid),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => alive.push(pid),
+            }
+            break;
         }
-        if Instant::now() > deadline {
-            return Err(alive);
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    if alive.is_empty() { Ok(()) } else { Err(alive) }
 }
 
 /// The pids of tier `name`'s programs, from `/admin/status`.
