@@ -32,16 +32,8 @@ impl Endpoint {
         self.replicas.store(Arc::new(replicas));
     }
 
-    pub fn replicas(&self) -> Arc<Vec<Arc<Instance>>> {
-        self.replicas.load_full()
-    }
-
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.replicas.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The next ready replica other than `failed`, for a retry.

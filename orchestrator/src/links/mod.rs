@@ -89,10 +89,6 @@ impl LinkTable {
     pub fn replace(&self, routes: HashMap<String, Arc<Route>>) {
         self.routes.store(Arc::new(routes));
     }
-
-    pub fn names(&self) -> Vec<String> {
-        self.routes.load().keys().cloned().collect()
-    }
 }
 
 /// Runs `fut` until the deadline: `timeout` after the first time any attempt

@@ -162,10 +162,6 @@ impl Instance {
         }))
     }
 
-    pub fn plugin(&self) -> &Arc<PluginHandle> {
-        &self.plugin
-    }
-
     pub fn replica(&self) -> u32 {
         self.ctx.replica
     }
