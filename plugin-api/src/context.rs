@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::abi::{HostVTable, RStr, link_code, log_level};
-use crate::{LinkError, Request, Response};
+use crate::queue::{self, PublishError, Published};
+use crate::{LinkError, LinkInfo, Request, Response};
 
 /// Handle to the host for one plugin instance: outbound links, timers, logs.
 /// Cheap to clone; move it into the futures that need it.
@@ -76,21 +77,19 @@ impl Context {
 
     /// The names of the tier's outbound links.
     pub fn links(&self) -> Vec<String> {
-        self.link_kinds().into_iter().map(|(name, _)| name).collect()
+        self.link_infos().into_iter().map(|l| l.name).collect()
     }
 
     /// The tier's outbound links and their kinds.
     pub fn link_kinds(&self) -> Vec<(String, crate::LinkKind)> {
+        self.link_infos().into_iter().map(|l| (l.name, l.kind)).collect()
+    }
+
+    /// The tier's outbound links, with their kinds and settings.
+    pub fn link_infos(&self) -> Vec<LinkInfo> {
         // SAFETY: `ctx` is this instance's host context.
         let lines = unsafe { (self.host().links)(self.ctx) };
-        String::from_utf8_lossy(lines.as_bytes())
-            .lines()
-            .filter_map(|line| {
-                let (name, kind) = line.split_once('\t').unwrap_or((line, "rest"));
-                let kind = crate::LinkKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
-                (!name.is_empty()).then(|| (name.to_owned(), kind))
-            })
-            .collect()
+        String::from_utf8_lossy(lines.as_bytes()).lines().filter_map(LinkInfo::parse).collect()
     }
 
     /// The URL of a local listener, owned by the host, that forwards to
@@ -144,6 +143,27 @@ impl Context {
     ) -> impl Future<Output = Result<crate::Body, crate::rpc::Status>> + Send + 'static {
         let call = self.call(link, Request::rpc(method, message));
         async move { call.await.map_err(crate::rpc::Status::from).and_then(Response::into_rpc) }
+    }
+
+    /// Publishes `body` on outbound queue link `link`. Completes when the
+    /// broker has accepted the message (and stored it, on a durable topic).
+    pub fn publish(
+        &self,
+        link: &str,
+        body: impl Into<crate::Body>,
+    ) -> impl Future<Output = Result<Published, PublishError>> + Send + 'static {
+        let call = self.call(link, queue::publish_request(body));
+        async move { queue::read_publish_answer(call.await) }
+    }
+
+    /// Publishes `value` as JSON on outbound queue link `link`.
+    pub fn publish_json<T: Serialize + ?Sized>(
+        &self,
+        link: &str,
+        value: &T,
+    ) -> impl Future<Output = Result<Published, PublishError>> + Send + 'static {
+        let call = self.call(link, queue::publish_json_request(value));
+        async move { queue::read_publish_answer(call.await) }
     }
 
     /// A handle for outbound link `name`.

@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::StatusCode;
 
 use crate::abi::{HostVTable, RBuf, RStr, RawRequest, RawResponse};
@@ -115,7 +116,14 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
         request.map(|request| {
             let trace = crate::trace::Trace::of(&request.headers);
             let rpc = request.rpc_method().is_some();
-            (crate::trace::WithTrace::new(instance.plugin.handle(request, instance.cx.clone()), trace), rpc)
+            let handling = match crate::queue::Message::from_request(&request) {
+                Some(msg) => {
+                    let delivery = instance.plugin.on_message(msg, instance.cx.clone());
+                    Either::Left(async move { crate::queue::delivery_response(delivery.await) })
+                }
+                None => Either::Right(instance.plugin.handle(request, instance.cx.clone())),
+            };
+            (crate::trace::WithTrace::new(handling, trace), rpc)
         })
     });
     match started {

@@ -36,6 +36,7 @@
 //! - [`export`] — the `extern "C"` shims behind [`export_plugin!`];
 //! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host;
 //! - [`rpc`] — RPC calls over links, with gRPC's status codes and deadlines;
+//! - [`queue`] — publishing on queue links and receiving deliveries;
 //! - `trace` — W3C trace context carried from a handled request to its link calls.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -47,6 +48,7 @@ pub mod export;
 mod headers;
 mod message;
 mod plugin;
+pub mod queue;
 pub mod rpc;
 pub mod testing;
 mod trace;
@@ -59,7 +61,8 @@ pub use headers::Headers;
 pub use http::{self, HeaderMap, Method, StatusCode};
 pub use message::{Failure, Request, Response};
 pub use plugin::Plugin;
-pub use types::{ConfigIssue, LinkError, LinkErrorKind, LinkKind, ValidateContext};
+pub use queue::{Message, PublishError, Published};
+pub use types::{ConfigIssue, LinkError, LinkErrorKind, LinkInfo, LinkKind, ValidateContext};
 pub use {serde, serde_json};
 
 /// Version of this crate, recorded in every plugin's declaration. The host
@@ -70,7 +73,7 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod prelude {
     pub use crate::serde::{Deserialize, Serialize};
     pub use crate::{
-        Body, ConfigIssue, Context, LinkError, LinkKind, Plugin, Request, Response, StatusCode, ValidateContext,
-        export_plugin,
+        Body, ConfigIssue, Context, LinkError, LinkKind, Message, Plugin, PublishError, Request, Response, StatusCode,
+        ValidateContext, export_plugin,
     };
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use serde::de::DeserializeOwned;
 
-use crate::{ConfigIssue, Context, LinkKind, Request, Response, ValidateContext};
+use crate::{ConfigIssue, Context, LinkKind, Message, Request, Response, ValidateContext};
 
 /// A tier's handler.
 ///
@@ -28,6 +28,18 @@ pub trait Plugin: DeserializeOwned + Send + Sync + 'static {
 
     /// Handles one request. Panics are caught and become a `500` response.
     fn handle(&self, req: Request, cx: Context) -> impl Future<Output = Response> + Send;
+
+    /// Handles one message delivered by a queue tier (list `LinkKind::Queue`
+    /// in [`Plugin::SERVES`] to receive them). `Ok` acknowledges it; `Err`
+    /// (or a panic) has it redelivered with backoff, up to the topic's
+    /// `max_attempts`, then dead-lettered. Deliveries are at least once:
+    /// deduplicate on [`Message::id`] where a repeat matters.
+    ///
+    /// The default refuses every message.
+    fn on_message(&self, msg: Message, cx: Context) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = (msg, cx);
+        std::future::ready(Err("this tier does not take messages (its plugin has no `on_message`)".to_owned()))
+    }
 
     /// Whether this instance can take requests now. Links and listeners route
     /// only to ready instances. Called on every routing decision: keep it cheap.

@@ -55,6 +55,46 @@ impl fmt::Display for LinkKind {
     }
 }
 
+/// An outbound link as the host describes it to an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The name the caller uses.
+    pub name: String,
+    pub kind: LinkKind,
+    /// The link's settings that matter to its ends, e.g. `topic`, `mode`,
+    /// `concurrency`, `path` and `timeout_ms` for a queue link.
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+impl LinkInfo {
+    /// Reads one line of the host's link list: `name<TAB>kind[<TAB>key=value]*`.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split('\t');
+        let name = fields.next().filter(|n| !n.is_empty())?.to_owned();
+        let kind = fields.next().unwrap_or("rest");
+        let kind = LinkKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        let params = fields.filter_map(|f| f.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        Some(Self { name, kind, params })
+    }
+
+    /// Writes this link as one line of the host's link list.
+    pub fn to_line(&self) -> String {
+        let mut line = format!("{}\t{}", self.name, self.kind);
+        for (k, v) in &self.params {
+            line.push('\t');
+            line.push_str(k);
+            line.push('=');
+            line.push_str(v);
+        }
+        line
+    }
+
+    /// Setting `key`, if the host gave it.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params.get(key).map(String::as_str)
+    }
+}
+
 /// Why a link call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkErrorKind {
