@@ -87,9 +87,11 @@ fn bench(c: &mut Criterion) {
         retries: 0,
         topic: None,
         mode: QueueMode::PubSub,
+        concurrency: 1,
+        path: None,
+        queue_role: None,
     };
-    let links =
-        Arc::new(LinkTable::new(HashMap::from([("backend".to_owned(), Arc::new(Route { spec, target: endpoint }))])));
+    let links = Arc::new(LinkTable::new(HashMap::from([("backend".to_owned(), Arc::new(Route::new(spec, endpoint)))])));
     let gateway = instance(
         &registry,
         "gateway",
@@ -100,8 +102,8 @@ fn bench(c: &mut Criterion) {
     let pricing = instance(&registry, "pricing", "pricing", serde_json::json!({}), Arc::new(LinkTable::default()));
     let pricing_endpoint = Arc::new(Endpoint::new(TierId::new("pricing")));
     pricing_endpoint.set(vec![pricing]);
-    let rpc_route = Arc::new(Route {
-        spec: LinkSpec {
+    let rpc_route = Arc::new(Route::new(
+        LinkSpec {
             from: TierId::new("caller"),
             to: TierId::new("pricing"),
             name: "pricing".into(),
@@ -110,9 +112,12 @@ fn bench(c: &mut Criterion) {
             retries: 0,
             topic: None,
             mode: QueueMode::PubSub,
+            concurrency: 1,
+            path: None,
+            queue_role: None,
         },
-        target: pricing_endpoint,
-    });
+        pricing_endpoint,
+    ));
     let mut rpc_headers = Vec::new();
     encode_headers([(&b"content-type"[..], &b"application/grpc"[..])], &mut rpc_headers);
     c.bench_function("rpc_call/link_to_pricing", |b| {

@@ -21,13 +21,26 @@ use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
 use crate::plugins::{BorrowedRequest, Panicked};
-use crate::topology::{LinkKind, LinkSpec};
+use crate::topology::{LinkKind, LinkSpec, QueueRole};
 
 /// One outbound link of a tier.
 #[derive(Debug)]
 pub struct Route {
     pub spec: LinkSpec,
     pub target: Arc<Endpoint>,
+    /// For a link that publishes into a queue tier: the URI every request
+    /// on it is sent with, `/<topic>`, which the broker reads the topic from.
+    publish_uri: Option<String>,
+}
+
+impl Route {
+    pub fn new(spec: LinkSpec, target: Arc<Endpoint>) -> Self {
+        let publish_uri = match (spec.queue_role, &spec.topic) {
+            (Some(QueueRole::Publish), Some(topic)) => Some(format!("/{topic}")),
+            _ => None,
+        };
+        Self { spec, target, publish_uri }
+    }
 }
 
 /// A tier's outbound links by name. Swapped atomically when links change.
@@ -137,6 +150,14 @@ pub fn call(
     route: &Arc<Route>,
     req: &BorrowedRequest<'_>,
 ) -> impl Future<Output = Result<RawResponse, LinkError>> + Send + 'static {
+    let published;
+    let req = match &route.publish_uri {
+        Some(uri) => {
+            published = req.with_uri(uri.as_bytes());
+            &published
+        }
+        None => req,
+    };
     let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
     // An RPC caller's own deadline (`grpc-timeout`) applies, capped by the link's timeout.
     let timeout = match route.spec.kind {

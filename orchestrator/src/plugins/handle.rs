@@ -306,6 +306,14 @@ impl<'a> BorrowedRequest<'a> {
         Self { raw: *raw, _borrow: PhantomData }
     }
 
+    /// The same request sent to `uri` instead.
+    pub fn with_uri<'b>(&self, uri: &'b [u8]) -> BorrowedRequest<'b>
+    where
+        'a: 'b,
+    {
+        Self { raw: RawRequest { uri: RStr::from_bytes(uri), ..self.raw }, _borrow: PhantomData }
+    }
+
     pub fn method(&self) -> &'a [u8] {
         // SAFETY: readable for 'a, by construction.
         unsafe { self.raw.method.as_bytes() }

@@ -10,7 +10,7 @@ use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::abi::{
     ABI_VERSION, HostVTable, InstanceInfo, RBuf, RStr, RawLinkResult, RawRequest, RawResponse, link_code, log_level,
 };
-use plugin_api::{LinkError, LinkErrorKind, LinkKind};
+use plugin_api::{LinkError, LinkErrorKind};
 
 use super::BorrowedRequest;
 use crate::links::{self, LinkTable};
@@ -25,9 +25,9 @@ pub struct HostCtx {
     pub env: BTreeMap<String, String>,
     /// The topology file's directory.
     pub base_dir: String,
-    /// The tier's outbound links (name, kind) in the topology the instance
-    /// was made for (its link table is filled only when that topology is committed).
-    pub link_names: Vec<(String, LinkKind)>,
+    /// The tier's outbound links in the topology the instance was made for
+    /// (its link table is filled only when that topology is committed).
+    pub link_names: Vec<plugin_api::LinkInfo>,
     /// The span every log line of this instance is attributed to.
     pub span: tracing::Span,
     /// A coloured `tier.replica |` put before each line the instance logs,
@@ -42,7 +42,7 @@ impl HostCtx {
         links: Arc<LinkTable>,
         env: BTreeMap<String, String>,
         base_dir: &std::path::Path,
-        link_names: Vec<(String, LinkKind)>,
+        link_names: Vec<plugin_api::LinkInfo>,
     ) -> Self {
         let span = tracing::info_span!("tier", tier = %tier, replica);
         Self { tier, replica, links, env, base_dir: base_dir.display().to_string(), link_names, span, tag: None }
@@ -160,7 +160,7 @@ unsafe extern "C" fn env_all(host_ctx: *const c_void) -> RBuf {
 unsafe extern "C" fn links(host_ctx: *const c_void) -> RBuf {
     // SAFETY: as in `call_link`.
     let ctx = unsafe { &*host_ctx.cast::<HostCtx>() };
-    let lines: Vec<String> = ctx.link_names.iter().map(|(name, kind)| format!("{name}\t{kind}")).collect();
+    let lines: Vec<String> = ctx.link_names.iter().map(plugin_api::LinkInfo::to_line).collect();
     RBuf::from_vec(lines.join("\n").into_bytes())
 }
 
@@ -168,7 +168,7 @@ unsafe extern "C" fn link_url(host_ctx: *const c_void, link: RStr) -> RBuf {
     let url = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in `call_link`.
         let (ctx, name) = unsafe { (&*host_ctx.cast::<HostCtx>(), link.to_string_lossy()) };
-        let kind = ctx.link_names.iter().find(|(n, _)| n == &name).map(|(_, k)| *k)?;
+        let kind = ctx.link_names.iter().find(|l| l.name == name).map(|l| l.kind)?;
         match ctx.links.proxy_url(&name, kind) {
             Ok(url) => url,
             Err(e) => {

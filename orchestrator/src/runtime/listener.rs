@@ -174,9 +174,13 @@ async fn read_body(body: Incoming, max_body: u64) -> Result<Bytes, Response> {
     }
 }
 
+/// The request's headers for a handler. Headers named `orch-…` are the
+/// orchestrator's own (a queue delivery's id and attempt): a request from
+/// outside cannot pass for a delivery, so they are dropped.
 fn encoded_headers(headers: &http::HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    encode_headers(headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut out);
+    let theirs = headers.iter().filter(|(n, _)| !n.as_str().starts_with("orch-"));
+    encode_headers(theirs.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut out);
     out
 }
 

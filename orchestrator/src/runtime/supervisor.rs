@@ -20,7 +20,7 @@ use super::status::{
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
 use crate::topology::diff::{self, Instances, Listen, Plan};
-use crate::topology::{self, LinkKind, TierId, TierSpec, Topology};
+use crate::topology::{self, LinkSpec, TierId, TierSpec, Topology};
 
 /// Why a topology could not be applied. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,7 @@ impl Supervisor {
     ) -> Result<Arc<Instance>, StartError> {
         let spec = &new.tiers[id];
         let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-        let link_names: Vec<(String, LinkKind)> = new.links_from(id).map(|l| (l.name.clone(), l.kind)).collect();
+        let link_names: Vec<plugin_api::LinkInfo> = new.links_from(id).map(LinkSpec::info).collect();
         // Compose's palette: cyan, yellow, green, magenta, blue, red.
         const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
         let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);
@@ -615,7 +615,7 @@ fn routes(
         .links_from(tier)
         .filter_map(|spec| {
             let target = endpoints.get(&spec.to)?.clone();
-            Some((spec.name.clone(), Arc::new(Route { spec: spec.clone(), target })))
+            Some((spec.name.clone(), Arc::new(Route::new(spec.clone(), target))))
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use indexmap::IndexMap;
 
-use super::model::{TierId, TierSpec, Topology};
+use super::model::{LinkKind, TierId, TierSpec, Topology};
 
 /// What happens to a tier's instances.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,8 +139,13 @@ pub fn diff(old: &Topology, new: &Topology, replaced_plugins: &HashSet<String>) 
     Plan { tiers, links_changed: old.links != new.links }
 }
 
-fn link_names<'a>(topology: &'a Topology, tier: &'a TierId) -> BTreeSet<&'a str> {
-    topology.links_from(tier).map(|l| l.name.as_str()).collect()
+/// What a tier's instances learn of their outbound links when they start:
+/// their names, and the settings of queue links (a broker's subscriptions).
+fn link_names(topology: &Topology, tier: &TierId) -> BTreeSet<String> {
+    topology
+        .links_from(tier)
+        .map(|l| if l.kind == LinkKind::Queue { l.info().to_line() } else { l.name.clone() })
+        .collect()
 }
 
 fn tier_plan(before: &TierSpec, after: &TierSpec, library_changed: bool) -> TierPlan {

@@ -88,8 +88,47 @@ pub struct LinkSpec {
     pub timeout: Duration,
     /// Extra attempts for idempotent requests that fail without an answer.
     pub retries: u32,
+    /// Queue links: the topic published on or subscribed to.
     pub topic: Option<String>,
     pub mode: QueueMode,
+    /// Queue links out of a broker: deliveries in flight at once to the subscriber.
+    pub concurrency: u32,
+    /// Queue links out of a broker: the path deliveries are POSTed to.
+    pub path: Option<String>,
+    /// Queue links: which way the link goes through the broker.
+    pub queue_role: Option<QueueRole>,
+}
+
+impl LinkSpec {
+    /// How the link is described to the instances at its ends.
+    pub fn info(&self) -> plugin_api::LinkInfo {
+        let mut params = std::collections::BTreeMap::new();
+        params.insert("timeout_ms".to_owned(), self.timeout.as_millis().to_string());
+        if let Some(topic) = &self.topic {
+            params.insert("topic".to_owned(), topic.clone());
+        }
+        if let Some(QueueRole::Deliver) = self.queue_role {
+            let mode = match self.mode {
+                QueueMode::PubSub => "pubsub",
+                QueueMode::PointToPoint => "point-to-point",
+            };
+            params.insert("mode".to_owned(), mode.to_owned());
+            params.insert("concurrency".to_owned(), self.concurrency.to_string());
+            if let Some(path) = &self.path {
+                params.insert("path".to_owned(), path.clone());
+            }
+        }
+        plugin_api::LinkInfo { name: self.name.clone(), kind: self.kind, params }
+    }
+}
+
+/// The two kinds of queue link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRole {
+    /// Into a queue tier: the caller publishes on the link's topic.
+    Publish,
+    /// Out of a queue tier: the broker delivers the topic's messages to the target.
+    Deliver,
 }
 
 /// Defaults and limits of the topology language.
@@ -100,4 +139,7 @@ pub mod limits {
     pub const MAX_REPLICAS: i64 = 256;
     pub const MAX_RETRIES: u32 = 10;
     pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+    pub const MAX_CONCURRENCY: u32 = 1024;
+    /// The plugin that makes a tier a message broker.
+    pub const BROKER_PLUGIN: &str = "queue";
 }

@@ -104,12 +104,21 @@ pub struct RawLink {
     /// Extra attempts for idempotent requests that get no answer (0 to 10; default 0).
     #[serde(default)]
     pub retries: Option<u32>,
-    /// Queue links only: the topic (default: the link's name).
+    /// Queue links only: the topic. Publishing (into a queue tier): default the
+    /// link's name; delivering (out of a queue tier): default the queue tier's name.
     #[serde(default)]
     pub topic: Option<String>,
-    /// Queue links only: `pubsub` (default) or `point-to-point`.
+    /// Queue links out of a queue tier: `pubsub` (default) or `point-to-point`.
     #[serde(default)]
     pub mode: Option<RawQueueMode>,
+    /// Queue links out of a queue tier: deliveries in flight at once to the
+    /// subscribing tier (default 1: one at a time, in publish order).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Queue links out of a queue tier: the path deliveries are POSTed to
+    /// (default `/messages/<topic>`).
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// The topology file's JSON Schema, pretty-printed.

@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Diagnostic, Diagnostics};
-use super::model::{LinkKind, LinkSpec, QueueMode, TierId, TierSpec, Topology, limits};
+use super::model::{LinkKind, LinkSpec, QueueMode, QueueRole, TierId, TierSpec, Topology, limits};
 use super::node::{KeyPath, Node, Seg, Value};
 use super::raw::{RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
 use crate::plugins::{LoadError, Registry};
@@ -69,6 +69,13 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 200
+        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && topic.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -259,6 +266,10 @@ impl Validator<'_> {
                     format!("replicas must be between 1 and {}, not {r}", limits::MAX_REPLICAS),
                 );
             }
+            if raw.plugin == limits::BROKER_PLUGIN && raw.replicas.is_some_and(|r| r != 1) {
+                self.error(&tpath.key("replicas"), "a queue tier is one broker: it runs exactly one replica").hint =
+                    Some("remove `replicas:`; scale the subscribing tiers instead".into());
+            }
             out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves });
         }
         out
@@ -354,28 +365,89 @@ impl Validator<'_> {
                 );
                 ok = false;
             }
-            if kind != LinkKind::Queue {
-                for (key, set) in [("topic", raw.topic.is_some()), ("mode", raw.mode.is_some())] {
-                    if set {
-                        self.key_error(&lpath.key(key), format!("`{key}` only applies to queue links"));
-                        ok = false;
-                    }
+            let is_broker =
+                |tier: &str| tiers.get(&TierId::new(tier)).is_some_and(|t| t.raw.plugin == limits::BROKER_PLUGIN);
+            let queue_role = match (kind, is_broker(&raw.from), is_broker(&raw.to)) {
+                (LinkKind::Queue, false, true) => Some(QueueRole::Publish),
+                (LinkKind::Queue, true, false) => Some(QueueRole::Deliver),
+                (LinkKind::Queue, from, to) => {
+                    let why = if from && to {
+                        "a queue link cannot join two queue tiers"
+                    } else {
+                        "a queue link goes into a queue tier (to publish) or out of one (to deliver)"
+                    };
+                    self.error(&lpath.key("kind"), why).hint = Some(format!(
+                        "declare a tier with `plugin: {}` and link publishers to it and it to subscribers",
+                        limits::BROKER_PLUGIN
+                    ));
+                    ok = false;
+                    None
                 }
+                _ => None,
+            };
+            let settings = [
+                ("topic", raw.topic.is_some(), queue_role.is_some()),
+                ("mode", raw.mode.is_some(), queue_role == Some(QueueRole::Deliver)),
+                ("concurrency", raw.concurrency.is_some(), queue_role == Some(QueueRole::Deliver)),
+                ("path", raw.path.is_some(), queue_role == Some(QueueRole::Deliver)),
+            ];
+            for (key, set, applies) in settings {
+                if set && !applies && (kind != LinkKind::Queue || queue_role.is_some()) {
+                    let what = if key == "topic" { "queue links" } else { "queue links out of a queue tier" };
+                    self.key_error(&lpath.key(key), format!("`{key}` only applies to {what}"));
+                    ok = false;
+                }
+            }
+            if let Some(topic) = &raw.topic
+                && !valid_topic(topic)
+            {
+                self.error(&lpath.key("topic"), format!("`{topic}` is not a valid topic name")).hint =
+                    Some("use letters, digits, `-`, `_` and `.`".into());
+                ok = false;
+            }
+            let concurrency = raw.concurrency.unwrap_or(1);
+            if !(1..=limits::MAX_CONCURRENCY).contains(&concurrency) {
+                self.error(
+                    &lpath.key("concurrency"),
+                    format!("concurrency must be between 1 and {}, not {concurrency}", limits::MAX_CONCURRENCY),
+                );
+                ok = false;
+            }
+            if let Some(path) = &raw.path
+                && !path.starts_with('/')
+            {
+                self.error(&lpath.key("path"), format!("delivery path `{path}` does not start with `/`")).hint =
+                    Some(format!("write `/{path}`"));
+                ok = false;
             }
             let mode = match raw.mode {
                 Some(RawQueueMode::PointToPoint) => QueueMode::PointToPoint,
                 _ => QueueMode::PubSub,
             };
             if ok {
+                let topic = match queue_role {
+                    Some(QueueRole::Publish) => Some(raw.topic.unwrap_or_else(|| name.clone())),
+                    Some(QueueRole::Deliver) => Some(raw.topic.unwrap_or_else(|| raw.from.clone())),
+                    None => None,
+                };
+                let path = match queue_role {
+                    Some(QueueRole::Deliver) => {
+                        Some(raw.path.unwrap_or_else(|| format!("/messages/{}", topic.as_deref().unwrap_or_default())))
+                    }
+                    _ => None,
+                };
                 let spec = LinkSpec {
                     from: TierId::new(&raw.from),
                     to: TierId::new(&raw.to),
-                    topic: if kind == LinkKind::Queue { Some(raw.topic.unwrap_or_else(|| name.clone())) } else { None },
+                    topic,
                     name,
                     kind,
                     timeout,
                     retries,
                     mode,
+                    concurrency,
+                    path,
+                    queue_role,
                 };
                 out.push(spec);
             }
@@ -579,6 +651,40 @@ mod tests {
         let d = e.iter().find(|d| d.0 == "links[0].kind").unwrap();
         assert!(d.3.contains("cannot serve `queue` links"), "{d:?}");
         assert_eq!(d.1, 11);
+    }
+
+    const QUEUE: &str = "version: 1\nname: t\ntiers:\n  web:\n    plugin: gateway\n    config: { routes: [{ path: /, link: orders }] }\n  orders:\n    plugin: queue\n  worker:\n    plugin: process\n    config: { command: [\"true\"] }\n";
+
+    #[test]
+    fn queue_links_publish_into_a_broker_and_deliver_out_of_it() {
+        let t = check(&format!(
+            "{QUEUE}links:\n  - {{ from: web, to: orders, kind: queue }}\n  - {{ from: orders, to: worker, kind: queue, mode: point-to-point, concurrency: 4 }}\n"
+        ))
+        .unwrap();
+        let (publish, deliver) = (&t.links[0], &t.links[1]);
+        assert_eq!((publish.queue_role, publish.topic.as_deref()), (Some(QueueRole::Publish), Some("orders")));
+        assert_eq!((deliver.queue_role, deliver.topic.as_deref()), (Some(QueueRole::Deliver), Some("orders")));
+        assert_eq!((deliver.mode, deliver.concurrency), (QueueMode::PointToPoint, 4));
+        assert_eq!(deliver.path.as_deref(), Some("/messages/orders"));
+        let info = deliver.info();
+        assert_eq!(info.param("mode"), Some("point-to-point"));
+        assert_eq!(plugin_api::LinkInfo::parse(&info.to_line()), Some(info));
+    }
+
+    #[test]
+    fn misplaced_queue_settings_are_located() {
+        let e = errors(&format!(
+            "{}links:\n  - {{ from: web, to: worker, kind: queue }}\n  - {{ from: web, to: orders, kind: queue, mode: point-to-point }}\n  - {{ from: orders, to: worker, kind: queue, topic: 'no spaces', path: messages }}\n  - {{ from: web, to: worker, kind: rest, name: w, concurrency: 2 }}\n",
+            QUEUE.replace("plugin: queue", "plugin: queue\n    replicas: 2")
+        ));
+        let at: Vec<(&str, &str)> = e.iter().map(|d| (d.0.as_str(), d.3.as_str())).collect();
+        let has = |path: &str, text: &str| at.iter().any(|(p, m)| *p == path && m.contains(text));
+        assert!(has("tiers.orders.replicas", "exactly one replica"), "{at:?}");
+        assert!(has("links[0].kind", "goes into a queue tier"), "{at:?}");
+        assert!(has("links[1].mode", "only applies to queue links out of a queue tier"), "{at:?}");
+        assert!(has("links[2].topic", "not a valid topic name"), "{at:?}");
+        assert!(has("links[2].path", "does not start with `/`"), "{at:?}");
+        assert!(has("links[3].concurrency", "only applies to queue links out of a queue tier"), "{at:?}");
     }
 
     #[test]
