@@ -1,7 +1,7 @@
 //! Finding and loading plugins.
 //!
 //! A plugin is either built in (linked into this binary: `gateway`,
-//! `process`) or a
+//! `process`, `queue`) or a
 //! library `lib<name>.so` in one of the plugin directories: those the topology
 //! lists under `plugins:`, those given with `--plugin-dir`, those in
 //! `ORCH_PLUGIN_PATH` (colon-separated), and the directory of the orchestrator
@@ -122,6 +122,7 @@ impl Registry {
         let builtins = vec![
             Arc::new(loader::builtin(gateway::plugin_declaration())),
             Arc::new(loader::builtin(process::plugin_declaration())),
+            Arc::new(loader::builtin(queue::plugin_declaration())),
         ];
         Self { builtins, dirs, loaded: Mutex::new(HashMap::new()), retained: Mutex::new(Vec::new()) }
     }

@@ -44,7 +44,7 @@ use replica::Replica;
 
 impl Plugin for Process {
     /// REST over HTTP/1.1, and RPC as gRPC over HTTP/2, to the program's `PORT`.
-    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc];
+    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
 
     fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         self.check()
@@ -55,6 +55,20 @@ impl Plugin for Process {
             Some(replica) => replica.forward(req).await,
             None => Response::not_delivered("the replica has not started"),
         }
+    }
+
+    /// A delivery is POSTed to the program like any request; a 2xx answer acknowledges it.
+    async fn on_message(&self, msg: Message, _cx: Context) -> Result<(), String> {
+        let Some(replica) = self.replica.get() else { return Err("the replica has not started".to_owned()) };
+        let resp = replica.forward(msg.into_request()).await;
+        if resp.status.is_success() {
+            return Ok(());
+        }
+        let body = String::from_utf8_lossy(&resp.body);
+        Err(match resp.failure() {
+            Some(_) => format!("no answer: {body}"),
+            None => format!("the program answered {}: {}", resp.status, body.chars().take(200).collect::<String>()),
+        })
     }
 
     fn is_ready(&self) -> bool {

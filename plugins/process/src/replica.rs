@@ -173,15 +173,14 @@ fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String,
     for (link, kind) in cx.link_kinds() {
         let Some(url) = cx.link_url(&link) else { continue };
         match kind {
-            // A REST link: an HTTP/1.1 base URL.
-            LinkKind::Rest => {
+            // A REST link: an HTTP/1.1 base URL. A queue link: POST a message to it to publish.
+            LinkKind::Rest | LinkKind::Queue => {
                 env.insert(link_var(&link, "URL"), url);
             }
             // An RPC link: the host:port a gRPC client channel dials.
             LinkKind::Rpc => {
                 env.insert(link_var(&link, "ADDR"), url.trim_start_matches("h2c://").to_owned());
             }
-            LinkKind::Queue => {}
         }
     }
     env

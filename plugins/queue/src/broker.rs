@@ -1,0 +1,569 @@
+//! The broker's state: topics, their messages, and the subscriber groups
+//! that consume them.
+//!
+//! A topic keeps each message until every group it was published for has
+//! acknowledged it (or dead-lettered it). A group is one subscribing tier in
+//! `pubsub` mode, or all the `point-to-point` subscribers of the topic, which
+//! compete for its messages. Each group has a slot (a bit in every message's
+//! `pending` mask), a cursor over the messages it has not yet been offered,
+//! and the messages waiting for a redelivery.
+//!
+//! The state belongs to the tier, not to an instance: a reload that replaces
+//! the broker's instance (new settings, new subscriptions) hands the same
+//! state to the new instance, so nothing queued or in flight is lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use plugin_api::serde_json::{self, Value, json};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{OnFull, Settings, TopicSettings};
+use crate::store::{Record, Store};
+
+/// At most this many groups per topic (one bit each in a message's mask).
+pub const MAX_GROUPS: usize = 64;
+
+/// The brokers of the running topology, by tier.
+static BROKERS: Mutex<Vec<(String, Weak<Broker>)>> = Mutex::new(Vec::new());
+
+pub struct Broker {
+    tier: String,
+    /// Prefix of the ids this broker gives, different on every start.
+    boot: u32,
+    state: Mutex<State>,
+    store: Option<Store>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("tier", &self.tier).finish_non_exhaustive()
+    }
+}
+
+struct State {
+    settings: Settings,
+    topics: BTreeMap<String, Topic>,
+    next_id: u64,
+    next_group: u64,
+}
+
+struct Topic {
+    settings: TopicSettings,
+    next_seq: u64,
+    messages: BTreeMap<u64, Stored>,
+    groups: Vec<Option<Group>>,
+    /// Woken when a message leaves, for publishers waiting for room.
+    space: Arc<Notify>,
+    published: u64,
+}
+
+struct Stored {
+    id: Arc<str>,
+    published_us: u64,
+    headers: Arc<[(String, String)]>,
+    body: Bytes,
+    /// One bit per group that has yet to acknowledge it.
+    pending: u64,
+    /// Its groups went away before acknowledging it: it waits for the next
+    /// group to subscribe to the topic.
+    unclaimed: bool,
+}
+
+struct Group {
+    id: u64,
+    key: String,
+    mode: &'static str,
+    /// Broker instances delivering for this group.
+    owners: usize,
+    /// The next sequence number not yet offered to the group.
+    cursor: u64,
+    /// Messages to offer again, by when.
+    retries: BTreeSet<(Instant, u64)>,
+    /// The attempt number of each message offered and not yet settled.
+    attempts: HashMap<u64, u32>,
+    in_flight: usize,
+    /// Messages the group has yet to acknowledge (its lag).
+    pending: u64,
+    notify: Arc<Notify>,
+    delivered: u64,
+    redelivered: u64,
+    dead_lettered: u64,
+    last_error: Option<String>,
+}
+
+/// A group of a topic, as a delivery worker holds it.
+#[derive(Clone, Debug)]
+pub struct GroupRef {
+    pub topic: Arc<str>,
+    slot: usize,
+    id: u64,
+    pub notify: Arc<Notify>,
+}
+
+/// One delivery to make.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub topic: Arc<str>,
+    seq: u64,
+    slot: usize,
+    group: u64,
+    pub id: Arc<str>,
+    pub attempt: u32,
+    pub published_us: u64,
+    pub headers: Arc<[(String, String)]>,
+    pub body: Bytes,
+}
+
+/// What a worker gets when it asks for a delivery.
+pub enum Take {
+    Job(Job),
+    /// Nothing to deliver now; a redelivery falls due at the instant, if any.
+    Wait(Option<Instant>),
+    /// The group no longer exists.
+    Gone,
+}
+
+/// Completes when a stored message is on disk.
+type Persisted = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// A message just added: its id, its sequence number, and (durable) when it is on disk.
+type Inserted = (Arc<str>, u64, Option<Persisted>);
+
+/// Why a publish was refused.
+#[derive(Debug)]
+pub enum PublishError {
+    Full(String),
+    Store(String),
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Broker {
+    /// The broker of tier `tier`: the running one (taking the new `settings`,
+    /// as far as they apply live), or a new one, which reads back what its
+    /// database holds when durable. The second value is a warning to log.
+    pub fn attach(
+        tier: &str,
+        settings: Settings,
+        data_file: &std::path::Path,
+    ) -> Result<(Arc<Self>, Option<String>), String> {
+        let mut brokers = BROKERS.lock().unwrap_or_else(|e| e.into_inner());
+        brokers.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(broker) = brokers.iter().find(|(t, _)| t == tier).and_then(|(_, w)| w.upgrade()) {
+            let warning = match (&broker.store, settings.config.durable) {
+                (Some(store), true) if store.path() != data_file => {
+                    Some(format!("the broker keeps using {} until the orchestrator restarts", store.path().display()))
+                }
+                (Some(_), false) => Some("the broker stays durable until the orchestrator restarts".to_owned()),
+                (None, true) => Some("the broker becomes durable when the orchestrator restarts".to_owned()),
+                _ => None,
+            };
+            broker.update(settings);
+            return Ok((broker, warning));
+        }
+        let (store, recovered) = if settings.config.durable {
+            let (store, recovered) = Store::open(data_file)?;
+            (Some(store), recovered)
+        } else {
+            (None, Vec::new())
+        };
+        let boot = (now_us() as u32) ^ std::process::id().rotate_left(16);
+        let mut state = State { settings, topics: BTreeMap::new(), next_id: 1, next_group: 1 };
+        for (topic, seq, record) in recovered {
+            let t = state.topic(&topic);
+            t.next_seq = t.next_seq.max(seq + 1);
+            let stored = Stored {
+                id: record.id.into(),
+                published_us: record.published_us,
+                headers: record.headers.into(),
+                body: record.body,
+                pending: 0,
+                unclaimed: true,
+            };
+            t.messages.insert(seq, stored);
+        }
+        let broker = Arc::new(Self { tier: tier.to_owned(), boot, state: Mutex::new(state), store });
+        brokers.push((tier.to_owned(), Arc::downgrade(&broker)));
+        Ok((broker, None))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, settings: Settings) {
+        let mut state = self.lock();
+        for (name, topic) in state.topics.iter_mut() {
+            topic.settings = settings.topic(name);
+            // A larger capacity may let waiting publishers in.
+            topic.space.notify_waiters();
+        }
+        state.settings = settings;
+    }
+
+    /// Joins (or creates) group `key` of `topic`. Messages nobody claims
+    /// (their groups went away, or they came back from disk) go to it.
+    pub fn subscribe(&self, topic: &str, key: &str, mode: &'static str) -> Result<GroupRef, String> {
+        let mut state = self.lock();
+        let group_id = state.next_group;
+        let t = state.topic(topic);
+        if let Some((slot, group)) =
+            t.groups.iter_mut().enumerate().find_map(|(i, g)| g.as_mut().filter(|g| g.key == key).map(|g| (i, g)))
+        {
+            group.owners += 1;
+            return Ok(GroupRef { topic: topic.into(), slot, id: group.id, notify: group.notify.clone() });
+        }
+        let slot = match t.groups.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None if t.groups.len() < MAX_GROUPS => {
+                t.groups.push(None);
+                t.groups.len() - 1
+            }
+            None => return Err(format!("topic `{topic}` has {MAX_GROUPS} subscriber groups already")),
+        };
+        let bit = 1u64 << slot;
+        let mut pending = 0;
+        for message in t.messages.values_mut().filter(|m| m.unclaimed) {
+            message.unclaimed = false;
+            message.pending |= bit;
+            pending += 1;
+        }
+        let notify = Arc::new(Notify::new());
+        t.groups[slot] = Some(Group {
+            id: group_id,
+            key: key.to_owned(),
+            mode,
+            owners: 1,
+            cursor: 0,
+            retries: BTreeSet::new(),
+            attempts: HashMap::new(),
+            in_flight: 0,
+            pending,
+            notify: notify.clone(),
+            delivered: 0,
+            redelivered: 0,
+            dead_lettered: 0,
+            last_error: None,
+        });
+        state.next_group += 1;
+        Ok(GroupRef { topic: topic.into(), slot, id: group_id, notify })
+    }
+
+    /// Leaves a group; the last owner to leave removes it, and what it had not
+    /// acknowledged waits for the next subscriber.
+    pub fn unsubscribe(&self, group: &GroupRef) {
+        let mut state = self.lock();
+        let Some(t) = state.topics.get_mut(&*group.topic) else { return };
+        let Some(g) = t.group_mut(group.slot, group.id) else { return };
+        g.owners = g.owners.saturating_sub(1);
+        if g.owners > 0 {
+            return;
+        }
+        g.notify.notify_waiters();
+        t.groups[group.slot] = None;
+        let bit = 1u64 << group.slot;
+        for message in t.messages.values_mut().filter(|m| m.pending & bit != 0) {
+            message.pending &= !bit;
+            if message.pending == 0 {
+                message.unclaimed = true;
+            }
+        }
+    }
+
+    /// Accepts a message on `topic`: waits for room (`on_full: block`) or
+    /// refuses (`reject`); on a durable broker, completes once it is on disk.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Result<(String, u64), PublishError> {
+        let headers: Arc<[(String, String)]> = headers.into();
+        let space = self.lock().topic(topic).space.clone();
+        let (id, seq, persisted) = loop {
+            let notified = space.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_insert(topic, &headers, &body)? {
+                Some(inserted) => break inserted,
+                None => notified.await,
+            }
+        };
+        if let Some(persisted) = persisted {
+            match persisted.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(PublishError::Store(e)),
+                Err(_) => return Err(PublishError::Store("the message store has stopped".to_owned())),
+            }
+        }
+        Ok((id.to_string(), seq))
+    }
+
+    /// Adds the message if the topic has room; `None` if it is full and blocks.
+    fn try_insert(
+        &self,
+        topic: &str,
+        headers: &Arc<[(String, String)]>,
+        body: &Bytes,
+    ) -> Result<Option<Inserted>, PublishError> {
+        let mut state = self.lock();
+        let published_us = now_us();
+        let id: Arc<str> = format!("{:08x}-{}", self.boot, state.next_id).into();
+        let t = state.topic(topic);
+        if (t.messages.len() as u64) < t.settings.capacity {
+            let seq = t.insert(id.clone(), published_us, headers.clone(), body.clone());
+            let persisted = self.store.as_ref().map(|store| {
+                let record = Record { id: id.to_string(), published_us, headers: headers.to_vec(), body: body.clone() };
+                store.put(topic, seq, &record)
+            });
+            state.next_id += 1;
+            return Ok(Some((id, seq, persisted)));
+        }
+        if t.settings.on_full == OnFull::Reject {
+            return Err(PublishError::Full(format!("topic `{topic}` is full ({} messages)", t.settings.capacity)));
+        }
+        Ok(None)
+    }
+
+    /// The next delivery for `group`: a redelivery that fell due, else the
+    /// oldest message the group has not been offered.
+    pub fn take(&self, group: &GroupRef) -> Take {
+        let mut state = self.lock();
+        let Some(t) = state.topics.get_mut(&*group.topic) else { return Take::Gone };
+        let bit = 1u64 << group.slot;
+        let Some(g) = t.groups.get_mut(group.slot).and_then(Option::as_mut).filter(|g| g.id == group.id) else {
+            return Take::Gone;
+        };
+        let now = Instant::now();
+        while let Some(&(due, seq)) = g.retries.first() {
+            if due > now {
+                break;
+            }
+            g.retries.pop_first();
+            let Some(message) = t.messages.get(&seq).filter(|m| m.pending & bit != 0) else {
+                g.attempts.remove(&seq);
+                continue;
+            };
+            let attempt = g.attempts.entry(seq).or_insert(0);
+            *attempt += 1;
+            let attempt = *attempt;
+            if attempt > 1 {
+                g.redelivered += 1;
+            }
+            g.in_flight += 1;
+            return Take::Job(Job::new(seq, group, message, attempt));
+        }
+        let next = t.messages.range(g.cursor..).find(|(_, m)| m.pending & bit != 0);
+        match next {
+            Some((&seq, message)) => {
+                g.cursor = seq + 1;
+                g.attempts.insert(seq, 1);
+                g.in_flight += 1;
+                Take::Job(Job::new(seq, group, message, 1))
+            }
+            None => {
+                g.cursor = t.next_seq;
+                Take::Wait(g.retries.first().map(|(due, _)| *due))
+            }
+        }
+    }
+
+    /// The subscriber acknowledged `job`.
+    pub fn ack(&self, job: &Job) {
+        let mut state = self.lock();
+        let Some(t) = state.topics.get_mut(&*job.topic) else { return };
+        let Some(g) = t.group_mut(job.slot, job.group) else { return };
+        g.in_flight -= 1;
+        g.attempts.remove(&job.seq);
+        g.delivered += 1;
+        g.pending = g.pending.saturating_sub(1);
+        t.settle(job.seq, job.slot, self.store.as_ref(), &job.topic);
+    }
+
+    /// The subscriber failed `job`: it is offered again after a backoff, or,
+    /// after the topic's `max_attempts`, moved to the dead-letter topic.
+    pub fn fail(&self, job: &Job, reason: String) {
+        let mut state = self.lock();
+        let next_id = state.next_id;
+        let Some(t) = state.topics.get_mut(&*job.topic) else { return };
+        let settings = t.settings.clone();
+        let Some(g) = t.group_mut(job.slot, job.group) else { return };
+        g.in_flight -= 1;
+        g.last_error = Some(reason.clone());
+        if job.attempt < settings.max_attempts {
+            g.retries.insert((Instant::now() + settings.backoff(job.attempt), job.seq));
+            g.notify.notify_waiters();
+            return;
+        }
+        g.attempts.remove(&job.seq);
+        g.dead_lettered += 1;
+        g.pending = g.pending.saturating_sub(1);
+        let group_key = g.key.clone();
+        t.settle(job.seq, job.slot, self.store.as_ref(), &job.topic);
+        // To the dead-letter topic, whatever its capacity: it never refuses
+        // what it is given, and nothing is dropped.
+        let mut headers = job.headers.to_vec();
+        headers.retain(|(name, _)| !name.starts_with("orch-dead-letter-"));
+        headers.push(("orch-dead-letter-topic".into(), job.topic.to_string()));
+        headers.push(("orch-dead-letter-subscriber".into(), group_key));
+        headers.push(("orch-dead-letter-attempts".into(), job.attempt.to_string()));
+        headers.push(("orch-dead-letter-reason".into(), reason.chars().take(200).collect()));
+        let dlq = t.settings.dead_letter.clone();
+        let id: Arc<str> = format!("{:08x}-{next_id}", self.boot).into();
+        let record = Record { id: id.to_string(), published_us: now_us(), headers, body: job.body.clone() };
+        let d = state.topic(&dlq);
+        let seq = d.insert(id, record.published_us, record.headers.clone().into(), record.body.clone());
+        if let Some(store) = &self.store {
+            drop(store.put(&dlq, seq, &record));
+        }
+        state.next_id += 1;
+    }
+
+    /// `job` was not delivered at all (the subscriber has no ready replica,
+    /// or the link is not wired yet): it goes back to the head of the line,
+    /// without counting as an attempt.
+    pub fn requeue(&self, job: &Job, reason: String) {
+        let mut state = self.lock();
+        let Some(t) = state.topics.get_mut(&*job.topic) else { return };
+        let Some(g) = t.group_mut(job.slot, job.group) else { return };
+        g.in_flight -= 1;
+        if let Some(attempt) = g.attempts.get_mut(&job.seq) {
+            *attempt = attempt.saturating_sub(1);
+        }
+        if job.attempt > 1 {
+            g.redelivered = g.redelivered.saturating_sub(1);
+        }
+        g.last_error = Some(reason);
+        g.retries.insert((Instant::now(), job.seq));
+        g.notify.notify_waiters();
+    }
+
+    /// Per topic: depth, in flight, counters, and each subscriber group's lag.
+    pub fn status(&self) -> Value {
+        let state = self.lock();
+        let topics: serde_json::Map<String, Value> = state
+            .topics
+            .iter()
+            .map(|(name, t)| {
+                let groups = t.groups.iter().flatten();
+                let subscribers: serde_json::Map<String, Value> = groups
+                    .map(|g| {
+                        let status = json!({
+                            "mode": g.mode,
+                            "lag": g.pending,
+                            "in_flight": g.in_flight,
+                            "waiting_redelivery": g.retries.len(),
+                            "delivered": g.delivered,
+                            "redelivered": g.redelivered,
+                            "dead_lettered": g.dead_lettered,
+                            "last_error": g.last_error,
+                        });
+                        (g.key.clone(), status)
+                    })
+                    .collect();
+                let sum = |f: fn(&Group) -> u64| t.groups.iter().flatten().map(f).sum::<u64>();
+                let status = json!({
+                    "depth": t.messages.len(),
+                    "unclaimed": t.messages.values().filter(|m| m.unclaimed).count(),
+                    "in_flight": sum(|g| g.in_flight as u64),
+                    "published": t.published,
+                    "delivered": sum(|g| g.delivered),
+                    "redelivered": sum(|g| g.redelivered),
+                    "dead_lettered": sum(|g| g.dead_lettered),
+                    "capacity": t.settings.capacity,
+                    "on_full": t.settings.on_full,
+                    "max_attempts": t.settings.max_attempts,
+                    "dead_letter_topic": t.settings.dead_letter,
+                    "subscribers": subscribers,
+                });
+                (name.clone(), status)
+            })
+            .collect();
+        json!({
+            "durable": self.store.is_some(),
+            "store": self.store.as_ref().map(|s| s.path().display().to_string()),
+            "topics": topics,
+        })
+    }
+}
+
+impl State {
+    fn topic(&mut self, name: &str) -> &mut Topic {
+        if !self.topics.contains_key(name) {
+            let topic = Topic {
+                settings: self.settings.topic(name),
+                next_seq: 1,
+                messages: BTreeMap::new(),
+                groups: Vec::new(),
+                space: Arc::new(Notify::new()),
+                published: 0,
+            };
+            self.topics.insert(name.to_owned(), topic);
+        }
+        self.topics.get_mut(name).expect("inserted above")
+    }
+}
+
+impl Topic {
+    fn group_mut(&mut self, slot: usize, id: u64) -> Option<&mut Group> {
+        self.groups.get_mut(slot).and_then(Option::as_mut).filter(|g| g.id == id)
+    }
+
+    /// Adds a message for every current group (or for the next one, if none).
+    fn insert(&mut self, id: Arc<str>, published_us: u64, headers: Arc<[(String, String)]>, body: Bytes) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.published += 1;
+        let mut pending = 0u64;
+        for (slot, group) in self.groups.iter_mut().enumerate() {
+            if let Some(g) = group {
+                pending |= 1 << slot;
+                g.pending += 1;
+                g.notify.notify_waiters();
+            }
+        }
+        self.messages.insert(seq, Stored { id, published_us, headers, body, pending, unclaimed: pending == 0 });
+        seq
+    }
+
+    /// Group `slot` is done with message `seq`; the message goes when no group needs it.
+    fn settle(&mut self, seq: u64, slot: usize, store: Option<&Store>, topic: &str) {
+        let Some(message) = self.messages.get_mut(&seq) else { return };
+        message.pending &= !(1u64 << slot);
+        if message.pending == 0 && !message.unclaimed {
+            self.messages.remove(&seq);
+            if let Some(store) = store {
+                store.remove(topic, seq);
+            }
+            self.space.notify_waiters();
+        }
+    }
+}
+
+impl Job {
+    fn new(seq: u64, group: &GroupRef, message: &Stored, attempt: u32) -> Self {
+        Self {
+            topic: group.topic.clone(),
+            seq,
+            slot: group.slot,
+            group: group.id,
+            id: message.id.clone(),
+            attempt,
+            published_us: message.published_us,
+            headers: message.headers.clone(),
+            body: message.body.clone(),
+        }
+    }
+}
+
+/// How long a worker waits before asking again after a delivery could not
+/// be made at all: doubling from 10 ms to 1 s.
+pub fn pause_after(not_delivered: u32) -> Duration {
+    Duration::from_millis(10u64 << not_delivered.min(7)).min(Duration::from_secs(1))
+}

@@ -1,0 +1,229 @@
+//! Durable topics: messages kept in a redb database until every subscriber
+//! has acknowledged them.
+//!
+//! One writer thread owns the write transactions and commits in groups: it
+//! takes every operation queued while the previous commit ran and applies
+//! them in one transaction. A commit that stores a message is
+//! `Durability::Immediate` (fsync) and publishers hear back only after it; a
+//! commit of removals alone is not synced (a crash then redelivers a message,
+//! which at-least-once allows).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use plugin_api::serde_json;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+/// (topic, sequence number) → encoded [`Record`].
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub published_us: u64,
+    /// Headers carried with the message (`content-type`, trace context, dead-letter reasons).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Record {
+    /// Metadata as JSON, then the body: `u32 LE metadata length, metadata, body`.
+    fn encode(&self) -> Vec<u8> {
+        let meta = serde_json::json!({ "id": self.id, "published_us": self.published_us, "headers": self.headers });
+        let meta = serde_json::to_vec(&meta).unwrap_or_default();
+        let mut out = Vec::with_capacity(4 + meta.len() + self.body.len());
+        out.extend_from_slice(&u32::try_from(meta.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let meta: serde_json::Value = serde_json::from_slice(rest.get(..len)?).ok()?;
+        let headers = serde_json::from_value(meta.get("headers")?.clone()).ok()?;
+        Some(Self {
+            id: meta.get("id")?.as_str()?.to_owned(),
+            published_us: meta.get("published_us")?.as_u64()?,
+            headers,
+            body: Bytes::copy_from_slice(&rest[len..]),
+        })
+    }
+}
+
+enum Op {
+    Put { topic: String, seq: u64, value: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
+    Remove { topic: String, seq: u64 },
+}
+
+/// A durable broker's database.
+pub struct Store {
+    path: PathBuf,
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    /// Lets the writer finish what is queued and close the database.
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// What a durable broker finds when it opens its database.
+pub type Recovered = Vec<(String, u64, Record)>;
+
+impl Store {
+    /// Opens (or creates) the database at `path` and reads back the messages
+    /// it holds, in topic and publish order.
+    pub fn open(path: &Path) -> Result<(Self, Recovered), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
+        }
+        let db = Database::create(path).map_err(|e| fail("cannot open the message database", &e))?;
+        let mut recovered = Vec::new();
+        {
+            let read = db.begin_read().map_err(|e| fail("cannot read", &e))?;
+            match read.open_table(MESSAGES) {
+                Ok(table) => {
+                    for entry in table.iter().map_err(|e| fail("cannot read", &e))? {
+                        let (key, value) = entry.map_err(|e| fail("cannot read", &e))?;
+                        let (topic, seq) = key.value();
+                        match Record::decode(value.value()) {
+                            Some(record) => recovered.push((topic.to_owned(), seq, record)),
+                            None => return Err(format!("{}: message {topic}/{seq} is unreadable", path.display())),
+                        }
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(fail("cannot read", &e)),
+            }
+        }
+        let (ops, rx) = mpsc::channel();
+        let thread_path = path.to_owned();
+        let writer = std::thread::Builder::new()
+            .name("queue-store".into())
+            .spawn(move || writer(db, rx, &thread_path))
+            .map_err(|e| fail("cannot start the writer for", &e))?;
+        Ok((Self { path: path.to_owned(), ops: Some(ops), writer: Some(writer) }, recovered))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores a message; the receiver completes once it is on disk.
+    pub fn put(&self, topic: &str, seq: u64, record: &Record) -> oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Put { topic: topic.to_owned(), seq, value: record.encode(), done };
+        if let Some(Err(mpsc::SendError(Op::Put { done, .. }))) = self.ops.as_ref().map(|ops| ops.send(op)) {
+            let _ = done.send(Err("the message store has stopped".to_owned()));
+        }
+        rx
+    }
+
+    /// Forgets a message every subscriber is done with.
+    pub fn remove(&self, topic: &str, seq: u64) {
+        if let Some(ops) = &self.ops {
+            let _ = ops.send(Op::Remove { topic: topic.to_owned(), seq });
+        }
+    }
+}
+
+/// Applies operations in groups until every `Store` handle is gone.
+fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while let Ok(op) = ops.try_recv() {
+            batch.push(op);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let stores = batch.iter().any(|op| matches!(op, Op::Put { .. }));
+        let result = commit(&db, &batch, stores).map_err(|e| format!("cannot write to {}: {e}", path.display()));
+        if let Err(e) = &result {
+            eprintln!("queue store: {e}");
+        }
+        for op in batch {
+            if let Op::Put { done, .. } = op {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit(db: &Database, batch: &[Op], sync: bool) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(if sync { Durability::Immediate } else { Durability::None })?;
+    {
+        let mut table = tx.open_table(MESSAGES)?;
+        for op in batch {
+            match op {
+                Op::Put { topic, seq, value, .. } => {
+                    table.insert((topic.as_str(), *seq), value.as_slice())?;
+                }
+                Op::Remove { topic, seq } => {
+                    table.remove((topic.as_str(), *seq))?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Record {
+        Record {
+            id: id.into(),
+            published_us: 7,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: Bytes::from_static(b"body"),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = record("x-1");
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        assert_eq!(Record::decode(b"\xff\xff\xff\xff{}"), None);
+    }
+
+    #[tokio::test]
+    async fn stored_messages_are_read_back_and_removed_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        {
+            let (store, recovered) = Store::open(&path).unwrap();
+            assert!(recovered.is_empty());
+            for seq in 1..=3 {
+                store.put("orders", seq, &record(&format!("x-{seq}"))).await.unwrap().unwrap();
+            }
+            store.remove("orders", 2);
+            // The removal is committed before this put is acknowledged.
+            store.put("audit", 1, &record("y-1")).await.unwrap().unwrap();
+        }
+        // Dropping the store closed the database.
+        let (_store, recovered) = Store::open(&path).unwrap();
+        let keys: Vec<_> = recovered.iter().map(|(t, s, r)| (t.as_str(), *s, r.id.as_str())).collect();
+        assert_eq!(keys, [("audit", 1, "y-1"), ("orders", 1, "x-1"), ("orders", 3, "x-3")]);
+    }
+}
