@@ -8,10 +8,22 @@
 //!   method over RPC link `link` with the request's body and answers
 //!   `{"code", "message", "body"}`;
 //! - RPC `kit.Kit/Sleep` (message: milliseconds) and `kit.Kit/Panic`;
+//! - `/publish/<link>?n=N` — publishes N messages `<body>-<i>` (i from 0) on
+//!   queue link `link`, one after the other; answers `{"published": [ids], "error"}`;
+//! - `/received/<tier>?min=N&wait_ms=T` — the messages tier `tier` received
+//!   (`[{"id", "attempt", "body", "replica"}]`, in arrival order), once there
+//!   are at least N of them or T ms have passed;
+//! - `/release` — lets the held deliveries of `hold: true` tiers complete;
 //! - anything else — echoes method, path and body.
+//!
+//! Messages (all tiers of this plugin record theirs in one list): a body
+//! containing `fail-always` fails every attempt, `fail-first` fails the first;
+//! with `hold: true` a delivery completes only after `/release`.
 
 #![forbid(unsafe_code)]
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use plugin_api::prelude::*;
@@ -23,10 +35,51 @@ struct Testkit {
     tag: String,
     /// Makes validation fail, to test how plugin config errors are located.
     reject: bool,
+    /// Holds every delivery until `/release`.
+    hold: bool,
+}
+
+/// A message as a tier of this plugin received it: (tier, replica, id, attempt, body).
+type Received = (String, u32, String, u32, String);
+
+/// Every message the tiers of this plugin received.
+static RECEIVED: Mutex<Vec<Received>> = Mutex::new(Vec::new());
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+fn received(tier: &str) -> Vec<plugin_api::serde_json::Value> {
+    let all = RECEIVED.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter()
+        .filter(|r| r.0 == tier)
+        .map(
+            |(_, replica, id, attempt, body)| json!({ "id": id, "attempt": attempt, "body": body, "replica": replica }),
+        )
+        .collect()
+}
+
+fn query_param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
+    req.query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 impl Plugin for Testkit {
-    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc];
+    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
+
+    async fn on_message(&self, msg: Message, cx: Context) -> Result<(), String> {
+        let body = msg.text().into_owned();
+        RECEIVED.lock().unwrap_or_else(|e| e.into_inner()).push((
+            cx.tier(),
+            cx.replica(),
+            msg.id.clone(),
+            msg.attempt,
+            body.clone(),
+        ));
+        while self.hold && !RELEASED.load(Ordering::Acquire) {
+            cx.sleep(Duration::from_millis(5)).await;
+        }
+        if body.contains("fail-always") || (body.contains("fail-first") && msg.attempt == 1) {
+            return Err(format!("refused {} on attempt {}", msg.id, msg.attempt));
+        }
+        Ok(())
+    }
 
     fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         if self.reject {
@@ -63,6 +116,36 @@ impl Plugin for Testkit {
                 Ok(body) => Response::json(&json!({ "code": "OK", "body": String::from_utf8_lossy(&body) })),
                 Err(status) => Response::json(&json!({ "code": status.code.name(), "message": status.message })),
             };
+        }
+        if let Some(link) = path.strip_prefix("/publish/") {
+            let n: u32 = query_param(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let prefix = String::from_utf8_lossy(&req.body).into_owned();
+            let mut ids = Vec::new();
+            for i in 0..n {
+                match cx.publish(link, format!("{prefix}-{i}")).await {
+                    Ok(published) => ids.push(published.id),
+                    Err(e) => {
+                        let body = json!({ "published": ids, "error": e.to_string() });
+                        return Response::json(&body).with_status(e.status());
+                    }
+                }
+            }
+            return Response::json(&json!({ "published": ids, "error": null }));
+        }
+        if let Some(tier) = path.strip_prefix("/received/") {
+            let min: usize = query_param(&req, "min").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let wait_ms: u64 = query_param(&req, "wait_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            for _ in 0..wait_ms / 5 {
+                if received(tier).len() >= min {
+                    break;
+                }
+                cx.sleep(Duration::from_millis(5)).await;
+            }
+            return Response::json(&received(tier));
+        }
+        if path == "/release" {
+            RELEASED.store(true, Ordering::Release);
+            return Response::json(&json!({ "released": true }));
         }
         if path == "/whoami" {
             return Response::json(&json!({ "tier": cx.tier(), "replica": cx.replica(), "tag": self.tag }));
