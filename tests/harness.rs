@@ -154,6 +154,19 @@ impl Running {
         }
     }
 
+    /// Waits until each of `needles` appeared in some log line (in any order;
+    /// lines consumed by an earlier wait do not count).
+    pub fn wait_for_lines(&self, needles: &[String]) {
+        let mut left: Vec<&String> = needles.iter().collect();
+        let deadline = Instant::now() + DEADLINE;
+        while !left.is_empty() {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => left.retain(|needle| !line.contains(needle.as_str())),
+                Err(_) => self.fail(&format!("no log lines with {left:?} within {DEADLINE:?}")),
+            }
+        }
+    }
+
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
@@ -301,6 +314,21 @@ pub async fn request(
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A repository topology with its fixed port moved to 0 and its working
+/// directories made absolute (the copy lives in a temporary directory). Its
+/// Python tiers find the virtualenv `scripts/setup-examples` made.
+pub fn repo_topology(name: &str) -> TopologyFile {
+    let root = repo_root();
+    let yaml = std::fs::read_to_string(root.join(name)).expect("read topology");
+    venv_python();
+    TopologyFile::new(
+        &yaml
+            .replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("workdir: ../examples/go/backend", &format!("workdir: {}/examples/go/backend", root.display()))
+            .replace("workdir: ..", &format!("workdir: {}", root.display())),
+    )
 }
 
 /// A status's tier `name`.

@@ -143,6 +143,13 @@ impl<P: Plugin> TestInstance<P> {
         async move { Response::from_raw(fut.await) }
     }
 
+    /// The instance's status, as `/admin/status` shows it.
+    pub fn status(&self) -> serde_json::Value {
+        // SAFETY: `instance` is live until drop.
+        let json = unsafe { export::status::<P>(self.instance) };
+        serde_json::from_slice(json.as_bytes()).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Lines the plugin logged, as `LEVEL message`.
     pub fn logs(&self) -> Vec<String> {
         self.state.logs.lock().map(|l| l.clone()).unwrap_or_default()

@@ -7,6 +7,7 @@ mod hello;
 mod load;
 mod plugins;
 mod process;
+mod queue;
 mod reload;
 mod rpc;
 mod shutdown;

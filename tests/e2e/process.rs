@@ -4,24 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use integration_tests::{
-    Running, TopologyFile, client, go_backend, group_members, program_pids, repo_root, request, tier, venv_python,
-    wait_all_gone,
+    Running, TopologyFile, client, go_backend, group_members, program_pids, repo_root, repo_topology, request, tier,
+    venv_python, wait_all_gone,
 };
 use serde_json::Value;
-
-/// A repository topology with its fixed port moved to 0 and its working
-/// directories made absolute (the copy lives in a temporary directory).
-fn repo_topology(name: &str) -> TopologyFile {
-    let root = repo_root();
-    let yaml = std::fs::read_to_string(root.join(name)).unwrap();
-    venv_python();
-    TopologyFile::new(
-        &yaml
-            .replace("127.0.0.1:8080", "127.0.0.1:0")
-            .replace("workdir: ../examples/go/backend", &format!("workdir: {}/examples/go/backend", root.display()))
-            .replace("workdir: ..", &format!("workdir: {}", root.display())),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_frontend_calls_go_backend_through_the_gateway() {

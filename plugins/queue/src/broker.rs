@@ -326,7 +326,7 @@ impl Broker {
             return Ok(Some((id, seq, persisted)));
         }
         if t.settings.on_full == OnFull::Reject {
-            return Err(PublishError::Full(format!("topic `{topic}` is full ({} messages)", t.settings.capacity)));
+            return Err(PublishError::Full(format!("topic `{topic}` is full (capacity {})", t.settings.capacity)));
         }
         Ok(None)
     }

@@ -10,15 +10,17 @@
 //! - RPC `kit.Kit/Sleep` (message: milliseconds) and `kit.Kit/Panic`;
 //! - `/publish/<link>?n=N` — publishes N messages `<body>-<i>` (i from 0) on
 //!   queue link `link`, one after the other; answers `{"published": [ids], "error"}`;
-//! - `/received/<tier>?min=N&wait_ms=T` — the messages tier `tier` received
-//!   (`[{"id", "attempt", "body", "replica"}]`, in arrival order), once there
-//!   are at least N of them or T ms have passed;
+//! - `/received/<tier>?min=N&unique=U&wait_ms=T` — the messages tier `tier`
+//!   received (`[{"id", "attempt", "body", "replica"}]`, in arrival order),
+//!   once there are at least N deliveries of at least U distinct messages, or
+//!   T ms have passed;
 //! - `/release` — lets the held deliveries of `hold: true` tiers complete;
 //! - anything else — echoes method, path and body.
 //!
 //! Messages (all tiers of this plugin record theirs in one list): a body
 //! containing `fail-always` fails every attempt, `fail-first` fails the first;
-//! with `hold: true` a delivery completes only after `/release`.
+//! with `hold: true` a delivery completes only after `/release`; `delay_ms: N`
+//! makes each take N ms.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +39,8 @@ struct Testkit {
     reject: bool,
     /// Holds every delivery until `/release`.
     hold: bool,
+    /// Takes this long over each delivery.
+    delay_ms: u64,
 }
 
 /// A message as a tier of this plugin received it: (tier, replica, id, attempt, body).
@@ -72,6 +76,9 @@ impl Plugin for Testkit {
             msg.attempt,
             body.clone(),
         ));
+        if self.delay_ms > 0 {
+            cx.sleep(Duration::from_millis(self.delay_ms)).await;
+        }
         while self.hold && !RELEASED.load(Ordering::Acquire) {
             cx.sleep(Duration::from_millis(5)).await;
         }
@@ -133,10 +140,15 @@ impl Plugin for Testkit {
             return Response::json(&json!({ "published": ids, "error": null }));
         }
         if let Some(tier) = path.strip_prefix("/received/") {
-            let min: usize = query_param(&req, "min").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let wait_ms: u64 = query_param(&req, "wait_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let number = |key| query_param(&req, key).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            let (min, unique, wait_ms) = (number("min"), number("unique"), number("wait_ms"));
+            let enough = || {
+                let got = received(tier);
+                let distinct: std::collections::HashSet<_> = got.iter().map(|m| m["id"].to_string()).collect();
+                got.len() >= min && distinct.len() >= unique
+            };
             for _ in 0..wait_ms / 5 {
-                if received(tier).len() >= min {
+                if enough() {
                     break;
                 }
                 cx.sleep(Duration::from_millis(5)).await;

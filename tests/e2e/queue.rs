@@ -1,0 +1,414 @@
+//! The queue tier: pub/sub and point-to-point delivery, redelivery and dead
+//! letters, backpressure, durability across `kill -9`, and reloads that lose
+//! nothing. Publishers and subscribers are `testkit` tiers: `/publish/<link>`
+//! publishes, `/received/<tier>?min=N&wait_ms=T` waits for deliveries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use integration_tests::{Running, TopologyFile, repo_topology, tier};
+use serde_json::Value;
+
+/// A topology: a gateway routing everything to `pub` (a testkit tier), a
+/// queue tier `q` configured with `q_config`, then `tiers` and `links`.
+fn topology(q_config: &str, tiers: &str, links: &str) -> String {
+    format!(
+        r#"version: 1
+name: queue-test
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: {{ routes: [{{ path: /, link: pub }}] }}
+  pub: {{ plugin: testkit }}
+  q:
+    plugin: queue
+    config: {q_config}
+{tiers}
+links:
+  - {{ from: web, to: pub, kind: rest }}
+{links}
+"#
+    )
+}
+
+/// Publishes `n` messages `<prefix>-<i>` on `pub`'s link `link`; their ids.
+async fn publish(orch: &Running, web: SocketAddr, link: &str, prefix: &str, n: usize) -> Vec<String> {
+    let (code, body) = orch.post(web, &format!("/publish/{link}?n={n}"), prefix.to_owned()).await;
+    assert_eq!(code, 200, "publish: {body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<String> = answer["published"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    assert_eq!(ids.len(), n, "{body}");
+    ids
+}
+
+/// What tier `name` received, once it received at least `min` deliveries
+/// (the fixture waits up to 20 s).
+async fn received(orch: &Running, web: SocketAddr, name: &str, min: usize) -> Vec<Value> {
+    received_where(orch, web, name, &format!("min={min}"), |list| list.len() >= min).await
+}
+
+/// What tier `name` received, once it received at least `n` distinct messages.
+async fn received_distinct(orch: &Running, web: SocketAddr, name: &str, n: usize) -> Vec<Value> {
+    received_where(orch, web, name, &format!("unique={n}"), |list| ids(list).iter().collect::<BTreeSet<_>>().len() >= n)
+        .await
+}
+
+async fn received_where(
+    orch: &Running,
+    web: SocketAddr,
+    name: &str,
+    query: &str,
+    enough: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let (code, body) = orch.get(web, &format!("/received/{name}?{query}&wait_ms=20000")).await;
+    assert_eq!(code, 200, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    if !enough(&list) {
+        orch.fail(&format!("tier `{name}` did not get {query} in time ({} deliveries): {body}", list.len()));
+    }
+    list
+}
+
+fn ids(list: &[Value]) -> Vec<String> {
+    list.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The broker's status of `topic`.
+fn topic(status: &Value, name: &str) -> Value {
+    tier(status, "q")["instances"][0]["detail"]["topics"][name].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_gives_every_subscribing_tier_each_message_once_in_order() {
+    let yaml = topology(
+        "{}",
+        "  a: { plugin: testkit }\n  b: { plugin: testkit, replicas: 2 }\n",
+        "  - { from: pub, to: q, kind: queue, topic: events }\n  - { from: q, to: a, kind: queue, topic: events }\n  - { from: q, to: b, kind: queue, topic: events }\n",
+    );
+    let orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+    const N: usize = 300;
+    let published = publish(&orch, web, "q", "m", N).await;
+    for name in ["a", "b"] {
+        let got = received(&orch, web, name, N).await;
+        // Exactly once each, and (one delivery at a time) in publish order.
+        assert_eq!(ids(&got), published, "tier {name}");
+        assert!(got.iter().all(|m| m["attempt"] == 1), "{name}: {got:?}");
+    }
+    // Both replicas of `b` took a share: one replica per tier gets each message.
+    let replicas: BTreeSet<u64> =
+        received(&orch, web, "b", N).await.iter().map(|m| m["replica"].as_u64().unwrap()).collect();
+    assert_eq!(replicas, BTreeSet::from([0, 1]));
+
+    let status = orch.status().await;
+    let events = topic(&status, "events");
+    assert_eq!(events["published"], N);
+    assert_eq!(events["delivered"], 2 * N);
+    assert_eq!(events["depth"], 0, "{events}");
+    for name in ["a", "b"] {
+        assert_eq!(events["subscribers"][name]["lag"], 0, "{events}");
+        assert_eq!(events["subscribers"][name]["mode"], "pubsub");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_to_point_gives_each_message_to_exactly_one_consumer() {
+    let yaml = topology(
+        "{}",
+        "  w: { plugin: testkit, replicas: 3 }\n",
+        "  - { from: pub, to: q, kind: queue, topic: jobs }\n  - { from: q, to: w, kind: queue, topic: jobs, mode: point-to-point, concurrency: 3 }\n",
+    );
+    let orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+    const N: usize = 300;
+    let published = publish(&orch, web, "q", "job", N).await;
+    let got = received(&orch, web, "w", N).await;
+    let mut per_replica: BTreeMap<u64, usize> = BTreeMap::new();
+    for m in &got {
+        *per_replica.entry(m["replica"].as_u64().unwrap()).or_default() += 1;
+    }
+    // Each delivered once (no duplicates), the union is everything published…
+    let delivered = ids(&got);
+    assert_eq!(delivered.len(), N, "duplicates: {got:?}");
+    assert_eq!(delivered.iter().collect::<BTreeSet<_>>(), published.iter().collect::<BTreeSet<_>>());
+    // …and the three consumers shared the work.
+    assert_eq!(per_replica.len(), 3, "{per_replica:?}");
+    let status = orch.status().await;
+    let jobs = topic(&status, "jobs");
+    assert_eq!(jobs["subscribers"]["point-to-point"]["delivered"], N, "{jobs}");
+    assert_eq!(jobs["depth"], 0, "{jobs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_then_dead_lettered() {
+    let yaml = topology(
+        "{ max_attempts: 3, retry_backoff: 10ms, retry_backoff_max: 50ms }",
+        "  c: { plugin: testkit }\n  dead: { plugin: testkit }\n",
+        "  - { from: pub, to: q, kind: queue, topic: orders }\n  - { from: q, to: c, kind: queue, topic: orders }\n  - { from: q, to: dead, kind: queue, topic: orders.dlq }\n",
+    );
+    let orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+    let first = publish(&orch, web, "q", "fail-first", 1).await;
+    let always = publish(&orch, web, "q", "fail-always", 1).await;
+    let fine = publish(&orch, web, "q", "fine", 1).await;
+
+    // The dead-letter topic's subscriber gets the one that always fails.
+    let dead = received(&orch, web, "dead", 1).await;
+    assert_eq!(dead[0]["body"], "fail-always-0", "{dead:?}");
+    // The consumer saw: fail-first twice (attempts 1, 2), fail-always three times, fine once.
+    let got = received(&orch, web, "c", 6).await;
+    assert_eq!(got.len(), 6, "{got:?}");
+    let attempts = |id: &str| -> Vec<u64> {
+        got.iter().filter(|m| m["id"] == id).map(|m| m["attempt"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(attempts(&first[0]), [1, 2], "{got:?}");
+    assert_eq!(attempts(&always[0]), [1, 2, 3], "{got:?}");
+    assert_eq!(attempts(&fine[0]), [1], "{got:?}");
+
+    let status = orch.status().await;
+    let orders = topic(&status, "orders");
+    let c = &orders["subscribers"]["c"];
+    assert_eq!((c["delivered"].as_u64(), c["dead_lettered"].as_u64()), (Some(2), Some(1)), "{orders}");
+    assert_eq!(c["redelivered"], 3, "{orders}");
+    assert!(c["last_error"].as_str().unwrap().contains("refused"), "{orders}");
+    assert_eq!(orders["depth"], 0, "{orders}");
+    assert_eq!(topic(&status, "orders.dlq")["published"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_topic_rejects_or_blocks_and_loses_nothing_it_accepted() {
+    // A consumer that holds every delivery until released; topics of 2 messages.
+    let yaml = topology(
+        "{ capacity: 2, topics: { strict: { on_full: reject } } }",
+        "  slow: { plugin: testkit, config: { hold: true } }\n",
+        "  - { from: pub, to: q, kind: queue, name: strict, topic: strict }\n  - { from: pub, to: q, kind: queue, name: patient, topic: patient, timeout: 300ms }\n  - { from: pub, to: q, kind: queue, name: patient-long, topic: patient }\n  - { from: q, to: slow, kind: queue, name: s1, topic: strict }\n  - { from: q, to: slow, kind: queue, name: s2, topic: patient }\n",
+    );
+    let orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+
+    // `reject`: two fit (one in flight, one queued), the third gets a 503 at once.
+    let strict = publish(&orch, web, "strict", "s", 2).await;
+    let (code, body) = orch.post(web, "/publish/strict?n=1", "s-extra").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("topic `strict` is full (capacity 2)"), "{body}");
+
+    // `block`: the third waits for room, here until the link's 300 ms timeout.
+    let patient = publish(&orch, web, "patient", "p", 2).await;
+    let (code, body) = orch.post(web, "/publish/patient?n=1", "p-late").await;
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("did not answer within 300ms"), "{body}");
+
+    // A blocked publisher gets in once the consumer makes room.
+    let blocked = {
+        let client = integration_tests::client();
+        tokio::spawn(async move {
+            integration_tests::request(&client, "POST", web, "/publish/patient-long?n=1", "p-waited".into()).await
+        })
+    };
+    let status = orch.status().await;
+    assert_eq!(topic(&status, "patient")["depth"], 2, "{status}");
+    assert_eq!(orch.post(web, "/release", "").await.0, 200);
+    let (code, body) = blocked.await.unwrap().unwrap();
+    // Either it waited for room (202 from the broker) or room came first; never refused.
+    assert_eq!(code, 200, "{body}");
+
+    // Everything accepted is delivered; nothing refused is.
+    let got = received(&orch, web, "slow", 5).await;
+    let bodies: BTreeSet<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, BTreeSet::from(["s-0", "s-1", "p-0", "p-1", "p-waited-0"]), "{got:?}");
+    let delivered: BTreeSet<String> = ids(&got).into_iter().collect();
+    assert!(strict.iter().chain(&patient).all(|id| delivered.contains(id)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_messages_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let config = format!("{{ durable: true, data_dir: '{}' }}", data.path().display());
+    // First run: nobody subscribes yet, so the messages wait in the broker.
+    let first = topology(&config, "", "  - { from: pub, to: q, kind: queue, topic: orders }\n");
+    let mut orch = Running::start(&first).await;
+    let web = orch.tier_addr("web").await;
+    const N: usize = 100;
+    let published = publish(&orch, web, "q", "order", N).await;
+    let status = orch.status().await;
+    assert_eq!(topic(&status, "orders")["depth"], N, "{status}");
+    orch.signal("KILL");
+    assert!(!orch.wait_exit().success());
+
+    // Second run, now with a subscriber: every acknowledged publish is delivered.
+    let second = topology(
+        &config,
+        "  c: { plugin: testkit }\n",
+        "  - { from: pub, to: q, kind: queue, topic: orders }\n  - { from: q, to: c, kind: queue, topic: orders }\n",
+    );
+    let orch = Running::start_file(TopologyFile::new(&second)).await;
+    let web = orch.tier_addr("web").await;
+    let got = received(&orch, web, "c", N).await;
+    assert_eq!(ids(&got), published);
+    let status = orch.status().await;
+    let detail = &tier(&status, "q")["instances"][0]["detail"];
+    assert_eq!(detail["durable"], true);
+    assert!(detail["store"].as_str().unwrap().ends_with("q.redb"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_consumer_mid_stream_loses_nothing() {
+    let yaml = |tag: &str| {
+        topology(
+            "{}",
+            &format!("  c: {{ plugin: testkit, replicas: 2, config: {{ tag: {tag}, delay_ms: 2 }} }}\n"),
+            "  - { from: pub, to: q, kind: queue, topic: stream }\n  - { from: q, to: c, kind: queue, topic: stream, mode: point-to-point, concurrency: 4 }\n",
+        )
+    };
+    let orch = Running::start(&yaml("v1")).await;
+    let web = orch.tier_addr("web").await;
+    const N: usize = 2000;
+    let publishing = {
+        let client = integration_tests::client();
+        tokio::spawn(async move {
+            integration_tests::request(&client, "POST", web, &format!("/publish/q?n={N}"), "s".into()).await
+        })
+    };
+    // Replace the consumer tier while messages flow, then replace the broker
+    // itself (a live setting change).
+    received(&orch, web, "c", 50).await;
+    let before = orch.status().await;
+    assert!(topic(&before, "stream")["subscribers"]["point-to-point"]["lag"].as_u64() > Some(0), "{before}");
+    orch.save(&yaml("v2"));
+    let status = orch.wait_generation(2).await;
+    assert_eq!(status["last_reload"]["summary"], "replaced c", "{status}");
+    orch.save(&yaml("v2").replace("config: {}", "config: { capacity: 5000 }"));
+    let status = orch.wait_generation(3).await;
+    assert_eq!(status["last_reload"]["summary"], "replaced q", "{status}");
+
+    let (code, body) = publishing.await.unwrap().unwrap();
+    assert_eq!(code, 200, "{body}");
+    let published: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(published.len(), N);
+    // Every accepted message reaches the consumer tier, old instances or new
+    // (at least once: one interrupted by the switch may come twice).
+    let delivered: BTreeSet<String> = ids(&received_distinct(&orch, web, "c", N).await).into_iter().collect();
+    let missing: Vec<_> = published.iter().filter(|id| !delivered.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} lost: {missing:?}", missing.len());
+    let status = orch.status().await;
+    let stream = topic(&status, "stream");
+    assert_eq!(stream["capacity"], 5000, "the new capacity applies: {stream}");
+    assert_eq!(stream["depth"], 0, "{stream}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_reach_the_competing_workers_and_the_python_audit_tier() {
+    let orch = Running::start_file(repo_topology("topologies/orders.yaml")).await;
+    let web = orch.tier_addr("web").await;
+    const N: usize = 20;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let order = format!(r#"{{"item": "widget-{i}", "quantity": {}}}"#, i + 1);
+        let (code, body) = orch.post(web, "/api/orders", order).await;
+        assert_eq!(code, 202, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["status"], "accepted");
+        ids.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    // A bad order is refused before it reaches the queue.
+    let (code, body) = orch.post(web, "/api/orders", r#"{"item": "widget"}"#).await;
+    assert_eq!(code, 400, "{body}");
+
+    // Each order is processed by one worker replica and recorded by the audit tier.
+    let lines: Vec<String> =
+        ids.iter().flat_map(|id| [format!("Processed order {id} "), format!("audit: order {id} recorded")]).collect();
+    orch.wait_for_lines(&lines);
+    let (code, body) = orch.get(web, "/audit").await;
+    assert_eq!(code, 200, "{body}");
+    let audit: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(audit["count"], N, "{audit}");
+
+    let status = orch.status().await;
+    let processed: Vec<u64> = tier(&status, "worker")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["detail"]["processed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(processed.iter().sum::<u64>(), N as u64, "{processed:?}");
+    let orders = &tier(&status, "orders")["instances"][0]["detail"]["topics"]["orders"];
+    assert_eq!(orders["published"], N, "{orders}");
+    assert_eq!(orders["subscribers"]["audit"]["delivered"], N, "{orders}");
+    assert_eq!(orders["subscribers"]["point-to-point"]["delivered"], N, "{orders}");
+    assert_eq!(orders["depth"], 0, "{orders}");
+}
+
+/// A program that publishes what it is POSTed on `/publish` to its queue link
+/// `q` (`ORCH_LINK_Q_URL`) and answers with the broker's answer.
+const PUBLISHER: &str = r#"
+import os, urllib.error, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        publish = urllib.request.Request(os.environ["ORCH_LINK_Q_URL"] + "/", data=body, method="POST",
+                                         headers={"content-type": "text/plain"})
+        try:
+            with urllib.request.urlopen(publish, timeout=10) as answer:
+                status, text, msg_id = answer.status, answer.read(), answer.headers.get("orch-message-id", "")
+        except urllib.error.HTTPError as error:
+            status, text, msg_id = error.code, error.read(), ""
+        self.send_response(status)
+        self.send_header("x-message-id", msg_id)
+        self.send_header("content-length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_tier_publishes_with_an_http_post_to_its_link_url() {
+    let yaml = r#"version: 1
+name: http-publish
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /publish, link: p }, { path: /, link: c }] }
+  p:
+    plugin: process
+    config: { command: [python3, publisher.py] }
+  q:
+    plugin: queue
+    config: { capacity: 1, on_full: reject }
+  c: { plugin: testkit, config: { hold: true } }
+links:
+  - { from: web, to: p, kind: rest }
+  - { from: web, to: c, kind: rest }
+  - { from: p, to: q, kind: queue, topic: notes }
+  - { from: q, to: c, kind: queue, topic: notes }
+"#;
+    let topology = TopologyFile::new(yaml);
+    std::fs::write(topology.dir.path().join("publisher.py"), PUBLISHER).unwrap();
+    let orch = Running::start_file(topology).await;
+    let web = orch.tier_addr("web").await;
+
+    let (code, body) = orch.post(web, "/publish", "first note").await;
+    assert_eq!(code, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["topic"], "notes");
+    let got = received(&orch, web, "c", 1).await;
+    assert_eq!((got[0]["id"].as_str(), got[0]["body"].as_str()), (answer["id"].as_str(), Some("first note")));
+
+    // The consumer holds the first note, which fills the topic: the next publish is refused, clearly.
+    let (code, body) = orch.post(web, "/publish", "second note").await;
+    assert_eq!(code, 503, "{body}");
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["error"], "topic `notes` is full (capacity 1)");
+}
