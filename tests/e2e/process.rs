@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use integration_tests::{
-    Running, TopologyFile, client, go_backend, group_members, program_pids, repo_root, repo_topology, request, tier,
-    venv_python, wait_all_gone,
+    Running, client, go_backend, group_members, program_pids, repo_topology, request, tier, wait_all_gone,
 };
 use serde_json::Value;
 
