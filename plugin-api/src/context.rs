@@ -156,6 +156,17 @@ impl Context {
         async move { queue::read_publish_answer(call.await) }
     }
 
+    /// Publishes every one of `bodies` on outbound queue link `link`, in
+    /// order, in one call: all are accepted (their ids, in order) or none.
+    pub fn publish_batch<B: AsRef<[u8]>>(
+        &self,
+        link: &str,
+        bodies: impl IntoIterator<Item = B>,
+    ) -> impl Future<Output = Result<Vec<Published>, PublishError>> + Send + 'static {
+        let call = self.call(link, queue::publish_batch_request(bodies));
+        async move { queue::read_publish_batch_answer(call.await) }
+    }
+
     /// Publishes `value` as JSON on outbound queue link `link`.
     pub fn publish_json<T: Serialize + ?Sized>(
         &self,

@@ -116,12 +116,14 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
         request.map(|request| {
             let trace = crate::trace::Trace::of(&request.headers);
             let rpc = request.rpc_method().is_some();
-            let handling = match crate::queue::Message::from_request(&request) {
-                Some(msg) => {
-                    let delivery = instance.plugin.on_message(msg, instance.cx.clone());
-                    Either::Left(async move { crate::queue::delivery_response(delivery.await) })
-                }
-                None => Either::Right(instance.plugin.handle(request, instance.cx.clone())),
+            let handling = if crate::queue::Message::is_delivery(&request) {
+                let msg = crate::queue::Message::from_delivery(request);
+                let delivery = instance.plugin.on_message(msg, instance.cx.clone());
+                Either::Left(Either::Left(async move { crate::queue::delivery_response(delivery.await) }))
+            } else if request.headers.find_raw(crate::queue::BATCH).is_some() {
+                Either::Left(Either::Right(deliver_batch(&instance.plugin, &instance.cx, request)))
+            } else {
+                Either::Right(instance.plugin.handle(request, instance.cx.clone()))
             };
             (crate::trace::WithTrace::new(handling, trace), rpc)
         })
@@ -147,6 +149,30 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
             &format!("the plugin panicked: {}", panic_message(&*payload)),
         )),
     }
+}
+
+/// Hands each message of a delivered batch to [`Plugin::on_message`], one
+/// after the other, and answers which failed: `200 {"failed": [[index, reason], …]}`.
+async fn deliver_batch<P: Plugin>(plugin: &P, cx: &Context, req: Request) -> Response {
+    let topic = req.headers.find_raw(crate::queue::TOPIC).map(|t| String::from_utf8_lossy(t).into_owned());
+    let (topic, path) = (topic.unwrap_or_default(), req.uri);
+    let body = req.body.into_bytes();
+    let mut failed = Vec::new();
+    for (i, entry) in crate::queue::batch_entries(&body).enumerate() {
+        let (headers, message) = match entry {
+            Ok(entry) => entry,
+            Err(why) => return Response::error(StatusCode::BAD_REQUEST, &why),
+        };
+        let msg = crate::queue::Message::from_batch_entry(&topic, &path, headers, message);
+        let trace = crate::trace::Trace::of(&msg.headers);
+        let handling = crate::trace::WithTrace::new(plugin.on_message(msg, cx.clone()), trace);
+        match AssertUnwindSafe(handling).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => failed.push((i, reason)),
+            Err(payload) => failed.push((i, format!("the handler panicked: {}", panic_message(&*payload)))),
+        }
+    }
+    Response::json(&serde_json::json!({ "failed": failed }))
 }
 
 /// # Safety

@@ -30,14 +30,35 @@ enum Repr {
 }
 
 impl Default for Repr {
+    /// No headers, in wire form: nothing is allocated until one is added.
     fn default() -> Self {
-        Repr::Map(Box::default())
+        Repr::Encoded(Body::new(), OnceLock::new())
     }
 }
 
 impl Headers {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Headers from name/value pairs, kept in wire form: nothing is checked
+    /// or decoded until someone reads them by name. A pair that is not a
+    /// valid header is skipped when they are read as a map or sent over HTTP.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut out = Vec::with_capacity(128);
+        abi::encode_headers(pairs.into_iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())), &mut out);
+        Self::encoded(Bytes::from(out))
+    }
+
+    /// The first value of header `name` (case-insensitive), found without
+    /// decoding the headers into a map.
+    pub fn find_raw(&self, name: &str) -> Option<&[u8]> {
+        match &self.repr {
+            Repr::Encoded(bytes, _) => {
+                abi::decode_headers(bytes).find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+            }
+            Repr::Map(map) => map.get(name).map(HeaderValue::as_bytes),
+        }
     }
 
     /// Headers in the ABI's encoded form.
@@ -172,6 +193,16 @@ mod tests {
         let h = encoded(&[("content-type", "application/json"), ("x-a", "1")]);
         assert_eq!(h.get("Content-Type"), Some("application/json"));
         assert!(matches!(h.to_encoded(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn pairs_stay_encoded_until_read() {
+        let h = Headers::from_pairs([("x-id", "7"), ("bad name", "x"), ("content-type", "text/plain")]);
+        // The invalid pair is there in wire form, and skipped in the map.
+        assert!(matches!(h.to_encoded(), Cow::Borrowed(_)));
+        assert_eq!(h.find_raw("X-Id"), Some(&b"7"[..]));
+        assert_eq!((h.get("content-type"), h.len()), (Some("text/plain"), 2));
+        assert!(Headers::new().is_empty());
     }
 
     #[test]

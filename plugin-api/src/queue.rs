@@ -13,6 +13,8 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use bytes::Bytes;
+
 use crate::{Body, Headers, LinkError, LinkErrorKind, Request, Response, StatusCode};
 
 /// Header of a delivery: the message's id, unique per broker (deduplicate on it).
@@ -24,6 +26,12 @@ pub const TOPIC: &str = "orch-topic";
 /// Header of a delivery: when the message was published, in microseconds
 /// since the Unix epoch.
 pub const PUBLISHED_AT: &str = "orch-published-at";
+/// Header of a batch of deliveries to a native tier: how many messages its
+/// body carries, framed by [`BatchWriter`].
+pub const BATCH: &str = "orch-batch";
+/// Header of a batch of publishes: how many messages its body carries,
+/// framed by [`BatchWriter`].
+pub const PUBLISH_BATCH: &str = "orch-publish-batch";
 
 /// One delivery of a message.
 #[derive(Clone, Debug)]
@@ -43,19 +51,45 @@ pub struct Message {
 }
 
 impl Message {
+    /// One message of a delivered batch: its own headers and body, and the
+    /// batch's topic and path.
+    pub(crate) fn from_batch_entry(topic: &str, path: &str, headers: Headers, body: Bytes) -> Self {
+        let number = |name| headers.find_raw(name).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        Self {
+            id: headers.find_raw(MESSAGE_ID).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+            topic: topic.to_owned(),
+            attempt: number(ATTEMPT).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+            published_at_us: number(PUBLISHED_AT).unwrap_or(0),
+            path: path.to_owned(),
+            headers,
+            body: body.into(),
+        }
+    }
+
     /// The delivery carried by `req`, if it is one.
     pub fn from_request(req: &Request) -> Option<Self> {
-        let id = req.headers.get(MESSAGE_ID)?.to_owned();
-        let number = |name| req.headers.get(name).and_then(|v| v.parse().ok());
-        Some(Self {
-            id,
-            topic: req.headers.get(TOPIC).unwrap_or_default().to_owned(),
-            attempt: number(ATTEMPT).unwrap_or(1) as u32,
+        Self::is_delivery(req).then(|| Self::from_delivery(req.clone()))
+    }
+
+    /// Whether `req` is the delivery of one message.
+    pub fn is_delivery(req: &Request) -> bool {
+        req.headers.find_raw(MESSAGE_ID).is_some()
+    }
+
+    /// The message `req` delivers (see [`Message::is_delivery`]). The headers
+    /// are read in their wire form, without building a map.
+    pub fn from_delivery(req: Request) -> Self {
+        let text = |name| req.headers.find_raw(name).map(|v| String::from_utf8_lossy(v).into_owned());
+        let number = |name| req.headers.find_raw(name).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        Self {
+            id: text(MESSAGE_ID).unwrap_or_default(),
+            topic: text(TOPIC).unwrap_or_default(),
+            attempt: number(ATTEMPT).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
             published_at_us: number(PUBLISHED_AT).unwrap_or(0),
-            path: req.uri.clone(),
-            headers: req.headers.clone(),
-            body: req.body.clone(),
-        })
+            path: req.uri,
+            headers: req.headers,
+            body: req.body,
+        }
     }
 
     /// Parses the body as JSON.
@@ -129,33 +163,120 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// The request that publishes `body` on a queue link.
+/// The request that publishes `body` on a queue link. Its path is left
+/// empty: the host sends it to the link's topic.
 pub fn publish_request(body: impl Into<Body>) -> Request {
-    Request::post("/").with_body(body)
+    Request::post(String::new()).with_body(body)
 }
 
 /// The request that publishes `value` as JSON on a queue link.
 pub fn publish_json_request<T: Serialize + ?Sized>(value: &T) -> Request {
-    Request::post("/").with_json(value)
+    Request::post(String::new()).with_json(value)
+}
+
+/// Writes the body of a batch: per message, `u32 LE headers length, headers
+/// (in the ABI's header encoding), u32 LE body length, body`.
+#[derive(Debug, Default)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl BatchWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a message.
+    pub fn push<'a>(&mut self, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, body: &[u8]) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        crate::abi::encode_headers(headers, &mut self.buf);
+        let len = u32::try_from(self.buf.len() - at - 4).unwrap_or(u32::MAX);
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.buf.extend_from_slice(body);
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The number of messages and the body.
+    pub fn finish(self) -> (usize, Vec<u8>) {
+        (self.count, self.buf)
+    }
+}
+
+/// The messages of a batch body, as headers and body sharing its buffer; an
+/// error for a truncated entry.
+pub fn batch_entries(body: &Bytes) -> impl Iterator<Item = Result<(Headers, Bytes), String>> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at >= body.len() {
+            return None;
+        }
+        let mut take = || -> Option<Bytes> {
+            let len = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+            let part = body.get(at + 4..at + 4 + len).map(|_| body.slice(at + 4..at + 4 + len))?;
+            at += 4 + len;
+            Some(part)
+        };
+        match (take(), take()) {
+            (Some(headers), Some(message)) => Some(Ok((Headers::encoded(headers), message))),
+            _ => {
+                at = body.len();
+                Some(Err("a batch entry is truncated".to_owned()))
+            }
+        }
+    })
+}
+
+/// The request that publishes every one of `bodies` on a queue link, in order.
+pub fn publish_batch_request<B: AsRef<[u8]>>(bodies: impl IntoIterator<Item = B>) -> Request {
+    let mut writer = BatchWriter::new();
+    for body in bodies {
+        writer.push([], body.as_ref());
+    }
+    let (count, buf) = writer.finish();
+    Request::post(String::new()).with_header(PUBLISH_BATCH, &count.to_string()).with_body(buf)
+}
+
+/// Reads the broker's answer to a batch of publishes: the ids, in order.
+pub fn read_publish_batch_answer(answer: Result<Response, LinkError>) -> Result<Vec<Published>, PublishError> {
+    let resp = accepted(answer)?;
+    let answer: serde_json::Value = resp.json_body().unwrap_or_default();
+    let ids = answer.get("ids").and_then(|ids| ids.as_array()).map(Vec::as_slice).unwrap_or_default();
+    Ok(ids.iter().filter_map(|v| v.as_str().map(|id| Published { id: id.to_owned() })).collect())
 }
 
 /// Reads the broker's answer to a publish.
 pub fn read_publish_answer(answer: Result<Response, LinkError>) -> Result<Published, PublishError> {
+    let resp = accepted(answer)?;
+    let id = resp.headers.find_raw(MESSAGE_ID).map(|v| String::from_utf8_lossy(v).into_owned());
+    Ok(Published { id: id.unwrap_or_default() })
+}
+
+/// The broker's answer if it accepted the publish, else why not.
+fn accepted(answer: Result<Response, LinkError>) -> Result<Response, PublishError> {
     let resp = answer.map_err(PublishError::Link)?;
-    let reason = || {
-        resp.json_body::<serde_json::Value>()
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned())
-    };
     if resp.status.is_success() {
-        let id = resp.headers.get(MESSAGE_ID).unwrap_or_default().to_owned();
-        return Ok(Published { id });
+        return Ok(resp);
     }
+    let reason = resp
+        .json_body::<serde_json::Value>()
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned());
     Err(match resp.status {
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => PublishError::Full(reason()),
-        s if s.is_client_error() => PublishError::Refused(reason()),
-        _ => PublishError::Link(LinkError::new(LinkErrorKind::Upstream, reason())),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => PublishError::Full(reason),
+        s if s.is_client_error() => PublishError::Refused(reason),
+        _ => PublishError::Link(LinkError::new(LinkErrorKind::Upstream, reason)),
     })
 }
 
@@ -176,6 +297,23 @@ mod tests {
         assert_eq!(msg.published_at_us, 1_700_000_000_000_000);
         assert_eq!(msg.json::<serde_json::Value>().unwrap()["n"], 1);
         assert!(Message::from_request(&Request::post("/x")).is_none());
+    }
+
+    #[test]
+    fn batches_frame_their_messages() {
+        let mut writer = BatchWriter::new();
+        writer.push([(&b"orch-message-id"[..], &b"b-1"[..])], b"first");
+        writer.push([], b"");
+        writer.push([], b"third");
+        let (count, buf) = writer.finish();
+        let buf = Bytes::from(buf);
+        let entries: Vec<_> = batch_entries(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(count, 3);
+        assert_eq!(entries[0].0.find_raw(MESSAGE_ID), Some(&b"b-1"[..]));
+        let bodies: Vec<&[u8]> = entries.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(bodies, [&b"first"[..], b"", b"third"]);
+        let truncated = buf.slice(..buf.len() - 2);
+        assert!(batch_entries(&truncated).any(|e| e.is_err()));
     }
 
     #[test]
