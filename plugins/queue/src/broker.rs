@@ -58,13 +58,35 @@ struct Topic {
     groups: Vec<Option<Group>>,
     /// Woken when a message leaves, for publishers waiting for room.
     space: Arc<Notify>,
+    /// Publishers that found the topic full and wait on `space`.
+    blocked: usize,
     published: u64,
 }
 
+/// A message's id: `<boot>-<n>` for the ones this run of the broker took,
+/// kept as a number until it is written out; as read back from disk otherwise.
+#[derive(Clone, Debug)]
+pub enum MessageId {
+    Counter(u32, u64),
+    Text(Arc<str>),
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageId::Counter(boot, n) => write!(f, "{boot:08x}-{n}"),
+            MessageId::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Headers a message carries (`content-type`, trace context, dead-letter reasons); most carry none.
+pub type MessageHeaders = Option<Arc<[(String, String)]>>;
+
 struct Stored {
-    id: Arc<str>,
+    id: MessageId,
     published_us: u64,
-    headers: Arc<[(String, String)]>,
+    headers: MessageHeaders,
     body: Bytes,
     /// One bit per group that has yet to acknowledge it.
     pending: u64,
@@ -89,6 +111,8 @@ struct Group {
     /// Messages the group has yet to acknowledge (its lag).
     pending: u64,
     notify: Arc<Notify>,
+    /// Workers that found nothing to deliver and wait on `notify`.
+    sleepers: usize,
     delivered: u64,
     redelivered: u64,
     dead_lettered: u64,
@@ -111,16 +135,17 @@ pub struct Job {
     seq: u64,
     slot: usize,
     group: u64,
-    pub id: Arc<str>,
+    pub id: MessageId,
     pub attempt: u32,
     pub published_us: u64,
-    pub headers: Arc<[(String, String)]>,
+    pub headers: MessageHeaders,
     pub body: Bytes,
 }
 
-/// What a worker gets when it asks for a delivery.
+/// What a worker gets when it asks for deliveries.
 pub enum Take {
-    Job(Job),
+    /// Some were added to the caller's list.
+    Jobs,
     /// Nothing to deliver now; a redelivery falls due at the instant, if any.
     Wait(Option<Instant>),
     /// The group no longer exists.
@@ -130,13 +155,15 @@ pub enum Take {
 /// Completes when a stored message is on disk.
 type Persisted = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
-/// A message just added: its id, its sequence number, and (durable) when it is on disk.
-type Inserted = (Arc<str>, u64, Option<Persisted>);
+/// Messages just added: their ids and (durable) when they are on disk.
+type Inserted = (Vec<MessageId>, Option<Persisted>);
 
 /// Why a publish was refused.
 #[derive(Debug)]
 pub enum PublishError {
     Full(String),
+    /// More messages at once than the topic can ever hold.
+    TooMany(String),
     Store(String),
 }
 
@@ -179,9 +206,9 @@ impl Broker {
             let t = state.topic(&topic);
             t.next_seq = t.next_seq.max(seq + 1);
             let stored = Stored {
-                id: record.id.into(),
+                id: MessageId::Text(record.id.into()),
                 published_us: record.published_us,
-                headers: record.headers.into(),
+                headers: (!record.headers.is_empty()).then(|| record.headers.into()),
                 body: record.body,
                 pending: 0,
                 unclaimed: true,
@@ -202,6 +229,7 @@ impl Broker {
         for (name, topic) in state.topics.iter_mut() {
             topic.settings = settings.topic(name);
             // A larger capacity may let waiting publishers in.
+            topic.blocked = 0;
             topic.space.notify_waiters();
         }
         state.settings = settings;
@@ -246,6 +274,7 @@ impl Broker {
             in_flight: 0,
             pending,
             notify: notify.clone(),
+            sleepers: 0,
             delivered: 0,
             redelivered: 0,
             dead_lettered: 0,
@@ -276,24 +305,28 @@ impl Broker {
         }
     }
 
-    /// Accepts a message on `topic`: waits for room (`on_full: block`) or
-    /// refuses (`reject`); on a durable broker, completes once it is on disk.
+    /// Accepts messages on `topic`, all or none: waits for room (`on_full:
+    /// block`) or refuses (`reject`); on a durable broker, completes once
+    /// they are on disk.
     pub async fn publish(
         &self,
         topic: &str,
-        headers: Vec<(String, String)>,
-        body: Bytes,
-    ) -> Result<(String, u64), PublishError> {
-        let headers: Arc<[(String, String)]> = headers.into();
-        let space = self.lock().topic(topic).space.clone();
-        let (id, seq, persisted) = loop {
-            let notified = space.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            match self.try_insert(topic, &headers, &body)? {
-                Some(inserted) => break inserted,
-                None => notified.await,
-            }
+        messages: &[(MessageHeaders, Bytes)],
+    ) -> Result<Vec<MessageId>, PublishError> {
+        let (ids, persisted) = match self.try_insert(topic, messages, false)? {
+            Some(inserted) => inserted,
+            None => loop {
+                // Full: wait for room, registered before looking again so
+                // that no wake-up is missed.
+                let space = self.lock().topic(topic).space.clone();
+                let notified = space.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                match self.try_insert(topic, messages, true)? {
+                    Some(inserted) => break inserted,
+                    None => notified.await,
+                }
+            },
         };
         if let Some(persisted) = persisted {
             match persisted.await {
@@ -302,38 +335,58 @@ impl Broker {
                 Err(_) => return Err(PublishError::Store("the message store has stopped".to_owned())),
             }
         }
-        Ok((id.to_string(), seq))
+        Ok(ids)
     }
 
-    /// Adds the message if the topic has room; `None` if it is full and blocks.
+    /// Adds the messages if the topic has room for all; `None` if it has not
+    /// and blocks (then, with `waiting`, the caller is counted as waiting for room).
     fn try_insert(
         &self,
         topic: &str,
-        headers: &Arc<[(String, String)]>,
-        body: &Bytes,
+        messages: &[(MessageHeaders, Bytes)],
+        waiting: bool,
     ) -> Result<Option<Inserted>, PublishError> {
         let mut state = self.lock();
         let published_us = now_us();
-        let id: Arc<str> = format!("{:08x}-{}", self.boot, state.next_id).into();
+        let first_id = state.next_id;
         let t = state.topic(topic);
-        if (t.messages.len() as u64) < t.settings.capacity {
-            let seq = t.insert(id.clone(), published_us, headers.clone(), body.clone());
-            let persisted = self.store.as_ref().map(|store| {
-                let record = Record { id: id.to_string(), published_us, headers: headers.to_vec(), body: body.clone() };
-                store.put(topic, seq, &record)
-            });
-            state.next_id += 1;
-            return Ok(Some((id, seq, persisted)));
+        let n = messages.len() as u64;
+        if n > t.settings.capacity {
+            return Err(PublishError::TooMany(format!(
+                "a batch of {n} messages cannot fit in topic `{topic}` (capacity {})",
+                t.settings.capacity
+            )));
+        }
+        if t.messages.len() as u64 + n <= t.settings.capacity {
+            let mut ids = Vec::with_capacity(messages.len());
+            let mut records = Vec::new();
+            for (i, (headers, body)) in messages.iter().enumerate() {
+                let id = MessageId::Counter(self.boot, first_id + i as u64);
+                let seq = t.insert(id.clone(), published_us, headers.clone(), body.clone());
+                if self.store.is_some() {
+                    let headers = headers.as_deref().map(<[_]>::to_vec).unwrap_or_default();
+                    records.push((seq, Record { id: id.to_string(), published_us, headers, body: body.clone() }));
+                }
+                ids.push(id);
+            }
+            let persisted = self.store.as_ref().map(|store| store.put(topic, records));
+            state.next_id += n;
+            return Ok(Some((ids, persisted)));
         }
         if t.settings.on_full == OnFull::Reject {
             return Err(PublishError::Full(format!("topic `{topic}` is full (capacity {})", t.settings.capacity)));
         }
+        if waiting {
+            t.blocked += 1;
+        }
         Ok(None)
     }
 
-    /// The next delivery for `group`: a redelivery that fell due, else the
-    /// oldest message the group has not been offered.
-    pub fn take(&self, group: &GroupRef) -> Take {
+    /// Up to `max` deliveries for `group`, in order: redeliveries that fell
+    /// due first, then the oldest messages the group has not been offered.
+    /// With nothing to deliver, the caller is counted as waiting on the
+    /// group's `notify` (which it must have enabled before asking).
+    pub fn take(&self, group: &GroupRef, max: usize, jobs: &mut Vec<Job>) -> Take {
         let mut state = self.lock();
         let Some(t) = state.topics.get_mut(&*group.topic) else { return Take::Gone };
         let bit = 1u64 << group.slot;
@@ -341,7 +394,8 @@ impl Broker {
             return Take::Gone;
         };
         let now = Instant::now();
-        while let Some(&(due, seq)) = g.retries.first() {
+        while jobs.len() < max {
+            let Some(&(due, seq)) = g.retries.first() else { break };
             if due > now {
                 break;
             }
@@ -357,33 +411,44 @@ impl Broker {
                 g.redelivered += 1;
             }
             g.in_flight += 1;
-            return Take::Job(Job::new(seq, group, message, attempt));
+            jobs.push(Job::new(seq, group, message, attempt));
         }
-        let next = t.messages.range(g.cursor..).find(|(_, m)| m.pending & bit != 0);
-        match next {
-            Some((&seq, message)) => {
-                g.cursor = seq + 1;
+        if jobs.len() < max {
+            let mut next = g.cursor;
+            for (&seq, message) in t.messages.range(g.cursor..) {
+                next = seq + 1;
+                if message.pending & bit == 0 {
+                    continue;
+                }
                 g.attempts.insert(seq, 1);
                 g.in_flight += 1;
-                Take::Job(Job::new(seq, group, message, 1))
+                jobs.push(Job::new(seq, group, message, 1));
+                if jobs.len() >= max {
+                    break;
+                }
             }
-            None => {
-                g.cursor = t.next_seq;
-                Take::Wait(g.retries.first().map(|(due, _)| *due))
-            }
+            g.cursor = if jobs.len() >= max { next } else { t.next_seq };
         }
+        if !jobs.is_empty() {
+            return Take::Jobs;
+        }
+        g.sleepers += 1;
+        Take::Wait(g.retries.first().map(|(due, _)| *due))
     }
 
-    /// The subscriber acknowledged `job`.
-    pub fn ack(&self, job: &Job) {
+    /// The subscriber acknowledged `jobs`.
+    pub fn ack(&self, jobs: &[Job]) {
+        let Some(first) = jobs.first() else { return };
         let mut state = self.lock();
-        let Some(t) = state.topics.get_mut(&*job.topic) else { return };
-        let Some(g) = t.group_mut(job.slot, job.group) else { return };
-        g.in_flight -= 1;
-        g.attempts.remove(&job.seq);
-        g.delivered += 1;
-        g.pending = g.pending.saturating_sub(1);
-        t.settle(job.seq, job.slot, self.store.as_ref(), &job.topic);
+        let Some(t) = state.topics.get_mut(&*first.topic) else { return };
+        for job in jobs {
+            let Some(g) = t.group_mut(job.slot, job.group) else { continue };
+            g.in_flight -= 1;
+            g.attempts.remove(&job.seq);
+            g.delivered += 1;
+            g.pending = g.pending.saturating_sub(1);
+            t.settle(job.seq, job.slot, self.store.as_ref(), &job.topic);
+        }
     }
 
     /// The subscriber failed `job`: it is offered again after a backoff, or,
@@ -408,19 +473,19 @@ impl Broker {
         t.settle(job.seq, job.slot, self.store.as_ref(), &job.topic);
         // To the dead-letter topic, whatever its capacity: it never refuses
         // what it is given, and nothing is dropped.
-        let mut headers = job.headers.to_vec();
+        let mut headers = job.headers.as_deref().map(<[_]>::to_vec).unwrap_or_default();
         headers.retain(|(name, _)| !name.starts_with("orch-dead-letter-"));
         headers.push(("orch-dead-letter-topic".into(), job.topic.to_string()));
         headers.push(("orch-dead-letter-subscriber".into(), group_key));
         headers.push(("orch-dead-letter-attempts".into(), job.attempt.to_string()));
         headers.push(("orch-dead-letter-reason".into(), reason.chars().take(200).collect()));
         let dlq = t.settings.dead_letter.clone();
-        let id: Arc<str> = format!("{:08x}-{next_id}", self.boot).into();
+        let id = MessageId::Counter(self.boot, next_id);
         let record = Record { id: id.to_string(), published_us: now_us(), headers, body: job.body.clone() };
         let d = state.topic(&dlq);
-        let seq = d.insert(id, record.published_us, record.headers.clone().into(), record.body.clone());
+        let seq = d.insert(id, record.published_us, Some(record.headers.clone().into()), record.body.clone());
         if let Some(store) = &self.store {
-            drop(store.put(&dlq, seq, &record));
+            drop(store.put(&dlq, vec![(seq, record)]));
         }
         state.next_id += 1;
     }
@@ -502,6 +567,7 @@ impl State {
                 messages: BTreeMap::new(),
                 groups: Vec::new(),
                 space: Arc::new(Notify::new()),
+                blocked: 0,
                 published: 0,
             };
             self.topics.insert(name.to_owned(), topic);
@@ -516,7 +582,7 @@ impl Topic {
     }
 
     /// Adds a message for every current group (or for the next one, if none).
-    fn insert(&mut self, id: Arc<str>, published_us: u64, headers: Arc<[(String, String)]>, body: Bytes) -> u64 {
+    fn insert(&mut self, id: MessageId, published_us: u64, headers: MessageHeaders, body: Bytes) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.published += 1;
@@ -525,7 +591,10 @@ impl Topic {
             if let Some(g) = group {
                 pending |= 1 << slot;
                 g.pending += 1;
-                g.notify.notify_waiters();
+                if g.sleepers > 0 {
+                    g.sleepers = 0;
+                    g.notify.notify_waiters();
+                }
             }
         }
         self.messages.insert(seq, Stored { id, published_us, headers, body, pending, unclaimed: pending == 0 });
@@ -541,7 +610,10 @@ impl Topic {
             if let Some(store) = store {
                 store.remove(topic, seq);
             }
-            self.space.notify_waiters();
+            if self.blocked > 0 {
+                self.blocked = 0;
+                self.space.notify_waiters();
+            }
         }
     }
 }

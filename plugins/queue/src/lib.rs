@@ -31,6 +31,8 @@ mod broker;
 mod config;
 mod store;
 
+use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -38,8 +40,8 @@ use broker::{Broker, GroupRef, Job, Take};
 pub use config::Queue;
 use config::Settings;
 use plugin_api::prelude::*;
-use plugin_api::queue::{ATTEMPT, MESSAGE_ID, PUBLISHED_AT, TOPIC};
-use plugin_api::serde_json::{self, json};
+use plugin_api::queue::{ATTEMPT, BATCH, BatchWriter, MESSAGE_ID, PUBLISH_BATCH, PUBLISHED_AT, TOPIC, batch_entries};
+use plugin_api::serde_json;
 use plugin_api::{LinkErrorKind, LinkInfo};
 use tokio::sync::watch;
 
@@ -110,7 +112,7 @@ impl Plugin for QueuePlugin {
     }
 
     /// A publish: `POST /<topic>` (the host sets the path from the link).
-    async fn handle(&self, req: Request, _cx: Context) -> Response {
+    async fn handle(&self, mut req: Request, _cx: Context) -> Response {
         let Some(running) = self.running.get() else {
             return Response::not_delivered("the broker is starting");
         };
@@ -118,31 +120,57 @@ impl Plugin for QueuePlugin {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "publish a message with POST")
                 .with_header("allow", "POST");
         }
-        let topic = req.path().trim_start_matches('/').to_owned();
-        let topic = topic.as_str();
-        if topic.is_empty() {
-            return Response::error(StatusCode::NOT_FOUND, "no topic: publish through a queue link");
+        let body = std::mem::take(&mut req.body);
+        let topic = req.path().trim_start_matches('/');
+        if topic.is_empty() || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Response::error(StatusCode::NOT_FOUND, "no such topic: publish through a queue link");
         }
         let limit = self.config.max_message_size;
-        if req.body.len() as u64 > limit {
+        if body.len() as u64 > limit {
             return Response::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the message is {} bytes; this broker takes at most {limit}", req.body.len()),
+                &format!("the message is {} bytes; this broker takes at most {limit}", body.len()),
             );
         }
-        let mut headers = Vec::new();
-        for name in ["content-type", "traceparent", "tracestate"] {
-            if let Some(value) = req.headers.get(name) {
-                headers.push((name.to_owned(), value.to_owned()));
+        let batch = req.headers.find_raw(PUBLISH_BATCH).is_some();
+        let mut messages = Vec::new();
+        if batch {
+            let body = body.into_bytes();
+            for entry in batch_entries(&body) {
+                match entry {
+                    Ok((headers, message)) => messages.push((carried(&headers), message)),
+                    Err(why) => return Response::error(StatusCode::BAD_REQUEST, &why),
+                }
             }
+        } else {
+            messages.push((carried(&req.headers), body.into_bytes()));
         }
-        match running.broker.publish(topic, headers, req.body.into_bytes()).await {
-            Ok((id, _)) => Response::json(&json!({ "id": id, "topic": topic }))
-                .with_status(StatusCode::ACCEPTED)
-                .with_header(MESSAGE_ID, &id),
+        if let Some((_, big)) = messages.iter().find(|(_, m)| m.len() as u64 > limit) {
+            return Response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a message is {} bytes; this broker takes at most {limit}", big.len()),
+            );
+        }
+        match running.broker.publish(topic, &messages).await {
+            Ok(ids) => {
+                let mut body = String::with_capacity(32 + ids.len() * 24);
+                body.push_str(if batch { r#"{"ids":["# } else { r#"{"id":"# });
+                for (i, id) in ids.iter().enumerate() {
+                    let _ = write!(body, "{}\"{id}\"", if i > 0 { "," } else { "" });
+                }
+                let _ = write!(body, "{}\"topic\":\"{topic}\"}}", if batch { "]," } else { "," });
+                let first = ids.first().map(ToString::to_string).unwrap_or_default();
+                let mut resp = Response::new(StatusCode::ACCEPTED).with_body(body);
+                resp.headers = plugin_api::Headers::from_pairs([
+                    (MESSAGE_ID, first.as_str()),
+                    ("content-type", "application/json"),
+                ]);
+                resp
+            }
             Err(broker::PublishError::Full(why)) => {
                 Response::error(StatusCode::SERVICE_UNAVAILABLE, &why).with_header("retry-after", "1")
             }
+            Err(broker::PublishError::TooMany(why)) => Response::error(StatusCode::PAYLOAD_TOO_LARGE, &why),
             Err(broker::PublishError::Store(why)) => Response::error(StatusCode::INTERNAL_SERVER_ERROR, &why),
         }
     }
@@ -209,9 +237,21 @@ impl Plugin for QueuePlugin {
 
 plugin_api::declare_plugin!(QueuePlugin, name = "queue");
 
-/// One delivery worker of a subscription: takes a message, POSTs it to the
-/// subscriber, settles it; one at a time, so a subscription with
+/// Most deliveries a worker takes, and sends in one call, at once (shared
+/// out when a subscription has several workers).
+const MAX_BATCH: usize = 64;
+
+/// Times a worker with nothing to deliver looks again before it sleeps.
+const SPINS: usize = 16;
+
+/// One delivery worker of a subscription: takes messages, sends them to the
+/// subscriber and settles them, one call at a time; so a subscription with
 /// `concurrency: 1` sees messages in publish order.
+///
+/// A call carries a batch of messages (the subscriber's plugin hands them to
+/// `on_message` one by one) while the subscriber answers at once, as native
+/// tiers do; as soon as a call has to wait (a program behind HTTP, a slow
+/// handler), calls go back to one message each.
 async fn deliver(
     broker: Arc<Broker>,
     group: GroupRef,
@@ -219,85 +259,202 @@ async fn deliver(
     cx: Context,
     mut stop: watch::Receiver<bool>,
 ) {
+    let max_batch = (MAX_BATCH / sub.concurrency as usize).max(1);
+    let mut size = 1;
+    let mut jobs = VecDeque::with_capacity(max_batch);
+    let mut acked = Vec::with_capacity(max_batch);
+    let mut taken = Vec::with_capacity(max_batch);
     let mut not_delivered = 0;
+    let mut scratch = String::new();
     loop {
-        let job = loop {
-            if *stop.borrow() {
-                return;
+        if *stop.borrow() {
+            return;
+        }
+        let mut first = broker.take(&group, size, &mut taken);
+        // Under a steady stream, look again a few times before going to sleep:
+        // waking a sleeping worker costs the publisher more than this.
+        for _ in 0..SPINS {
+            if !matches!(first, Take::Wait(_)) {
+                break;
             }
-            let notified = group.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            match broker.take(&group) {
-                Take::Job(job) => break job,
-                Take::Gone => return,
-                Take::Wait(due) => {
-                    let due = due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-                    tokio::select! {
-                        () = &mut notified => {}
-                        () = tokio::time::sleep_until(due) => {}
-                        _ = stop.changed() => {}
+            tokio::task::yield_now().await;
+            first = broker.take(&group, size, &mut taken);
+        }
+        match first {
+            Take::Jobs => {}
+            Take::Gone => return,
+            Take::Wait(_) => {
+                // Registered before looking again, so that no wake-up is missed.
+                let notified = group.notify.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                match broker.take(&group, size, &mut taken) {
+                    Take::Jobs => {}
+                    Take::Gone => return,
+                    Take::Wait(due) => {
+                        let due = due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                        tokio::select! {
+                            () = &mut notified => {}
+                            () = tokio::time::sleep_until(due) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
                     }
                 }
             }
+        }
+        jobs.extend(taken.drain(..));
+        let mut settle = Settle { broker: &broker, jobs, acked };
+        let req = if settle.jobs.len() == 1 {
+            request(&settle.jobs[0], &sub.path, &mut scratch)
+        } else {
+            batch_request(&settle.jobs, &sub.path, &group.topic, &mut scratch)
         };
-        let mut guard = Settle { broker: &broker, job: Some(job) };
-        let outcome = match &guard.job {
-            Some(job) => cx.call(&sub.link, request(job, &sub.path)).await,
-            None => continue,
-        };
-        let Some(job) = guard.job.take() else { continue };
+        let mut call = std::pin::pin!(cx.call(&sub.link, req));
+        let mut waited = false;
+        let outcome = std::future::poll_fn(|c| {
+            let polled = call.as_mut().poll(c);
+            waited |= polled.is_pending();
+            polled
+        })
+        .await;
+        let mut pause = false;
         match outcome {
             Ok(resp) if resp.status.is_success() => {
                 not_delivered = 0;
-                broker.ack(&job);
+                let failed = if settle.jobs.len() > 1 { failures(&resp) } else { Vec::new() };
+                for (i, job) in settle.jobs.drain(..).enumerate() {
+                    match failed.iter().find(|(at, _)| *at == i) {
+                        Some((_, reason)) => broker.fail(&job, reason.clone()),
+                        None => settle.acked.push(job),
+                    }
+                }
             }
             Ok(resp) => {
                 not_delivered = 0;
                 let body = String::from_utf8_lossy(&resp.body);
-                let body: String = body.chars().take(200).collect();
-                broker.fail(&job, format!("the subscriber answered {}: {body}", resp.status));
+                let reason =
+                    format!("the subscriber answered {}: {}", resp.status, body.chars().take(200).collect::<String>());
+                for job in settle.jobs.drain(..) {
+                    broker.fail(&job, reason.clone());
+                }
             }
             Err(e) if matches!(e.kind, LinkErrorKind::Unavailable | LinkErrorKind::UnknownLink) => {
-                broker.requeue(&job, e.message);
-                not_delivered += 1;
-                tokio::select! {
-                    () = tokio::time::sleep(broker::pause_after(not_delivered)) => {}
-                    _ = stop.changed() => {}
+                // Not delivered at all: back in line, no attempt counted.
+                for job in settle.jobs.drain(..) {
+                    broker.requeue(&job, e.message.clone());
                 }
+                not_delivered += 1;
+                pause = true;
             }
             Err(e) => {
                 not_delivered = 0;
-                broker.fail(&job, e.message);
+                for job in settle.jobs.drain(..) {
+                    broker.fail(&job, e.message.clone());
+                }
+            }
+        }
+        settle.flush();
+        (jobs, acked) = settle.into_parts();
+        size = if waited { 1 } else { (size * 2).min(max_batch) };
+        if pause {
+            tokio::select! {
+                () = tokio::time::sleep(broker::pause_after(not_delivered)) => {}
+                _ = stop.changed() => {}
             }
         }
     }
 }
 
-/// Puts a job back in line if its worker is cancelled mid-delivery.
+/// The failed messages a subscriber listed in its answer to a batch.
+fn failures(resp: &Response) -> Vec<(usize, String)> {
+    if resp.body.as_ref() == br#"{"failed":[]}"# {
+        return Vec::new();
+    }
+    let answer: serde_json::Value = resp.json_body().unwrap_or_default();
+    let listed = answer.get("failed").and_then(|f| f.as_array()).map(Vec::as_slice).unwrap_or_default();
+    listed
+        .iter()
+        .filter_map(|f| Some((f.get(0)?.as_u64()? as usize, f.get(1)?.as_str().unwrap_or_default().to_owned())))
+        .collect()
+}
+
+/// A worker's batch: what it still has to deliver, and what was acknowledged
+/// but not yet reported to the broker. If the worker is cancelled midway,
+/// the acknowledgements are reported and the rest goes back in line.
 struct Settle<'a> {
     broker: &'a Broker,
-    job: Option<Job>,
+    jobs: VecDeque<Job>,
+    acked: Vec<Job>,
+}
+
+impl Settle<'_> {
+    fn flush(&mut self) {
+        self.broker.ack(&self.acked);
+        self.acked.clear();
+    }
+
+    fn into_parts(mut self) -> (VecDeque<Job>, Vec<Job>) {
+        (std::mem::take(&mut self.jobs), std::mem::take(&mut self.acked))
+    }
 }
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
+        self.flush();
+        for job in self.jobs.drain(..) {
             self.broker.requeue(&job, "the delivery was interrupted".to_owned());
         }
     }
 }
 
-/// The HTTP-shaped delivery of `job`.
-fn request(job: &Job, path: &str) -> Request {
-    let mut req = Request::post(path)
-        .with_header(MESSAGE_ID, &job.id)
-        .with_header(ATTEMPT, &job.attempt.to_string())
-        .with_header(TOPIC, &job.topic)
-        .with_header(PUBLISHED_AT, &job.published_us.to_string())
-        .with_body(job.body.clone());
-    for (name, value) in job.headers.iter() {
-        req.headers.append(name, value);
+/// The publisher's headers a message carries to its subscribers.
+fn carried(headers: &plugin_api::Headers) -> broker::MessageHeaders {
+    let mut kept = Vec::new();
+    for name in ["content-type", "traceparent", "tracestate"] {
+        if let Some(value) = headers.find_raw(name) {
+            kept.push((name.to_owned(), String::from_utf8_lossy(value).into_owned()));
+        }
     }
+    (!kept.is_empty()).then(|| kept.into())
+}
+
+/// The HTTP-shaped delivery of `job`; `scratch` is reused for its numbers.
+fn request(job: &Job, path: &str, scratch: &mut String) -> Request {
+    let mut req = Request::post(path).with_body(job.body.clone());
+    req.headers = plugin_api::Headers::from_pairs(delivery_headers(job, scratch));
     req
+}
+
+/// One call delivering all of `jobs`, in order.
+fn batch_request(jobs: &VecDeque<Job>, path: &str, topic: &str, scratch: &mut String) -> Request {
+    let mut writer = BatchWriter::new();
+    for job in jobs {
+        writer.push(delivery_headers(job, scratch).map(|(n, v)| (n.as_bytes(), v.as_bytes())), &job.body);
+    }
+    let (count, buf) = writer.finish();
+    let count = count.to_string();
+    let mut req = Request::post(path).with_body(buf);
+    req.headers = plugin_api::Headers::from_pairs([(TOPIC, topic), (BATCH, count.as_str())]);
+    req
+}
+
+/// A delivery's headers: its id, attempt, topic and publish time, then what
+/// the publisher's message carries.
+fn delivery_headers<'a>(job: &'a Job, scratch: &'a mut String) -> impl Iterator<Item = (&'a str, &'a str)> {
+    scratch.clear();
+    let _ = write!(scratch, "{}", job.id);
+    let id_end = scratch.len();
+    let _ = write!(scratch, "{}", job.attempt);
+    let attempt_end = scratch.len();
+    let _ = write!(scratch, "{}", job.published_us);
+    let scratch: &'a str = scratch;
+    let own = [
+        (MESSAGE_ID, &scratch[..id_end]),
+        (ATTEMPT, &scratch[id_end..attempt_end]),
+        (TOPIC, &*job.topic),
+        (PUBLISHED_AT, &scratch[attempt_end..]),
+    ];
+    let carried = job.headers.iter().flat_map(|h| h.iter()).map(|(n, v)| (n.as_str(), v.as_str()));
+    own.into_iter().chain(carried)
 }

@@ -56,7 +56,7 @@ impl Record {
 }
 
 enum Op {
-    Put { topic: String, seq: u64, value: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
+    Put { topic: String, values: Vec<(u64, Vec<u8>)>, done: oneshot::Sender<Result<(), String>> },
     Remove { topic: String, seq: u64 },
 }
 
@@ -126,10 +126,11 @@ impl Store {
         &self.path
     }
 
-    /// Stores a message; the receiver completes once it is on disk.
-    pub fn put(&self, topic: &str, seq: u64, record: &Record) -> oneshot::Receiver<Result<(), String>> {
+    /// Stores messages (by sequence number); the receiver completes once they are on disk.
+    pub fn put(&self, topic: &str, records: Vec<(u64, Record)>) -> oneshot::Receiver<Result<(), String>> {
         let (done, rx) = oneshot::channel();
-        let op = Op::Put { topic: topic.to_owned(), seq, value: record.encode(), done };
+        let values = records.into_iter().map(|(seq, record)| (seq, record.encode())).collect();
+        let op = Op::Put { topic: topic.to_owned(), values, done };
         if let Some(Err(mpsc::SendError(Op::Put { done, .. }))) = self.ops.as_ref().map(|ops| ops.send(op)) {
             let _ = done.send(Err("the message store has stopped".to_owned()));
         }
@@ -174,8 +175,10 @@ fn commit(db: &Database, batch: &[Op], sync: bool) -> Result<(), redb::Error> {
         let mut table = tx.open_table(MESSAGES)?;
         for op in batch {
             match op {
-                Op::Put { topic, seq, value, .. } => {
-                    table.insert((topic.as_str(), *seq), value.as_slice())?;
+                Op::Put { topic, values, .. } => {
+                    for (seq, value) in values {
+                        table.insert((topic.as_str(), *seq), value.as_slice())?;
+                    }
                 }
                 Op::Remove { topic, seq } => {
                     table.remove((topic.as_str(), *seq))?;
@@ -214,12 +217,11 @@ mod tests {
         {
             let (store, recovered) = Store::open(&path).unwrap();
             assert!(recovered.is_empty());
-            for seq in 1..=3 {
-                store.put("orders", seq, &record(&format!("x-{seq}"))).await.unwrap().unwrap();
-            }
+            let records = (1..=3).map(|seq| (seq, record(&format!("x-{seq}")))).collect();
+            store.put("orders", records).await.unwrap().unwrap();
             store.remove("orders", 2);
             // The removal is committed before this put is acknowledged.
-            store.put("audit", 1, &record("y-1")).await.unwrap().unwrap();
+            store.put("audit", vec![(1, record("y-1"))]).await.unwrap().unwrap();
         }
         // Dropping the store closed the database.
         let (_store, recovered) = Store::open(&path).unwrap();
