@@ -34,7 +34,19 @@ links:
 
 /// Publishes `n` messages `<prefix>-<i>` on `pub`'s link `link`; their ids.
 async fn publish(orch: &Running, web: SocketAddr, link: &str, prefix: &str, n: usize) -> Vec<String> {
-    let (code, body) = orch.post(web, &format!("/publish/{link}?n={n}"), prefix.to_owned()).await;
+    publish_in_batches(orch, web, link, prefix, n, 1).await
+}
+
+/// Publishes as `publish` does, `batch` messages per call.
+async fn publish_in_batches(
+    orch: &Running,
+    web: SocketAddr,
+    link: &str,
+    prefix: &str,
+    n: usize,
+    batch: usize,
+) -> Vec<String> {
+    let (code, body) = orch.post(web, &format!("/publish/{link}?n={n}&batch={batch}"), prefix.to_owned()).await;
     assert_eq!(code, 200, "publish: {body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     let ids: Vec<String> = answer["published"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
@@ -89,7 +101,9 @@ async fn pubsub_gives_every_subscribing_tier_each_message_once_in_order() {
     let orch = Running::start(&yaml).await;
     let web = orch.tier_addr("web").await;
     const N: usize = 300;
-    let published = publish(&orch, web, "q", "m", N).await;
+    // Half one by one, half in batches of 25.
+    let mut published = publish(&orch, web, "q", "m", N / 2).await;
+    published.extend(publish_in_batches(&orch, web, "q", "n", N / 2, 25).await);
     for name in ["a", "b"] {
         let got = received(&orch, web, name, N).await;
         // Exactly once each, and (one delivery at a time) in publish order.

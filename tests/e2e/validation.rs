@@ -38,7 +38,8 @@ links:
   - { from: web, to: frontend, kind: rest }
   - { from: frontend, to: bakend, kind: rest }
   - { from: web, to: kit, kind: rest, name: frontend }
-  - { from: web, to: kit, kind: queue, name: q }
+  - { from: kit, to: web, kind: rpc, name: q }
+  - { from: web, to: kit, kind: queue, name: q2 }
 "#;
 
 #[test]
@@ -65,7 +66,15 @@ fn every_error_class_is_reported_at_its_location() {
         "links[2].name: tier `web` already has an outbound link named `frontend` (links[0])",
     );
     // A link kind the target plugin cannot serve.
-    assert_located(&stderr, &file, 24, 33, "links[3].kind: tier `kit` (plugin `testkit`) cannot serve `queue` links");
+    assert_located(&stderr, &file, 24, 33, "links[3].kind: tier `web` (plugin `gateway`) cannot serve `rpc` links");
+    // A queue link that does not go through a queue tier.
+    assert_located(
+        &stderr,
+        &file,
+        25,
+        33,
+        "links[4].kind: a queue link goes into a queue tier (to publish) or out of one",
+    );
     // A plugin rejecting its own config: the gateway's route, and testkit's flag.
     assert_located(
         &stderr,
@@ -77,7 +86,7 @@ fn every_error_class_is_reported_at_its_location() {
     assert_located(&stderr, &file, 19, 23, "tiers.kit.config.reject: rejected on request (plugin `testkit`)");
     // Rendered like a compiler diagnostic: the source line and a marker under the value.
     assert!(stderr.contains("12 │     replicas: 0"), "{stderr}");
-    assert!(stderr.contains("10 errors in"), "{stderr}");
+    assert!(stderr.contains("11 errors in"), "{stderr}");
 }
 
 #[test]

@@ -8,8 +8,9 @@
 //!   method over RPC link `link` with the request's body and answers
 //!   `{"code", "message", "body"}`;
 //! - RPC `kit.Kit/Sleep` (message: milliseconds) and `kit.Kit/Panic`;
-//! - `/publish/<link>?n=N` — publishes N messages `<body>-<i>` (i from 0) on
-//!   queue link `link`, one after the other; answers `{"published": [ids], "error"}`;
+//! - `/publish/<link>?n=N&batch=B` — publishes N messages `<body>-<i>` (i from
+//!   0) on queue link `link`, B per call (`publish_batch`; default 1: `publish`),
+//!   one call after the other; answers `{"published": [ids], "error"}`;
 //! - `/received/<tier>?min=N&unique=U&wait_ms=T` — the messages tier `tier`
 //!   received (`[{"id", "attempt", "body", "replica"}]`, in arrival order),
 //!   once there are at least N deliveries of at least U distinct messages, or
@@ -126,16 +127,25 @@ impl Plugin for Testkit {
         }
         if let Some(link) = path.strip_prefix("/publish/") {
             let n: u32 = query_param(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let batch: u32 = query_param(&req, "batch").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
             let prefix = String::from_utf8_lossy(&req.body).into_owned();
             let mut ids = Vec::new();
-            for i in 0..n {
-                match cx.publish(link, format!("{prefix}-{i}")).await {
-                    Ok(published) => ids.push(published.id),
+            let mut i = 0;
+            while i < n {
+                let count = batch.min(n - i);
+                let result = if batch == 1 {
+                    cx.publish(link, format!("{prefix}-{i}")).await.map(|p| vec![p])
+                } else {
+                    cx.publish_batch(link, (i..i + count).map(|j| format!("{prefix}-{j}"))).await
+                };
+                match result {
+                    Ok(published) => ids.extend(published.into_iter().map(|p| p.id)),
                     Err(e) => {
                         let body = json!({ "published": ids, "error": e.to_string() });
                         return Response::json(&body).with_status(e.status());
                     }
                 }
+                i += count;
             }
             return Response::json(&json!({ "published": ids, "error": null }));
         }
