@@ -209,7 +209,7 @@ impl Plugin for QueuePlugin {
             let sub = Arc::new(sub.clone());
             for _ in 0..sub.concurrency {
                 let worker = deliver(broker.clone(), group.clone(), sub.clone(), cx.clone(), stopped.clone());
-                workers.push(tokio::spawn(worker));
+                workers.push(delivery_runtime().spawn(worker));
             }
             groups.push(group);
         }
@@ -457,4 +457,29 @@ fn delivery_headers<'a>(job: &'a Job, scratch: &'a mut String) -> impl Iterator<
     ];
     let carried = job.headers.iter().flat_map(|h| h.iter()).map(|(n, v)| (n.as_str(), v.as_str()));
     own.into_iter().chain(carried)
+}
+
+/// The threads deliveries run on: a runtime of their own, one thread per
+/// core, so that delivering runs in parallel with the tiers that publish
+/// (a publisher on the main runtime would otherwise wake its subscriber's
+/// worker onto its own thread, and the two would take turns).
+fn delivery_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("queue-deliver")
+            .enable_all()
+            .build()
+            .expect("the delivery runtime starts");
+        let handle = runtime.handle().clone();
+        // Kept running for the life of the process: connections and timers
+        // that deliveries open stay usable by everyone.
+        std::thread::Builder::new()
+            .name("queue-deliver-driver".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .expect("the delivery runtime's thread starts");
+        handle
+    })
 }

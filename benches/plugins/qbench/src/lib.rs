@@ -46,14 +46,20 @@ impl Plugin for QBench {
             "/run" => {
                 let (n, size, window) = (param(&req, "n", 100_000), param(&req, "size", 128), param(&req, "window", 1));
                 let batch = param(&req, "batch", 1).max(1);
+                let link = req
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("link=")))
+                    .unwrap_or("q")
+                    .to_owned();
+                let link = link.as_str();
                 RECEIVED.store(0, Ordering::Release);
                 LATENCIES_US.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 let body = plugin_api::Bytes::from(vec![b'x'; size as usize]);
                 FIRST_PUBLISH_US.store(now_us(), Ordering::Release);
                 let publish = |first: u64| {
                     let count = batch.min(n - first);
-                    let one = (count == 1).then(|| cx.publish("q", body.clone()));
-                    let many = (count > 1).then(|| cx.publish_batch("q", (0..count).map(|_| body.clone())));
+                    let one = (count == 1).then(|| cx.publish(link, body.clone()));
+                    let many = (count > 1).then(|| cx.publish_batch(link, (0..count).map(|_| body.clone())));
                     async move {
                         let sent = match (one, many) {
                             (Some(one), _) => one.await.map(drop),
@@ -110,7 +116,14 @@ impl Plugin for QBench {
                     "p999_us": pct(0.999),
                 }))
             }
-            _ => Response::error(StatusCode::NOT_FOUND, "POST /run or GET /result"),
+            "/noop" => Response::new(StatusCode::ACCEPTED),
+            "/reset" => {
+                RECEIVED.store(0, Ordering::Release);
+                LATENCIES_US.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                FIRST_PUBLISH_US.store(now_us(), Ordering::Release);
+                Response::new(StatusCode::NO_CONTENT)
+            }
+            _ => Response::error(StatusCode::NOT_FOUND, "POST /run, GET /result, POST /noop or POST /reset"),
         }
     }
 
