@@ -639,3 +639,129 @@ impl Job {
 pub fn pause_after(not_delivered: u32) -> Duration {
     Duration::from_millis(10u64 << not_delivered.min(7)).min(Duration::from_secs(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Queue;
+
+    fn broker(tier: &str, config: Queue) -> Arc<Broker> {
+        let settings = Settings::new(config).unwrap();
+        Broker::attach(tier, settings, std::path::Path::new("/nonexistent")).unwrap().0
+    }
+
+    fn message(body: &'static str) -> (MessageHeaders, Bytes) {
+        (None, Bytes::from_static(body.as_bytes()))
+    }
+
+    fn take(broker: &Broker, group: &GroupRef, max: usize) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        broker.take(group, max, &mut jobs);
+        jobs
+    }
+
+    fn bodies(jobs: &[Job]) -> Vec<&[u8]> {
+        jobs.iter().map(|j| &j.body[..]).collect()
+    }
+
+    #[tokio::test]
+    async fn each_group_gets_every_message_and_a_message_leaves_when_all_acknowledged() {
+        let b = broker("t-groups", Queue::default());
+        let (one, two) = (b.subscribe("t", "one", "pubsub").unwrap(), b.subscribe("t", "two", "pubsub").unwrap());
+        b.publish("t", &[message("a"), message("b")]).await.unwrap();
+        let jobs = take(&b, &one, 10);
+        assert_eq!(bodies(&jobs), [b"a", b"b"]);
+        b.ack(&jobs);
+        // Still held for the other group.
+        assert_eq!(b.status()["topics"]["t"]["depth"], 2);
+        let jobs = take(&b, &two, 1);
+        assert_eq!(bodies(&jobs), [b"a"]);
+        b.ack(&jobs);
+        assert_eq!(b.status()["topics"]["t"]["depth"], 1);
+        assert_eq!(b.status()["topics"]["t"]["subscribers"]["two"]["lag"], 1);
+    }
+
+    #[tokio::test]
+    async fn what_a_departed_group_left_waits_for_the_next_subscriber() {
+        let b = broker("t-unclaimed", Queue::default());
+        // Published before anyone subscribed: kept.
+        b.publish("t", &[message("early")]).await.unwrap();
+        let first = b.subscribe("t", "first", "pubsub").unwrap();
+        b.publish("t", &[message("later")]).await.unwrap();
+        let jobs = take(&b, &first, 1);
+        assert_eq!(bodies(&jobs), [b"early"]);
+        // The group goes away with one message in flight and one not yet offered.
+        b.unsubscribe(&first);
+        b.ack(&jobs); // settling a job of a group that is gone changes nothing
+        assert_eq!(b.status()["topics"]["t"]["unclaimed"], 2);
+        let next = b.subscribe("t", "next", "pubsub").unwrap();
+        assert_eq!(bodies(&take(&b, &next, 10)), [b"early", b"later"]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_redelivered_after_a_backoff_then_dead_lettered() {
+        let config = Queue { max_attempts: 2, retry_backoff: "1ms".into(), ..Queue::default() };
+        let b = broker("t-dead", config);
+        let g = b.subscribe("t", "g", "pubsub").unwrap();
+        let dead = b.subscribe("t.dlq", "d", "pubsub").unwrap();
+        b.publish("t", &[message("poison")]).await.unwrap();
+        let jobs = take(&b, &g, 1);
+        b.fail(&jobs[0], "no".into());
+        // Due in 1 ms: nothing yet, then the second attempt.
+        let due = match b.take(&g, 1, &mut Vec::new()) {
+            Take::Wait(Some(due)) => due,
+            _ => panic!("a redelivery should be scheduled"),
+        };
+        tokio::time::sleep_until(due).await;
+        let again = take(&b, &g, 1);
+        assert_eq!((again[0].attempt, &again[0].body[..]), (2, &b"poison"[..]));
+        b.fail(&again[0], "still no".into());
+        let status = b.status();
+        assert_eq!(status["topics"]["t"]["depth"], 0);
+        assert_eq!(status["topics"]["t"]["subscribers"]["g"]["dead_lettered"], 1);
+        let letters = take(&b, &dead, 1);
+        let headers = letters[0].headers.as_deref().unwrap();
+        assert!(headers.contains(&("orch-dead-letter-reason".into(), "still no".into())), "{headers:?}");
+    }
+
+    #[tokio::test]
+    async fn not_delivered_goes_back_first_in_line_without_counting_an_attempt() {
+        let b = broker("t-requeue", Queue::default());
+        let g = b.subscribe("t", "g", "pubsub").unwrap();
+        b.publish("t", &[message("1"), message("2"), message("3")]).await.unwrap();
+        let jobs = take(&b, &g, 2);
+        for job in &jobs {
+            b.requeue(job, "no ready replica".into());
+        }
+        let again = take(&b, &g, 3);
+        assert_eq!(bodies(&again), [b"1", b"2", b"3"]);
+        assert!(again.iter().all(|j| j.attempt == 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_topic_rejects_whole_batches_and_never_takes_part_of_one() {
+        let config = Queue { capacity: 3, on_full: OnFull::Reject, ..Queue::default() };
+        let b = broker("t-full", config);
+        b.publish("t", &[message("1"), message("2")]).await.unwrap();
+        assert!(matches!(b.publish("t", &[message("3"), message("4")]).await, Err(PublishError::Full(_))));
+        assert!(matches!(b.publish("t", &vec![message("x"); 4]).await, Err(PublishError::TooMany(_))));
+        assert_eq!(b.status()["topics"]["t"]["depth"], 2);
+        b.publish("t", &[message("3")]).await.unwrap();
+        assert_eq!(b.status()["topics"]["t"]["published"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_publisher_gets_in_when_a_message_leaves() {
+        let b = broker("t-block", Queue { capacity: 1, ..Queue::default() });
+        let g = b.subscribe("t", "g", "pubsub").unwrap();
+        b.publish("t", &[message("1")]).await.unwrap();
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.publish("t", &[message("2")]).await.map(|ids| ids.len()) }
+        });
+        let jobs = take(&b, &g, 1);
+        b.ack(&jobs);
+        assert_eq!(waiting.await.unwrap().unwrap(), 1);
+        assert_eq!(bodies(&take(&b, &g, 1)), [b"2"]);
+    }
+}
