@@ -49,6 +49,9 @@ struct State {
     topics: BTreeMap<String, Topic>,
     next_id: u64,
     next_group: u64,
+    /// Counts the instances that attached to the broker: a reload that
+    /// replaces the broker's instance makes a new generation.
+    generation: u64,
 }
 
 struct Topic {
@@ -101,6 +104,8 @@ struct Group {
     mode: &'static str,
     /// Broker instances delivering for this group.
     owners: usize,
+    /// The broker generation that created the group.
+    generation: u64,
     /// The next sequence number not yet offered to the group.
     cursor: u64,
     /// Messages to offer again, by when.
@@ -201,7 +206,7 @@ impl Broker {
             (None, Vec::new())
         };
         let boot = (now_us() as u32) ^ std::process::id().rotate_left(16);
-        let mut state = State { settings, topics: BTreeMap::new(), next_id: 1, next_group: 1 };
+        let mut state = State { settings, topics: BTreeMap::new(), next_id: 1, next_group: 1, generation: 1 };
         for (topic, seq, record) in recovered {
             let t = state.topic(&topic);
             t.next_seq = t.next_seq.max(seq + 1);
@@ -226,6 +231,7 @@ impl Broker {
 
     fn update(&self, settings: Settings) {
         let mut state = self.lock();
+        state.generation += 1;
         for (name, topic) in state.topics.iter_mut() {
             topic.settings = settings.topic(name);
             // A larger capacity may let waiting publishers in.
@@ -239,7 +245,7 @@ impl Broker {
     /// (their groups went away, or they came back from disk) go to it.
     pub fn subscribe(&self, topic: &str, key: &str, mode: &'static str) -> Result<GroupRef, String> {
         let mut state = self.lock();
-        let group_id = state.next_group;
+        let (group_id, generation) = (state.next_group, state.generation);
         let t = state.topic(topic);
         if let Some((slot, group)) =
             t.groups.iter_mut().enumerate().find_map(|(i, g)| g.as_mut().filter(|g| g.key == key).map(|g| (i, g)))
@@ -268,6 +274,7 @@ impl Broker {
             key: key.to_owned(),
             mode,
             owners: 1,
+            generation,
             cursor: 0,
             retries: BTreeSet::new(),
             attempts: HashMap::new(),
@@ -284,10 +291,14 @@ impl Broker {
         Ok(GroupRef { topic: topic.into(), slot, id: group_id, notify })
     }
 
-    /// Leaves a group; the last owner to leave removes it, and what it had not
-    /// acknowledged waits for the next subscriber.
+    /// Leaves a group; the last owner to leave removes it. What it had not
+    /// acknowledged is handed over to the groups that the same reload created
+    /// (a renamed or replaced subscriber carries on where the old one
+    /// stopped); with none, it is dropped where other groups had their copy,
+    /// and kept for the next subscriber where the topic has no group left.
     pub fn unsubscribe(&self, group: &GroupRef) {
         let mut state = self.lock();
+        let generation = state.generation;
         let Some(t) = state.topics.get_mut(&*group.topic) else { return };
         let Some(g) = t.group_mut(group.slot, group.id) else { return };
         g.owners = g.owners.saturating_sub(1);
@@ -297,11 +308,47 @@ impl Broker {
         g.notify.notify_waiters();
         t.groups[group.slot] = None;
         let bit = 1u64 << group.slot;
-        for message in t.messages.values_mut().filter(|m| m.pending & bit != 0) {
-            message.pending &= !bit;
-            if message.pending == 0 {
-                message.unclaimed = true;
+        let mut heirs = 0u64;
+        for (slot, heir) in t.groups.iter().enumerate() {
+            if heir.as_ref().is_some_and(|h| h.generation == generation && h.id != group.id) {
+                heirs |= 1 << slot;
             }
+        }
+        let others = t.groups.iter().any(Option::is_some);
+        let mut dropped = Vec::new();
+        for (&seq, message) in t.messages.iter_mut().filter(|(_, m)| m.pending & bit != 0) {
+            message.pending &= !bit;
+            let inherited = heirs & !message.pending;
+            message.pending |= inherited;
+            for (slot, heir) in t.groups.iter_mut().enumerate() {
+                if let Some(heir) = heir.as_mut().filter(|_| inherited & (1 << slot) != 0) {
+                    heir.pending += 1;
+                    // Behind its cursor: offer it again from the start.
+                    heir.cursor = heir.cursor.min(seq);
+                }
+            }
+            if message.pending == 0 {
+                if others {
+                    dropped.push(seq);
+                } else {
+                    message.unclaimed = true;
+                }
+            }
+        }
+        for seq in dropped {
+            t.messages.remove(&seq);
+            if let Some(store) = &self.store {
+                store.remove(&group.topic, seq);
+            }
+        }
+        if heirs != 0 {
+            for heir in t.groups.iter().flatten().filter(|h| h.generation == generation) {
+                heir.notify.notify_waiters();
+            }
+        }
+        if t.blocked > 0 {
+            t.blocked = 0;
+            t.space.notify_waiters();
         }
     }
 
@@ -696,6 +743,37 @@ mod tests {
         assert_eq!(b.status()["topics"]["t"]["unclaimed"], 2);
         let next = b.subscribe("t", "next", "pubsub").unwrap();
         assert_eq!(bodies(&take(&b, &next, 10)), [b"early", b"later"]);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_subscriber_hands_over_what_it_had_not_acknowledged() {
+        let b = broker("t-handover", Queue::default());
+        let (old, other) = (b.subscribe("t", "old", "pubsub").unwrap(), b.subscribe("t", "other", "pubsub").unwrap());
+        b.publish("t", &[message("1"), message("2"), message("3")]).await.unwrap();
+        b.ack(&take(&b, &old, 1));
+        b.ack(&take(&b, &other, 3));
+        // A reload: the broker's new instance subscribes `new` in place of `old`.
+        let (again, _) = Broker::attach("t-handover", Settings::new(Queue::default()).unwrap(), "/x".as_ref()).unwrap();
+        let new = again.subscribe("t", "new", "pubsub").unwrap();
+        let other_again = again.subscribe("t", "other", "pubsub").unwrap();
+        b.unsubscribe(&old);
+        b.unsubscribe(&other);
+        assert_eq!(bodies(&take(&b, &new, 10)), [b"2", b"3"]);
+        // `other` had its copies: nothing again for it.
+        assert!(take(&b, &other_again, 10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_subscriber_backlog_goes_when_others_had_their_copies() {
+        let b = broker("t-removed", Queue::default());
+        let (gone, stays) = (b.subscribe("t", "gone", "pubsub").unwrap(), b.subscribe("t", "stays", "pubsub").unwrap());
+        b.publish("t", &[message("1"), message("2")]).await.unwrap();
+        b.ack(&take(&b, &stays, 2));
+        // A reload that only removes `gone`.
+        let (again, _) = Broker::attach("t-removed", Settings::new(Queue::default()).unwrap(), "/x".as_ref()).unwrap();
+        let _stays_again = again.subscribe("t", "stays", "pubsub").unwrap();
+        b.unsubscribe(&gone);
+        assert_eq!(b.status()["topics"]["t"]["depth"], 0);
     }
 
     #[tokio::test]
