@@ -159,8 +159,8 @@ def main():
         ours(mem, "pubsub", 100_000, 64, 1)
         nats(url, "core", 100_000)
         results = {}
-        print(f"nats-server: {nats_version()}; {n} messages in memory, {dn} durable; 128 B; {args.rounds} interleaved rounds")
-        print(f"{'round':<6}{'case':<42}{'msgs/s':>11}{'p50 us':>9}{'p99 us':>9}{'lost':>6}")
+        print(f"{nats_version()}; {n} messages in memory, {dn} durable; 128 B; {args.rounds} interleaved rounds")
+        print(f"{'round':<6}{'case':<42}{'msgs/s':>11}{'p50 us':>10}{'p99 us':>10}{'lost':>9}")
         for r in range(1, args.rounds + 1):
             for label, run_ours, base, run_nats in cases:
                 for name, run in ((label, run_ours), (f"  {base}", run_nats)):
@@ -168,17 +168,20 @@ def main():
                         continue  # a baseline shared by two cases runs once per round
                     res = run()
                     results.setdefault(name, []).append(res)
-                    print(f"{r:<6}{name:<42}{res['msgs_per_s']:>11.0f}{res['p50_us']:>9}{res['p99_us']:>9}{res.get('lost', 0):>6}")
+                    print(f"{r:<6}{name:<42}{res['msgs_per_s']:>11.0f}{res['p50_us']:>10}{res['p99_us']:>10}{res.get('lost', 0):>9}")
 
         def med(name, key):
             return statistics.median(x[key] for x in results[name])
 
         print()
-        print("medians (ratio = embedded / NATS msgs/s):")
-        print(f"{'case':<42}{'msgs/s':>11}{'p99 us':>9}{'baseline':>16}{'msgs/s':>11}{'p99 us':>9}{'ratio':>8}")
+        print("medians (ratio = embedded / NATS msgs/s; lost = messages published but never delivered, all rounds):")
+        print(f"{'case':<42}{'msgs/s':>11}{'p99 us':>10}{'lost':>6}{'baseline':>16}{'msgs/s':>11}{'p99 us':>10}{'lost':>9}{'ratio':>7}")
         for label, _, base, _ in cases:
             a, b = med(label, "msgs_per_s"), med(f"  {base}", "msgs_per_s")
-            print(f"{label:<42}{a:>11.0f}{med(label, 'p99_us'):>9.0f}{base:>16}{b:>11.0f}{med(f'  {base}', 'p99_us'):>9.0f}{a / b:>8.2f}")
+            lost_a = sum(x.get("lost", 0) for x in results[label])
+            lost_b = sum(x.get("lost", 0) for x in results[f"  {base}"])
+            print(f"{label:<42}{a:>11.0f}{med(label, 'p99_us'):>10.0f}{lost_a:>6}{base:>16}{b:>11.0f}"
+                  f"{med(f'  {base}', 'p99_us'):>10.0f}{lost_b:>9}{a / b:>7.2f}")
 
         # HTTP publish from outside, against the same POSTs to a native tier.
         body = os.path.join(tmp, "publish.lua")
