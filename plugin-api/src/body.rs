@@ -21,6 +21,8 @@ enum Repr {
     #[default]
     Empty,
     Bytes(Bytes),
+    /// Made by this side, handed across the ABI as it is.
+    Vec(Vec<u8>),
     /// Owned by the other side of the ABI; freed by its own function.
     Foreign(RBuf),
 }
@@ -38,6 +40,7 @@ impl Body {
         match &self.0 {
             Repr::Empty => &[],
             Repr::Bytes(b) => b,
+            Repr::Vec(v) => v,
             Repr::Foreign(buf) => buf.as_bytes(),
         }
     }
@@ -47,6 +50,7 @@ impl Body {
         match self.0 {
             Repr::Empty => Bytes::new(),
             Repr::Bytes(b) => b,
+            Repr::Vec(v) => Bytes::from(v),
             Repr::Foreign(buf) => Bytes::from_owner(buf),
         }
     }
@@ -56,6 +60,7 @@ impl Body {
         match self.0 {
             Repr::Empty => RBuf::empty(),
             Repr::Bytes(b) => RBuf::from_bytes(b),
+            Repr::Vec(v) => RBuf::from_vec(v),
             Repr::Foreign(buf) => buf,
         }
     }
@@ -66,6 +71,7 @@ impl Clone for Body {
         match &self.0 {
             Repr::Empty => Self(Repr::Empty),
             Repr::Bytes(b) => Self(Repr::Bytes(b.clone())),
+            Repr::Vec(v) => Self(Repr::Vec(v.clone())),
             Repr::Foreign(buf) => Self(Repr::Bytes(Bytes::copy_from_slice(buf.as_bytes()))),
         }
     }
@@ -98,13 +104,13 @@ impl From<Bytes> for Body {
 
 impl From<Vec<u8>> for Body {
     fn from(v: Vec<u8>) -> Self {
-        Bytes::from(v).into()
+        if v.is_empty() { Self(Repr::Empty) } else { Self(Repr::Vec(v)) }
     }
 }
 
 impl From<String> for Body {
     fn from(s: String) -> Self {
-        Bytes::from(s).into()
+        s.into_bytes().into()
     }
 }
 

@@ -47,7 +47,7 @@ impl Headers {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut out = Vec::with_capacity(128);
         abi::encode_headers(pairs.into_iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())), &mut out);
-        Self::encoded(Bytes::from(out))
+        Self { repr: Repr::Encoded(Body::from(out), OnceLock::new()) }
     }
 
     /// The first value of header `name` (case-insensitive), found without

@@ -74,6 +74,16 @@ pub enum MessageId {
     Text(Arc<str>),
 }
 
+impl MessageId {
+    /// The id of the message published `i` places after this one in the same call.
+    pub fn after(&self, i: u64) -> MessageId {
+        match self {
+            MessageId::Counter(boot, n) => MessageId::Counter(*boot, n + i),
+            MessageId::Text(text) => MessageId::Text(text.clone()),
+        }
+    }
+}
+
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -160,8 +170,8 @@ pub enum Take {
 /// Completes when a stored message is on disk.
 type Persisted = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
-/// Messages just added: their ids and (durable) when they are on disk.
-type Inserted = (Vec<MessageId>, Option<Persisted>);
+/// Messages just added: the first one's id and (durable) when they are on disk.
+type Inserted = (MessageId, Option<Persisted>);
 
 /// Why a publish was refused.
 #[derive(Debug)]
@@ -355,12 +365,9 @@ impl Broker {
     /// Accepts messages on `topic`, all or none: waits for room (`on_full:
     /// block`) or refuses (`reject`); on a durable broker, completes once
     /// they are on disk.
-    pub async fn publish(
-        &self,
-        topic: &str,
-        messages: &[(MessageHeaders, Bytes)],
-    ) -> Result<Vec<MessageId>, PublishError> {
-        let (ids, persisted) = match self.try_insert(topic, messages, false)? {
+    /// Their ids are the first one's, then [`MessageId::after`] it.
+    pub async fn publish(&self, topic: &str, messages: &[(MessageHeaders, Bytes)]) -> Result<MessageId, PublishError> {
+        let (first, persisted) = match self.try_insert(topic, messages, false)? {
             Some(inserted) => inserted,
             None => loop {
                 // Full: wait for room, registered before looking again so
@@ -382,7 +389,7 @@ impl Broker {
                 Err(_) => return Err(PublishError::Store("the message store has stopped".to_owned())),
             }
         }
-        Ok(ids)
+        Ok(first)
     }
 
     /// Adds the messages if the topic has room for all; `None` if it has not
@@ -405,7 +412,6 @@ impl Broker {
             )));
         }
         if t.messages.len() as u64 + n <= t.settings.capacity {
-            let mut ids = Vec::with_capacity(messages.len());
             let mut records = Vec::new();
             for (i, (headers, body)) in messages.iter().enumerate() {
                 let id = MessageId::Counter(self.boot, first_id + i as u64);
@@ -414,11 +420,10 @@ impl Broker {
                     let headers = headers.as_deref().map(<[_]>::to_vec).unwrap_or_default();
                     records.push((seq, Record { id: id.to_string(), published_us, headers, body: body.clone() }));
                 }
-                ids.push(id);
             }
             let persisted = self.store.as_ref().map(|store| store.put(topic, records));
             state.next_id += n;
-            return Ok(Some((ids, persisted)));
+            return Ok(Some((MessageId::Counter(self.boot, first_id), persisted)));
         }
         if t.settings.on_full == OnFull::Reject {
             return Err(PublishError::Full(format!("topic `{topic}` is full (capacity {})", t.settings.capacity)));
@@ -835,11 +840,11 @@ mod tests {
         b.publish("t", &[message("1")]).await.unwrap();
         let waiting = tokio::spawn({
             let b = b.clone();
-            async move { b.publish("t", &[message("2")]).await.map(|ids| ids.len()) }
+            async move { b.publish("t", &[message("2")]).await.map(|id| id.to_string()) }
         });
         let jobs = take(&b, &g, 1);
         b.ack(&jobs);
-        assert_eq!(waiting.await.unwrap().unwrap(), 1);
+        assert!(waiting.await.unwrap().unwrap().ends_with("-2"));
         assert_eq!(bodies(&take(&b, &g, 1)), [b"2"]);
     }
 }

@@ -133,40 +133,29 @@ impl Plugin for QueuePlugin {
             );
         }
         let batch = req.headers.find_raw(PUBLISH_BATCH).is_some();
-        let mut messages = Vec::new();
-        if batch {
+        let single;
+        let mut many = Vec::new();
+        let messages = if batch {
             let body = body.into_bytes();
             for entry in batch_entries(&body) {
                 match entry {
-                    Ok((headers, message)) => messages.push((carried(&headers), message)),
+                    Ok((headers, message)) => many.push((carried(&headers), message)),
                     Err(why) => return Response::error(StatusCode::BAD_REQUEST, &why),
                 }
             }
+            &many[..]
         } else {
-            messages.push((carried(&req.headers), body.into_bytes()));
-        }
+            single = (carried(&req.headers), body.into_bytes());
+            std::slice::from_ref(&single)
+        };
         if let Some((_, big)) = messages.iter().find(|(_, m)| m.len() as u64 > limit) {
             return Response::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("a message is {} bytes; this broker takes at most {limit}", big.len()),
             );
         }
-        match running.broker.publish(topic, &messages).await {
-            Ok(ids) => {
-                let mut body = String::with_capacity(32 + ids.len() * 24);
-                body.push_str(if batch { r#"{"ids":["# } else { r#"{"id":"# });
-                for (i, id) in ids.iter().enumerate() {
-                    let _ = write!(body, "{}\"{id}\"", if i > 0 { "," } else { "" });
-                }
-                let _ = write!(body, "{}\"topic\":\"{topic}\"}}", if batch { "]," } else { "," });
-                let first = ids.first().map(ToString::to_string).unwrap_or_default();
-                let mut resp = Response::new(StatusCode::ACCEPTED).with_body(body);
-                resp.headers = plugin_api::Headers::from_pairs([
-                    (MESSAGE_ID, first.as_str()),
-                    ("content-type", "application/json"),
-                ]);
-                resp
-            }
+        match running.broker.publish(topic, messages).await {
+            Ok(first) => accepted(&first, messages.len(), batch, topic),
             Err(broker::PublishError::Full(why)) => {
                 Response::error(StatusCode::SERVICE_UNAVAILABLE, &why).with_header("retry-after", "1")
             }
@@ -406,6 +395,24 @@ impl Drop for Settle<'_> {
             self.broker.requeue(&job, "the delivery was interrupted".to_owned());
         }
     }
+}
+
+/// The answer to an accepted publish: `202`, the first id in `orch-message-id`,
+/// and `{"id": …, "topic": …}` (`{"ids": […], "topic": …}` for a batch).
+fn accepted(first: &broker::MessageId, count: usize, batch: bool, topic: &str) -> Response {
+    let mut body = String::with_capacity(32 + topic.len() + count * 24);
+    body.push_str(if batch { r#"{"ids":["# } else { r#"{"id":"# });
+    let id_at = body.len() + 1;
+    for i in 0..count as u64 {
+        let _ = write!(body, "{}\"{}\"", if i > 0 { "," } else { "" }, first.after(i));
+    }
+    let id_end = body[id_at..].find('"').map_or(id_at, |end| id_at + end);
+    let _ = write!(body, "{}\"topic\":\"{topic}\"}}", if batch { "]," } else { "," });
+    let headers =
+        plugin_api::Headers::from_pairs([(MESSAGE_ID, &body[id_at..id_end]), ("content-type", "application/json")]);
+    let mut resp = Response::new(StatusCode::ACCEPTED);
+    resp.headers = headers;
+    resp.with_body(body)
 }
 
 /// The publisher's headers a message carries to its subscribers.
