@@ -426,3 +426,34 @@ links:
     let refusal: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(refusal["error"], "topic `notes` is full (capacity 1)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_replaced_by_another_tier_hands_over_its_backlog() {
+    let yaml = |consumer: &str| {
+        topology(
+            "{}",
+            &format!("  {consumer}: {{ plugin: testkit, config: {{ delay_ms: 2 }} }}\n"),
+            &format!(
+                "  - {{ from: pub, to: q, kind: queue, topic: jobs }}\n  - {{ from: q, to: {consumer}, kind: queue, topic: jobs }}\n"
+            ),
+        )
+    };
+    let orch = Running::start(&yaml("old")).await;
+    let web = orch.tier_addr("web").await;
+    const N: usize = 400;
+    let published = publish(&orch, web, "q", "job", N).await;
+    received(&orch, web, "old", 20).await;
+    // One reload removes `old` and subscribes `new` in its place.
+    orch.save(&yaml("new"));
+    orch.wait_generation(2).await;
+    // The old broker instance finishes its deliveries in flight, then leaves
+    // `old`'s group, handing what it had not acknowledged to `new`.
+    orch.wait_for_line("Instance stopped. tier=q ");
+    let old: BTreeSet<String> = ids(&received(&orch, web, "old", 0).await).into_iter().collect();
+    assert!(old.len() < N, "the switch came before `old` had everything");
+    let left: Vec<&String> = published.iter().filter(|id| !old.contains(*id)).collect();
+    let new = received_distinct(&orch, web, "new", left.len()).await;
+    let new: BTreeSet<String> = ids(&new).into_iter().collect();
+    let missing: Vec<_> = left.iter().filter(|id| !new.contains(**id)).collect();
+    assert!(missing.is_empty(), "{} lost: {missing:?}", missing.len());
+}
