@@ -1,6 +1,7 @@
 //! orchestrator: run a multi-tier application declared in one YAML file.
 //!
 //! Layout:
+//! - [`alloc`] — the global allocator (mimalloc) and its settings;
 //! - [`topology`] — the topology language: parse YAML into a located tree,
 //!   validate it into typed specs (every error located), graph and schema;
 //! - [`plugins`] — the plugin registry (built-ins and `cdylib` libraries), the
@@ -21,11 +22,14 @@
 //! Every trigger (start, file change, plugin change, SIGHUP, admin API) goes
 //! through `Supervisor::reload`.
 
-// Only `plugins`, the host's side of the C ABI, may use `unsafe`.
+// Only `plugins`, the host's side of the C ABI, and `alloc`, the allocator's
+// settings, may use `unsafe`.
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;
+#[allow(unsafe_code)]
+pub mod alloc;
 pub mod links;
 #[allow(unsafe_code)]
 pub mod plugins;

@@ -94,12 +94,6 @@ impl PluginDirs {
     }
 }
 
-/// Messages are often allocated on one thread (a publisher's) and freed on
-/// another (a delivery's): glibc's arenas serialize such frees on a lock,
-/// mimalloc frees them without one.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
