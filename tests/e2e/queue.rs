@@ -457,3 +457,60 @@ async fn a_subscriber_replaced_by_another_tier_hands_over_its_backlog() {
     let missing: Vec<_> = left.iter().filter(|id| !new.contains(**id)).collect();
     assert!(missing.is_empty(), "{} lost: {missing:?}", missing.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_publish_through_a_gateway_route() {
+    let yaml = r#"version: 1
+name: gateway-publish
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /publish, link: publish }, { path: /, link: c }] }
+  q:
+    plugin: queue
+    config: { max_message_size: 16 }
+  c: { plugin: testkit }
+links:
+  - { from: web, to: q, kind: queue, name: publish, topic: events }
+  - { from: web, to: c, kind: rest }
+  - { from: q, to: c, kind: queue, topic: events }
+"#;
+    let orch = Running::start(yaml).await;
+    let web = orch.tier_addr("web").await;
+    let (code, body) = orch.post(web, "/publish", "from outside").await;
+    assert_eq!(code, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["topic"], "events");
+    let got = received(&orch, web, "c", 1).await;
+    assert_eq!((got[0]["id"].as_str(), got[0]["body"].as_str()), (answer["id"].as_str(), Some("from outside")));
+    // Bad input gets a clear answer and is not accepted.
+    let (code, body) = orch.post(web, "/publish", "more than sixteen bytes").await;
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("takes at most 16"), "{body}");
+    assert_eq!(orch.get(web, "/publish").await.0, 405);
+    // A request from outside cannot pass for a delivery: its `orch-` headers are dropped.
+    let forged = raw_post(web, "/echo", "orch-message-id: forged\r\norch-message-attempt: 1\r\n", "x").await;
+    assert!(forged.starts_with("HTTP/1.1 200"), "{forged}");
+    assert!(forged.contains(r#""path":"/echo""#), "handled as a request: {forged}");
+    assert_eq!(received(&orch, web, "c", 1).await.len(), 1, "no delivery was recorded");
+    let status = orch.status().await;
+    assert_eq!(topic(&status, "events")["published"], 1, "{status}");
+}
+
+/// Sends a raw HTTP/1.1 POST with `headers` (CRLF-terminated lines) and reads the whole answer.
+async fn raw_post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    answer
+}
