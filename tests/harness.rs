@@ -96,8 +96,26 @@ impl Running {
 
     /// Starts `orchestrator run` with extra arguments.
     pub async fn start_with(topology: TopologyFile, extra: &[&str]) -> Self {
-        let mut child = Command::new(bin())
-            .args(["run", topology.path_str(), "--admin", "127.0.0.1:0", "--drain-timeout", "10s"])
+        let path = topology.path.clone();
+        Self::spawn(topology, &path, None, extra).await
+    }
+
+    /// Starts `orchestrator run topology.yaml` from the topology's directory,
+    /// as a user in that directory would.
+    pub async fn start_in_its_directory(topology: TopologyFile) -> Self {
+        let dir = topology.dir.path().to_path_buf();
+        Self::spawn(topology, Path::new("topology.yaml"), Some(&dir), &[]).await
+    }
+
+    async fn spawn(topology: TopologyFile, path: &Path, cwd: Option<&Path>, extra: &[&str]) -> Self {
+        let mut command = Command::new(bin());
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .arg("run")
+            .arg(path)
+            .args(["--admin", "127.0.0.1:0", "--drain-timeout", "10s"])
             .args(extra)
             .env("NO_COLOR", "1")
             .env("ORCH_LOG", "info")

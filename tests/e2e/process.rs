@@ -316,3 +316,27 @@ async fn sigterm_during_a_slow_reload_stops_promptly_and_cleanly() {
     let pids = programs_of_tier(&tier);
     integration_tests::wait_all_gone(&pids).unwrap_or_else(|alive| panic!("still running: {alive:?}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_named_without_a_directory_runs_its_programs_there() {
+    let yaml = r#"version: 1
+name: here
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /, link: files }] }
+  files:
+    plugin: process
+    config:
+      command: [sh, -c, 'exec python3 -m http.server --bind 127.0.0.1 "$PORT"']
+links:
+  - { from: web, to: files, kind: rest }
+"#;
+    let topology = integration_tests::TopologyFile::new(yaml);
+    std::fs::write(topology.dir.path().join("note.txt"), "served from the topology's directory\n").unwrap();
+    let orch = Running::start_in_its_directory(topology).await;
+    let web = orch.tier_addr("web").await;
+    let (code, body) = orch.get(web, "/note.txt").await;
+    assert_eq!((code, body.as_str()), (200, "served from the topology's directory\n"));
+}

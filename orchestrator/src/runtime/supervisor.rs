@@ -241,7 +241,7 @@ impl Supervisor {
         replica: u32,
     ) -> Result<Arc<Instance>, StartError> {
         let spec = &new.tiers[id];
-        let base_dir = new.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let base_dir = new.base_dir();
         let link_names: Vec<plugin_api::LinkInfo> = new.links_from(id).map(LinkSpec::info).collect();
         // Compose's palette: cyan, yellow, green, magenta, blue, red.
         const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];

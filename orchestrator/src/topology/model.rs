@@ -46,9 +46,23 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The directory of the file, against which relative paths in it are
+    /// resolved: `.` for a file named without a directory.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir(&self.file)
+    }
+
     /// The outbound links of `tier`.
     pub fn links_from<'a>(&'a self, tier: &'a TierId) -> impl Iterator<Item = &'a LinkSpec> + 'a {
         self.links.iter().filter(move |l| &l.from == tier)
+    }
+}
+
+/// The directory of topology file `file`: `.` when it is named without one.
+pub fn base_dir(file: &std::path::Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -132,6 +146,18 @@ pub enum QueueRole {
 }
 
 /// Defaults and limits of the topology language.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_file_named_without_a_directory_is_in_the_current_one() {
+        assert_eq!(super::base_dir(Path::new("topology.yaml")), Path::new("."));
+        assert_eq!(super::base_dir(Path::new("topologies/hello.yaml")), Path::new("topologies"));
+        assert_eq!(super::base_dir(Path::new("/srv/app.yaml")), Path::new("/srv"));
+    }
+}
+
 pub mod limits {
     use std::time::Duration;
 

@@ -24,7 +24,7 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
             return Err(diags);
         }
     };
-    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = super::model::base_dir(file);
     let mut v = Validator { root: &root, diags, registry, base };
     let topology = v.topology(file);
     match topology {

@@ -260,6 +260,11 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
     let mut restarts = 0u32;
     loop {
         let ended = match spawn(&settings, &workdir, &env) {
+            Err(e) if !workdir.is_dir() => Ended::failed(format!(
+                "cannot start `{}`: its working directory {} is not a directory ({e})",
+                settings.command[0],
+                workdir.display()
+            )),
             Err(e) => Ended::failed(format!("cannot start `{}` in {}: {e}", settings.command[0], workdir.display())),
             Ok(child) => run_once(&replica, &settings, &cx, child).await,
         };
