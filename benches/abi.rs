@@ -30,6 +30,23 @@ fn release_dir() -> std::path::PathBuf {
     exe.parent().and_then(|p| p.parent()).expect("target/release").to_path_buf()
 }
 
+/// A link named after its target, with the default timeout and no retries.
+fn link(from: &str, to: &str, kind: LinkKind) -> LinkSpec {
+    LinkSpec {
+        from: TierId::new(from),
+        to: TierId::new(to),
+        name: to.into(),
+        kind,
+        timeout: std::time::Duration::from_secs(30),
+        retries: 0,
+        topic: None,
+        mode: QueueMode::PubSub,
+        concurrency: 1,
+        path: None,
+        queue_role: None,
+    }
+}
+
 fn instance(
     registry: &Registry,
     plugin: &str,
@@ -78,19 +95,7 @@ fn bench(c: &mut Criterion) {
     // Gateway → host → backend over a link.
     let endpoint = Arc::new(Endpoint::new(TierId::new("backend")));
     endpoint.set(vec![loaded.clone()]);
-    let spec = LinkSpec {
-        from: TierId::new("web"),
-        to: TierId::new("backend"),
-        name: "backend".into(),
-        kind: LinkKind::Rest,
-        timeout: std::time::Duration::from_secs(30),
-        retries: 0,
-        topic: None,
-        mode: QueueMode::PubSub,
-        concurrency: 1,
-        path: None,
-        queue_role: None,
-    };
+    let spec = link("web", "backend", LinkKind::Rest);
     let links = Arc::new(LinkTable::new(HashMap::from([("backend".to_owned(), Arc::new(Route::new(spec, endpoint)))])));
     let gateway = instance(
         &registry,
@@ -102,22 +107,7 @@ fn bench(c: &mut Criterion) {
     let pricing = instance(&registry, "pricing", "pricing", serde_json::json!({}), Arc::new(LinkTable::default()));
     let pricing_endpoint = Arc::new(Endpoint::new(TierId::new("pricing")));
     pricing_endpoint.set(vec![pricing]);
-    let rpc_route = Arc::new(Route::new(
-        LinkSpec {
-            from: TierId::new("caller"),
-            to: TierId::new("pricing"),
-            name: "pricing".into(),
-            kind: LinkKind::Rpc,
-            timeout: std::time::Duration::from_secs(30),
-            retries: 0,
-            topic: None,
-            mode: QueueMode::PubSub,
-            concurrency: 1,
-            path: None,
-            queue_role: None,
-        },
-        pricing_endpoint,
-    ));
+    let rpc_route = Arc::new(Route::new(link("caller", "pricing", LinkKind::Rpc), pricing_endpoint));
     let mut rpc_headers = Vec::new();
     encode_headers([(&b"content-type"[..], &b"application/grpc"[..])], &mut rpc_headers);
     c.bench_function("rpc_call/link_to_pricing", |b| {

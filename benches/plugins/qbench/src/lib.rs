@@ -24,6 +24,9 @@ use plugin_api::serde_json::json;
 struct QBench {}
 
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
+/// How many deliveries `/result` waits for, and its wake-up when they are in.
+static EXPECTED: AtomicU64 = AtomicU64::new(u64::MAX);
+static ALL_RECEIVED: event_listener::Event = event_listener::Event::new();
 static FIRST_PUBLISH_US: AtomicU64 = AtomicU64::new(0);
 static LAST_DELIVERY_US: AtomicU64 = AtomicU64::new(0);
 static LATENCIES_US: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -53,6 +56,7 @@ impl Plugin for QBench {
                     .to_owned();
                 let link = link.as_str();
                 RECEIVED.store(0, Ordering::Release);
+                EXPECTED.store(u64::MAX, Ordering::Release);
                 LATENCIES_US.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 let body = plugin_api::Bytes::from(vec![b'x'; size as usize]);
                 FIRST_PUBLISH_US.store(now_us(), Ordering::Release);
@@ -86,15 +90,18 @@ impl Plugin for QBench {
             }
             "/result" => {
                 let n = param(&req, "n", 0);
-                let mut last = (RECEIVED.load(Ordering::Acquire), now_us());
-                while last.0 < n {
-                    cx.sleep(Duration::from_millis(2)).await;
+                EXPECTED.store(n, Ordering::Release);
+                let mut last = u64::MAX;
+                loop {
+                    // Woken by the n-th delivery; every 3 s, give up if none came since.
+                    let listener = ALL_RECEIVED.listen();
                     let count = RECEIVED.load(Ordering::Acquire);
-                    if count != last.0 {
-                        last = (count, now_us());
-                    } else if now_us() - last.1 > 3_000_000 {
+                    if count >= n || count == last {
                         break;
                     }
+                    last = count;
+                    let _ =
+                        futures_util::future::select(listener, std::pin::pin!(cx.sleep(Duration::from_secs(3)))).await;
                 }
                 let received = RECEIVED.load(Ordering::Acquire);
                 let elapsed_us = LAST_DELIVERY_US
@@ -119,6 +126,7 @@ impl Plugin for QBench {
             "/noop" => Response::new(StatusCode::ACCEPTED),
             "/reset" => {
                 RECEIVED.store(0, Ordering::Release);
+                EXPECTED.store(u64::MAX, Ordering::Release);
                 LATENCIES_US.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 FIRST_PUBLISH_US.store(now_us(), Ordering::Release);
                 Response::new(StatusCode::NO_CONTENT)
@@ -132,7 +140,9 @@ impl Plugin for QBench {
         let latency = now.saturating_sub(msg.published_at_us).min(u32::MAX as u64) as u32;
         LATENCIES_US.lock().unwrap_or_else(|e| e.into_inner()).push(latency);
         LAST_DELIVERY_US.store(now, Ordering::Release);
-        RECEIVED.fetch_add(1, Ordering::AcqRel);
+        if RECEIVED.fetch_add(1, Ordering::AcqRel) + 1 == EXPECTED.load(Ordering::Acquire) {
+            ALL_RECEIVED.notify(usize::MAX);
+        }
         Ok(())
     }
 }

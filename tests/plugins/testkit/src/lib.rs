@@ -29,6 +29,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use event_listener::Event;
+use futures_util::future::{Either, select};
 use plugin_api::prelude::*;
 use plugin_api::serde_json::json;
 
@@ -50,6 +52,29 @@ type Received = (String, u32, String, u32, String);
 /// Every message the tiers of this plugin received.
 static RECEIVED: Mutex<Vec<Received>> = Mutex::new(Vec::new());
 static RELEASED: AtomicBool = AtomicBool::new(false);
+/// Notified when a message is received or held deliveries are released.
+static CHANGED: Event = Event::new();
+
+/// Completes once `done()` holds (checked again on every change), or after
+/// `limit` on the host's timer, whichever comes first.
+async fn wait_for(cx: &Context, limit: Option<Duration>, done: impl Fn() -> bool) {
+    let mut timeout = std::pin::pin!(async move {
+        match limit {
+            Some(limit) => cx.sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    });
+    loop {
+        // Listening before looking, so that no change is missed.
+        let listener = CHANGED.listen();
+        if done() {
+            return;
+        }
+        if let Either::Right(_) = select(listener, timeout.as_mut()).await {
+            return;
+        }
+    }
+}
 
 fn received(tier: &str) -> Vec<plugin_api::serde_json::Value> {
     let all = RECEIVED.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,11 +102,12 @@ impl Plugin for Testkit {
             msg.attempt,
             body.clone(),
         ));
+        CHANGED.notify(usize::MAX);
         if self.delay_ms > 0 {
             cx.sleep(Duration::from_millis(self.delay_ms)).await;
         }
-        while self.hold && !RELEASED.load(Ordering::Acquire) {
-            cx.sleep(Duration::from_millis(5)).await;
+        if self.hold {
+            wait_for(&cx, None, || RELEASED.load(Ordering::Acquire)).await;
         }
         if body.contains("fail-always") || (body.contains("fail-first") && msg.attempt == 1) {
             return Err(format!("refused {} on attempt {}", msg.id, msg.attempt));
@@ -157,16 +183,12 @@ impl Plugin for Testkit {
                 let distinct: std::collections::HashSet<_> = got.iter().map(|m| m["id"].to_string()).collect();
                 got.len() >= min && distinct.len() >= unique
             };
-            for _ in 0..wait_ms / 5 {
-                if enough() {
-                    break;
-                }
-                cx.sleep(Duration::from_millis(5)).await;
-            }
+            wait_for(&cx, Some(Duration::from_millis(wait_ms as u64)), enough).await;
             return Response::json(&received(tier));
         }
         if path == "/release" {
             RELEASED.store(true, Ordering::Release);
+            CHANGED.notify(usize::MAX);
             return Response::json(&json!({ "released": true }));
         }
         if path == "/whoami" {
