@@ -75,7 +75,6 @@ pub struct QueuePlugin {
 }
 
 /// A subscription: one outbound queue link.
-#[derive(Clone)]
 struct Subscription {
     link: String,
     topic: String,
@@ -125,13 +124,6 @@ impl Plugin for QueuePlugin {
         if topic.is_empty() || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Response::error(StatusCode::NOT_FOUND, "no such topic: publish through a queue link");
         }
-        let limit = self.config.max_message_size;
-        if body.len() as u64 > limit {
-            return Response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the message is {} bytes; this broker takes at most {limit}", body.len()),
-            );
-        }
         let batch = req.headers.find_raw(PUBLISH_BATCH).is_some();
         let single;
         let mut many = Vec::new();
@@ -148,6 +140,8 @@ impl Plugin for QueuePlugin {
             single = (carried(&req.headers), body.into_bytes());
             std::slice::from_ref(&single)
         };
+        // Each message on its own: a batch may be larger than one message may.
+        let limit = self.config.max_message_size;
         if let Some((_, big)) = messages.iter().find(|(_, m)| m.len() as u64 > limit) {
             return Response::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -186,7 +180,7 @@ impl Plugin for QueuePlugin {
         let (stop, stopped) = watch::channel(false);
         let mut groups = Vec::new();
         let mut workers = Vec::new();
-        for sub in &subscriptions {
+        for sub in subscriptions {
             let group = match broker.subscribe(&sub.topic, &sub.group_key(), sub.mode) {
                 Ok(group) => group,
                 Err(e) => {
@@ -195,7 +189,7 @@ impl Plugin for QueuePlugin {
                     return Err(e);
                 }
             };
-            let sub = Arc::new(sub.clone());
+            let sub = Arc::new(sub);
             for _ in 0..sub.concurrency {
                 let worker = deliver(broker.clone(), group.clone(), sub.clone(), cx.clone(), stopped.clone());
                 workers.push(delivery_runtime().spawn(worker));
@@ -293,7 +287,7 @@ async fn deliver(
             }
         }
         jobs.extend(taken.drain(..));
-        let mut settle = Settle { broker: &broker, jobs, acked };
+        let mut settle = Settle { broker: &broker, jobs };
         let req = if settle.jobs.len() == 1 {
             request(&settle.jobs[0], &sub.path, &mut scratch)
         } else {
@@ -315,9 +309,11 @@ async fn deliver(
                 for (i, job) in settle.jobs.drain(..).enumerate() {
                     match failed.iter().find(|(at, _)| *at == i) {
                         Some((_, reason)) => broker.fail(&job, reason.clone()),
-                        None => settle.acked.push(job),
+                        None => acked.push(job),
                     }
                 }
+                broker.ack(&acked);
+                acked.clear();
             }
             Ok(resp) => {
                 not_delivered = 0;
@@ -343,8 +339,7 @@ async fn deliver(
                 }
             }
         }
-        settle.flush();
-        (jobs, acked) = settle.into_parts();
+        jobs = settle.into_jobs();
         size = if waited { 1 } else { (size * 2).min(max_batch) };
         if pause {
             tokio::select! {
@@ -368,29 +363,22 @@ fn failures(resp: &Response) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// A worker's batch: what it still has to deliver, and what was acknowledged
-/// but not yet reported to the broker. If the worker is cancelled midway,
-/// the acknowledgements are reported and the rest goes back in line.
+/// A worker's batch while it is being delivered: if the worker is cancelled
+/// midway, what it still holds goes back in line.
 struct Settle<'a> {
     broker: &'a Broker,
     jobs: VecDeque<Job>,
-    acked: Vec<Job>,
 }
 
 impl Settle<'_> {
-    fn flush(&mut self) {
-        self.broker.ack(&self.acked);
-        self.acked.clear();
-    }
-
-    fn into_parts(mut self) -> (VecDeque<Job>, Vec<Job>) {
-        (std::mem::take(&mut self.jobs), std::mem::take(&mut self.acked))
+    /// The (emptied) batch, to be reused.
+    fn into_jobs(mut self) -> VecDeque<Job> {
+        std::mem::take(&mut self.jobs)
     }
 }
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        self.flush();
         for job in self.jobs.drain(..) {
             self.broker.requeue(&job, "the delivery was interrupted".to_owned());
         }
