@@ -18,6 +18,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use orchestrator::links::{Endpoint, LinkTable, Route};
 use orchestrator::plugins::{BorrowedRequest, HostCtx, Instance, Registry};
+use orchestrator::runtime::workers::Workers;
 use orchestrator::topology::{LinkKind, LinkSpec, QueueMode, TierId};
 use plugin_api::abi::encode_headers;
 use plugin_api::{Plugin, Request};
@@ -80,8 +81,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| rt.block_on(async { black_box(backend.handle(request.clone(), cx.clone()).await) }))
     });
 
-    // Through the ABI: the same handler from libbackend.so.
-    let loaded = instance(&registry, "backend", "backend", serde_json::json!({}), Arc::new(LinkTable::default()));
+    // Through the ABI: the same handler from libbackend.so. No link here
+    // opens a listener, so one worker is plenty.
+    let workers = Workers::start(1).expect("a worker thread");
+    let no_links = || Arc::new(LinkTable::new(HashMap::new(), workers.clone()));
+    let loaded = instance(&registry, "backend", "backend", serde_json::json!({}), no_links());
     group.bench_function("abi", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -96,7 +100,8 @@ fn bench(c: &mut Criterion) {
     let endpoint = Arc::new(Endpoint::new(TierId::new("backend")));
     endpoint.set(vec![loaded.clone()]);
     let spec = link("web", "backend", LinkKind::Rest);
-    let links = Arc::new(LinkTable::new(HashMap::from([("backend".to_owned(), Arc::new(Route::new(spec, endpoint)))])));
+    let routes = HashMap::from([("backend".to_owned(), Arc::new(Route::new(spec, endpoint)))]);
+    let links = Arc::new(LinkTable::new(routes, workers.clone()));
     let gateway = instance(
         &registry,
         "gateway",
@@ -104,7 +109,7 @@ fn bench(c: &mut Criterion) {
         serde_json::json!({ "routes": [{ "path": "/", "link": "backend" }] }),
         links,
     );
-    let pricing = instance(&registry, "pricing", "pricing", serde_json::json!({}), Arc::new(LinkTable::default()));
+    let pricing = instance(&registry, "pricing", "pricing", serde_json::json!({}), no_links());
     let pricing_endpoint = Arc::new(Endpoint::new(TierId::new("pricing")));
     pricing_endpoint.set(vec![pricing]);
     let rpc_route = Arc::new(Route::new(link("caller", "pricing", LinkKind::Rpc), pricing_endpoint));

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use orchestrator::plugins::Registry;
+use orchestrator::runtime::workers::WorkerThreads;
 use orchestrator::runtime::{self, RunOptions};
 use orchestrator::topology::{self, graph};
 
@@ -44,6 +45,13 @@ enum Command {
         /// (SIGHUP and `orchestrator reload` still do).
         #[arg(long)]
         no_watch: bool,
+        /// Threads serving connections: `auto` (one per core), a number, or
+        /// `shared`. Each connection stays on one thread, which costs the
+        /// least CPU per request; `shared` lets idle threads take over each
+        /// other's requests, for steadier latency when other busy programs
+        /// share the cores.
+        #[arg(long, default_value = "auto", value_name = "auto|N|shared")]
+        workers: WorkerThreads,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -104,8 +112,8 @@ fn main() -> ExitCode {
     };
     init_tracing();
     match cli.command {
-        Command::Run { file, admin, drain_timeout, no_watch, plugins } => {
-            run(&file, RunOptions { admin, drain_timeout, watch: !no_watch, color: color() }, &plugins)
+        Command::Run { file, admin, drain_timeout, no_watch, workers, plugins } => {
+            run(&file, RunOptions { admin, drain_timeout, watch: !no_watch, color: color(), workers }, &plugins)
         }
         Command::Reload { admin } => reload(admin),
         Command::Validate { files, plugins } => validate(&files, &plugins),

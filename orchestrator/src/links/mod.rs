@@ -21,6 +21,7 @@ use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
 use crate::plugins::{BorrowedRequest, Panicked};
+use crate::runtime::workers::Workers;
 use crate::topology::{LinkKind, LinkSpec, QueueRole};
 
 /// One outbound link of a tier.
@@ -44,12 +45,14 @@ impl Route {
 }
 
 /// A tier's outbound links by name. Swapped atomically when links change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkTable {
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
     /// Local HTTP listeners forwarding to a link, for programs outside the
     /// process (process tiers). Closed when the table (the tier) goes away.
     proxies: Mutex<HashMap<String, Proxy>>,
+    /// Where the connections to those listeners are served.
+    workers: Workers,
 }
 
 #[derive(Debug)]
@@ -65,8 +68,8 @@ impl Drop for Proxy {
 }
 
 impl LinkTable {
-    pub fn new(routes: HashMap<String, Arc<Route>>) -> Self {
-        Self { routes: ArcSwap::from_pointee(routes), proxies: Mutex::default() }
+    pub fn new(routes: HashMap<String, Arc<Route>>, workers: Workers) -> Self {
+        Self { routes: ArcSwap::from_pointee(routes), proxies: Mutex::default(), workers }
     }
 
     /// The URL of this tier's local listener for link `name`, opened on first
@@ -86,7 +89,9 @@ impl LinkTable {
                 (rpc::serve_link(listener, Arc::downgrade(self), name.to_owned()), format!("h2c://{addr}"))
             }
             _ => {
-                let task = crate::runtime::listener::serve_link(listener, Arc::downgrade(self), name.to_owned());
+                let workers = self.workers.clone();
+                let task =
+                    crate::runtime::listener::serve_link(listener, Arc::downgrade(self), name.to_owned(), workers);
                 (task, format!("http://{addr}"))
             }
         };

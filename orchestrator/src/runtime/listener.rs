@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use plugin_api::abi::{RawResponse, decode_headers, encode_headers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use futures_util::future::Either;
 
 use crate::links::{self, Endpoint, LinkTable};
 use crate::plugins::BorrowedRequest;
+use crate::runtime::workers::Workers;
 
 type Response = hyper::Response<Full<Bytes>>;
 
@@ -43,12 +44,13 @@ impl Bound {
     }
 
     /// Starts serving `endpoint`: each request goes to one of its replicas.
-    pub fn serve(self, endpoint: Arc<Endpoint>, max_body: u64) -> Listener {
+    /// Connections are served on `workers`.
+    pub fn serve(self, endpoint: Arc<Endpoint>, max_body: u64, workers: &Workers) -> Listener {
         let (stop, stop_rx) = watch::channel(false);
         let max_body = Arc::new(AtomicU64::new(max_body));
         let span = tracing::info_span!("listener", tier = %endpoint.tier, addr = %self.addr);
-        let task =
-            tokio::spawn(serve(self.listener, Target::Tier(endpoint), max_body.clone(), stop_rx).instrument(span));
+        let serving = serve(self.listener, Target::Tier(endpoint), max_body.clone(), stop_rx, workers.clone());
+        let task = tokio::spawn(serving.instrument(span));
         Listener { addr: self.addr, max_body, stop, task }
     }
 }
@@ -65,8 +67,13 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `addr` and serves `endpoint` on it.
-    pub async fn bind(addr: SocketAddr, endpoint: Arc<Endpoint>, max_body: u64) -> std::io::Result<Self> {
-        Ok(Bound::bind(addr).await?.serve(endpoint, max_body))
+    pub async fn bind(
+        addr: SocketAddr,
+        endpoint: Arc<Endpoint>,
+        max_body: u64,
+        workers: &Workers,
+    ) -> std::io::Result<Self> {
+        Ok(Bound::bind(addr).await?.serve(endpoint, max_body, workers))
     }
 
     /// Changes the request body limit for requests from now on.
@@ -96,7 +103,7 @@ enum Target {
 }
 
 /// Serves link `name` of `table` on `listener`, until the table goes away.
-pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String) -> JoinHandle<()> {
+pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String, workers: Workers) -> JoinHandle<()> {
     let (_stop, stop_rx) = watch::channel(false);
     let span = tracing::info_span!("link", link = %name);
     let target = Target::Link(table, Arc::from(name));
@@ -104,7 +111,7 @@ pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String) -
         async move {
             // The sender lives in this task: the listener stops when it is aborted.
             let _stop = _stop;
-            serve(listener, target, Arc::new(AtomicU64::new(LINK_MAX_BODY)), stop_rx).await;
+            serve(listener, target, Arc::new(AtomicU64::new(LINK_MAX_BODY)), stop_rx, workers).await;
         }
         .instrument(span),
     )
@@ -113,7 +120,13 @@ pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String) -
 /// Largest request body a link listener accepts.
 const LINK_MAX_BODY: u64 = 64 * 1024 * 1024;
 
-async fn serve(listener: TcpListener, target: Target, max_body: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    target: Target,
+    max_body: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+    workers: Workers,
+) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
@@ -122,21 +135,18 @@ async fn serve(listener: TcpListener, target: Target, max_body: Arc<AtomicU64>, 
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let target = target.clone();
-                    let max_body = max_body.clone();
-                    let service = service_fn(move |req| {
-                        let limit = max_body.load(Ordering::Relaxed);
-                        match &target {
-                            Target::Tier(endpoint) => Either::Left(handle(req, endpoint.clone(), limit)),
-                            Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
+                    // Handed over as a plain socket: the worker registers it with its own runtime.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Handing a connection to a worker failed.");
+                            continue;
                         }
-                    });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "Connection closed with an error.");
-                        }
-                    }.in_current_span());
+                    };
+                    let (target, max_body, http) = (target.clone(), max_body.clone(), http.clone());
+                    let watcher = graceful.watcher();
+                    let span = tracing::Span::current();
+                    workers.spawn_connection(move || serve_connection(stream, target, max_body, http, watcher, span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -151,6 +161,33 @@ async fn serve(listener: TcpListener, target: Target, max_body: Arc<AtomicU64>, 
     tracing::info!("Stopped accepting; draining connections.");
     // The caller bounds how long this may take.
     graceful.shutdown().await;
+}
+
+/// Serves one connection, on the worker that runs this. The listener's span
+/// is the parent of what is logged, but is not entered on every poll: that
+/// would cost more than the rest of a small request's bookkeeping.
+async fn serve_connection(
+    stream: std::net::TcpStream,
+    target: Target,
+    max_body: Arc<AtomicU64>,
+    http: hyper::server::conn::http1::Builder,
+    watcher: Watcher,
+    span: tracing::Span,
+) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(parent: &span, error = %e, "A worker could not take a connection."),
+    };
+    let service = service_fn(move |req| {
+        let limit = max_body.load(Ordering::Relaxed);
+        match &target {
+            Target::Tier(endpoint) => Either::Left(handle(req, endpoint.clone(), limit)),
+            Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
+        }
+    });
+    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await {
+        tracing::debug!(parent: &span, error = %e, "Connection closed with an error.");
+    }
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {

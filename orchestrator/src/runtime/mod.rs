@@ -4,6 +4,7 @@
 pub mod listener;
 pub mod status;
 pub mod supervisor;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct RunOptions {
     pub watch: bool,
     /// Colour each tier's log lines (logs go to a terminal).
     pub color: bool,
+    /// The threads that serve tier and link listeners' connections.
+    pub workers: workers::WorkerThreads,
 }
 
 /// Why `run` failed.
@@ -38,6 +41,8 @@ pub enum RunError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("cannot start the connection workers: {0}")]
+    Workers(std::io::Error),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
     #[error("cannot watch files: {0}")]
@@ -63,7 +68,9 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     tracing::info!(addr = %admin.addr, "Admin API listening.");
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let mut supervisor = match Supervisor::start(topology, registry, status_tx, opts.drain_timeout, opts.color).await {
+    let workers = workers::Workers::new(opts.workers).map_err(RunError::Workers)?;
+    let started = Supervisor::start(topology, registry, status_tx, workers, opts.drain_timeout, opts.color).await;
+    let mut supervisor = match started {
         Ok(s) => s,
         Err(e) => {
             admin.stop().await;

@@ -19,6 +19,7 @@ use super::status::{
 };
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
+use crate::runtime::workers::Workers;
 use crate::topology::diff::{self, Instances, Listen, Plan};
 use crate::topology::{self, LinkSpec, TierId, TierSpec, Topology};
 
@@ -73,6 +74,8 @@ pub struct Supervisor {
     /// What went wrong in the last apply's rolling updates.
     roll_problems: Vec<String>,
     status: watch::Sender<Status>,
+    /// Where the connections of tier and link listeners are served.
+    workers: Workers,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -115,11 +118,13 @@ impl Supervisor {
         topology: Topology,
         registry: Arc<Registry>,
         status: watch::Sender<Status>,
+        workers: Workers,
         drain: Duration,
         color: bool,
     ) -> Result<Self, StartError> {
         let mut supervisor = Self {
             registry,
+            workers,
             topology: empty_like(&topology),
             tiers: IndexMap::new(),
             generation: 0,
@@ -271,7 +276,7 @@ impl Supervisor {
                 let (links, replicas) = match &tier_plan.instances {
                     Instances::Start => {
                         let endpoint = Arc::new(Endpoint::new(id.clone()));
-                        let links = Arc::new(LinkTable::default());
+                        let links = Arc::new(LinkTable::new(HashMap::new(), self.workers.clone()));
                         prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
                         (links, 0..spec.replicas)
                     }
@@ -411,7 +416,7 @@ impl Supervisor {
         for (id, tier_plan) in &plan.tiers {
             let Some(tier) = self.tiers.get_mut(id) else { continue };
             if let Some(bound) = prepared.bound.remove(id) {
-                let listener = bound.serve(tier.endpoint.clone(), tier.spec.max_body);
+                let listener = bound.serve(tier.endpoint.clone(), tier.spec.max_body, &self.workers);
                 tracing::info!(tier = %id, addr = %listener.addr, "Tier listening.");
                 closing.extend(tier.listener.replace(listener));
             } else if tier_plan.listen == Listen::Close {

@@ -1,0 +1,219 @@
+//! Connection workers: one thread per core, each with a single-threaded
+//! runtime of its own, like the worker threads of Envoy or nginx's worker
+//! processes.
+//!
+//! A connection accepted by a listener is handed to the worker with the
+//! fewest connections and stays there: its requests, the handlers they call
+//! and the connections those open to process tiers all run on one thread.
+//! On the work-stealing runtime a request's task keeps moving between threads
+//! (whichever thread saw its socket become ready runs it), paying a wake-up
+//! across threads, cold caches and memory freed far from where it was
+//! allocated, several times per request: a third more CPU per request
+//! through a process tier (`docs/performance.md`).
+//!
+//! The price: a connection waits while its worker's thread waits for a core.
+//! Where other busy programs share the cores, that shows in the tail latency,
+//! and [`Workers::shared`] (`orchestrator run --workers shared`) serves
+//! connections on the work-stealing runtime instead.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// How many threads serve connections (`orchestrator run --workers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WorkerThreads {
+    /// One worker per core the process may use.
+    #[default]
+    PerCore,
+    /// This many workers.
+    Count(std::num::NonZeroUsize),
+    /// No workers: connections are served on the work-stealing runtime.
+    Shared,
+}
+
+impl std::str::FromStr for WorkerThreads {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::PerCore),
+            "shared" => Ok(Self::Shared),
+            n => n.parse().map(Self::Count).map_err(|_| {
+                format!("`{n}` is not a number of threads (1 or more), `auto` (one per core) or `shared`")
+            }),
+        }
+    }
+}
+
+/// The workers. Cheap to clone; the threads end when the last clone is dropped,
+/// and with them the connections still open on them.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Empty when connections are served on the work-stealing runtime.
+    workers: Vec<Worker>,
+    /// That runtime.
+    fallback: Handle,
+    /// Where the search for the least busy worker starts, so that ties rotate.
+    next: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Worker {
+    handle: Handle,
+    connections: Arc<AtomicUsize>,
+    /// Dropped with the workers: the thread's runtime then shuts down.
+    _stop: oneshot::Sender<()>,
+}
+
+impl Workers {
+    /// The workers `threads` asks for. Must be called within a runtime.
+    pub fn new(threads: WorkerThreads) -> std::io::Result<Self> {
+        match threads {
+            WorkerThreads::PerCore => Self::start(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            WorkerThreads::Count(n) => Self::start(n.get()),
+            WorkerThreads::Shared => Ok(Self::shared()),
+        }
+    }
+
+    /// Serves connections on the current (work-stealing) runtime: no threads
+    /// of its own. Must be called within a runtime.
+    pub fn shared() -> Self {
+        Self {
+            shared: Arc::new(Shared { workers: Vec::new(), fallback: Handle::current(), next: AtomicUsize::new(0) }),
+        }
+    }
+
+    /// Starts `count` (at least one) worker threads. Must be called within a
+    /// runtime.
+    pub fn start(count: usize) -> std::io::Result<Self> {
+        let mut workers = Vec::with_capacity(count.max(1));
+        for i in 0..count.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            std::thread::Builder::new().name(format!("orch-worker-{i}")).spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+            workers.push(Worker { handle, connections: Arc::new(AtomicUsize::new(0)), _stop: stop });
+        }
+        let fallback = Handle::current();
+        Ok(Self { shared: Arc::new(Shared { workers, fallback, next: AtomicUsize::new(0) }) })
+    }
+
+    /// Worker threads (none when shared).
+    pub fn len(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shared.workers.is_empty()
+    }
+
+    /// Runs the connection `serve` on the least busy worker. `serve` is
+    /// called there, so what it registers (sockets, timers) belongs to that
+    /// worker's runtime.
+    pub fn spawn_connection<F, Fut>(&self, serve: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(worker) = self.least_busy() else {
+            self.shared.fallback.spawn(async move { serve().await });
+            return;
+        };
+        let connections = worker.connections.clone();
+        connections.fetch_add(1, Ordering::Relaxed);
+        let guard = Counted(connections);
+        worker.handle.spawn(async move {
+            let _guard = guard;
+            serve().await;
+        });
+    }
+
+    fn least_busy(&self) -> Option<&Worker> {
+        let workers = &self.shared.workers;
+        let start = self.shared.next.fetch_add(1, Ordering::Relaxed) % workers.len().max(1);
+        let (after, before) = workers.split_at(start);
+        after.iter().chain(before).min_by_key(|w| w.connections.load(Ordering::Relaxed))
+    }
+
+    /// Open connections per worker.
+    pub fn connections(&self) -> Vec<usize> {
+        self.shared.workers.iter().map(|w| w.connections.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// Counts a connection for as long as it is served.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_spread_over_workers_and_are_counted_while_served() {
+        let workers = Workers::start(2).unwrap();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::new();
+        for _ in 0..4 {
+            let (tx, rx) = oneshot::channel();
+            let mut released = released.clone();
+            workers.spawn_connection(move || async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+                let _ = released.wait_for(|r| *r).await;
+            });
+            threads.push(rx.await.unwrap().unwrap());
+        }
+        threads.sort();
+        assert_eq!(threads, ["orch-worker-0", "orch-worker-0", "orch-worker-1", "orch-worker-1"]);
+        assert_eq!(workers.connections(), [2, 2]);
+        assert_eq!(workers.len(), 2);
+
+        release.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while workers.connections() != [0, 0] {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the count goes back to zero once the connections end");
+    }
+
+    #[test]
+    fn worker_threads_parse_from_the_command_line() {
+        assert_eq!("auto".parse(), Ok(WorkerThreads::PerCore));
+        assert_eq!("shared".parse(), Ok(WorkerThreads::Shared));
+        assert_eq!("3".parse(), Ok(WorkerThreads::Count(3.try_into().unwrap())));
+        let err = "0".parse::<WorkerThreads>().unwrap_err();
+        assert!(err.contains("`0` is not a number of threads"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_workers_serve_on_the_runtime_they_were_made_in() {
+        let workers = Workers::shared();
+        assert!(workers.is_empty());
+        let (tx, rx) = oneshot::channel();
+        workers.spawn_connection(move || async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        let thread = rx.await.unwrap().unwrap();
+        assert_eq!(thread, "tokio-rt-worker");
+    }
+}
