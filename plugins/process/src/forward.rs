@@ -1,24 +1,34 @@
 //! Requests to a replica's program, over HTTP/1.1 on loopback, on a small
 //! pool of keep-alive connections.
 //!
-//! A connection is driven by the task that uses it (not by a task of its
-//! own): a request and its connection's I/O run on the same thread, with no
-//! hand-over between tasks, which is what a proxy hop costs most.
+//! Each connection is driven by a task of its own, spawned on the runtime of
+//! the thread that opened it. The host serves each incoming connection on one
+//! worker thread with a single-threaded runtime, so a request, its
+//! connection's task and the answer stay on one thread; idle connections are
+//! kept per thread so that it stays so. (Driving the connection from the
+//! request's own future instead polled the whole chain of handlers above it
+//! once more per request.)
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use futures_util::FutureExt as _;
 use http_body_util::{BodyExt, Full};
-use std::pin::Pin;
 
-use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use plugin_api::{Headers, Request, Response, StatusCode};
 
-/// Idle connections kept per replica.
+/// Idle connections kept per replica and thread.
 const MAX_IDLE: usize = 256;
+
+/// This thread, as a small number.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    SLOT.with(|slot| *slot)
+}
 
 /// Hop-by-hop headers: they describe one connection, not the request.
 fn hop_by_hop(name: &[u8]) -> bool {
@@ -36,20 +46,18 @@ fn hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-type Io = TokioIo<tokio::net::TcpStream>;
-
-/// One keep-alive connection: the handle to send on, and the connection
-/// itself, which must be polled for anything to happen on it.
+/// One keep-alive connection: the handle to send on. Its task ends when
+/// this is dropped (and nothing is in flight), closing the connection.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    io: Pin<Box<Connection<Io, Full<Bytes>>>>,
 }
 
 /// Keep-alive connections to one program.
 pub struct Forwarder {
     port: u16,
     host: HeaderValue,
-    idle: Mutex<Vec<Conn>>,
+    /// Idle connections by the thread that opened them (see [`thread_slot`]).
+    idle: Mutex<Vec<(usize, Vec<Conn>)>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -80,12 +88,18 @@ impl Forwarder {
         let (sender, io) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("cannot talk HTTP to the replica: {e}"))?;
-        Ok(Conn { sender, io: Box::pin(io) })
+        // Its errors reach the request in flight, if any.
+        tokio::spawn(async move {
+            let _ = io.await;
+        });
+        Ok(Conn { sender })
     }
 
     fn pooled(&self) -> Option<Conn> {
+        let slot = thread_slot();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
+        let (_, conns) = idle.iter_mut().find(|(s, _)| *s == slot)?;
+        while let Some(conn) = conns.pop() {
             if !conn.sender.is_closed() {
                 return Some(conn);
             }
@@ -97,9 +111,15 @@ impl Forwarder {
         if conn.sender.is_closed() {
             return;
         }
+        let slot = thread_slot();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
+        let i = idle.iter().position(|(s, _)| *s == slot).unwrap_or_else(|| {
+            idle.push((slot, Vec::new()));
+            idle.len() - 1
+        });
+        let conns = &mut idle[i].1;
+        if conns.len() < MAX_IDLE {
+            conns.push(conn);
         }
     }
 
@@ -121,39 +141,19 @@ impl Forwarder {
 
     async fn send(&self, mut conn: Conn, req: hyper::Request<Full<Bytes>>) -> Result<Response, Failed> {
         let (mut parts, body) = {
-            let Conn { sender, io } = &mut conn;
-            // Ready for a request: the connection must be polled to get there.
-            tokio::select! {
-                biased;
-                ready = sender.ready() => ready.map_err(|e| Failed::NotSent(e.to_string()))?,
-                _ = io.as_mut() => return Err(Failed::NotSent("the connection closed".into())),
-            }
-            let exchange = async {
-                let resp = sender.send_request(req).await.map_err(|e| {
-                    if e.is_canceled() {
-                        Failed::NotSent(e.to_string())
-                    } else {
-                        Failed::NoAnswer(format!("the replica did not answer: {e}"))
-                    }
-                })?;
-                let (parts, body) = resp.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
-                Ok::<_, Failed>((parts, body.to_bytes()))
-            };
-            tokio::pin!(exchange);
-            tokio::select! {
-                biased;
-                done = &mut exchange => done?,
-                // The connection ended. A server that closes after each answer
-                // has delivered it already; otherwise there is none to wait for.
-                _ = io.as_mut() => match (&mut exchange).now_or_never() {
-                    Some(done) => done?,
-                    None => return Err(Failed::NoAnswer("the replica closed the connection".into())),
-                },
-            }
+            let sender = &mut conn.sender;
+            sender.ready().await.map_err(|e| Failed::NotSent(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| {
+                if e.is_canceled() {
+                    Failed::NotSent(e.to_string())
+                } else {
+                    Failed::NoAnswer(format!("the replica did not answer: {e}"))
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body =
+                body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
+            (parts, body.to_bytes())
         };
         self.release(conn);
         for name in ["connection", "keep-alive", "transfer-encoding", "content-length"] {
