@@ -24,6 +24,7 @@ use futures_util::future::Either;
 
 use crate::links::{self, Endpoint, LinkTable};
 use crate::plugins::BorrowedRequest;
+use crate::runtime::gate::WakeGated;
 use crate::runtime::workers::Workers;
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -237,6 +238,7 @@ async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // The plugin copies the request before `call` returns.
     let call = instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
+    let call = WakeGated::new(call);
     drop((headers, body));
     Ok(match call.await {
         Ok(resp) => into_hyper(resp),
@@ -265,7 +267,7 @@ async fn handle_link(
     let call =
         links::call(&route, &BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
     drop((headers, body));
-    Ok(match call.await {
+    Ok(match WakeGated::new(std::pin::pin!(call)).await {
         Ok(resp) => into_hyper(resp),
         Err(e) => json_error(e.status(), &e.message),
     })
