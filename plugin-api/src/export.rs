@@ -116,12 +116,15 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
         request.map(|request| {
             let trace = crate::trace::Trace::of(&request.headers);
             let rpc = request.rpc_method().is_some();
+            // Deliveries are boxed: their futures are several times a
+            // request's, and the enum is as big as its biggest variant,
+            // copied whole each time it moves on its way into the FFI box.
             let handling = if crate::queue::Message::is_delivery(&request) {
                 let msg = crate::queue::Message::from_delivery(request);
                 let delivery = instance.plugin.on_message(msg, instance.cx.clone());
-                Either::Left(Either::Left(async move { crate::queue::delivery_response(delivery.await) }))
+                Either::Left(Either::Left(Box::pin(async move { crate::queue::delivery_response(delivery.await) })))
             } else if request.headers.find_raw(crate::queue::BATCH).is_some() {
-                Either::Left(Either::Right(deliver_batch(&instance.plugin, &instance.cx, request)))
+                Either::Left(Either::Right(Box::pin(deliver_batch(&instance.plugin, &instance.cx, request))))
             } else {
                 Either::Right(instance.plugin.handle(request, instance.cx.clone()))
             };

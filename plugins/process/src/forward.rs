@@ -181,11 +181,13 @@ impl Forwarder {
                 Err(Failed::NotSent(_)) => {}
             }
             return match self.outbound(&req) {
-                Ok(again) => self.fresh(again).await,
+                Ok(again) => Box::pin(self.fresh(again)).await,
                 Err(e) => Response::error(StatusCode::BAD_REQUEST, &e),
             };
         }
-        self.fresh(outbound).await
+        // Boxed, like the retry above: opening a connection is rare, and its
+        // future would make every request's as big.
+        Box::pin(self.fresh(outbound)).await
     }
 
     async fn fresh(&self, req: hyper::Request<Full<Bytes>>) -> Response {

@@ -117,7 +117,13 @@ impl Replica {
                 self.report.lock().map(|r| r.state).unwrap_or("down")
             ));
         }
-        if req.rpc_method().is_some() { self.grpc.forward(req).await } else { self.forwarder.forward(req).await }
+        // Boxed: an HTTP/2 call's future is several times the size of an
+        // HTTP/1 one, and every REST request's future would be as big.
+        if req.rpc_method().is_some() {
+            Box::pin(self.grpc.forward(req)).await
+        } else {
+            self.forwarder.forward(req).await
+        }
     }
 
     /// SIGTERM to the program's process group, SIGKILL after the grace period.
