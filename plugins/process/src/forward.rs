@@ -66,10 +66,14 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// A request on its way to the program.
+type Outbound = hyper::Request<Full<Bytes>>;
+
 /// Why a request got no answer.
 enum Failed {
-    /// Not sent at all: safe to send again.
-    NotSent(String),
+    /// Not sent at all: safe to send again (with the request, when hyper
+    /// handed it back).
+    NotSent(String, Option<Box<Outbound>>),
     /// Sent, maybe processed.
     NoAnswer(String),
 }
@@ -123,10 +127,11 @@ impl Forwarder {
         }
     }
 
-    fn outbound(&self, req: &Request) -> Result<hyper::Request<Full<Bytes>>, String> {
-        let mut out = hyper::Request::new(Full::new(req.body.clone().into_bytes()));
-        *out.method_mut() = req.method.clone();
-        *out.uri_mut() = req.uri.parse().map_err(|e| format!("bad request URI: {e}"))?;
+    fn outbound(&self, req: Request) -> Result<Outbound, String> {
+        let uri = req.uri.parse().map_err(|e| format!("bad request URI: {e}"))?;
+        let mut out = hyper::Request::new(Full::new(req.body.into_bytes()));
+        *out.method_mut() = req.method;
+        *out.uri_mut() = uri;
         let headers = out.headers_mut();
         headers.insert(hyper::header::HOST, self.host.clone());
         req.headers.for_each_raw(|name, value| {
@@ -139,27 +144,23 @@ impl Forwarder {
         Ok(out)
     }
 
-    async fn send(&self, mut conn: Conn, req: hyper::Request<Full<Bytes>>) -> Result<Response, Failed> {
-        let (mut parts, body) = {
-            let sender = &mut conn.sender;
-            sender.ready().await.map_err(|e| Failed::NotSent(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| {
-                if e.is_canceled() {
-                    Failed::NotSent(e.to_string())
-                } else {
-                    Failed::NoAnswer(format!("the replica did not answer: {e}"))
-                }
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body =
-                body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
-            (parts, body.to_bytes())
-        };
+    async fn send(&self, mut conn: Conn, req: Outbound) -> Result<Response, Failed> {
+        let sender = &mut conn.sender;
+        if let Err(e) = sender.ready().await {
+            return Err(Failed::NotSent(e.to_string(), Some(Box::new(req))));
+        }
+        let resp = sender.try_send_request(req).await.map_err(|mut e| match e.take_message() {
+            Some(req) => Failed::NotSent(e.error().to_string(), Some(Box::new(req))),
+            None => Failed::NoAnswer(format!("the replica did not answer: {}", e.error())),
+        })?;
+        let (mut parts, body) = resp.into_parts();
+        let body =
+            body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
         self.release(conn);
         for name in ["connection", "keep-alive", "transfer-encoding", "content-length"] {
             parts.headers.remove(name);
         }
-        let mut out = Response::new(parts.status).with_body(body);
+        let mut out = Response::new(parts.status).with_body(body.to_bytes());
         out.headers = Headers::from(parts.headers);
         Ok(out)
     }
@@ -168,36 +169,33 @@ impl Forwarder {
     /// `not_delivered` (safe to retry elsewhere); one sent without an answer
     /// back is `no_answer`.
     pub async fn forward(&self, req: Request) -> Response {
-        let outbound = match self.outbound(&req) {
+        let mut outbound = match self.outbound(req) {
             Ok(r) => r,
             Err(e) => return Response::error(StatusCode::BAD_REQUEST, &e),
         };
         // A pooled connection may have been closed by the program meanwhile:
-        // a request it never sent goes again on a fresh connection.
+        // a request it never sent comes back, and goes again on a fresh one.
         if let Some(conn) = self.pooled() {
             match self.send(conn, outbound).await {
                 Ok(resp) => return resp,
                 Err(Failed::NoAnswer(e)) => return Response::no_answer(&e),
-                Err(Failed::NotSent(_)) => {}
+                Err(Failed::NotSent(e, None)) => return Response::not_delivered(&e),
+                Err(Failed::NotSent(_, Some(req))) => outbound = *req,
             }
-            return match self.outbound(&req) {
-                Ok(again) => Box::pin(self.fresh(again)).await,
-                Err(e) => Response::error(StatusCode::BAD_REQUEST, &e),
-            };
         }
-        // Boxed, like the retry above: opening a connection is rare, and its
-        // future would make every request's as big.
+        // Boxed: opening a connection is rare, and its future would make
+        // every request's as big.
         Box::pin(self.fresh(outbound)).await
     }
 
-    async fn fresh(&self, req: hyper::Request<Full<Bytes>>) -> Response {
+    async fn fresh(&self, req: Outbound) -> Response {
         let conn = match self.connect().await {
             Ok(c) => c,
             Err(e) => return Response::not_delivered(&e),
         };
         match self.send(conn, req).await {
             Ok(resp) => resp,
-            Err(Failed::NotSent(e)) => Response::not_delivered(&e),
+            Err(Failed::NotSent(e, _)) => Response::not_delivered(&e),
             Err(Failed::NoAnswer(e)) => Response::no_answer(&e),
         }
     }
