@@ -11,8 +11,10 @@
 //!   balancing, timeouts and retries, and the local listeners that let
 //!   programs outside the process call a link;
 //! - [`runtime`] — the supervisor that owns running tiers and applies each
-//!   topology as a plan (prepare, commit, drain), tier HTTP listeners, status
-//!   snapshots, and the run loop: signals, reloads, graceful shutdown;
+//!   topology as a plan (prepare, commit, drain), tier HTTP listeners and the
+//!   worker threads that serve their connections (one single-threaded runtime
+//!   each; a connection stays on one), status snapshots, and the run loop:
+//!   signals, reloads, graceful shutdown;
 //! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
 //! - [`admin`] — the admin HTTP API: status (with waits on the generation),
 //!   readiness, reload, Prometheus metrics.

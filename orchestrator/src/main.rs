@@ -45,11 +45,12 @@ enum Command {
         /// (SIGHUP and `orchestrator reload` still do).
         #[arg(long)]
         no_watch: bool,
-        /// Threads serving connections: `auto` (one per core), a number, or
-        /// `shared`. Each connection stays on one thread, which costs the
-        /// least CPU per request; `shared` lets idle threads take over each
-        /// other's requests, for steadier latency when other busy programs
-        /// share the cores.
+        /// Threads serving connections: `auto` (one per core but one, which is
+        /// left to process tiers' programs and the rest of the machine), a
+        /// number, or `shared`. Each connection stays on one thread, which
+        /// costs the least CPU per request; `shared` serves them on the
+        /// work-stealing runtime, where an idle thread takes over another's
+        /// requests.
         #[arg(long, default_value = "auto", value_name = "auto|N|shared")]
         workers: WorkerThreads,
         #[command(flatten)]

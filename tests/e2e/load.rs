@@ -29,8 +29,8 @@ async fn a_thousand_concurrent_requests_are_all_answered_correctly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_thread_answers_them_all_too() {
-    a_thousand_concurrent_requests(&["--workers", "1"]).await;
+async fn two_worker_threads_answer_them_all_too() {
+    a_thousand_concurrent_requests(&["--workers", "2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
