@@ -186,6 +186,9 @@ def wrk(url, duration, connections, script):
 
 def prepare(build):
     """Installs wrk and nginx if missing; builds the release binaries unless told not to."""
+    # SIGTERM ends the script the way Ctrl-C does: through the `finally`
+    # blocks that stop what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ensure_tools()
     if build:
         subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--lib"], cwd=ROOT, check=True)
