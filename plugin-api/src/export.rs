@@ -97,9 +97,11 @@ pub unsafe extern "C" fn create<P: Plugin>(
     }
 }
 
-fn ready(response: Response) -> FfiFuture<RawResponse> {
-    std::future::ready(response.into_raw()).into_ffi()
-}
+/// What [`native_handle`] returns: the handler's future, as Rust.
+pub type NativeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = RawResponse> + Send + 'static>>;
+
+/// The signature of [`native_handle`].
+pub type NativeHandle = unsafe fn(*const c_void, *const RawRequest) -> NativeFuture;
 
 /// # Safety
 /// `instance` must come from [`create`] with the same `P`, and must not be
@@ -107,6 +109,27 @@ fn ready(response: Response) -> FfiFuture<RawResponse> {
 /// keeps an instance alive while any of its calls is in flight); `req` must be
 /// readable during the call.
 pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const RawRequest) -> FfiFuture<RawResponse> {
+    // SAFETY: the caller's guarantees.
+    unsafe { start_handle::<P>(instance, req) }.into_ffi()
+}
+
+/// [`handle`] for a plugin linked into the host itself (a built-in): the
+/// same future, without the C ABI's wrapping. Across the C ABI every waker a
+/// future below the boundary keeps is boxed anew, at every boundary above it.
+///
+/// # Safety
+/// As for [`handle`]; and the caller must be the binary `P` is linked into.
+pub unsafe fn native_handle<P: Plugin>(instance: *const c_void, req: *const RawRequest) -> NativeFuture {
+    // SAFETY: the caller's guarantees.
+    Box::pin(unsafe { start_handle::<P>(instance, req) })
+}
+
+/// # Safety
+/// As for [`handle`].
+unsafe fn start_handle<P: Plugin>(
+    instance: *const c_void,
+    req: *const RawRequest,
+) -> impl std::future::Future<Output = RawResponse> + Send + 'static {
     let started = catch_unwind(|| {
         // SAFETY: the caller guarantees that the instance outlives the future
         // built here, so borrowing it for 'static is sound; `req` is readable now.
@@ -118,7 +141,7 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
             let rpc = request.rpc_method().is_some();
             // Deliveries are boxed: their futures are several times a
             // request's, and the enum is as big as its biggest variant,
-            // copied whole each time it moves on its way into the FFI box.
+            // copied whole each time it moves on its way into a box.
             let handling = if crate::queue::Message::is_delivery(&request) {
                 let msg = crate::queue::Message::from_delivery(request);
                 let delivery = instance.plugin.on_message(msg, instance.cx.clone());
@@ -131,8 +154,9 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
             (crate::trace::WithTrace::new(handling, trace), rpc)
         })
     });
+    let ready = |response: Response| Either::Right(std::future::ready(response.into_raw()));
     match started {
-        Ok(Ok((handling, rpc))) => async move {
+        Ok(Ok((handling, rpc))) => Either::Left(async move {
             match AssertUnwindSafe(handling).catch_unwind().await {
                 Ok(response) => response.into_raw(),
                 Err(payload) => {
@@ -144,8 +168,7 @@ pub unsafe extern "C" fn handle<P: Plugin>(instance: *const c_void, req: *const 
                     }
                 }
             }
-        }
-        .into_ffi(),
+        }),
         Ok(Err(reason)) => ready(Response::error(StatusCode::BAD_REQUEST, &reason)),
         Err(payload) => ready(Response::error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -298,6 +321,12 @@ macro_rules! declare_plugin {
         /// This plugin's ABI declaration.
         pub fn plugin_declaration() -> &'static $crate::abi::PluginDecl {
             &__ORCHESTRATOR_PLUGIN_DECL
+        }
+
+        /// The declaration's `handle`, without the C ABI: for a host this
+        /// plugin is linked into.
+        pub fn plugin_native_handle() -> $crate::export::NativeHandle {
+            $crate::export::native_handle::<$plugin>
         }
     };
 }

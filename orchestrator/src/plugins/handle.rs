@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use async_ffi::FfiFuture;
 use libloading::Library;
 use plugin_api::abi::{PluginDecl, RStr, RawRequest, RawResponse};
+use plugin_api::export::{NativeFuture, NativeHandle};
 use plugin_api::{ConfigIssue, LinkKind};
 
 use super::host::{self, HostCtx};
@@ -26,6 +27,8 @@ pub struct PluginHandle {
     version: String,
     api_version: String,
     path: Option<PathBuf>,
+    /// `handle` without the C ABI, for a plugin linked into this binary.
+    native: Option<NativeHandle>,
     // Declared last: dropped after everything above that points into it.
     _lib: Option<Arc<Library>>,
 }
@@ -52,7 +55,17 @@ impl PluginHandle {
         // SAFETY: the declaration's strings are static data of the library.
         let (name, version, api_version) =
             unsafe { (d.name.to_string_lossy(), d.version.to_string_lossy(), d.api_version.to_string_lossy()) };
-        Self { decl, name, version, api_version, path, _lib: lib }
+        Self { decl, name, version, api_version, path, native: None, _lib: lib }
+    }
+
+    /// Calls the plugin's handler through `native` rather than the C ABI.
+    ///
+    /// # Safety
+    /// `native` must be `handle` of the same plugin type as the declaration,
+    /// linked into this binary.
+    pub(super) unsafe fn with_native(mut self, native: NativeHandle) -> Self {
+        self.native = Some(native);
+        self
     }
 
     fn decl(&self) -> &PluginDecl {
@@ -175,7 +188,12 @@ impl Instance {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         // SAFETY: the instance is alive (we hold an Arc) and `req` is readable for
         // the duration of this synchronous call (its lifetime); `handle` catches panics.
-        let fut = unsafe { (self.plugin.decl().handle)(self.ptr, &req.raw) };
+        let fut = match self.plugin.native {
+            // SAFETY: as above; `native` is this plugin's (see `with_native`).
+            Some(native) => Call::Native(unsafe { native(self.ptr, &req.raw) }),
+            // SAFETY: as above.
+            None => Call::Ffi(unsafe { (self.plugin.decl().handle)(self.ptr, &req.raw) }),
+        };
         InstanceCall { fut: Some(fut), instance: self.clone() }
     }
 
@@ -249,7 +267,7 @@ pub struct Panicked;
 pub struct InstanceCall {
     /// The plugin's future; taken (dropped) first in `drop`, while the
     /// instance is still held and still counts this call.
-    fut: Option<FfiFuture<RawResponse>>,
+    fut: Option<Call>,
     instance: Arc<Instance>,
 }
 
@@ -262,6 +280,12 @@ impl Drop for InstanceCall {
     }
 }
 
+/// A handler's future: through the C ABI, or as Rust for a built-in plugin.
+enum Call {
+    Ffi(FfiFuture<RawResponse>),
+    Native(NativeFuture),
+}
+
 impl Future for InstanceCall {
     type Output = Result<RawResponse, Panicked>;
 
@@ -269,7 +293,10 @@ impl Future for InstanceCall {
         // The plugin catches its own panics; this guards against a plugin that
         // was not built with our export shims.
         let Some(fut) = self.fut.as_mut() else { return Poll::Ready(Err(Panicked)) };
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| match fut {
+            Call::Ffi(fut) => Pin::new(fut).poll(cx),
+            Call::Native(fut) => fut.as_mut().poll(cx),
+        })) {
             Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(_) => Poll::Ready(Err(Panicked)),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use libloading::Library;
 use plugin_api::abi::{ABI_VERSION, ENTRY_SYMBOL, EntryFn, PluginDecl};
+use plugin_api::export::NativeHandle;
 
 use super::{LoadError, PluginHandle};
 
@@ -78,10 +79,14 @@ fn private_copy(path: &Path) -> std::io::Result<std::path::PathBuf> {
     Ok(copy)
 }
 
-/// A handle for a plugin linked into this binary.
-pub fn builtin(decl: &'static PluginDecl) -> PluginHandle {
+/// A handle for a plugin linked into this binary: its declaration, and its
+/// `handle` called as Rust (`plugin_native_handle()`, of the same plugin).
+pub fn builtin(decl: &'static PluginDecl, native: NativeHandle) -> PluginHandle {
     // SAFETY: a declaration compiled into this binary is static and of our ABI.
-    unsafe { PluginHandle::from_decl(decl, None, None) }
+    let handle = unsafe { PluginHandle::from_decl(decl, None, None) };
+    // SAFETY: the plugin is linked into this binary, and the caller passes the
+    // native handle of the plugin `decl` declares.
+    unsafe { handle.with_native(native) }
 }
 
 #[cfg(test)]

@@ -120,9 +120,9 @@ impl Registry {
     /// A registry with the built-in plugins and exactly `dirs`.
     pub fn with_dirs(dirs: Vec<PathBuf>) -> Self {
         let builtins = vec![
-            Arc::new(loader::builtin(gateway::plugin_declaration())),
-            Arc::new(loader::builtin(process::plugin_declaration())),
-            Arc::new(loader::builtin(queue::plugin_declaration())),
+            Arc::new(loader::builtin(gateway::plugin_declaration(), gateway::plugin_native_handle())),
+            Arc::new(loader::builtin(process::plugin_declaration(), process::plugin_native_handle())),
+            Arc::new(loader::builtin(queue::plugin_declaration(), queue::plugin_native_handle())),
         ];
         Self { builtins, dirs, loaded: Mutex::new(HashMap::new()), retained: Mutex::new(Vec::new()) }
     }
