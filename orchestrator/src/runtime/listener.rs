@@ -67,16 +67,6 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and serves `endpoint` on it.
-    pub async fn bind(
-        addr: SocketAddr,
-        endpoint: Arc<Endpoint>,
-        max_body: u64,
-        workers: &Workers,
-    ) -> std::io::Result<Self> {
-        Ok(Bound::bind(addr).await?.serve(endpoint, max_body, workers))
-    }
-
     /// Changes the request body limit for requests from now on.
     pub fn set_max_body(&self, max_body: u64) {
         self.max_body.store(max_body, Ordering::Relaxed);

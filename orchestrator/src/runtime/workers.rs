@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// How many threads serve connections (`orchestrator run --workers`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,17 +58,19 @@ impl std::str::FromStr for WorkerThreads {
 /// and with them the connections still open on them.
 #[derive(Clone, Debug)]
 pub struct Workers {
-    shared: Arc<Shared>,
+    pool: Arc<Pool>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    /// Empty when connections are served on the work-stealing runtime.
-    workers: Vec<Worker>,
-    /// That runtime.
-    fallback: Handle,
-    /// Where the search for the least busy worker starts, so that ties rotate.
-    next: AtomicUsize,
+enum Pool {
+    /// Threads of our own; a connection goes to the least busy.
+    Pinned {
+        workers: Vec<Worker>,
+        /// Where the search for the least busy worker starts, so that ties rotate.
+        next: AtomicUsize,
+    },
+    /// No threads: connections go to this (work-stealing) runtime.
+    Shared(Handle),
 }
 
 #[derive(Debug)]
@@ -79,7 +82,8 @@ struct Worker {
 }
 
 impl Workers {
-    /// The workers `threads` asks for. Must be called within a runtime.
+    /// The workers `threads` asks for. Must be called within a runtime (for
+    /// `shared`).
     pub fn new(threads: WorkerThreads) -> std::io::Result<Self> {
         match threads {
             WorkerThreads::PerCore => {
@@ -94,13 +98,10 @@ impl Workers {
     /// Serves connections on the current (work-stealing) runtime: no threads
     /// of its own. Must be called within a runtime.
     pub fn shared() -> Self {
-        Self {
-            shared: Arc::new(Shared { workers: Vec::new(), fallback: Handle::current(), next: AtomicUsize::new(0) }),
-        }
+        Self { pool: Arc::new(Pool::Shared(Handle::current())) }
     }
 
-    /// Starts `count` (at least one) worker threads. Must be called within a
-    /// runtime.
+    /// Starts `count` (at least one) worker threads.
     pub fn start(count: usize) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
@@ -114,50 +115,40 @@ impl Workers {
             })?;
             workers.push(Worker { handle, connections: Arc::new(AtomicUsize::new(0)), _stop: stop });
         }
-        let fallback = Handle::current();
-        Ok(Self { shared: Arc::new(Shared { workers, fallback, next: AtomicUsize::new(0) }) })
-    }
-
-    /// Worker threads (none when shared).
-    pub fn len(&self) -> usize {
-        self.shared.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shared.workers.is_empty()
+        Ok(Self { pool: Arc::new(Pool::Pinned { workers, next: AtomicUsize::new(0) }) })
     }
 
     /// Runs the connection `serve` on the least busy worker. `serve` is
     /// called there, so what it registers (sockets, timers) belongs to that
-    /// worker's runtime.
-    pub fn spawn_connection<F, Fut>(&self, serve: F)
+    /// worker's runtime. The handle ends when the connection does.
+    pub fn spawn_connection<F, Fut>(&self, serve: F) -> JoinHandle<()>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(worker) = self.least_busy() else {
-            self.shared.fallback.spawn(async move { serve().await });
-            return;
+        let (workers, next) = match &*self.pool {
+            Pool::Shared(runtime) => return runtime.spawn(async move { serve().await }),
+            Pool::Pinned { workers, next } => (workers, next),
         };
-        let connections = worker.connections.clone();
-        connections.fetch_add(1, Ordering::Relaxed);
-        let guard = Counted(connections);
+        let start = next.fetch_add(1, Ordering::Relaxed) % workers.len();
+        let (after, before) = workers.split_at(start);
+        let worker = after.iter().chain(before).min_by_key(|w| w.connections.load(Ordering::Relaxed));
+        // `start` makes at least one worker, so there is a least busy one.
+        let Some(worker) = worker else { unreachable!("a pool of pinned workers is never empty") };
+        worker.connections.fetch_add(1, Ordering::Relaxed);
+        let guard = Counted(worker.connections.clone());
         worker.handle.spawn(async move {
             let _guard = guard;
             serve().await;
-        });
+        })
     }
 
-    fn least_busy(&self) -> Option<&Worker> {
-        let workers = &self.shared.workers;
-        let start = self.shared.next.fetch_add(1, Ordering::Relaxed) % workers.len().max(1);
-        let (after, before) = workers.split_at(start);
-        after.iter().chain(before).min_by_key(|w| w.connections.load(Ordering::Relaxed))
-    }
-
-    /// Open connections per worker.
+    /// Open connections per worker thread (none when shared).
     pub fn connections(&self) -> Vec<usize> {
-        self.shared.workers.iter().map(|w| w.connections.load(Ordering::Relaxed)).collect()
+        match &*self.pool {
+            Pool::Pinned { workers, .. } => workers.iter().map(|w| w.connections.load(Ordering::Relaxed)).collect(),
+            Pool::Shared(_) => Vec::new(),
+        }
     }
 }
 
@@ -178,29 +169,28 @@ mod tests {
     async fn connections_spread_over_workers_and_are_counted_while_served() {
         let workers = Workers::start(2).unwrap();
         let (release, released) = tokio::sync::watch::channel(false);
-        let mut threads = Vec::new();
+        let (mut threads, mut served) = (Vec::new(), Vec::new());
         for _ in 0..4 {
             let (tx, rx) = oneshot::channel();
             let mut released = released.clone();
-            workers.spawn_connection(move || async move {
+            served.push(workers.spawn_connection(move || async move {
                 let _ = tx.send(std::thread::current().name().map(str::to_owned));
                 let _ = released.wait_for(|r| *r).await;
-            });
+            }));
             threads.push(rx.await.unwrap().unwrap());
         }
         threads.sort();
         assert_eq!(threads, ["orch-worker-0", "orch-worker-0", "orch-worker-1", "orch-worker-1"]);
         assert_eq!(workers.connections(), [2, 2]);
-        assert_eq!(workers.len(), 2);
 
         release.send(true).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while workers.connections() != [0, 0] {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the count goes back to zero once the connections end");
+        for connection in served {
+            tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+                .await
+                .expect("the connection ends once released")
+                .unwrap();
+        }
+        assert_eq!(workers.connections(), [0, 0], "ended connections are no longer counted");
     }
 
     #[test]
@@ -215,12 +205,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_workers_serve_on_the_runtime_they_were_made_in() {
         let workers = Workers::shared();
-        assert!(workers.is_empty());
-        let (tx, rx) = oneshot::channel();
-        workers.spawn_connection(move || async move {
-            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        assert!(workers.connections().is_empty());
+        let served = workers.spawn_connection(|| async {
+            assert_eq!(std::thread::current().name(), Some("tokio-rt-worker"));
         });
-        let thread = rx.await.unwrap().unwrap();
-        assert_eq!(thread, "tokio-rt-worker");
+        served.await.expect("served on the runtime's own threads");
     }
 }

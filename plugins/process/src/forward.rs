@@ -48,9 +48,7 @@ fn hop_by_hop(name: &[u8]) -> bool {
 
 /// One keep-alive connection: the handle to send on. Its task ends when
 /// this is dropped (and nothing is in flight), closing the connection.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-}
+type Conn = SendRequest<Full<Bytes>>;
 
 /// Keep-alive connections to one program.
 pub struct Forwarder {
@@ -71,9 +69,8 @@ type Outbound = hyper::Request<Full<Bytes>>;
 
 /// Why a request got no answer.
 enum Failed {
-    /// Not sent at all: safe to send again (with the request, when hyper
-    /// handed it back).
-    NotSent(String, Option<Box<Outbound>>),
+    /// Not sent at all: safe to send again; here is the request back.
+    NotSent(String, Box<Outbound>),
     /// Sent, maybe processed.
     NoAnswer(String),
 }
@@ -96,7 +93,7 @@ impl Forwarder {
         tokio::spawn(async move {
             let _ = io.await;
         });
-        Ok(Conn { sender })
+        Ok(sender)
     }
 
     fn pooled(&self) -> Option<Conn> {
@@ -104,7 +101,7 @@ impl Forwarder {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let (_, conns) = idle.iter_mut().find(|(s, _)| *s == slot)?;
         while let Some(conn) = conns.pop() {
-            if !conn.sender.is_closed() {
+            if !conn.is_closed() {
                 return Some(conn);
             }
         }
@@ -112,7 +109,7 @@ impl Forwarder {
     }
 
     fn release(&self, conn: Conn) {
-        if conn.sender.is_closed() {
+        if conn.is_closed() {
             return;
         }
         let slot = thread_slot();
@@ -145,12 +142,11 @@ impl Forwarder {
     }
 
     async fn send(&self, mut conn: Conn, req: Outbound) -> Result<Response, Failed> {
-        let sender = &mut conn.sender;
-        if let Err(e) = sender.ready().await {
-            return Err(Failed::NotSent(e.to_string(), Some(Box::new(req))));
+        if let Err(e) = conn.ready().await {
+            return Err(Failed::NotSent(e.to_string(), Box::new(req)));
         }
-        let resp = sender.try_send_request(req).await.map_err(|mut e| match e.take_message() {
-            Some(req) => Failed::NotSent(e.error().to_string(), Some(Box::new(req))),
+        let resp = conn.try_send_request(req).await.map_err(|mut e| match e.take_message() {
+            Some(req) => Failed::NotSent(e.error().to_string(), Box::new(req)),
             None => Failed::NoAnswer(format!("the replica did not answer: {}", e.error())),
         })?;
         let (mut parts, body) = resp.into_parts();
@@ -179,8 +175,7 @@ impl Forwarder {
             match self.send(conn, outbound).await {
                 Ok(resp) => return resp,
                 Err(Failed::NoAnswer(e)) => return Response::no_answer(&e),
-                Err(Failed::NotSent(e, None)) => return Response::not_delivered(&e),
-                Err(Failed::NotSent(_, Some(req))) => outbound = *req,
+                Err(Failed::NotSent(_, req)) => outbound = *req,
             }
         }
         // Boxed: opening a connection is rare, and its future would make
