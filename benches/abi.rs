@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
 
     // Through the ABI: the same handler from libbackend.so. No link here
     // opens a listener, so one worker is plenty.
-    let workers = Workers::start(1).expect("a worker thread");
+    let workers = Workers::start(1, None).expect("a worker thread");
     let no_links = || Arc::new(LinkTable::new(HashMap::new(), workers.clone()));
     let loaded = instance(&registry, "backend", "backend", serde_json::json!({}), no_links());
     group.bench_function("abi", |b| {

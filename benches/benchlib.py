@@ -113,14 +113,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_nginx(started, tmp, upstream, workers, location_extra=""):
-    """nginx proxying to `upstream`; returns (process, address, config path)."""
+def start_nginx(started, tmp, upstream, workers, location_extra="", main_extra=""):
+    """nginx proxying to `upstream`; returns (process, address, config path).
+    `main_extra` goes into the main context (e.g. `worker_cpu_affinity auto;`)."""
     port = free_port()
     conf = os.path.join(tmp, f"nginx-{workers}.conf")
     with open(conf, "w") as f:
         f.write(f"""
 daemon off;
 worker_processes {workers};
+{main_extra}
 pid {tmp}/nginx-{workers}.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}

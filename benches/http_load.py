@@ -13,8 +13,10 @@ wrk (-t1 -c32 by default) POSTs {"message":"Hello Go!"}. Prints req/s, p99 and
 server CPU per request for each target and round, then pooled ratios A/B, A/C and D/C,
 and the idle resident memory of topologies/hello.yaml next to nginx's.
 
-Usage: benches/http_load.py [--rounds 6] [--duration 5] [--connections 32] [--workers auto|N|shared] [--no-build]
-(--workers is passed to both orchestrators: how their connections are served.)
+Usage: benches/http_load.py [--rounds 6] [--duration 5] [--connections 32] [--workers auto|N|shared]
+                            [--pin-workers] [--no-build]
+(--workers is passed to both orchestrators: how their connections are served. --pin-workers
+binds their worker threads to CPUs, and nginx's workers too, with `worker_cpu_affinity auto`.)
 Only loopback addresses are used. Everything started is stopped by its PID.
 """
 
@@ -35,10 +37,13 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="auto", help="orchestrator run --workers (default: auto)")
+    ap.add_argument("--pin-workers", action="store_true",
+                    help="orchestrator run --pin-workers, and worker_cpu_affinity auto for nginx")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
 
     prepare(build=not args.no_build)
+    orch_args = ["--workers", args.workers] + (["--pin-workers"] if args.pin_workers else [])
 
     started = Started()
     tmp = tempfile.mkdtemp(prefix="orch-bench-")
@@ -47,13 +52,14 @@ def main():
         direct = started.add(subprocess.Popen([os.path.join(RELEASE, "direct-hyper")], stdout=subprocess.PIPE, text=True))
         b_addr = wait_line(direct, direct.stdout, r"listening on (\S+)").group(1)
         with open(os.path.join(ROOT, "benches/topologies/gateway-backend.yaml")) as f:
-            orch, status = start_orchestrator(started, f.read(), tmp, "gateway-backend.yaml", ["--workers", args.workers])
+            orch, status = start_orchestrator(started, f.read(), tmp, "gateway-backend.yaml", orch_args)
         a_addr = next(t["listen"] for t in status["tiers"] if t["name"] == "web")
-        nginx, c_addr, _ = start_nginx(started, tmp, b_addr, "auto")
+        nginx, c_addr, _ = start_nginx(started, tmp, b_addr, "auto",
+                                       main_extra="worker_cpu_affinity auto;" if args.pin_workers else "")
         nginx_pids = [nginx.pid] + children(nginx.pid)
         with open(os.path.join(ROOT, "benches/topologies/gateway-process.yaml")) as f:
             process_yaml = f.read().replace("DIRECT_HYPER", os.path.join(RELEASE, "direct-hyper"))
-        orch_p, status_p = start_orchestrator(started, process_yaml, tmp, "gateway-process.yaml", ["--workers", args.workers])
+        orch_p, status_p = start_orchestrator(started, process_yaml, tmp, "gateway-process.yaml", orch_args)
         d_addr = next(t["listen"] for t in status_p["tiers"] if t["name"] == "web")
 
         targets = {
@@ -71,7 +77,7 @@ def main():
             wrk(f"http://{addr}/backend", 1, args.connections, script)  # warm-up
 
         results = {name: [] for name in targets}
-        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, orchestrator --workers {args.workers}")
+        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, orchestrator {' '.join(orch_args)}")
         print(f"{'round':<6}{'target':<19}{'req/s':>10}{'p99 ms':>9}{'CPU us/req':>12}{'non-2xx':>9}  socket errors")
         for r in range(1, args.rounds + 1):
             for name, (addr, pids) in targets.items():

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use orchestrator::plugins::Registry;
 use orchestrator::runtime::workers::WorkerThreads;
 use orchestrator::runtime::{self, RunOptions};
@@ -53,6 +53,12 @@ enum Command {
         /// requests.
         #[arg(long, default_value = "auto", value_name = "auto|N|shared")]
         workers: WorkerThreads,
+        /// Bind each worker thread to a CPU of its own, among those this
+        /// process may use (like nginx's `worker_cpu_affinity`): steadier
+        /// latency with several workers on a busy machine, but a worker can
+        /// no longer move off a core that something else keeps busy.
+        #[arg(long)]
+        pin_workers: bool,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -113,8 +119,14 @@ fn main() -> ExitCode {
     };
     init_tracing();
     match cli.command {
-        Command::Run { file, admin, drain_timeout, no_watch, workers, plugins } => {
-            run(&file, RunOptions { admin, drain_timeout, watch: !no_watch, color: color(), workers }, &plugins)
+        Command::Run { file, admin, drain_timeout, no_watch, workers, pin_workers, plugins } => {
+            if pin_workers && workers == WorkerThreads::Shared {
+                let conflict = "`--pin-workers` binds worker threads to CPUs, and `--workers shared` has none";
+                let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, conflict).print();
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let opts = RunOptions { admin, drain_timeout, watch: !no_watch, color: color(), workers, pin_workers };
+            run(&file, opts, &plugins)
         }
         Command::Reload { admin } => reload(admin),
         Command::Validate { files, plugins } => validate(&files, &plugins),

@@ -1,4 +1,4 @@
-//! `graph` and `schema`.
+//! `graph` and `schema`, and `run`'s own usage errors.
 
 use integration_tests::{orchestrator, repo_root};
 use serde_json::Value;
@@ -40,5 +40,17 @@ fn schema_describes_the_topology_file() {
         committed.trim_end(),
         String::from_utf8_lossy(&out.stdout).trim_end(),
         "regenerate docs/topology.schema.json with `orchestrator schema`"
+    );
+}
+
+#[test]
+fn pinning_the_shared_runtime_is_a_usage_error() {
+    let hello = repo_root().join("topologies/hello.yaml");
+    let out = orchestrator(&["run", hello.to_str().unwrap(), "--workers", "shared", "--pin-workers"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`--pin-workers` binds worker threads to CPUs, and `--workers shared` has none"),
+        "{stderr}"
     );
 }

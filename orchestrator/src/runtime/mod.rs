@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub color: bool,
     /// The threads that serve tier and link listeners' connections.
     pub workers: workers::WorkerThreads,
+    /// Bind each of those threads to a CPU of its own.
+    pub pin_workers: bool,
 }
 
 /// Why `run` failed.
@@ -69,7 +71,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     tracing::info!(addr = %admin.addr, "Admin API listening.");
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let workers = workers::Workers::new(opts.workers).map_err(RunError::Workers)?;
+    let workers = workers::Workers::new(opts.workers, opts.pin_workers).map_err(RunError::Workers)?;
     let started = Supervisor::start(topology, registry, status_tx, workers, opts.drain_timeout, opts.color).await;
     let mut supervisor = match started {
         Ok(s) => s,

@@ -19,11 +19,22 @@
 //! p99 for 10% less throughput. `--workers N` sets the count; `--workers
 //! shared` ([`Workers::shared`]) serves connections on the work-stealing
 //! runtime, where an idle thread takes over another's requests.
+//!
+//! With `--pin-workers`, each worker is bound to a CPU of its own (like
+//! nginx's `worker_cpu_affinity`). Left to the scheduler, two busy workers
+//! can end up taking turns on one core while the other runs the programs and
+//! the clients: each connection of the waiting worker then waits a whole
+//! scheduler tick (4 ms on the benchmark machine), which made the p99 of two
+//! workers 3 to 4 times one worker's. Bound, it is one worker's again. It is
+//! not the default because a bound worker cannot move away from a core that
+//! something else keeps busy.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -64,7 +75,7 @@ pub struct Workers {
 #[derive(Debug)]
 enum Pool {
     /// Threads of our own; a connection goes to the least busy.
-    Pinned {
+    Threads {
         workers: Vec<Worker>,
         /// Where the search for the least busy worker starts, so that ties rotate.
         next: AtomicUsize,
@@ -82,17 +93,26 @@ struct Worker {
 }
 
 impl Workers {
-    /// The workers `threads` asks for. Must be called within a runtime (for
-    /// `shared`).
-    pub fn new(threads: WorkerThreads) -> std::io::Result<Self> {
-        match threads {
+    /// The workers `threads` asks for, each bound to a CPU of its own if
+    /// `pin` (see the module's documentation). Must be called within a
+    /// runtime (for `shared`).
+    pub fn new(threads: WorkerThreads, pin: bool) -> std::io::Result<Self> {
+        let count = match threads {
             WorkerThreads::PerCore => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                Self::start(cores.saturating_sub(1).max(1))
+                cores.saturating_sub(1).max(1)
             }
-            WorkerThreads::Count(n) => Self::start(n.get()),
-            WorkerThreads::Shared => Ok(Self::shared()),
-        }
+            WorkerThreads::Count(n) => n.get(),
+            WorkerThreads::Shared if pin => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "`--pin-workers` binds worker threads to CPUs, and `--workers shared` has none",
+                ));
+            }
+            WorkerThreads::Shared => return Ok(Self::shared()),
+        };
+        let cpus = if pin { Some(allowed_cpus()?) } else { None };
+        Self::start(count, cpus.as_deref())
     }
 
     /// Serves connections on the current (work-stealing) runtime: no threads
@@ -101,21 +121,43 @@ impl Workers {
         Self { pool: Arc::new(Pool::Shared(Handle::current())) }
     }
 
-    /// Starts `count` (at least one) worker threads.
-    pub fn start(count: usize) -> std::io::Result<Self> {
+    /// Starts `count` (at least one) worker threads. With `cpus`, worker `i`
+    /// is bound to `cpus[i]` (round and round if there are more workers than
+    /// CPUs).
+    pub fn start(count: usize, cpus: Option<&[usize]>) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
+            let cpu = cpus.filter(|c| !c.is_empty()).map(|c| c[i % c.len()]);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
+            let (bound, bound_rx) = std::sync::mpsc::channel();
             std::thread::Builder::new().name(format!("orch-worker-{i}")).spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
+                // Bound before it serves anything; it tells how that went.
+                let pinned = cpu.map_or(Ok(()), bind_this_thread);
+                let failed = pinned.is_err();
+                let _ = bound.send(pinned);
+                if !failed {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                }
             })?;
+            match bound_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let cpu = cpu.unwrap_or_default();
+                    return Err(std::io::Error::other(format!("cannot bind worker {i} to CPU {cpu}: {e}")));
+                }
+                Err(_) => return Err(std::io::Error::other(format!("worker {i} ended as it started"))),
+            }
             workers.push(Worker { handle, connections: Arc::new(AtomicUsize::new(0)), _stop: stop });
         }
-        Ok(Self { pool: Arc::new(Pool::Pinned { workers, next: AtomicUsize::new(0) }) })
+        match cpus {
+            Some(cpus) => tracing::info!(workers = workers.len(), ?cpus, "Connection workers bound to CPUs."),
+            None => tracing::debug!(workers = workers.len(), "Connection workers started."),
+        }
+        Ok(Self { pool: Arc::new(Pool::Threads { workers, next: AtomicUsize::new(0) }) })
     }
 
     /// Runs the connection `serve` on the least busy worker. `serve` is
@@ -128,7 +170,7 @@ impl Workers {
     {
         let (workers, next) = match &*self.pool {
             Pool::Shared(runtime) => return runtime.spawn(async move { serve().await }),
-            Pool::Pinned { workers, next } => (workers, next),
+            Pool::Threads { workers, next } => (workers, next),
         };
         let start = next.fetch_add(1, Ordering::Relaxed) % workers.len();
         let (after, before) = workers.split_at(start);
@@ -146,10 +188,24 @@ impl Workers {
     /// Open connections per worker thread (none when shared).
     pub fn connections(&self) -> Vec<usize> {
         match &*self.pool {
-            Pool::Pinned { workers, .. } => workers.iter().map(|w| w.connections.load(Ordering::Relaxed)).collect(),
+            Pool::Threads { workers, .. } => workers.iter().map(|w| w.connections.load(Ordering::Relaxed)).collect(),
             Pool::Shared(_) => Vec::new(),
         }
     }
+}
+
+/// The CPUs this process may run on (its affinity mask: a container's
+/// cpuset, `taskset`), in order.
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).map_err(std::io::Error::from)?;
+    Ok((0..CpuSet::count()).filter(|&cpu| allowed.is_set(cpu).unwrap_or(false)).collect())
+}
+
+/// Binds the calling thread to `cpu`.
+fn bind_this_thread(cpu: usize) -> nix::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(0), &set)
 }
 
 /// Counts a connection for as long as it is served.
@@ -167,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_spread_over_workers_and_are_counted_while_served() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, None).unwrap();
         let (release, released) = tokio::sync::watch::channel(false);
         let (mut threads, mut served) = (Vec::new(), Vec::new());
         for _ in 0..4 {
@@ -200,6 +256,45 @@ mod tests {
         assert_eq!("3".parse(), Ok(WorkerThreads::Count(3.try_into().unwrap())));
         let err = "0".parse::<WorkerThreads>().unwrap_err();
         assert!(err.contains("`0` is not a number of threads"), "{err}");
+    }
+
+    /// The CPUs the calling thread may run on.
+    fn this_threads_cpus() -> Vec<usize> {
+        let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn pinned_workers_each_run_on_one_allowed_cpu_in_turn() {
+        let allowed = allowed_cpus().unwrap();
+        let count = allowed.len() + 1;
+        let workers = Workers::new(WorkerThreads::Count(count.try_into().unwrap()), true).unwrap();
+        let mut bound = Vec::new();
+        for _ in 0..count {
+            let (tx, rx) = oneshot::channel();
+            let (release, released) = oneshot::channel::<()>();
+            // Held open until all are placed, so that each lands on a different worker.
+            workers.spawn_connection(move || async move {
+                let _ = tx.send((std::thread::current().name().map(str::to_owned), this_threads_cpus()));
+                let _ = released.await;
+            });
+            bound.push((rx.await.unwrap(), release));
+        }
+        let mut placed: Vec<_> =
+            bound.iter().map(|((thread, cpus), _)| (thread.clone().unwrap(), cpus.clone())).collect();
+        placed.sort_by_key(|(thread, _)| thread["orch-worker-".len()..].parse::<usize>().unwrap());
+        // One more worker than CPUs: the last one shares the first one's CPU.
+        let expected: Vec<_> =
+            (0..count).map(|i| (format!("orch-worker-{i}"), vec![allowed[i % allowed.len()]])).collect();
+        assert_eq!(placed, expected);
+        assert_eq!(this_threads_cpus(), allowed, "the caller's own affinity is left alone");
+    }
+
+    #[test]
+    fn pinning_asks_for_worker_threads() {
+        let err = Workers::new(WorkerThreads::Shared, true).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("`--workers shared` has none"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
