@@ -68,3 +68,35 @@ async fn pinned_worker_threads_answer_them_all_each_on_a_cpu_of_its_own() {
     let told = told.unwrap_or_else(|| orch.fail("the log does not say where the workers are bound"));
     assert!(told.contains(&format!("cpus=[{}, {}]", cpus[0], cpus[1])), "{told}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_count_each_workers_connections_and_name_its_cpu() {
+    let orch =
+        Running::start_with(TopologyFile::from_repo("topologies/hello.yaml"), &["--workers", "2", "--pin-workers"])
+            .await;
+    let web = orch.tier_addr("web").await;
+    // Four keep-alive connections, each answered once (so each was handed to a worker).
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let driven = tokio::spawn(conn);
+        let req = hyper::Request::get("/api").header("host", web.to_string()).body(Default::default()).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        open.push((send, driven));
+    }
+    let cpus = worker_cpus(orch.pid());
+    let (code, metrics) = orch.get(orch.admin, "/admin/metrics").await;
+    assert_eq!(code, 200);
+    for (i, cpu) in cpus.iter().enumerate() {
+        let line = format!(r#"orchestrator_worker_connections{{worker="{i}",cpu="{cpu}"}} 2"#);
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
+    drop(open);
+}

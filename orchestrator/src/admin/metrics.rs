@@ -7,11 +7,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::runtime::Status;
+use crate::runtime::workers::WorkerReport;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The metrics of `status`, in the Prometheus text format.
-pub fn render(status: &Status) -> String {
+/// The metrics of `status` and of the connection `workers`, in the
+/// Prometheus text format.
+pub fn render(status: &Status, workers: &[WorkerReport]) -> String {
     let mut registry = Registry::with_prefix("orchestrator");
 
     let generation = Gauge::<i64>::default();
@@ -43,6 +45,15 @@ pub fn render(status: &Status) -> String {
     registry.register("tier_replicas", "Replicas configured per tier", replicas);
     registry.register("tier_ready_replicas", "Replicas taking requests per tier", ready);
     registry.register("replica_restarts", "Restarts of a process tier's replica", restarts);
+
+    // None when connections are served on the shared runtime.
+    let connections = Family::<Labels, Gauge>::default();
+    for (i, worker) in workers.iter().enumerate() {
+        let cpu = worker.cpu.map_or_else(|| "any".to_owned(), |c| c.to_string());
+        let labels = vec![("worker", i.to_string()), ("cpu", cpu)];
+        connections.get_or_create(&labels).set(i64::try_from(worker.connections).unwrap_or(i64::MAX));
+    }
+    registry.register("worker_connections", "Connections served by each connection worker thread", connections);
 
     let mut out = String::new();
     // Writing to a String cannot fail.

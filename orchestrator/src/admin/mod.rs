@@ -7,7 +7,8 @@
 //! - `GET /admin/ready` — 200 once the topology runs, 503 before and while stopping;
 //! - `GET /admin/health` — 200 while the process serves;
 //! - `GET /admin/metrics` — generation, reloads, replicas and ready replicas
-//!   per tier, process restarts, in the Prometheus text format;
+//!   per tier, process restarts, connections per connection worker, in the
+//!   Prometheus text format;
 //! - `POST /admin/reload` — reread the topology and apply what changed; answers
 //!   the attempt's record: 200 when applied or unchanged, 422 when it failed.
 
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::runtime::status::{State, Trigger};
+use crate::runtime::workers::Workers;
 use crate::runtime::{Command, Status};
 
 /// The running admin server.
@@ -41,15 +43,17 @@ pub struct Admin {
 struct Shared {
     status: watch::Receiver<Status>,
     commands: mpsc::Sender<Command>,
+    workers: Workers,
 }
 
 impl Admin {
     /// Binds `addr` and serves the admin API from `status` snapshots, sending
-    /// reload requests to `commands`.
+    /// reload requests to `commands`; its metrics include `workers`' load.
     pub async fn bind(
         addr: SocketAddr,
         status: watch::Receiver<Status>,
         commands: mpsc::Sender<Command>,
+        workers: Workers,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -59,7 +63,7 @@ impl Admin {
             .route("/admin/health", get(|| async { "ok\n" }))
             .route("/admin/reload", post(reload_handler))
             .route("/admin/metrics", get(metrics_handler))
-            .with_state(Shared { status, commands });
+            .with_state(Shared { status, commands, workers });
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let shutdown = async move {
@@ -107,7 +111,8 @@ async fn status_handler(Extract(shared): Extract<Shared>, Query(q): Query<Status
 
 async fn metrics_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
     let status = shared.status.borrow().live();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::render(&status))
+    let body = metrics::render(&status, &shared.workers.report());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
 async fn ready_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {

@@ -65,13 +65,13 @@ pub enum Command {
 pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) -> Result<(), RunError> {
     let (status_tx, status_rx) = watch::channel(supervisor::starting_status(&topology));
     let (commands, mut requests) = mpsc::channel::<Command>(16);
-    let admin = admin::Admin::bind(opts.admin, status_rx, commands.clone())
+    let workers = workers::Workers::new(opts.workers, opts.pin_workers).map_err(RunError::Workers)?;
+    let admin = admin::Admin::bind(opts.admin, status_rx, commands.clone(), workers.clone())
         .await
         .map_err(|source| RunError::Admin { addr: opts.admin, source })?;
     tracing::info!(addr = %admin.addr, "Admin API listening.");
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let workers = workers::Workers::new(opts.workers, opts.pin_workers).map_err(RunError::Workers)?;
     let started = Supervisor::start(topology, registry, status_tx, workers, opts.drain_timeout, opts.color).await;
     let mut supervisor = match started {
         Ok(s) => s,

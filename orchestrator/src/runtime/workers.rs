@@ -87,6 +87,8 @@ enum Pool {
 #[derive(Debug)]
 struct Worker {
     handle: Handle,
+    /// The CPU it is bound to (`--pin-workers`).
+    cpu: Option<usize>,
     connections: Arc<AtomicUsize>,
     /// Dropped with the workers: the thread's runtime then shuts down.
     _stop: oneshot::Sender<()>,
@@ -151,7 +153,7 @@ impl Workers {
                 }
                 Err(_) => return Err(std::io::Error::other(format!("worker {i} ended as it started"))),
             }
-            workers.push(Worker { handle, connections: Arc::new(AtomicUsize::new(0)), _stop: stop });
+            workers.push(Worker { handle, cpu, connections: Arc::new(AtomicUsize::new(0)), _stop: stop });
         }
         match cpus {
             Some(cpus) => tracing::info!(workers = workers.len(), ?cpus, "Connection workers bound to CPUs."),
@@ -187,11 +189,29 @@ impl Workers {
 
     /// Open connections per worker thread (none when shared).
     pub fn connections(&self) -> Vec<usize> {
+        self.report().iter().map(|w| w.connections).collect()
+    }
+
+    /// Each worker thread's load and binding (none when shared), for the
+    /// admin API's metrics.
+    pub fn report(&self) -> Vec<WorkerReport> {
         match &*self.pool {
-            Pool::Threads { workers, .. } => workers.iter().map(|w| w.connections.load(Ordering::Relaxed)).collect(),
+            Pool::Threads { workers, .. } => workers
+                .iter()
+                .map(|w| WorkerReport { connections: w.connections.load(Ordering::Relaxed), cpu: w.cpu })
+                .collect(),
             Pool::Shared(_) => Vec::new(),
         }
     }
+}
+
+/// One worker thread, as [`Workers::report`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Connections it serves now.
+    pub connections: usize,
+    /// The CPU it is bound to, if any.
+    pub cpu: Option<usize>,
 }
 
 /// The CPUs this process may run on (its affinity mask: a container's
