@@ -8,15 +8,18 @@ In one run, on this machine, interleaved A B C A B C ... over several rounds:
   C  nginx (Debian), reverse-proxying to B, tuned as a user would (upstream keepalive,
      HTTP/1.1 upstream, empty Connection header, high keepalive_requests)
   D  orchestrator: gateway -> process tier running direct-hyper (one more HTTP hop, like C)
+  E  hyper-proxy -> B: a reverse proxy of hyper alone, built like D's hop (threads with a
+     single-threaded runtime each, as many as the orchestrator's workers; per-thread
+     upstream pools) and nothing else: what hyper itself costs for that hop
 
 wrk (-t1 -c32 by default) POSTs {"message":"Hello Go!"}. Prints req/s, p99 and
-server CPU per request for each target and round, then pooled ratios A/B, A/C and D/C,
-and the idle resident memory of topologies/hello.yaml next to nginx's.
+server CPU per request for each target and round, then pooled ratios A/B, A/C, D/C,
+E/C and D/E, and the idle resident memory of topologies/hello.yaml next to nginx's.
 
 Usage: benches/http_load.py [--rounds 6] [--duration 5] [--connections 32] [--workers auto|N|shared]
                             [--pin-workers] [--no-build]
 (--workers is passed to both orchestrators: how their connections are served. --pin-workers
-binds their worker threads to CPUs, and nginx's workers too, with `worker_cpu_affinity auto`.)
+binds their worker threads to CPUs, nginx's workers too (`worker_cpu_affinity auto`), and E's.)
 Only loopback addresses are used. Everything started is stopped by its PID.
 """
 
@@ -61,6 +64,12 @@ def main():
             process_yaml = f.read().replace("DIRECT_HYPER", os.path.join(RELEASE, "direct-hyper"))
         orch_p, status_p = start_orchestrator(started, process_yaml, tmp, "gateway-process.yaml", orch_args)
         d_addr = next(t["listen"] for t in status_p["tiers"] if t["name"] == "web")
+        # As many threads as the orchestrator has workers (`auto`: one per core but one).
+        threads = {"auto": str(max(1, len(os.sched_getaffinity(0)) - 1))}.get(args.workers, args.workers)
+        proxy_args = ["--threads", threads] + (["--pin"] if args.pin_workers else [])
+        proxy = started.add(subprocess.Popen([os.path.join(RELEASE, "hyper-proxy"), b_addr] + proxy_args,
+                                             stdout=subprocess.PIPE, text=True))
+        e_addr = wait_line(proxy, proxy.stdout, r"listening on (\S+)").group(1)
 
         targets = {
             "A orchestrator": (a_addr, [orch.pid]),
@@ -68,6 +77,7 @@ def main():
             "C nginx -> B": (c_addr, nginx_pids + [direct.pid]),
             # CPU of the orchestrator and of the program it runs.
             "D orch -> process": (d_addr, [orch_p.pid] + children(orch_p.pid)),
+            "E hyper proxy -> B": (e_addr, [proxy.pid, direct.pid]),
         }
         # Each answers correctly before we measure.
         for name, (addr, _) in targets.items():
@@ -94,14 +104,16 @@ def main():
                     sum(x["cpu_us"] * x["requests"] for x in rs) / sum(x["requests"] for x in rs),
                     sorted(x["p99_ms"] for x in rs)[len(rs) // 2])
 
-        a, b, c, d = (pooled(n) for n in targets)
+        a, b, c, d, e = (pooled(n) for n in targets)
         print()
-        print(f"pooled req/s: A {a[0]:.0f}  B {b[0]:.0f}  C {c[0]:.0f}  D {d[0]:.0f}")
-        print(f"median p99 ms: A {a[2]:.2f}  B {b[2]:.2f}  C {c[2]:.2f}  D {d[2]:.2f}")
+        print(f"pooled req/s: A {a[0]:.0f}  B {b[0]:.0f}  C {c[0]:.0f}  D {d[0]:.0f}  E {e[0]:.0f}")
+        print(f"median p99 ms: A {a[2]:.2f}  B {b[2]:.2f}  C {c[2]:.2f}  D {d[2]:.2f}  E {e[2]:.2f}")
         print(f"D/C req/s = {d[0] / c[0]:.3f}  (target >= 1.0, p99 no worse: D {d[2]:.2f} ms vs C {c[2]:.2f} ms)")
+        print(f"E/C req/s = {e[0] / c[0]:.3f}  (hyper alone against nginx); D/E = {d[0] / e[0]:.3f}  (the orchestrator against hyper alone)")
         print(f"A/B req/s = {a[0] / b[0]:.3f}  (target >= 0.9)")
         print(f"A/C req/s = {a[0] / c[0]:.3f}  (target >= 1.5)")
-        print(f"CPU us/request: A {a[1]:.2f}  B {b[1]:.2f}  C (nginx + B) {c[1]:.2f}  D (orchestrator + program) {d[1]:.2f};  A/B = {a[1] / b[1]:.3f}  (target <= 1.1)")
+        print(f"CPU us/request: A {a[1]:.2f}  B {b[1]:.2f}  C (nginx + B) {c[1]:.2f}  D (orchestrator + program) {d[1]:.2f}  "
+              f"E (hyper-proxy + B) {e[1]:.2f};  A/B = {a[1] / b[1]:.3f}  (target <= 1.1)")
         ratios = [x["rps"] / y["rps"] for x, y in zip(results["A orchestrator"], results["B direct hyper"])]
         print(f"A/B per round: {' '.join(f'{x:.3f}' for x in ratios)}")
         ratios = [x["rps"] / y["rps"] for x, y in zip(results["D orch -> process"], results["C nginx -> B"])]
