@@ -24,8 +24,9 @@
 //! nginx's `worker_cpu_affinity`). Left to the scheduler, two busy workers
 //! can end up taking turns on one core while the other runs the programs and
 //! the clients: each connection of the waiting worker then waits a whole
-//! scheduler tick (4 ms on the benchmark machine), which made the p99 of two
-//! workers 3 to 4 times one worker's. Bound, it is one worker's again. It is
+//! scheduler tick (4 ms on the benchmark machine), which at times made the
+//! p99 of two workers 3 to 4 times one worker's. Bound, it stays at one
+//! worker's (`docs/performance.md`). It is
 //! not the default because a bound worker cannot move away from a core that
 //! something else keeps busy.
 
