@@ -781,21 +781,22 @@ mod tests {
         assert_eq!(b.status()["topics"]["t"]["depth"], 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_failure_is_redelivered_after_a_backoff_then_dead_lettered() {
-        let config = Queue { max_attempts: 2, retry_backoff: "1ms".into(), ..Queue::default() };
+        let config = Queue { max_attempts: 2, retry_backoff: "1s".into(), ..Queue::default() };
         let b = broker("t-dead", config);
         let g = b.subscribe("t", "g", "pubsub").unwrap();
         let dead = b.subscribe("t.dlq", "d", "pubsub").unwrap();
         b.publish("t", &[message("poison")]).await.unwrap();
         let jobs = take(&b, &g, 1);
         b.fail(&jobs[0], "no".into());
-        // Due in 1 ms: nothing yet, then the second attempt.
+        // Due in 1 s: nothing yet, then (the clock moved on) the second attempt.
         let due = match b.take(&g, 1, &mut Vec::new()) {
             Take::Wait(Some(due)) => due,
             _ => panic!("a redelivery should be scheduled"),
         };
-        tokio::time::sleep_until(due).await;
+        assert_eq!(due - tokio::time::Instant::now(), std::time::Duration::from_secs(1));
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
         let again = take(&b, &g, 1);
         assert_eq!((again[0].attempt, &again[0].body[..]), (2, &b"poison"[..]));
         b.fail(&again[0], "still no".into());
