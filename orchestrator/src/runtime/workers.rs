@@ -26,9 +26,8 @@
 //! the clients: each connection of the waiting worker then waits a whole
 //! scheduler tick (4 ms on the benchmark machine), which at times made the
 //! p99 of two workers 3 to 4 times one worker's. Bound, it stays at one
-//! worker's (`docs/performance.md`). It is
-//! not the default because a bound worker cannot move away from a core that
-//! something else keeps busy.
+//! worker's (`docs/performance.md`). It is not the default because a bound
+//! worker cannot move away from a core that something else keeps busy.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -137,9 +136,9 @@ impl Workers {
             let (bound, bound_rx) = std::sync::mpsc::channel();
             std::thread::Builder::new().name(format!("orch-worker-{i}")).spawn(move || {
                 // Bound before it serves anything; it tells how that went.
-                let pinned = cpu.map_or(Ok(()), bind_this_thread);
-                let failed = pinned.is_err();
-                let _ = bound.send(pinned);
+                let binding = cpu.map_or(Ok(()), bind_this_thread);
+                let failed = binding.is_err();
+                let _ = bound.send(binding);
                 if !failed {
                     rt.block_on(async {
                         let _ = stopped.await;
@@ -179,7 +178,7 @@ impl Workers {
         let (after, before) = workers.split_at(start);
         let worker = after.iter().chain(before).min_by_key(|w| w.connections.load(Ordering::Relaxed));
         // `start` makes at least one worker, so there is a least busy one.
-        let Some(worker) = worker else { unreachable!("a pool of pinned workers is never empty") };
+        let Some(worker) = worker else { unreachable!("a pool of worker threads is never empty") };
         worker.connections.fetch_add(1, Ordering::Relaxed);
         let guard = Counted(worker.connections.clone());
         worker.handle.spawn(async move {
