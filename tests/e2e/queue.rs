@@ -86,6 +86,17 @@ fn ids(list: &[Value]) -> Vec<String> {
     list.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
 }
 
+/// POSTs `body` to the gateway's `/publish` route: accepted (202) into
+/// `topic`, then delivered to tier `c` under the id the publisher was given.
+async fn publish_and_see_it_delivered(orch: &Running, web: SocketAddr, body: &str, topic: &str) {
+    let (code, answer) = orch.post(web, "/publish", body.to_owned()).await;
+    assert_eq!(code, 202, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["topic"], topic);
+    let got = received(orch, web, "c", 1).await;
+    assert_eq!((got[0]["id"].as_str(), got[0]["body"].as_str()), (answer["id"].as_str(), Some(body)));
+}
+
 /// The broker's status of `topic`.
 fn topic(status: &Value, name: &str) -> Value {
     tier(status, "q")["instances"][0]["detail"]["topics"][name].clone()
@@ -413,12 +424,7 @@ links:
     let orch = Running::start_file(topology).await;
     let web = orch.tier_addr("web").await;
 
-    let (code, body) = orch.post(web, "/publish", "first note").await;
-    assert_eq!(code, 202, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["topic"], "notes");
-    let got = received(&orch, web, "c", 1).await;
-    assert_eq!((got[0]["id"].as_str(), got[0]["body"].as_str()), (answer["id"].as_str(), Some("first note")));
+    publish_and_see_it_delivered(&orch, web, "first note", "notes").await;
 
     // The consumer holds the first note, which fills the topic: the next publish is refused, clearly.
     let (code, body) = orch.post(web, "/publish", "second note").await;
@@ -478,12 +484,7 @@ links:
 "#;
     let orch = Running::start(yaml).await;
     let web = orch.tier_addr("web").await;
-    let (code, body) = orch.post(web, "/publish", "from outside").await;
-    assert_eq!(code, 202, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["topic"], "events");
-    let got = received(&orch, web, "c", 1).await;
-    assert_eq!((got[0]["id"].as_str(), got[0]["body"].as_str()), (answer["id"].as_str(), Some("from outside")));
+    publish_and_see_it_delivered(&orch, web, "from outside", "events").await;
     // Bad input gets a clear answer and is not accepted.
     let (code, body) = orch.post(web, "/publish", "more than sixteen bytes").await;
     assert_eq!(code, 413, "{body}");
