@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use orchestrator::plugins::Registry;
-use orchestrator::runtime::workers::WorkerThreads;
+use orchestrator::runtime::workers::{PINNING_SHARED, WorkerThreads};
 use orchestrator::runtime::{self, RunOptions};
 use orchestrator::topology::{self, graph};
 
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { file, admin, drain_timeout, no_watch, workers, pin_workers, plugins } => {
             if pin_workers && workers == WorkerThreads::Shared {
-                let conflict = "`--pin-workers` binds worker threads to CPUs, and `--workers shared` has none";
+                let conflict = PINNING_SHARED;
                 let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, conflict).print();
                 return ExitCode::from(EXIT_USAGE);
             }

@@ -65,6 +65,9 @@ impl std::str::FromStr for WorkerThreads {
     }
 }
 
+/// Why `--pin-workers` and `--workers shared` do not go together.
+pub const PINNING_SHARED: &str = "`--pin-workers` binds worker threads to CPUs, and `--workers shared` has none";
+
 /// The workers. Cheap to clone; the threads end when the last clone is dropped,
 /// and with them the connections still open on them.
 #[derive(Clone, Debug)]
@@ -106,10 +109,7 @@ impl Workers {
             }
             WorkerThreads::Count(n) => n.get(),
             WorkerThreads::Shared if pin => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "`--pin-workers` binds worker threads to CPUs, and `--workers shared` has none",
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, PINNING_SHARED));
             }
             WorkerThreads::Shared => return Ok(Self::shared()),
         };
@@ -187,11 +187,6 @@ impl Workers {
         })
     }
 
-    /// Open connections per worker thread (none when shared).
-    pub fn connections(&self) -> Vec<usize> {
-        self.report().iter().map(|w| w.connections).collect()
-    }
-
     /// Each worker thread's load and binding (none when shared), for the
     /// admin API's metrics.
     pub fn report(&self) -> Vec<WorkerReport> {
@@ -241,6 +236,11 @@ impl Drop for Counted {
 mod tests {
     use super::*;
 
+    /// Open connections per worker thread.
+    fn connections(workers: &Workers) -> Vec<usize> {
+        workers.report().iter().map(|w| w.connections).collect()
+    }
+
     #[tokio::test]
     async fn connections_spread_over_workers_and_are_counted_while_served() {
         let workers = Workers::start(2, None).unwrap();
@@ -257,7 +257,7 @@ mod tests {
         }
         threads.sort();
         assert_eq!(threads, ["orch-worker-0", "orch-worker-0", "orch-worker-1", "orch-worker-1"]);
-        assert_eq!(workers.connections(), [2, 2]);
+        assert_eq!(connections(&workers), [2, 2]);
 
         release.send(true).unwrap();
         for connection in served {
@@ -266,7 +266,7 @@ mod tests {
                 .expect("the connection ends once released")
                 .unwrap();
         }
-        assert_eq!(workers.connections(), [0, 0], "ended connections are no longer counted");
+        assert_eq!(connections(&workers), [0, 0], "ended connections are no longer counted");
     }
 
     #[test]
@@ -320,7 +320,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_workers_serve_on_the_runtime_they_were_made_in() {
         let workers = Workers::shared();
-        assert!(workers.connections().is_empty());
+        assert!(workers.report().is_empty());
         let served = workers.spawn_connection(|| async {
             assert_eq!(std::thread::current().name(), Some("tokio-rt-worker"));
         });
