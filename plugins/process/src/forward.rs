@@ -9,8 +9,7 @@
 //! request's own future instead polled the whole chain of handlers above it
 //! once more per request.)
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -19,16 +18,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use plugin_api::{Headers, Request, Response, StatusCode};
+use thread_local::ThreadLocal;
 
 /// Idle connections kept per replica and thread.
 const MAX_IDLE: usize = 256;
-
-/// This thread, as a small number.
-fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
-    SLOT.with(|slot| *slot)
-}
 
 /// Hop-by-hop headers: they describe one connection, not the request.
 fn hop_by_hop(name: &[u8]) -> bool {
@@ -54,8 +47,8 @@ type Conn = SendRequest<Full<Bytes>>;
 pub struct Forwarder {
     port: u16,
     host: HeaderValue,
-    /// Idle connections by the thread that opened them (see [`thread_slot`]).
-    idle: Mutex<Vec<(usize, Vec<Conn>)>>,
+    /// Idle connections, kept by the thread that used them last.
+    idle: ThreadLocal<RefCell<Vec<Conn>>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -78,7 +71,7 @@ enum Failed {
 impl Forwarder {
     pub fn new(port: u16) -> Self {
         let host = HeaderValue::from_str(&format!("127.0.0.1:{port}")).unwrap_or(HeaderValue::from_static("127.0.0.1"));
-        Self { port, host, idle: Mutex::new(Vec::new()) }
+        Self { port, host, idle: ThreadLocal::new() }
     }
 
     async fn connect(&self) -> Result<Conn, String> {
@@ -97,28 +90,15 @@ impl Forwarder {
     }
 
     fn pooled(&self) -> Option<Conn> {
-        let slot = thread_slot();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, conns) = idle.iter_mut().find(|(s, _)| *s == slot)?;
-        while let Some(conn) = conns.pop() {
-            if !conn.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
+        let mut conns = self.idle.get()?.borrow_mut();
+        std::iter::from_fn(|| conns.pop()).find(|conn| !conn.is_closed())
     }
 
     fn release(&self, conn: Conn) {
         if conn.is_closed() {
             return;
         }
-        let slot = thread_slot();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let i = idle.iter().position(|(s, _)| *s == slot).unwrap_or_else(|| {
-            idle.push((slot, Vec::new()));
-            idle.len() - 1
-        });
-        let conns = &mut idle[i].1;
+        let mut conns = self.idle.get_or_default().borrow_mut();
         if conns.len() < MAX_IDLE {
             conns.push(conn);
         }
