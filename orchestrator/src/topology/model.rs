@@ -146,18 +146,6 @@ pub enum QueueRole {
 }
 
 /// Defaults and limits of the topology language.
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    #[test]
-    fn a_file_named_without_a_directory_is_in_the_current_one() {
-        assert_eq!(super::base_dir(Path::new("topology.yaml")), Path::new("."));
-        assert_eq!(super::base_dir(Path::new("topologies/hello.yaml")), Path::new("topologies"));
-        assert_eq!(super::base_dir(Path::new("/srv/app.yaml")), Path::new("/srv"));
-    }
-}
-
 pub mod limits {
     use std::time::Duration;
 
@@ -168,4 +156,16 @@ pub mod limits {
     pub const MAX_CONCURRENCY: u32 = 1024;
     /// The plugin that makes a tier a message broker.
     pub const BROKER_PLUGIN: &str = "queue";
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_file_named_without_a_directory_is_in_the_current_one() {
+        assert_eq!(super::base_dir(Path::new("topology.yaml")), Path::new("."));
+        assert_eq!(super::base_dir(Path::new("topologies/hello.yaml")), Path::new("topologies"));
+        assert_eq!(super::base_dir(Path::new("/srv/app.yaml")), Path::new("/srv"));
+    }
 }
