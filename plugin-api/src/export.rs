@@ -201,6 +201,19 @@ async fn deliver_batch<P: Plugin>(plugin: &P, cx: &Context, req: Request) -> Res
     Response::json(&serde_json::json!({ "failed": failed }))
 }
 
+/// The plugin value behind an instance that [`create`] made: for a host `P`
+/// is linked into (a built-in), which may then call the plugin's own Rust
+/// methods beyond the ABI's.
+///
+/// # Safety
+/// `instance` must come from [`create`] with the same `P`, and must not be
+/// destroyed while the returned reference is used; the caller must be the
+/// binary `P` is linked into.
+pub unsafe fn plugin_of<'a, P: Plugin>(instance: *const c_void) -> &'a P {
+    // SAFETY: the caller's guarantees.
+    unsafe { &(*instance.cast::<Instance<P>>()).plugin }
+}
+
 /// # Safety
 /// `instance` must come from [`create`] with the same `P` and be alive.
 pub unsafe extern "C" fn is_ready<P: Plugin>(instance: *const c_void) -> u32 {
