@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
+
 use plugin_api::prelude::*;
 
 /// One route: requests whose path is `path` or starts with `path/` go to `link`.
@@ -37,6 +39,20 @@ impl Gateway {
     /// The route for `path`: the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().filter(|r| matches(&r.path, path)).max_by_key(|r| r.path.len())
+    }
+
+    /// Where a request for `uri` (a path and query) goes: its route, and the
+    /// URI to send on the route's link (`uri` itself unless the route strips
+    /// its prefix).
+    pub fn target<'a>(&self, uri: &'a str) -> Option<(&Route, Cow<'a, str>)> {
+        let path = uri.split_once('?').map_or(uri, |(p, _)| p);
+        let route = self.route(path)?;
+        if !route.strip_prefix {
+            return Some((route, Cow::Borrowed(uri)));
+        }
+        let rest = &uri[route.path.trim_end_matches('/').len()..];
+        let uri = if rest.is_empty() || rest.starts_with('?') { Cow::Owned(format!("/{rest}")) } else { rest.into() };
+        Some((route, uri))
     }
 }
 
@@ -79,13 +95,11 @@ impl Plugin for Gateway {
     }
 
     async fn handle(&self, mut req: Request, cx: Context) -> Response {
-        let Some(route) = self.route(req.path()) else {
+        let Some((route, uri)) = self.target(&req.uri) else {
             return Response::error(StatusCode::NOT_FOUND, &format!("no route for {}", req.path()));
         };
         if route.strip_prefix {
-            let prefix = route.path.trim_end_matches('/');
-            let rest = &req.uri[prefix.len()..];
-            req.uri = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_owned() };
+            req.uri = uri.into_owned();
         }
         match cx.call(&route.link, req).await {
             Ok(resp) => resp,
@@ -135,6 +149,21 @@ mod tests {
             .unwrap();
         assert_eq!(gw.call(Request::get("/api/items?x=1")).body, "api /items?x=1");
         assert_eq!(gw.call(Request::get("/api")).body, "api /");
+    }
+
+    #[test]
+    fn target_is_the_route_and_the_uri_to_send() {
+        let gw: Gateway = plugin_api::serde_json::from_value(json!({ "routes": [
+            { "path": "/", "link": "root" },
+            { "path": "/api/", "link": "api", "strip_prefix": true },
+        ]}))
+        .unwrap();
+        let target = |uri| gw.target(uri).map(|(route, uri)| (route.link.clone(), uri.into_owned()));
+        assert_eq!(target("/api/items?x=1"), Some(("api".to_owned(), "/items?x=1".to_owned())));
+        assert_eq!(target("/api?x=1"), Some(("api".to_owned(), "/?x=1".to_owned())));
+        assert_eq!(target("/apix/y"), Some(("root".to_owned(), "/apix/y".to_owned())));
+        let empty: Gateway = plugin_api::serde_json::from_value(json!({ "routes": [] })).unwrap();
+        assert!(empty.target("/api").is_none());
     }
 
     #[test]
