@@ -15,10 +15,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use hyper_util::rt::TokioIo;
 use plugin_api::{Headers, Request, Response, StatusCode};
 use thread_local::ThreadLocal;
+
+/// `keep-alive`, which `http` has no constant for.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Idle connections kept per replica and thread.
 const MAX_IDLE: usize = 256;
@@ -60,7 +63,22 @@ impl std::fmt::Debug for Forwarder {
 /// A request on its way to the program.
 type Outbound = hyper::Request<Full<Bytes>>;
 
-/// Why a request got no answer.
+/// A request as hyper's types carry it, for [`crate::Http`].
+pub type HttpRequest = hyper::Request<Bytes>;
+
+/// The program's answer, without the headers that framed it on its connection.
+pub type HttpResponse = hyper::Response<Bytes>;
+
+/// Why a request got no answer from the program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Not sent: nothing reached the program, so it is safe to send again.
+    NotDelivered(String),
+    /// Sent, maybe processed, and no answer came back.
+    NoAnswer(String),
+}
+
+/// Why one attempt on one connection got no answer.
 enum Failed {
     /// Not sent at all: safe to send again; here is the request back.
     NotSent(String, Box<Outbound>),
@@ -121,7 +139,28 @@ impl Forwarder {
         Ok(out)
     }
 
-    async fn send(&self, mut conn: Conn, req: Outbound) -> Result<Response, Failed> {
+    /// `req` made ready to go to the program: its hop-by-hop headers
+    /// dropped, and addressed to the program's port.
+    fn outbound_http(&self, req: HttpRequest) -> Outbound {
+        let (mut parts, body) = req.into_parts();
+        let headers = &mut parts.headers;
+        // Most requests carry none of them but `host` and `content-length`.
+        if headers.keys().any(|n| hop_by_hop(n.as_str().as_bytes()) && n != HOST && n != CONTENT_LENGTH) {
+            let hop: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n.as_str().as_bytes())).cloned().collect();
+            for name in hop {
+                headers.remove(name);
+            }
+        }
+        headers.remove(CONTENT_LENGTH);
+        headers.insert(HOST, self.host.clone());
+        let mut out = hyper::Request::new(Full::new(body));
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = parts.uri;
+        *out.headers_mut() = parts.headers;
+        out
+    }
+
+    async fn send(&self, mut conn: Conn, req: Outbound) -> Result<HttpResponse, Failed> {
         if let Err(e) = conn.ready().await {
             return Err(Failed::NotSent(e.to_string(), Box::new(req)));
         }
@@ -129,32 +168,28 @@ impl Forwarder {
             Some(req) => Failed::NotSent(e.error().to_string(), Box::new(req)),
             None => Failed::NoAnswer(format!("the replica did not answer: {}", e.error())),
         })?;
-        let (mut parts, body) = resp.into_parts();
+        let (parts, body) = resp.into_parts();
         let body =
             body.collect().await.map_err(|e| Failed::NoAnswer(format!("the replica's answer broke off: {e}")))?;
         self.release(conn);
-        for name in ["connection", "keep-alive", "transfer-encoding", "content-length"] {
-            parts.headers.remove(name);
+        let mut out = hyper::Response::new(body.to_bytes());
+        *out.status_mut() = parts.status;
+        *out.headers_mut() = parts.headers;
+        let headers = out.headers_mut();
+        for name in [CONNECTION, KEEP_ALIVE, TRANSFER_ENCODING, CONTENT_LENGTH] {
+            headers.remove(name);
         }
-        let mut out = Response::new(parts.status).with_body(body.to_bytes());
-        out.headers = Headers::from(parts.headers);
         Ok(out)
     }
 
-    /// Sends `req` to the program. A request that could not be sent is
-    /// `not_delivered` (safe to retry elsewhere); one sent without an answer
-    /// back is `no_answer`.
-    pub async fn forward(&self, req: Request) -> Response {
-        let mut outbound = match self.outbound(req) {
-            Ok(r) => r,
-            Err(e) => return Response::error(StatusCode::BAD_REQUEST, &e),
-        };
-        // A pooled connection may have been closed by the program meanwhile:
-        // a request it never sent comes back, and goes again on a fresh one.
+    /// Sends `req` to the program. A pooled connection may have been closed
+    /// by the program meanwhile: a request it never sent comes back, and goes
+    /// again on a fresh one.
+    async fn exchange(&self, mut outbound: Outbound) -> Result<HttpResponse, Failure> {
         if let Some(conn) = self.pooled() {
             match self.send(conn, outbound).await {
-                Ok(resp) => return resp,
-                Err(Failed::NoAnswer(e)) => return Response::no_answer(&e),
+                Ok(resp) => return Ok(resp),
+                Err(Failed::NoAnswer(e)) => return Err(Failure::NoAnswer(e)),
                 Err(Failed::NotSent(_, req)) => outbound = *req,
             }
         }
@@ -163,16 +198,37 @@ impl Forwarder {
         Box::pin(self.fresh(outbound)).await
     }
 
-    async fn fresh(&self, req: Outbound) -> Response {
-        let conn = match self.connect().await {
-            Ok(c) => c,
-            Err(e) => return Response::not_delivered(&e),
+    async fn fresh(&self, req: Outbound) -> Result<HttpResponse, Failure> {
+        let conn = self.connect().await.map_err(Failure::NotDelivered)?;
+        self.send(conn, req).await.map_err(|failed| match failed {
+            Failed::NotSent(e, _) => Failure::NotDelivered(e),
+            Failed::NoAnswer(e) => Failure::NoAnswer(e),
+        })
+    }
+
+    /// Sends `req` to the program. A request that could not be sent is
+    /// `not_delivered` (safe to retry elsewhere); one sent without an answer
+    /// back is `no_answer`.
+    pub async fn forward(&self, req: Request) -> Response {
+        let outbound = match self.outbound(req) {
+            Ok(r) => r,
+            Err(e) => return Response::error(StatusCode::BAD_REQUEST, &e),
         };
-        match self.send(conn, req).await {
-            Ok(resp) => resp,
-            Err(Failed::NotSent(e, _)) => Response::not_delivered(&e),
-            Err(Failed::NoAnswer(e)) => Response::no_answer(&e),
+        match self.exchange(outbound).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let mut out = Response::new(parts.status).with_body(body);
+                out.headers = Headers::from(parts.headers);
+                out
+            }
+            Err(Failure::NotDelivered(e)) => Response::not_delivered(&e),
+            Err(Failure::NoAnswer(e)) => Response::no_answer(&e),
         }
+    }
+
+    /// [`Forwarder::forward`] for a request and an answer in hyper's types.
+    pub async fn forward_http(&self, req: HttpRequest) -> Result<HttpResponse, Failure> {
+        self.exchange(self.outbound_http(req)).await
     }
 }
 
@@ -182,5 +238,33 @@ pub async fn get_status(port: u16, path: &str) -> Result<u16, String> {
     match resp.failure() {
         Some(_) => Err(format!("GET {path}: {}", String::from_utf8_lossy(&resp.body))),
         None => Ok(resp.status.as_u16()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_goes_to_the_program_without_its_hop_by_hop_headers() {
+        let forwarder = Forwarder::new(4321);
+        let req = hyper::Request::post("/orders?x=1")
+            .header("host", "example.test")
+            .header("content-length", "3")
+            .header("connection", "keep-alive")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("x-request-id", "r-1")
+            .header("accept", "a")
+            .header("accept", "b")
+            .body(Bytes::from_static(b"abc"))
+            .unwrap();
+        let out = forwarder.outbound_http(req);
+        assert_eq!((out.method().as_str(), out.uri().to_string().as_str()), ("POST", "/orders?x=1"));
+        let mut headers: Vec<_> = out.headers().iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        headers.sort();
+        assert_eq!(headers, [("accept", "a"), ("accept", "b"), ("host", "127.0.0.1:4321"), ("x-request-id", "r-1")]);
+        // hyper writes the length of the body it is given.
+        assert_eq!(hyper::body::Body::size_hint(out.body()).exact(), Some(3));
     }
 }

@@ -38,6 +38,7 @@ mod sys;
 use std::sync::{Arc, OnceLock};
 
 pub use config::Process;
+pub use forward::{Failure, HttpRequest, HttpResponse};
 use plugin_api::prelude::*;
 use plugin_api::serde_json;
 use replica::Replica;
@@ -91,6 +92,29 @@ impl Plugin for Process {
         if let Some(replica) = self.replica.get() {
             replica.stop().await;
         }
+    }
+}
+
+impl Process {
+    /// This replica's program, to send REST requests to in hyper's types:
+    /// for a host this plugin is linked into, which would otherwise copy a
+    /// request into the plugin API's types and the answer back out.
+    /// `None` until the replica has started.
+    pub fn http(&self) -> Option<Http> {
+        self.replica.get().map(|replica| Http(replica.clone()))
+    }
+}
+
+/// A replica's program, as [`Process::http`] gives it.
+#[derive(Debug, Clone)]
+pub struct Http(Arc<Replica>);
+
+impl Http {
+    /// What [`Plugin::handle`] does with a REST request (not gRPC): sends it
+    /// to the program if the replica is ready, and answers what the program
+    /// answered, without the headers that framed it on its connection.
+    pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, Failure> {
+        self.0.forward_http(req).await
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Restart, Settings};
-use crate::forward::Forwarder;
+use crate::forward::{Failure, Forwarder, HttpRequest, HttpResponse};
 use crate::grpc::GrpcForwarder;
 use crate::probe;
 
@@ -110,12 +110,17 @@ impl Replica {
         })
     }
 
+    /// Why the replica takes no request now, if it does not.
+    fn not_taking(&self) -> Option<String> {
+        if self.is_ready() {
+            return None;
+        }
+        Some(format!("the replica is {}", self.report.lock().map(|r| r.state).unwrap_or("down")))
+    }
+
     pub async fn forward(&self, req: Request) -> Response {
-        if !self.is_ready() {
-            return Response::not_delivered(&format!(
-                "the replica is {}",
-                self.report.lock().map(|r| r.state).unwrap_or("down")
-            ));
+        if let Some(why) = self.not_taking() {
+            return Response::not_delivered(&why);
         }
         // Boxed: an HTTP/2 call's future is several times the size of an
         // HTTP/1 one, and every REST request's future would be as big.
@@ -124,6 +129,14 @@ impl Replica {
         } else {
             self.forwarder.forward(req).await
         }
+    }
+
+    /// [`Replica::forward`] for a REST request in hyper's types.
+    pub async fn forward_http(&self, req: HttpRequest) -> Result<HttpResponse, Failure> {
+        if let Some(why) = self.not_taking() {
+            return Err(Failure::NotDelivered(why));
+        }
+        self.forwarder.forward_http(req).await
     }
 
     /// SIGTERM to the program's process group, SIGKILL after the grace period.
