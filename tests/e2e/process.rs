@@ -340,3 +340,77 @@ links:
     let (code, body) = orch.get(web, "/note.txt").await;
     assert_eq!((code, body.as_str()), (200, "served from the topology's directory\n"));
 }
+
+/// Answers every request with what it received, as JSON, in a `201` with a
+/// header of its own.
+const ECHO: &str = r#"import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        seen = {"method": self.command, "path": self.path, "body": body.decode(),
+                "headers": [[k.lower(), v] for k, v in self.headers.items()]}
+        text = json.dumps(seen).encode()
+        self.send_response(201)
+        self.send_header("content-type", "application/json")
+        self.send_header("x-echo", "yes")
+        self.send_header("content-length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_gets_the_request_as_from_a_proxy_and_its_answer_comes_back_whole() {
+    let yaml = r#"version: 1
+name: echo
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /api/, link: echo, strip_prefix: true }] }
+  echo:
+    plugin: process
+    config: { command: [python3, echo.py] }
+links:
+  - { from: web, to: echo, kind: rest }
+"#;
+    let topology = integration_tests::TopologyFile::new(yaml);
+    std::fs::write(topology.dir.path().join("echo.py"), ECHO).unwrap();
+    let orch = Running::start_file(topology).await;
+    let web = orch.tier_addr("web").await;
+    let port = tier(&orch.status().await, "echo")["instances"][0]["detail"]["port"].as_u64().unwrap();
+
+    let req = hyper::Request::post(format!("http://{web}/api/items?size=2"))
+        .header("x-request-id", "r-1")
+        .header("orch-delivery-id", "forged")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"two items")))
+        .unwrap();
+    let resp = client().request(req).await.expect("an answer through the gateway");
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-echo"], "yes", "the program's own headers come back");
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+
+    assert_eq!(
+        (&seen["method"], &seen["path"], &seen["body"]),
+        (&"POST".into(), &"/items?size=2".into(), &"two items".into())
+    );
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    let get = |name: &str| headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    assert_eq!(get("x-request-id"), ["r-1"]);
+    assert_eq!(get("host"), [format!("127.0.0.1:{port}")], "addressed to the program");
+    assert_eq!(get("content-length"), ["9"]);
+    for dropped in ["orch-delivery-id", "keep-alive", "te"] {
+        assert!(get(dropped).is_empty(), "`{dropped}` reached the program: {headers:?}");
+    }
+}

@@ -6,6 +6,7 @@
 //! instance's handler, without a socket or a copy on the host side.
 
 pub mod balance;
+pub mod http;
 pub mod rpc;
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ pub use balance::Endpoint;
 use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
-use crate::plugins::{BorrowedRequest, Panicked};
+use crate::plugins::{BorrowedRequest, Instance, InstanceCall, Panicked};
 use crate::runtime::workers::Workers;
 use crate::topology::{LinkKind, LinkSpec, QueueRole};
 
@@ -142,6 +143,31 @@ fn idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE")
 }
 
+/// How one attempt on one replica ended.
+enum Outcome<T> {
+    Answered(T),
+    /// The replica did not take the request: safe to send again, whatever its method.
+    NotDelivered(String),
+    /// The replica took the request and gave no answer: maybe processed.
+    NoAnswer(String),
+    /// The handler failed without answering.
+    Panicked,
+}
+
+/// A plugin instance's answer, as an attempt's outcome.
+async fn answer_of(call: InstanceCall) -> Outcome<RawResponse> {
+    match call.await {
+        Ok(response) if response.status == NOT_DELIVERED => {
+            Outcome::NotDelivered(String::from_utf8_lossy(response.body.as_bytes()).into_owned())
+        }
+        Ok(response) if response.status == NO_ANSWER => {
+            Outcome::NoAnswer(String::from_utf8_lossy(response.body.as_bytes()).into_owned())
+        }
+        Ok(response) => Outcome::Answered(response),
+        Err(Panicked) => Outcome::Panicked,
+    }
+}
+
 /// Calls `route` with `req`. The target copies the request before this
 /// returns; the returned future applies the link's timeout and retries.
 ///
@@ -173,44 +199,56 @@ pub fn call(
         _ => route.spec.timeout,
     };
     let idempotent = idempotent(req.method());
-    let mut last = route.target.pick();
-    let first = last.as_ref().map(|instance| instance.call(req));
-    let route = route.clone();
-    async move {
-        // The deadline is fixed when a call first has to wait (see `within`).
-        let mut deadline = None;
-        let mut attempt = first;
-        let mut retries_left = route.spec.retries;
-        loop {
-            let (error, delivered) = match attempt.take() {
-                None => (route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned()), false),
-                Some(call) => match within(&mut deadline, timeout, call).await {
-                    Ok(Ok(response)) if response.status == NOT_DELIVERED => {
-                        let why = String::from_utf8_lossy(response.body.as_bytes()).into_owned();
-                        (route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}")), false)
-                    }
-                    Ok(Ok(response)) if response.status == NO_ANSWER => {
-                        let why = String::from_utf8_lossy(response.body.as_bytes()).into_owned();
-                        (route.error(LinkErrorKind::Upstream, format!("gave no answer: {why}")), true)
-                    }
-                    Ok(Ok(response)) => return Ok(response),
-                    Ok(Err(Panicked)) => {
-                        (route.error(LinkErrorKind::Upstream, "failed without answering".to_owned()), true)
-                    }
-                    Err(Elapsed) => {
-                        let limit = humantime::format_duration(timeout);
-                        return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));
-                    }
-                },
-            };
-            let Some(copy) = retry_copy.as_ref().filter(|_| retries_left > 0 && (!delivered || idempotent)) else {
-                return Err(error);
-            };
-            retries_left -= 1;
-            // Another replica than the one that just failed, when there is one.
-            last = route.target.pick_other(last.as_ref());
-            attempt = last.as_ref().map(|instance| instance.call(&copy.borrow()));
-        }
+    let replica = route.target.pick();
+    let first = replica.as_ref().map(|instance| answer_of(instance.call(req)));
+    let again = retry_copy.map(|copy| move |instance: &Arc<Instance>| answer_of(instance.call(&copy.borrow())));
+    attempts(route.clone(), timeout, idempotent, (replica, first), again)
+}
+
+/// Runs the attempts of one call on `route`: `first`, on its replica, then,
+/// while no replica answered and the link's `retries` allow, `again` on
+/// another ready replica each time (see [`call`]). All within `timeout`.
+async fn attempts<T, A>(
+    route: Arc<Route>,
+    timeout: std::time::Duration,
+    idempotent: bool,
+    first: (Option<Arc<Instance>>, Option<A>),
+    mut again: Option<impl FnMut(&Arc<Instance>) -> A>,
+) -> Result<T, LinkError>
+where
+    A: Future<Output = Outcome<T>>,
+{
+    // The deadline is fixed when a call first has to wait (see `within`).
+    let mut deadline = None;
+    let (mut last, mut attempt) = first;
+    let mut retries_left = route.spec.retries;
+    loop {
+        let (error, delivered) = match attempt.take() {
+            None => (route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned()), false),
+            Some(attempt) => match within(&mut deadline, timeout, attempt).await {
+                Ok(Outcome::Answered(response)) => return Ok(response),
+                Ok(Outcome::NotDelivered(why)) => {
+                    (route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}")), false)
+                }
+                Ok(Outcome::NoAnswer(why)) => {
+                    (route.error(LinkErrorKind::Upstream, format!("gave no answer: {why}")), true)
+                }
+                Ok(Outcome::Panicked) => {
+                    (route.error(LinkErrorKind::Upstream, "failed without answering".to_owned()), true)
+                }
+                Err(Elapsed) => {
+                    let limit = humantime::format_duration(timeout);
+                    return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));
+                }
+            },
+        };
+        let Some(again) = again.as_mut().filter(|_| retries_left > 0 && (!delivered || idempotent)) else {
+            return Err(error);
+        };
+        retries_left -= 1;
+        // Another replica than the one that just failed, when there is one.
+        last = route.target.pick_other(last.as_ref());
+        attempt = last.as_ref().map(&mut *again);
     }
 }
 

@@ -14,10 +14,11 @@ use std::time::SystemTime;
 use async_ffi::FfiFuture;
 use libloading::Library;
 use plugin_api::abi::{PluginDecl, RStr, RawRequest, RawResponse};
-use plugin_api::export::{NativeFuture, NativeHandle};
+use plugin_api::export::{NativeFuture, NativeHandle, plugin_of};
 use plugin_api::{ConfigIssue, LinkKind};
 
 use super::host::{self, HostCtx};
+use crate::links::LinkTable;
 use crate::topology::TierId;
 
 /// A plugin: built in, or a loaded library that this handle keeps loaded.
@@ -29,6 +30,8 @@ pub struct PluginHandle {
     path: Option<PathBuf>,
     /// `handle` without the C ABI, for a plugin linked into this binary.
     native: Option<NativeHandle>,
+    /// Which built-in this is, for one linked into this binary.
+    builtin: Option<Builtin>,
     // Declared last: dropped after everything above that points into it.
     _lib: Option<Arc<Library>>,
 }
@@ -55,16 +58,17 @@ impl PluginHandle {
         // SAFETY: the declaration's strings are static data of the library.
         let (name, version, api_version) =
             unsafe { (d.name.to_string_lossy(), d.version.to_string_lossy(), d.api_version.to_string_lossy()) };
-        Self { decl, name, version, api_version, path, native: None, _lib: lib }
+        Self { decl, name, version, api_version, path, native: None, builtin: None, _lib: lib }
     }
 
     /// Calls the plugin's handler through `native` rather than the C ABI.
     ///
     /// # Safety
     /// `native` must be `handle` of the same plugin type as the declaration,
-    /// linked into this binary.
-    pub(super) unsafe fn with_native(mut self, native: NativeHandle) -> Self {
+    /// linked into this binary, and that type must be the one `builtin` names.
+    pub(super) unsafe fn with_native(mut self, native: NativeHandle, builtin: Builtin) -> Self {
         self.native = Some(native);
+        self.builtin = Some(builtin);
         self
     }
 
@@ -111,6 +115,15 @@ impl PluginHandle {
             vec![ConfigIssue::new("", format!("plugin `{}` returned an unreadable validation result: {e}", self.name))]
         })
     }
+}
+
+/// The plugins linked into this binary. The host may call their own Rust
+/// methods, beyond the ABI's, on their instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    Gateway,
+    Process,
+    Queue,
 }
 
 static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
@@ -183,9 +196,34 @@ impl Instance {
         &self.ctx.tier
     }
 
+    /// The instance's outbound links.
+    pub fn links(&self) -> &Arc<LinkTable> {
+        &self.ctx.links
+    }
+
+    /// The gateway, if this is an instance of the built-in `gateway`.
+    pub fn as_gateway(&self) -> Option<&gateway::Gateway> {
+        // SAFETY: the instance was made by the built-in gateway's `create`
+        // (`with_native`'s contract), and is alive while `self` is borrowed.
+        (self.plugin.builtin == Some(Builtin::Gateway)).then(|| unsafe { plugin_of::<gateway::Gateway>(self.ptr) })
+    }
+
+    /// The process tier replica, if this is an instance of the built-in `process`.
+    pub fn as_process(&self) -> Option<&process::Process> {
+        // SAFETY: as in `as_gateway`.
+        (self.plugin.builtin == Some(Builtin::Process)).then(|| unsafe { plugin_of::<process::Process>(self.ptr) })
+    }
+
+    /// Counts a call in flight until the result is dropped: what the
+    /// instance's draining waits for. [`Instance::call`] counts its own.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
     /// Starts handling `req`; the plugin copies it before this returns.
     pub fn call(self: &Arc<Self>, req: &BorrowedRequest<'_>) -> InstanceCall {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = self.enter();
         // SAFETY: the instance is alive (we hold an Arc) and `req` is readable for
         // the duration of this synchronous call (its lifetime); `handle` catches panics.
         let fut = match self.plugin.native {
@@ -194,7 +232,7 @@ impl Instance {
             // SAFETY: as above.
             None => Call::Ffi(unsafe { (self.plugin.decl().handle)(self.ptr, &req.raw) }),
         };
-        InstanceCall { fut: Some(fut), instance: self.clone() }
+        InstanceCall { fut: Some(fut), _in_flight: in_flight }
     }
 
     /// Whether the instance takes requests now.
@@ -262,22 +300,31 @@ impl Drop for Instance {
 #[derive(Debug, Clone, Copy)]
 pub struct Panicked;
 
+/// A call counted in flight on an instance, which it keeps alive (and so
+/// its library loaded) until it is dropped.
+pub struct InFlight(Arc<Instance>);
+
+impl InFlight {
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// An in-flight call into a plugin instance. Keeps the instance (and so its
 /// library) alive until the call completes or is dropped.
 pub struct InstanceCall {
-    /// The plugin's future; taken (dropped) first in `drop`, while the
-    /// instance is still held and still counts this call.
+    /// The plugin's future. Declared first: dropped while the instance is
+    /// still held and still counts this call.
     fut: Option<Call>,
-    instance: Arc<Instance>,
-}
-
-impl Drop for InstanceCall {
-    fn drop(&mut self) {
-        drop(self.fut.take());
-        if self.instance.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.instance.idle.notify_waiters();
-        }
-    }
+    _in_flight: InFlight,
 }
 
 /// A handler's future: through the C ABI, or as Rust for a built-in plugin.

@@ -9,7 +9,7 @@ use libloading::Library;
 use plugin_api::abi::{ABI_VERSION, ENTRY_SYMBOL, EntryFn, PluginDecl};
 use plugin_api::export::NativeHandle;
 
-use super::{LoadError, PluginHandle};
+use super::{Builtin, LoadError, PluginHandle};
 
 /// Whether a plugin built against plugin-api `theirs` works with ours: the
 /// same major version, and for 0.x the same minor (Cargo's caret rule).
@@ -81,12 +81,15 @@ fn private_copy(path: &Path) -> std::io::Result<std::path::PathBuf> {
 
 /// A handle for a plugin linked into this binary: its declaration, and its
 /// `handle` called as Rust (`plugin_native_handle()`, of the same plugin).
-pub fn builtin(decl: &'static PluginDecl, native: NativeHandle) -> PluginHandle {
+///
+/// # Safety
+/// `decl`, `native` and `builtin` must all be of the same plugin.
+pub unsafe fn builtin(decl: &'static PluginDecl, native: NativeHandle, builtin: Builtin) -> PluginHandle {
     // SAFETY: a declaration compiled into this binary is static and of our ABI.
     let handle = unsafe { PluginHandle::from_decl(decl, None, None) };
     // SAFETY: the plugin is linked into this binary, and the caller passes the
-    // native handle of the plugin `decl` declares.
-    unsafe { handle.with_native(native) }
+    // native handle of the plugin `decl` declares, and names it.
+    unsafe { handle.with_native(native, builtin) }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use handle::{BorrowedRequest, Instance, InstanceCall, OwnedRequest, Panicked, PluginHandle};
+pub use handle::{BorrowedRequest, Builtin, InFlight, Instance, InstanceCall, OwnedRequest, Panicked, PluginHandle};
 pub use host::HostCtx;
 
 /// Why a plugin could not be used. Each is one sentence naming the file.
@@ -119,11 +119,22 @@ impl Registry {
 
     /// A registry with the built-in plugins and exactly `dirs`.
     pub fn with_dirs(dirs: Vec<PathBuf>) -> Self {
-        let builtins = vec![
-            Arc::new(loader::builtin(gateway::plugin_declaration(), gateway::plugin_native_handle())),
-            Arc::new(loader::builtin(process::plugin_declaration(), process::plugin_native_handle())),
-            Arc::new(loader::builtin(queue::plugin_declaration(), queue::plugin_native_handle())),
-        ];
+        // SAFETY: each line's three are of one plugin.
+        let builtins = unsafe {
+            vec![
+                Arc::new(loader::builtin(
+                    gateway::plugin_declaration(),
+                    gateway::plugin_native_handle(),
+                    Builtin::Gateway,
+                )),
+                Arc::new(loader::builtin(
+                    process::plugin_declaration(),
+                    process::plugin_native_handle(),
+                    Builtin::Process,
+                )),
+                Arc::new(loader::builtin(queue::plugin_declaration(), queue::plugin_native_handle(), Builtin::Queue)),
+            ]
+        };
         Self { builtins, dirs, loaded: Mutex::new(HashMap::new()), retained: Mutex::new(Vec::new()) }
     }
 

@@ -8,13 +8,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use plugin_api::abi::{RawResponse, decode_headers, encode_headers};
+use plugin_api::abi::{RawResponse, encode_headers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,8 +22,9 @@ use tracing::Instrument as _;
 
 use futures_util::future::Either;
 
+use crate::links::http::HttpRequest;
 use crate::links::{self, Endpoint, LinkTable};
-use crate::plugins::BorrowedRequest;
+use crate::plugins::{BorrowedRequest, Instance};
 use crate::runtime::gate::WakeGated;
 use crate::runtime::workers::Workers;
 
@@ -207,9 +208,56 @@ async fn read_body(body: Incoming, max_body: u64) -> Result<Bytes, Response> {
 /// outside cannot pass for a delivery, so they are dropped.
 fn encoded_headers(headers: &http::HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let theirs = headers.iter().filter(|(n, _)| !n.as_str().starts_with("orch-"));
+    let theirs = headers.iter().filter(|(n, _)| !is_own(n));
     encode_headers(theirs.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut out);
     out
+}
+
+fn is_own(name: &http::HeaderName) -> bool {
+    name.as_str().starts_with("orch-")
+}
+
+/// `req` as a link takes it ([`links::http::forward`]): the orchestrator's
+/// own headers dropped (see [`encoded_headers`]), and its URI `uri` (a path
+/// and query), or the request's own in origin form.
+fn link_request(parts: http::request::Parts, body: Bytes, uri: Option<Uri>) -> HttpRequest {
+    let mut headers = parts.headers;
+    if headers.keys().any(is_own) {
+        let own: Vec<_> = headers.keys().filter(|n| is_own(n)).cloned().collect();
+        for name in own {
+            headers.remove(name);
+        }
+    }
+    let uri = match uri {
+        Some(uri) => uri,
+        None if parts.uri.scheme().is_none() => parts.uri,
+        None => parts.uri.path_and_query().cloned().map_or(Uri::from_static("/"), Uri::from),
+    };
+    let mut req = http::Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Sends `req` on REST link `route`, and its answer or error back.
+async fn forward(route: &Arc<links::Route>, req: HttpRequest) -> Response {
+    match WakeGated::new(std::pin::pin!(links::http::forward(route, req))).await {
+        Ok(resp) => resp.map(Full::new),
+        Err(e) => json_error(e.status(), &e.message),
+    }
+}
+
+/// The built-in gateway's handling of a request, done here in hyper's types:
+/// the route the gateway picks, and its link. `None` for requests the
+/// gateway answers itself or sends on a link in the plugins' form.
+fn gateway_route(instance: &Instance, uri: &Uri) -> Option<(Arc<links::Route>, Option<Uri>)> {
+    let gateway = instance.as_gateway()?;
+    let (route, target) = gateway.target(uri.path_and_query().map_or("/", |pq| pq.as_str()))?;
+    let link = instance.links().get(&route.link).filter(|link| link.carries_http())?;
+    // A URI that does not parse once rewritten goes the plugin's way, which answers it.
+    let target = if route.strip_prefix { Some(target.parse().ok()?) } else { None };
+    Some((link, target))
 }
 
 async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body: u64) -> Result<Response, Infallible> {
@@ -224,6 +272,14 @@ async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body
             &format!("tier `{}` has no ready replica", endpoint.tier),
         ));
     };
+    if let Some((link, uri)) = gateway_route(&instance, &parts.uri) {
+        // The gateway's instance counts the call, as if it had handled it.
+        let in_flight = instance.enter();
+        drop(instance);
+        let resp = forward(&link, link_request(parts, body, uri)).await;
+        drop(in_flight);
+        return Ok(resp);
+    }
     let headers = encoded_headers(&parts.headers);
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // The plugin copies the request before `call` returns.
@@ -252,6 +308,9 @@ async fn handle_link(
     let Some(route) = table.upgrade().and_then(|t| t.get(&name)) else {
         return Ok(json_error(StatusCode::BAD_GATEWAY, &format!("link `{name}` no longer exists")));
     };
+    if route.carries_http() {
+        return Ok(forward(&route, link_request(parts, body, None)).await);
+    }
     let headers = encoded_headers(&parts.headers);
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let call =
@@ -263,29 +322,9 @@ async fn handle_link(
     })
 }
 
-/// Headers a handler must not set: the connection's framing is ours.
-fn is_framing(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"content-length")
-        || name.eq_ignore_ascii_case(b"transfer-encoding")
-        || name.eq_ignore_ascii_case(b"connection")
-}
-
 fn into_hyper(raw: RawResponse) -> Response {
     if raw.status == plugin_api::abi::NO_ANSWER || raw.status == plugin_api::abi::NOT_DELIVERED {
         return json_error(StatusCode::BAD_GATEWAY, &String::from_utf8_lossy(raw.body.as_bytes()));
     }
-    let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = if raw.body.is_empty() { Bytes::new() } else { Bytes::from_owner(raw.body) };
-    let mut resp = hyper::Response::new(Full::new(body));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    for (name, value) in decode_headers(raw.headers.as_bytes()) {
-        if is_framing(name) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            headers.append(n, v);
-        }
-    }
-    resp
+    links::http::from_raw(raw).map(Full::new)
 }
