@@ -22,6 +22,7 @@ use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
 use crate::plugins::{BorrowedRequest, Instance, InstanceCall, Panicked};
+use crate::runtime::timeouts::Deadline;
 use crate::runtime::workers::Workers;
 use crate::topology::{LinkKind, LinkSpec, QueueRole};
 
@@ -120,14 +121,14 @@ async fn within<F: Future>(
     fut: F,
 ) -> Result<F::Output, Elapsed> {
     let mut fut = std::pin::pin!(fut);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut timer: Option<Deadline> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(out));
         }
         let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-        let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        match sleep.as_mut().poll(cx) {
+        let sleep = timer.get_or_insert_with(|| Deadline::at(at));
+        match Pin::new(sleep).poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }

@@ -12,7 +12,7 @@ use http::{HeaderValue, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use plugin_api::abi::{RawResponse, encode_headers};
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use crate::links::http::HttpRequest;
 use crate::links::{self, Endpoint, LinkTable};
 use crate::plugins::{BorrowedRequest, Instance};
 use crate::runtime::gate::WakeGated;
+use crate::runtime::timeouts;
 use crate::runtime::workers::Workers;
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -121,7 +122,7 @@ async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    http.timer(timeouts::HyperTimer).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

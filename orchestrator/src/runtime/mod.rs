@@ -5,6 +5,7 @@ mod gate;
 pub mod listener;
 pub mod status;
 pub mod supervisor;
+pub mod timeouts;
 pub mod workers;
 
 use std::net::SocketAddr;

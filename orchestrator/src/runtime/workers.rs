@@ -39,6 +39,8 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::timeouts;
+
 /// How many threads serve connections (`orchestrator run --workers`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WorkerThreads {
@@ -140,6 +142,7 @@ impl Workers {
                 let failed = binding.is_err();
                 let _ = bound.send(binding);
                 if !failed {
+                    timeouts::serve_on_this_thread(rt.handle());
                     rt.block_on(async {
                         let _ = stopped.await;
                     });
