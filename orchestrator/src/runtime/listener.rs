@@ -13,7 +13,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use plugin_api::abi::{RawResponse, encode_headers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,6 +24,7 @@ use futures_util::future::Either;
 use crate::links::http::HttpRequest;
 use crate::links::{self, Endpoint, LinkTable};
 use crate::plugins::{BorrowedRequest, Instance};
+use crate::runtime::drain::{Drain, Entered};
 use crate::runtime::gate::WakeGated;
 use crate::runtime::timeouts;
 use crate::runtime::workers::Workers;
@@ -120,7 +120,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
     workers: Workers,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(timeouts::HyperTimer).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
     loop {
@@ -137,9 +137,9 @@ async fn serve(
                         }
                     };
                     let (target, max_body, http) = (target.clone(), max_body.clone(), http.clone());
-                    let watcher = graceful.watcher();
+                    let entered = drain.enter();
                     let span = tracing::Span::current();
-                    workers.spawn_connection(move || serve_connection(stream, target, max_body, http, watcher, span));
+                    workers.spawn_connection(move || serve_connection(stream, target, max_body, http, entered, span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -153,7 +153,7 @@ async fn serve(
     drop(listener);
     tracing::info!("Stopped accepting; draining connections.");
     // The caller bounds how long this may take.
-    graceful.shutdown().await;
+    drain.shutdown().await;
 }
 
 /// Serves one connection, on the worker that runs this. The listener's span
@@ -164,7 +164,7 @@ async fn serve_connection(
     target: Target,
     max_body: Arc<AtomicU64>,
     http: hyper::server::conn::http1::Builder,
-    watcher: Watcher,
+    entered: Entered,
     span: tracing::Span,
 ) {
     let stream = match tokio::net::TcpStream::from_std(stream) {
@@ -178,7 +178,7 @@ async fn serve_connection(
             Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
         }
     });
-    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await {
+    if let Err(e) = entered.watch(http.serve_connection(TokioIo::new(stream), service)).await {
         tracing::debug!(parent: &span, error = %e, "Connection closed with an error.");
     }
 }

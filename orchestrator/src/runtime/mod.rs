@@ -1,6 +1,7 @@
 //! Running a topology: the supervisor, tier listeners, status, and the
 //! process's life from start through reloads to graceful shutdown.
 
+mod drain;
 mod gate;
 pub mod listener;
 pub mod status;
