@@ -140,18 +140,19 @@ impl Forwarder {
     }
 
     /// `req` made ready to go to the program: its hop-by-hop headers
-    /// dropped, and addressed to the program's port.
+    /// dropped, and addressed to the program's port. Its `content-length`
+    /// (if any) stays: it is the length of the body that goes.
     fn outbound_http(&self, req: HttpRequest) -> Outbound {
         let (mut parts, body) = req.into_parts();
         let headers = &mut parts.headers;
-        // Most requests carry none of them but `host` and `content-length`.
-        if headers.keys().any(|n| hop_by_hop(n.as_str().as_bytes()) && n != HOST && n != CONTENT_LENGTH) {
-            let hop: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n.as_str().as_bytes())).cloned().collect();
-            for name in hop {
+        let hop = |n: &HeaderName| hop_by_hop(n.as_str().as_bytes()) && n != HOST && n != CONTENT_LENGTH;
+        // Most requests carry none: looked for before anything is removed.
+        if headers.keys().any(hop) {
+            let names: Vec<HeaderName> = headers.keys().filter(|n| hop(n)).cloned().collect();
+            for name in names {
                 headers.remove(name);
             }
         }
-        headers.remove(CONTENT_LENGTH);
         headers.insert(HOST, self.host.clone());
         let mut out = hyper::Request::new(Full::new(body));
         *out.method_mut() = parts.method;
@@ -175,9 +176,13 @@ impl Forwarder {
         let mut out = hyper::Response::new(body.to_bytes());
         *out.status_mut() = parts.status;
         *out.headers_mut() = parts.headers;
+        // Its `content-length` stays: it is the length of the body collected.
         let headers = out.headers_mut();
-        for name in [CONNECTION, KEEP_ALIVE, TRANSFER_ENCODING, CONTENT_LENGTH] {
-            headers.remove(name);
+        let framing = |n: &HeaderName| n == CONNECTION || n == KEEP_ALIVE || n == TRANSFER_ENCODING;
+        if headers.keys().any(framing) {
+            for name in [CONNECTION, KEEP_ALIVE, TRANSFER_ENCODING] {
+                headers.remove(name);
+            }
         }
         Ok(out)
     }
@@ -263,8 +268,14 @@ mod tests {
         assert_eq!((out.method().as_str(), out.uri().to_string().as_str()), ("POST", "/orders?x=1"));
         let mut headers: Vec<_> = out.headers().iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
         headers.sort();
-        assert_eq!(headers, [("accept", "a"), ("accept", "b"), ("host", "127.0.0.1:4321"), ("x-request-id", "r-1")]);
-        // hyper writes the length of the body it is given.
+        let expected = [
+            ("accept", "a"),
+            ("accept", "b"),
+            ("content-length", "3"),
+            ("host", "127.0.0.1:4321"),
+            ("x-request-id", "r-1"),
+        ];
+        assert_eq!(headers, expected);
         assert_eq!(hyper::body::Body::size_hint(out.body()).exact(), Some(3));
     }
 }
