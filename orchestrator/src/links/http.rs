@@ -41,10 +41,13 @@ pub fn forward(route: &Arc<Route>, req: HttpRequest) -> impl Future<Output = Res
     debug_assert!(route.carries_http());
     let idempotent = idempotent(req.method().as_str().as_bytes());
     let copy = (route.spec.retries > 0).then(|| copy_of(&req));
-    let replica = route.target.pick();
-    let first = replica.as_ref().map(|instance| attempt(instance, req));
+    let first = move |route: &Route| {
+        let replica = route.target.pick();
+        let first = replica.as_ref().map(|instance| attempt(instance, req));
+        (replica, first)
+    };
     let again = copy.map(|copy| move |instance: &Arc<Instance>| attempt(instance, copy_of(&copy)));
-    attempts(route.clone(), route.spec.timeout, idempotent, (replica, first), again)
+    attempts(route.clone(), route.spec.timeout, idempotent, first, again)
 }
 
 /// One attempt on `instance`: straight to its program for a process tier's

@@ -115,14 +115,13 @@ impl LinkTable {
 /// of this call had to wait (set in `deadline`). The clock is read and the
 /// timer armed only then: most in-process calls complete on their first poll,
 /// and a timer would cost more than the call.
-async fn within<F: Future>(
-    deadline: &mut Option<tokio::time::Instant>,
+fn within<'a, F: Future>(
+    deadline: &'a mut Option<tokio::time::Instant>,
     timeout: std::time::Duration,
-    fut: F,
-) -> Result<F::Output, Elapsed> {
-    let mut fut = std::pin::pin!(fut);
+    mut fut: Pin<&'a mut F>,
+) -> impl Future<Output = Result<F::Output, Elapsed>> + 'a {
     let mut timer: Option<Deadline> = None;
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(out));
         }
@@ -133,7 +132,6 @@ async fn within<F: Future>(
             Poll::Pending => Poll::Pending,
         }
     })
-    .await
 }
 
 /// A call's deadline passed.
@@ -203,17 +201,21 @@ pub fn call(
     let replica = route.target.pick();
     let first = replica.as_ref().map(|instance| answer_of(instance.call(req)));
     let again = retry_copy.map(|copy| move |instance: &Arc<Instance>| answer_of(instance.call(&copy.borrow())));
-    attempts(route.clone(), timeout, idempotent, (replica, first), again)
+    attempts(route.clone(), timeout, idempotent, move |_: &Route| (replica, first), again)
 }
 
-/// Runs the attempts of one call on `route`: `first`, on its replica, then,
-/// while no replica answered and the link's `retries` allow, `again` on
-/// another ready replica each time (see [`call`]). All within `timeout`.
+/// Runs the attempts of one call on `route`: the one `first` starts (on the
+/// replica it names), then, while no replica answered and the link's
+/// `retries` allow, `again` on another ready replica each time (see
+/// [`call`]). All within `timeout`.
+///
+/// An attempt's future is large, and it is kept in one place: `first` is
+/// called here rather than passed in started, which would keep a second copy.
 async fn attempts<T, A>(
     route: Arc<Route>,
     timeout: std::time::Duration,
     idempotent: bool,
-    first: (Option<Arc<Instance>>, Option<A>),
+    first: impl FnOnce(&Route) -> (Option<Arc<Instance>>, Option<A>),
     mut again: Option<impl FnMut(&Arc<Instance>) -> A>,
 ) -> Result<T, LinkError>
 where
@@ -221,12 +223,13 @@ where
 {
     // The deadline is fixed when a call first has to wait (see `within`).
     let mut deadline = None;
-    let (mut last, mut attempt) = first;
+    let (mut last, first) = first(&route);
+    let mut attempt = std::pin::pin!(first);
     let mut retries_left = route.spec.retries;
     loop {
-        let (error, delivered) = match attempt.take() {
+        let (error, delivered) = match attempt.as_mut().as_pin_mut() {
             None => (route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned()), false),
-            Some(attempt) => match within(&mut deadline, timeout, attempt).await {
+            Some(running) => match within(&mut deadline, timeout, running).await {
                 Ok(Outcome::Answered(response)) => return Ok(response),
                 Ok(Outcome::NotDelivered(why)) => {
                     (route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}")), false)
@@ -249,7 +252,7 @@ where
         retries_left -= 1;
         // Another replica than the one that just failed, when there is one.
         last = route.target.pick_other(last.as_ref());
-        attempt = last.as_ref().map(&mut *again);
+        attempt.set(last.as_ref().map(&mut *again));
     }
 }
 
