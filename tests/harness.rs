@@ -450,6 +450,35 @@ pub fn program_pids(status: &serde_json::Value, name: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// A Python HTTP server program for a process tier, on `PORT`. `handler`
+/// is the body of its request handler class: `do_GET`, `do_POST`, …, which
+/// answer with `self.reply(status, headers, body)`.
+pub fn python_server(imports: &str, handler: &str) -> String {
+    format!(
+        r#"import os
+{imports}
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+{handler}
+    def reply(self, status, headers, body):
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#
+    )
+}
+
 /// A new HTTP client (its own connection pool).
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use integration_tests::{
-    Running, client, go_backend, group_members, program_pids, repo_topology, request, tier, wait_all_gone,
+    Running, client, go_backend, group_members, program_pids, python_server, repo_topology, request, tier,
+    wait_all_gone,
 };
 use serde_json::Value;
 
@@ -343,28 +344,11 @@ links:
 
 /// Answers every request with what it received, as JSON, in a `201` with a
 /// header of its own.
-const ECHO: &str = r#"import json, os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
+const ECHO: &str = r#"    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         seen = {"method": self.command, "path": self.path, "body": body.decode(),
                 "headers": [[k.lower(), v] for k, v in self.headers.items()]}
-        text = json.dumps(seen).encode()
-        self.send_response(201)
-        self.send_header("content-type", "application/json")
-        self.send_header("x-echo", "yes")
-        self.send_header("content-length", str(len(text)))
-        self.end_headers()
-        self.wfile.write(text)
-
-    def log_message(self, *args):
-        pass
-
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+        self.reply(201, {"content-type": "application/json", "x-echo": "yes"}, json.dumps(seen).encode())
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +367,7 @@ links:
   - { from: web, to: echo, kind: rest }
 "#;
     let topology = integration_tests::TopologyFile::new(yaml);
-    std::fs::write(topology.dir.path().join("echo.py"), ECHO).unwrap();
+    std::fs::write(topology.dir.path().join("echo.py"), python_server("import json", ECHO)).unwrap();
     let orch = Running::start_file(topology).await;
     let web = orch.tier_addr("web").await;
     let port = tier(&orch.status().await, "echo")["instances"][0]["detail"]["port"].as_u64().unwrap();

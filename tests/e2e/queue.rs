@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use integration_tests::{Running, TopologyFile, repo_topology, tier};
+use integration_tests::{Running, TopologyFile, python_server, repo_topology, tier};
 use serde_json::Value;
 
 /// A topology: a gateway routing everything to `pub` (a testkit tier), a
@@ -371,12 +371,7 @@ async fn orders_reach_the_competing_workers_and_the_python_audit_tier() {
 
 /// A program that publishes what it is POSTed on `/publish` to its queue link
 /// `q` (`ORCH_LINK_Q_URL`) and answers with the broker's answer.
-const PUBLISHER: &str = r#"
-import os, urllib.error, urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
+const PUBLISHER: &str = r#"    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         publish = urllib.request.Request(os.environ["ORCH_LINK_Q_URL"] + "/", data=body, method="POST",
                                          headers={"content-type": "text/plain"})
@@ -385,16 +380,7 @@ class Handler(BaseHTTPRequestHandler):
                 status, text, msg_id = answer.status, answer.read(), answer.headers.get("orch-message-id", "")
         except urllib.error.HTTPError as error:
             status, text, msg_id = error.code, error.read(), ""
-        self.send_response(status)
-        self.send_header("x-message-id", msg_id)
-        self.send_header("content-length", str(len(text)))
-        self.end_headers()
-        self.wfile.write(text)
-
-    def log_message(self, *args):
-        pass
-
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+        self.reply(status, {"x-message-id": msg_id}, text)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +406,8 @@ links:
   - { from: q, to: c, kind: queue, topic: notes }
 "#;
     let topology = TopologyFile::new(yaml);
-    std::fs::write(topology.dir.path().join("publisher.py"), PUBLISHER).unwrap();
+    let program = python_server("import urllib.error, urllib.request", PUBLISHER);
+    std::fs::write(topology.dir.path().join("publisher.py"), program).unwrap();
     let orch = Running::start_file(topology).await;
     let web = orch.tier_addr("web").await;
 
