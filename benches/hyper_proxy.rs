@@ -4,8 +4,10 @@
 //! connection stays on one thread running a single-threaded runtime; the
 //! request body is read whole, sent on a keep-alive connection from that
 //! thread's pool (each driven by a task of its own), and the answer read
-//! whole and sent back. What it costs per request is what hyper costs for
-//! such a hop: the floor for the orchestrator's.
+//! whole and sent back; heads and bodies are written from one buffer
+//! (`writev(false)`), as the orchestrator writes them. What it costs per
+//! request is what hyper costs for such a hop: the floor for the
+//! orchestrator's.
 //!
 //! `hyper-proxy UPSTREAM [--threads N|shared] [--pin]` prints `listening on
 //! ADDR` (a free loopback port). `shared` serves connections on tokio's
@@ -44,8 +46,11 @@ fn bad_gateway(why: impl std::fmt::Display) -> Response {
 async fn connect(upstream: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = tokio::net::TcpStream::connect(upstream).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(sender)
 }
@@ -87,6 +92,7 @@ async fn serve(stream: std::net::TcpStream, upstream: SocketAddr) {
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
     let service = service_fn(move |req| proxy(req, upstream));
     let _ = hyper::server::conn::http1::Builder::new()
+        .writev(false)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .await;

@@ -97,7 +97,10 @@ impl Forwarder {
             .await
             .map_err(|e| format!("cannot connect to the replica on port {}: {e}", self.port))?;
         let _ = stream.set_nodelay(true);
-        let (sender, io) = http1::handshake(TokioIo::new(stream))
+        // A request's head and body in one write (see the listener's `writev`).
+        let (sender, io) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("cannot talk HTTP to the replica: {e}"))?;
         // Its errors reach the request in flight, if any.
