@@ -304,12 +304,6 @@ pub struct Panicked;
 /// its library loaded) until it is dropped.
 pub struct InFlight(Arc<Instance>);
 
-impl InFlight {
-    pub fn instance(&self) -> &Arc<Instance> {
-        &self.0
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -134,6 +134,14 @@ impl Deadline {
     pub fn at(at: Instant) -> Self {
         Self { at, state: State::Unarmed }
     }
+
+    /// Goes on as a tokio timer: where this thread keeps no table.
+    fn poll_as_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut sleep = Box::pin(tokio::time::sleep_until(self.at));
+        let polled = sleep.as_mut().poll(cx);
+        self.state = State::Timer(sleep);
+        polled
+    }
 }
 
 impl Future for Deadline {
@@ -162,10 +170,7 @@ impl Future for Deadline {
                 }
                 // Moved to another thread (a worker's tasks never are): its
                 // slot there is signalled in time and left.
-                let mut sleep = Box::pin(tokio::time::sleep_until(at));
-                let polled = sleep.as_mut().poll(cx);
-                self.state = State::Timer(sleep);
-                polled
+                self.poll_as_timer(cx)
             }
             State::Unarmed => {
                 let slot = with_table(|table| {
@@ -195,12 +200,7 @@ impl Future for Deadline {
                         }
                         Poll::Pending
                     }
-                    None => {
-                        let mut sleep = Box::pin(tokio::time::sleep_until(at));
-                        let polled = sleep.as_mut().poll(cx);
-                        self.state = State::Timer(sleep);
-                        polled
-                    }
+                    None => self.poll_as_timer(cx),
                 }
             }
         }
