@@ -168,7 +168,7 @@ fn load(file: &Path, registry: &Registry) -> Result<topology::Topology, ExitCode
             eprint!("{}", d.render(color()));
             Err(ExitCode::from(EXIT_CONFIG))
         }
-        Err(e @ topology::Error::Read { .. }) => {
+        Err(e) => {
             eprintln!("error: {e}");
             Err(ExitCode::from(EXIT_USAGE))
         }

@@ -27,16 +27,28 @@ const MAX_DELAY: Duration = Duration::from_millis(250);
 pub struct Watched {
     pub topology: PathBuf,
     pub plugins: Vec<PathBuf>,
+    /// What the topology's path goes through to reach its file: every
+    /// symlink on the way and the file it ends at (see [`resolve`]).
+    topology_via: Vec<PathBuf>,
 }
 
 impl Watched {
+    pub fn new(topology: PathBuf, plugins: Vec<PathBuf>) -> Self {
+        let topology_via = resolve(&topology);
+        Self { topology, plugins, topology_via }
+    }
+
     fn dirs(&self) -> BTreeSet<PathBuf> {
-        std::iter::once(&self.topology).chain(&self.plugins).filter_map(|p| p.parent().map(Path::to_path_buf)).collect()
+        std::iter::once(&self.topology)
+            .chain(&self.topology_via)
+            .chain(&self.plugins)
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect()
     }
 
     /// What a change of `path` triggers, if anything.
     fn trigger_for(&self, path: &Path) -> Option<Trigger> {
-        if path == self.topology {
+        if path == self.topology || self.topology_via.iter().any(|p| p == path) {
             Some(Trigger::File)
         } else if self.plugins.iter().any(|p| p == path) {
             Some(Trigger::Plugin)
@@ -55,6 +67,61 @@ pub fn normalize(path: &Path) -> PathBuf {
         Some(name) => dir.join(name),
         None => dir,
     }
+}
+
+/// Every symlink that resolving `path` goes through, each named by its
+/// real directory and its own name, then the real file it ends at.
+///
+/// A change to any of them changes what the path reads. This is how a
+/// Kubernetes ConfigMap volume updates a file: `topology.yaml` links to
+/// `..data/topology.yaml`, and `..data`, itself a link to a timestamped
+/// directory, is replaced by a rename; nothing happens to `topology.yaml`
+/// itself. Resolution stops after 40 links (the kernel's limit), and at a
+/// component that does not exist.
+pub fn resolve(path: &Path) -> Vec<PathBuf> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut via = Vec::new();
+    let mut todo: VecDeque<PathBuf> = VecDeque::new();
+    let push_front = |todo: &mut VecDeque<PathBuf>, p: &Path| {
+        for c in p.components().rev() {
+            todo.push_front(PathBuf::from(c.as_os_str()));
+        }
+    };
+    let start = if path.is_absolute() { path.to_path_buf() } else { normalize(path) };
+    push_front(&mut todo, &start);
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        match part.components().next() {
+            Some(Component::RootDir) => cur = PathBuf::from("/"),
+            Some(Component::CurDir) | None => {}
+            Some(Component::ParentDir) => {
+                cur.pop();
+            }
+            Some(_) => {
+                let next = cur.join(&part);
+                match std::fs::symlink_metadata(&next) {
+                    Ok(m) if m.file_type().is_symlink() && links < 40 => {
+                        links += 1;
+                        let Ok(target) = std::fs::read_link(&next) else { break };
+                        via.push(next);
+                        push_front(&mut todo, &target);
+                    }
+                    Ok(_) => cur = next,
+                    Err(_) => {
+                        cur = next;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if via.is_empty() {
+        return Vec::new();
+    }
+    via.push(cur);
+    via
 }
 
 /// A running file watcher.
@@ -87,8 +154,10 @@ impl Watcher {
         Ok(watcher)
     }
 
-    /// Follows a new set of files (plugins come and go with reloads).
+    /// Follows a new set of files (plugins come and go with reloads, and
+    /// the topology's symlinks may point elsewhere now).
     pub fn update(&mut self, watched: Watched) -> notify::Result<()> {
+        let watched = Watched::new(watched.topology, watched.plugins);
         let dirs = watched.dirs();
         for gone in self.dirs.difference(&dirs) {
             let _ = self.inner.unwatch(gone);
@@ -145,5 +214,38 @@ async fn debounce(
         if commands.send(Command::Reload { trigger, reply: None }).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configmap_style_mount_is_resolved_through_each_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("..2026_01")).unwrap();
+        std::fs::write(root.join("..2026_01/topology.yaml"), "x").unwrap();
+        std::os::unix::fs::symlink("..2026_01", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/topology.yaml", root.join("topology.yaml")).unwrap();
+        let via = resolve(&root.join("topology.yaml"));
+        assert_eq!(via, vec![root.join("topology.yaml"), root.join("..data"), root.join("..2026_01/topology.yaml")]);
+        let watched = Watched::new(root.join("topology.yaml"), vec![]);
+        assert_eq!(watched.trigger_for(&root.join("..data")), Some(Trigger::File));
+        assert_eq!(watched.trigger_for(&root.join("..2026_01/topology.yaml")), Some(Trigger::File));
+        assert_eq!(watched.trigger_for(&root.join("other.yaml")), None);
+        assert!(watched.dirs().contains(&root.join("..2026_01")));
+    }
+
+    #[test]
+    fn a_plain_file_goes_through_no_link_and_a_loop_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("t.yaml"), "x").unwrap();
+        assert!(resolve(&root.join("t.yaml")).is_empty());
+        std::os::unix::fs::symlink("b", root.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", root.join("b")).unwrap();
+        assert_eq!(resolve(&root.join("a")).len(), 41);
     }
 }

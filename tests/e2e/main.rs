@@ -4,6 +4,7 @@ mod cli;
 mod grpc;
 mod guide;
 mod hello;
+mod inputs;
 mod load;
 mod plugins;
 mod process;

@@ -141,7 +141,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
 
 fn watched(supervisor: &Supervisor) -> Watched {
     let (topology, plugins) = supervisor.watched_files();
-    Watched { topology: reload::normalize(&topology), plugins: plugins.iter().map(|p| reload::normalize(p)).collect() }
+    Watched::new(reload::normalize(&topology), plugins.iter().map(|p| reload::normalize(p)).collect())
 }
 
 struct Signals {

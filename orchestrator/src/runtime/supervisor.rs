@@ -584,6 +584,16 @@ impl Supervisor {
     }
 }
 
+/// The file an unreadable topology's error is about.
+fn unreadable_file(e: &topology::Error) -> PathBuf {
+    match e {
+        topology::Error::Read { path, .. }
+        | topology::Error::NotRegular { path, .. }
+        | topology::Error::TooLarge { path, .. } => path.clone(),
+        topology::Error::Invalid(d) => d.file.clone(),
+    }
+}
+
 /// Why a reload failed.
 enum ReloadFailure {
     Topology(topology::Error),
@@ -601,6 +611,9 @@ impl ReloadFailure {
             ReloadFailure::Topology(e) => {
                 record.error_kind = Some("unreadable");
                 record.error = Some(e.to_string());
+                // Located at the file itself: it has no line to point at.
+                let d = topology::Diagnostic::new(&topology::node::KeyPath::root(), e.to_string());
+                record.errors = vec![super::status::LocatedError::new(&unreadable_file(e), &d)];
             }
             ReloadFailure::Start(e) => {
                 record.error_kind = Some("start");

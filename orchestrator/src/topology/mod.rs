@@ -12,24 +12,115 @@ pub mod node;
 pub mod raw;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use model::{LinkKind, LinkSpec, QueueMode, QueueRole, TierId, TierSpec, Topology};
 
 use crate::plugins::Registry;
 
+/// Largest topology file read, unless `ORCH_MAX_TOPOLOGY_BYTES` says
+/// otherwise: 8 MiB, some 50,000 tiers with their links.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Why a topology could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: std::path::PathBuf, source: std::io::Error },
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: it is {kind}, not a regular file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "cannot read {}: it is larger than the limit of {limit} bytes (set ORCH_MAX_TOPOLOGY_BYTES to raise it)",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{0}")]
     Invalid(Box<Diagnostics>),
 }
 
 /// Reads, parses and validates the topology at `path`.
 pub fn load(path: &Path, registry: &Registry) -> Result<Topology, Error> {
-    let source = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    let source = read(path, max_file_bytes())?;
     validate::parse(path, &source, registry).map_err(|d| Error::Invalid(Box::new(d)))
+}
+
+/// The topology file size limit: `ORCH_MAX_TOPOLOGY_BYTES`, or the default.
+pub fn max_file_bytes() -> u64 {
+    std::env::var("ORCH_MAX_TOPOLOGY_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MAX_FILE_BYTES)
+}
+
+/// The text of the regular file at `path` (symlinks followed), at most
+/// `limit` bytes. Never blocks: a FIFO or a device is refused without being
+/// read (it is opened non-blocking, and only a regular file is read), and a
+/// file that grows while it is read stops at the limit.
+pub fn read(path: &Path, limit: u64) -> Result<String, Error> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let read_error = |source| Error::Read { path: path.to_owned(), source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a file"
+        };
+        return Err(Error::NotRegular { path: path.to_owned(), kind });
+    }
+    if meta.len() > limit {
+        return Err(Error::TooLarge { path: path.to_owned(), limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::TooLarge { path: path.to_owned(), limit });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("it is not UTF-8 text ({e})")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regular_file_is_read_up_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(&file, "0123456789").unwrap();
+        assert_eq!(read(&file, 10).unwrap(), "0123456789");
+        let err = read(&file, 9).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { limit: 9, .. }), "{err}");
+        assert!(err.to_string().contains("ORCH_MAX_TOPOLOGY_BYTES"), "{err}");
+    }
+
+    #[test]
+    fn devices_fifos_and_directories_are_refused_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(Path::new("/dev/zero"), DEFAULT_MAX_FILE_BYTES).unwrap_err();
+        assert!(matches!(err, Error::NotRegular { kind: "a device", .. }), "{err}");
+        let link = dir.path().join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(matches!(read(&link, DEFAULT_MAX_FILE_BYTES), Err(Error::NotRegular { kind: "a device", .. })));
+        let fifo = dir.path().join("fifo.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Opening a FIFO with no writer would block a plain open forever.
+        let err = read(&fifo, DEFAULT_MAX_FILE_BYTES).unwrap_err();
+        assert!(matches!(err, Error::NotRegular { kind: "a FIFO", .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(matches!(read(dir.path(), DEFAULT_MAX_FILE_BYTES), Err(Error::NotRegular { kind: "a directory", .. })));
+    }
 }
