@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
+use miette::{GraphicalReportHandler, GraphicalTheme, SourceSpan};
 
 use super::node::{KeyPath, Loc};
 
@@ -65,13 +65,16 @@ impl Diagnostics {
         let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
         let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1).with_wrap_lines(false);
         let name = self.file.display().to_string();
+        let line_starts: Vec<usize> =
+            std::iter::once(0).chain(self.source.match_indices('\n').map(|(i, _)| i + 1)).collect();
         let mut out = String::new();
         for d in &self.items {
+            let span = d.loc.map(|l| SourceSpan::new(l.offset.min(self.source.len()).into(), l.len.max(1)));
             let report = Report {
                 message: self.headline(d),
                 help: d.hint.clone(),
-                src: NamedSource::new(name.clone(), self.source.clone()),
-                span: d.loc.map(|l| SourceSpan::new(l.offset.into(), l.len.max(1))),
+                src: Window::around(&name, &self.source, &line_starts, span),
+                span,
             };
             if handler.render_report(&mut out, &report).is_err() {
                 out.push_str(&self.plain_line(d));
@@ -122,8 +125,58 @@ impl std::error::Error for Diagnostics {}
 struct Report {
     message: String,
     help: Option<String>,
-    src: NamedSource<Arc<str>>,
+    src: Window,
     span: Option<SourceSpan>,
+}
+
+/// The few lines of a file around one error, which is all its report shows.
+/// miette finds a span's line by counting from the start of what it is
+/// given: handed the whole file for each of thousands of errors, that took
+/// minutes; a window of lines found with the file's line index does not.
+#[derive(Debug)]
+struct Window {
+    name: String,
+    source: Arc<str>,
+    start: usize,
+    end: usize,
+    /// The window's first line, counted from 0.
+    first_line: usize,
+}
+
+impl Window {
+    /// Lines to keep around the span: more than the one line of context shown.
+    const AROUND: usize = 3;
+
+    fn around(name: &str, source: &Arc<str>, line_starts: &[usize], span: Option<SourceSpan>) -> Self {
+        let (offset, len) = span.map_or((0, 0), |s| (s.offset(), s.len()));
+        let line_of = |at: usize| line_starts.partition_point(|&start| start <= at).saturating_sub(1);
+        let first_line = line_of(offset).saturating_sub(Self::AROUND);
+        let last_line = line_of(offset + len) + Self::AROUND + 1;
+        let start = line_starts[first_line];
+        let end = line_starts.get(last_line).copied().unwrap_or(source.len());
+        Self { name: name.to_owned(), source: source.clone(), start, end, first_line }
+    }
+}
+
+impl miette::SourceCode for Window {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let text: &'a str = &self.source[self.start..self.end];
+        let local = SourceSpan::new(span.offset().saturating_sub(self.start).into(), span.len());
+        let inner = text.read_span(&local, before, after)?;
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            SourceSpan::new((inner.span().offset() + self.start).into(), inner.span().len()),
+            inner.line() + self.first_line,
+            inner.column(),
+            inner.line_count(),
+        )))
+    }
 }
 
 impl fmt::Display for Report {

@@ -40,6 +40,10 @@ impl Loc {
 /// The byte offset of 1-based `line` and character `column` in `source`.
 fn byte_offset(source: &str, line: u32, column: u32) -> usize {
     let line_start: usize = source.split_inclusive('\n').take(line.saturating_sub(1) as usize).map(str::len).sum();
+    offset_in_line(source, line_start, column)
+}
+
+fn offset_in_line(source: &str, line_start: usize, column: u32) -> usize {
     let rest = &source[line_start.min(source.len())..];
     line_start + rest.char_indices().nth(column.saturating_sub(1) as usize).map_or(rest.len(), |(i, _)| i)
 }
@@ -142,7 +146,51 @@ pub enum Value {
     Float(f64),
     Str(String),
     Seq(Vec<Node>),
-    Map(Vec<(Key, Node)>),
+    Map(Entries),
+}
+
+/// A mapping's entries in the order written, found by key in constant time
+/// once there are many (a topology may have tens of thousands of tiers).
+#[derive(Clone, Debug, Default)]
+pub struct Entries {
+    items: Vec<(Key, Node)>,
+    index: Option<std::collections::HashMap<String, usize>>,
+}
+
+impl Entries {
+    /// Below this many entries a scan is as fast as a hash.
+    const INDEXED: usize = 16;
+
+    /// Adds an entry; `false` (and nothing added) if its key is there already.
+    fn insert(&mut self, key: Key, value: Node) -> bool {
+        if self.get(&key.name).is_some() {
+            return false;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(key.name.clone(), self.items.len());
+        } else if self.items.len() + 1 > Self::INDEXED {
+            let mut index: std::collections::HashMap<String, usize> =
+                self.items.iter().enumerate().map(|(i, (k, _))| (k.name.clone(), i)).collect();
+            index.insert(key.name.clone(), self.items.len());
+            self.index = Some(index);
+        }
+        self.items.push((key, value));
+        true
+    }
+
+    pub fn get(&self, name: &str) -> Option<&(Key, Node)> {
+        match &self.index {
+            Some(index) => index.get(name).map(|&i| &self.items[i]),
+            None => self.items.iter().find(|(k, _)| k.name == name),
+        }
+    }
+}
+
+impl std::ops::Deref for Entries {
+    type Target = [(Key, Node)];
+    fn deref(&self) -> &Self::Target {
+        &self.items
+    }
 }
 
 /// A mapping key with its location.
@@ -156,36 +204,35 @@ impl Node {
     /// Parses a YAML document.
     pub fn parse(source: &str) -> Result<Node, serde_saphyr::Error> {
         let spanned: Spanned<Value> = serde_saphyr::from_str(source)?;
-        Ok(Node::from(spanned).fill_offsets(source))
+        let line_starts: Vec<usize> =
+            std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let mut node = Node::from(spanned);
+        node.fill_offsets(source, &line_starts);
+        Ok(node)
     }
 
     /// Computes byte offsets the parser did not provide.
-    fn fill_offsets(mut self, source: &str) -> Self {
-        fn fix(loc: &mut Option<Loc>, source: &str) {
+    fn fill_offsets(&mut self, source: &str, line_starts: &[usize]) {
+        let fix = |loc: &mut Option<Loc>| {
             if let Some(l) = loc
                 && l.offset == 0
                 && (l.line, l.column) != (1, 1)
             {
-                l.offset = byte_offset(source, l.line, l.column);
+                let start = line_starts.get(l.line.saturating_sub(1) as usize).copied().unwrap_or(source.len());
+                l.offset = offset_in_line(source, start, l.column);
             }
-        }
-        fix(&mut self.loc, source);
+        };
+        fix(&mut self.loc);
         match &mut self.value {
-            Value::Seq(items) => {
-                *items = std::mem::take(items).into_iter().map(|n| n.fill_offsets(source)).collect();
-            }
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.fill_offsets(source, line_starts)),
             Value::Map(entries) => {
-                *entries = std::mem::take(entries)
-                    .into_iter()
-                    .map(|(mut k, v)| {
-                        fix(&mut k.loc, source);
-                        (k, v.fill_offsets(source))
-                    })
-                    .collect();
+                for (k, v) in &mut entries.items {
+                    fix(&mut k.loc);
+                    v.fill_offsets(source, line_starts);
+                }
             }
             _ => {}
         }
-        self
     }
 
     pub fn as_map(&self) -> Option<&[(Key, Node)]> {
@@ -196,7 +243,10 @@ impl Node {
     }
 
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+        match &self.value {
+            Value::Map(m) => m.get(key).map(|(_, v)| v),
+            _ => None,
+        }
     }
 
     /// The node at `path`, and the location of the last key on the way.
@@ -205,7 +255,7 @@ impl Node {
         let mut key_loc = None;
         for seg in &path.0 {
             let next = match (seg, &node.value) {
-                (Seg::Key(k), Value::Map(m)) => m.iter().find(|(key, _)| &key.name == k).map(|(key, v)| {
+                (Seg::Key(k), Value::Map(m)) => m.get(k).map(|(key, v)| {
                     key_loc = key.loc;
                     v
                 }),
@@ -317,14 +367,14 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut entries: Vec<(Key, Node)> = Vec::new();
+        let mut entries = Entries::default();
         while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
             let value = Node::from(map.next_value::<Spanned<Value>>()?);
             let name = key.value.0;
-            if entries.iter().any(|(k, _)| k.name == name) {
+            let loc = Loc::from_location(&key.referenced, "");
+            if !entries.insert(Key { name: name.clone(), loc }, value) {
                 return Err(de::Error::custom(format_args!("duplicate key `{name}`")));
             }
-            entries.push((Key { name, loc: Loc::from_location(&key.referenced, "") }, value));
         }
         Ok(Value::Map(entries))
     }

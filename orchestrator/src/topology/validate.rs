@@ -25,7 +25,7 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
         }
     };
     let base = super::model::base_dir(file);
-    let mut v = Validator { root: &root, diags, registry, base };
+    let mut v = Validator { root: &root, diags, registry, base, suggestions: SUGGESTION_BUDGET, plugin_names: None };
     let topology = v.topology(file);
     match topology {
         Some(t) if v.diags.is_empty() => Ok(t),
@@ -90,6 +90,25 @@ struct Validator<'a> {
     diags: Diagnostics,
     registry: &'a Registry,
     base: PathBuf,
+    /// How many more names "did you mean" may compare: a file with thousands
+    /// of misspelt names among thousands of tiers would otherwise take
+    /// minutes. Once spent, errors are still reported, without the hint.
+    suggestions: usize,
+    /// The plugin names, listed once for every unknown-plugin hint.
+    plugin_names: Option<Vec<String>>,
+}
+
+/// The comparisons "did you mean" may make in one file, some 0.1 s of them.
+const SUGGESTION_BUDGET: usize = 2_000_000;
+
+/// `names` as a list for a message, the first few of many.
+fn some_of(names: &[&str]) -> String {
+    const SHOWN: usize = 10;
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!("{}, … and {} more", names[..SHOWN].join(", "), names.len() - SHOWN)
+    }
 }
 
 struct TierDraft {
@@ -99,6 +118,12 @@ struct TierDraft {
 }
 
 impl Validator<'_> {
+    /// [`did_you_mean`], while the budget of comparisons lasts.
+    fn suggest(&mut self, word: &str, candidates: &[&str]) -> Option<String> {
+        self.suggestions = self.suggestions.checked_sub(candidates.len())?;
+        did_you_mean(word, candidates.iter().copied())
+    }
+
     fn error(&mut self, path: &KeyPath, message: impl Into<String>) -> &mut Diagnostic {
         let d = Diagnostic::new(path, message).at(self.root.locate(path));
         self.diags.push(d);
@@ -241,17 +266,16 @@ impl Validator<'_> {
             let serves = match self.registry.lookup(&raw.plugin, plugin_dirs) {
                 Ok(p) => Some(p.serves()),
                 Err(e) => {
-                    let names = self.registry.names(plugin_dirs);
+                    let names = self.plugin_names.get_or_insert_with(|| self.registry.names(plugin_dirs)).clone();
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let hint = match &e {
-                        LoadError::NotFound { .. } => {
-                            Some(did_you_mean(&raw.plugin, names.iter().map(String::as_str)).unwrap_or_else(|| {
-                                if names.is_empty() {
-                                    "no plugins found; build them with `cargo build --release`".to_owned()
-                                } else {
-                                    format!("available plugins: {}", names.join(", "))
-                                }
-                            }))
-                        }
+                        LoadError::NotFound { .. } => Some(self.suggest(&raw.plugin, &names).unwrap_or_else(|| {
+                            if names.is_empty() {
+                                "no plugins found; build them with `cargo build --release`".to_owned()
+                            } else {
+                                format!("available plugins: {}", some_of(&names))
+                            }
+                        })),
                         _ => None,
                     };
                     self.error(&tpath.key("plugin"), e.to_string()).hint = hint;
@@ -298,8 +322,9 @@ impl Validator<'_> {
             let mut ok = true;
             for (end, name) in [("from", &raw.from), ("to", &raw.to)] {
                 if !tiers.contains_key(&TierId::new(name)) {
-                    let hint = did_you_mean(name, tier_names.iter().copied())
-                        .unwrap_or_else(|| format!("the tiers are: {}", tier_names.join(", ")));
+                    let hint = self
+                        .suggest(name, &tier_names)
+                        .unwrap_or_else(|| format!("the tiers are: {}", some_of(&tier_names)));
                     self.error(&lpath.key(end), format!("unknown tier `{name}`")).hint = Some(hint);
                     ok = false;
                 }
@@ -477,10 +502,13 @@ impl Validator<'_> {
     }
 
     fn plugin_configs(&mut self, tiers: &IndexMap<TierId, TierDraft>, links: &[(TierId, String)], dirs: &[PathBuf]) {
+        let mut outbound_of: HashMap<&TierId, Vec<String>> = HashMap::new();
+        for (from, name) in links {
+            outbound_of.entry(from).or_default().push(name.clone());
+        }
         for (id, draft) in tiers {
             let Ok(plugin) = self.registry.lookup(&draft.raw.plugin, dirs) else { continue };
-            let outbound: Vec<String> =
-                links.iter().filter(|(from, _)| from == id).map(|(_, name)| name.clone()).collect();
+            let outbound = outbound_of.remove(id).unwrap_or_default();
             let config = draft.raw.config.clone().unwrap_or_else(|| serde_json::json!({}));
             let cpath = draft.path.key("config");
             for issue in plugin.validate(&config, &outbound) {
@@ -588,6 +616,40 @@ mod tests {
         assert_eq!((d.loc.unwrap().line, d.loc.unwrap().column), (11, 22));
         assert_eq!(d.message, "unknown tier `apu`");
         assert_eq!(d.hint.as_deref(), Some("did you mean `api`?"));
+    }
+
+    #[test]
+    fn thousands_of_bad_links_among_thousands_of_tiers_are_each_reported() {
+        // Validation was quadratic here (every tier's links found by a scan of
+        // all links, every hint searched over every tier, every report's line
+        // counted from the top): see benches/validate_scale.py for the times.
+        let n = 3000;
+        let mut yaml = String::from("version: 1\nname: big\ntiers:\n");
+        for i in 0..n {
+            yaml.push_str(&format!("  t{i}: {{ plugin: gateway }}\n"));
+        }
+        yaml.push_str("links:\n");
+        for i in 0..n {
+            yaml.push_str(&format!("  - {{ from: t{i}, to: tier{i}x, kind: rest }}\n"));
+        }
+        let diags = check(&yaml).unwrap_err();
+        let unknown: Vec<_> = diags.items.iter().filter(|d| d.message.starts_with("unknown tier")).collect();
+        assert_eq!(unknown.len(), n);
+        assert_eq!(unknown[n - 1].path, format!("links[{}].to", n - 1));
+        assert_eq!(unknown[n - 1].loc.unwrap().line as usize, 3 + n + 1 + n);
+        // The hint lists the first few tiers, not all of them.
+        assert_eq!(
+            unknown[0].hint.as_deref(),
+            Some("the tiers are: t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, … and 2990 more")
+        );
+        let rendered = diags.render(false);
+        assert!(rendered.contains(&format!("links[{}].to: unknown tier `tier{}x`", n - 1, n - 1)));
+        assert!(rendered.contains(&format!(
+            " {} │   - {{ from: t{}, to: tier{}x, kind: rest }}",
+            2 * n + 4,
+            n - 1,
+            n - 1
+        )));
     }
 
     #[test]
