@@ -93,6 +93,10 @@ enum Command {
     },
     /// Print the JSON Schema of the topology file, for editors.
     Schema,
+    /// Load one plugin library and report its declaration (what the
+    /// orchestrator runs in a child process before loading a library itself).
+    #[command(name = "probe-plugin", hide = true)]
+    ProbePlugin { library: PathBuf },
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,11 +105,15 @@ struct PluginDirs {
     /// ORCH_PLUGIN_PATH, and the executable's directory.
     #[arg(long = "plugin-dir", value_name = "DIR")]
     dirs: Vec<PathBuf>,
+    /// Load plugin libraries even if another user could have written them
+    /// (the file or its directory writable by all, or owned by someone else).
+    #[arg(long)]
+    allow_insecure_plugins: bool,
 }
 
 impl PluginDirs {
     fn registry(&self) -> Registry {
-        Registry::new(self.dirs.clone())
+        Registry::new(self.dirs.clone()).allow_insecure(self.allow_insecure_plugins)
     }
 }
 
@@ -142,6 +150,7 @@ fn main() -> ExitCode {
             println!("{}", topology::raw::json_schema());
             ExitCode::SUCCESS
         }
+        Command::ProbePlugin { library } => orchestrator::plugins::loader::probe_main(&library),
     }
 }
 

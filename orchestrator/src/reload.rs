@@ -21,6 +21,13 @@ use crate::runtime::status::Trigger;
 const QUIET: Duration = Duration::from_millis(20);
 /// A burst never delays a reload longer than this.
 const MAX_DELAY: Duration = Duration::from_millis(250);
+/// Quiet time that ends a burst of writes to a plugin library: a linker, or
+/// a slow copy, writes one in many pieces, and a library is loaded only once
+/// it stopped changing (one still changing is refused, and tried again on
+/// its next change).
+const PLUGIN_QUIET: Duration = Duration::from_millis(300);
+/// A plugin library written for longer than this is tried anyway.
+const PLUGIN_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The files whose changes trigger reloads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -195,10 +202,12 @@ async fn debounce(
 ) {
     while let Some(event) = events.recv().await {
         let Some(mut trigger) = relevant(&event, &watched.borrow()) else { continue };
-        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        let start = tokio::time::Instant::now();
         // Wait for the burst to end.
         loop {
-            let quiet = (tokio::time::Instant::now() + QUIET).min(deadline);
+            let (quiet, max) =
+                if trigger == Trigger::Plugin { (PLUGIN_QUIET, PLUGIN_MAX_DELAY) } else { (QUIET, MAX_DELAY) };
+            let quiet = (tokio::time::Instant::now() + quiet).min(start + max);
             match tokio::time::timeout_at(quiet, events.recv()).await {
                 Ok(Some(event)) => {
                     if let Some(t) = relevant(&event, &watched.borrow())

@@ -5,6 +5,7 @@ mod grpc;
 mod guide;
 mod hello;
 mod inputs;
+mod libraries;
 mod load;
 mod plugins;
 mod process;

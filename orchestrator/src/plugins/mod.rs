@@ -44,6 +44,14 @@ pub enum LoadError {
     ApiMismatch { path: PathBuf, found: String },
     #[error("{} declares plugin `{declared}`, not `{expected}`", path.display())]
     NameMismatch { path: PathBuf, declared: String, expected: String },
+    #[error("{} is refused: {reason}; make it writable only by its owner, or pass --allow-insecure-plugins", path.display())]
+    Insecure { path: PathBuf, reason: String },
+    #[error("{} changed while it was read (is it still being written?); it is loaded once it stops changing", path.display())]
+    Unstable { path: PathBuf },
+    #[error("{} is not a loadable library: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    #[error("{} is refused: {reason}", path.display())]
+    ProbeFailed { path: PathBuf, reason: String },
 }
 
 fn dirs_list(dirs: &[PathBuf]) -> String {
@@ -84,6 +92,7 @@ struct Loaded {
 pub struct Registry {
     builtins: Vec<Arc<PluginHandle>>,
     dirs: Vec<PathBuf>,
+    policy: loader::LoadPolicy,
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
     /// Every library ever loaded. Code from a library may be referenced from
     /// places the host cannot see (a waker stored by a timer, a thread-local
@@ -105,16 +114,27 @@ pub fn library_file(name: &str) -> String {
 
 impl Registry {
     /// A registry with the built-in plugins and `dirs`, then `ORCH_PLUGIN_PATH`,
-    /// then the executable's directory.
+    /// then the executable's directory. Libraries are probed by this
+    /// executable (the orchestrator) before they are loaded.
     pub fn new(dirs: Vec<PathBuf>) -> Self {
         let mut all = dirs;
         if let Some(path) = std::env::var_os("ORCH_PLUGIN_PATH") {
             all.extend(std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()));
         }
-        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        let exe = std::env::current_exe().ok();
+        if let Some(dir) = exe.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)) {
             all.push(dir);
         }
-        Self::with_dirs(all)
+        let mut registry = Self::with_dirs(all);
+        registry.policy.prober = exe;
+        loader::remove_stale_copies();
+        registry
+    }
+
+    /// Loads libraries that other users may write to (`--allow-insecure-plugins`).
+    pub fn allow_insecure(mut self, allow: bool) -> Self {
+        self.policy.allow_insecure = allow;
+        self
     }
 
     /// A registry with the built-in plugins and exactly `dirs`.
@@ -135,7 +155,13 @@ impl Registry {
                 Arc::new(loader::builtin(queue::plugin_declaration(), queue::plugin_native_handle(), Builtin::Queue)),
             ]
         };
-        Self { builtins, dirs, loaded: Mutex::new(HashMap::new()), retained: Mutex::new(Vec::new()) }
+        Self {
+            builtins,
+            dirs,
+            policy: loader::LoadPolicy::default(),
+            loaded: Mutex::new(HashMap::new()),
+            retained: Mutex::new(Vec::new()),
+        }
     }
 
     fn search_dirs<'a>(&'a self, extra: &'a [PathBuf]) -> impl Iterator<Item = &'a PathBuf> {
@@ -176,7 +202,7 @@ impl Registry {
         {
             return entry.result.clone();
         }
-        let result = loader::load(path).map(Arc::new);
+        let result = loader::load(path, &self.policy).map(Arc::new);
         if let Ok(handle) = &result {
             self.retained.lock().unwrap_or_else(|e| e.into_inner()).push(handle.clone());
             tracing::debug!(plugin = handle.name(), path = %path.display(), "Plugin library loaded.");
