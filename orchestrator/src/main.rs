@@ -59,6 +59,17 @@ enum Command {
         /// no longer move off a core that something else keeps busy.
         #[arg(long)]
         pin_workers: bool,
+        /// Connections served at once across every tier and link listener;
+        /// past it a new connection is closed at once. Default: half the
+        /// limit of open files (raised to its hard limit at start), less 256.
+        #[arg(long, value_name = "N")]
+        max_connections: Option<usize>,
+        #[command(flatten)]
+        token: AdminToken,
+        /// Serve the admin API on an address other than loopback without a
+        /// token: anyone who reaches it can read the topology and reload it.
+        #[arg(long)]
+        admin_no_auth: bool,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -67,6 +78,8 @@ enum Command {
         /// Address of its admin API.
         #[arg(long, default_value = "127.0.0.1:9900")]
         admin: SocketAddr,
+        #[command(flatten)]
+        token: AdminToken,
     },
     /// Check topology files; print every error, located.
     Validate {
@@ -100,6 +113,25 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+struct AdminToken {
+    /// A file whose first line is the admin API's bearer token (16
+    /// characters or more); every request but health and readiness must
+    /// carry it. Required to serve the admin API beyond loopback.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminToken {
+    fn read(&self) -> Result<Option<std::sync::Arc<str>>, ExitCode> {
+        let Some(file) = &self.admin_token_file else { return Ok(None) };
+        orchestrator::admin::read_token(file).map(Some).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
 struct PluginDirs {
     /// Extra directory to search for plugin libraries (repeatable). Also:
     /// ORCH_PLUGIN_PATH, and the executable's directory.
@@ -127,16 +159,53 @@ fn main() -> ExitCode {
     };
     init_tracing();
     match cli.command {
-        Command::Run { file, admin, drain_timeout, no_watch, workers, pin_workers, plugins } => {
+        Command::Run {
+            file,
+            admin,
+            drain_timeout,
+            no_watch,
+            workers,
+            pin_workers,
+            max_connections,
+            token,
+            admin_no_auth,
+            plugins,
+        } => {
             if pin_workers && workers == WorkerThreads::Shared {
                 let conflict = PINNING_SHARED;
                 let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, conflict).print();
                 return ExitCode::from(EXIT_USAGE);
             }
-            let opts = RunOptions { admin, drain_timeout, watch: !no_watch, color: color(), workers, pin_workers };
+            let token = match token.read() {
+                Ok(token) => token,
+                Err(code) => return code,
+            };
+            if !admin.ip().is_loopback() && token.is_none() && !admin_no_auth {
+                let why = format!(
+                    "the admin API on {admin} would be open to anyone who can reach it: give it a token with --admin-token-file, or pass --admin-no-auth"
+                );
+                let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, why).print();
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if !admin.ip().is_loopback() && token.is_none() {
+                tracing::warn!(%admin, "The admin API is served beyond loopback without a token (--admin-no-auth).");
+            }
+            let opts = RunOptions {
+                admin,
+                drain_timeout,
+                watch: !no_watch,
+                color: color(),
+                workers,
+                pin_workers,
+                max_connections,
+                admin_access: orchestrator::admin::Access { token },
+            };
             run(&file, opts, &plugins)
         }
-        Command::Reload { admin } => reload(admin),
+        Command::Reload { admin, token } => match token.read() {
+            Ok(token) => reload(admin, token.as_deref()),
+            Err(code) => code,
+        },
         Command::Validate { files, plugins } => validate(&files, &plugins),
         Command::Graph { file, format, plugins } => match load(&file, &plugins.registry()) {
             Ok(t) => {
@@ -233,7 +302,7 @@ fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
 
 /// `orchestrator reload`: 0 when applied or unchanged, 78 when the topology is
 /// invalid, 1 otherwise.
-fn reload(admin: SocketAddr) -> ExitCode {
+fn reload(admin: SocketAddr, token: Option<&str>) -> ExitCode {
     use http_body_util::{BodyExt as _, Empty};
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -245,9 +314,11 @@ fn reload(admin: SocketAddr) -> ExitCode {
     let answer = rt.block_on(async {
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http::<Empty<bytes::Bytes>>();
-        let req = http::Request::post(format!("http://{admin}/admin/reload"))
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let mut req = http::Request::post(format!("http://{admin}/admin/reload"));
+        if let Some(token) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
         let resp = client.request(req).await.map_err(|e| format!("cannot reach the admin API at {admin}: {e}"))?;
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| format!("unexpected answer from {admin}: {e}"))

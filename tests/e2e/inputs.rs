@@ -94,3 +94,28 @@ async fn an_edit_behind_configmap_style_symlinks_is_seen() {
     orch.wait_generation(3).await;
     assert_eq!(orch.get(web, "/api").await.1, r#"{"message":"Hej!","data":"Hello Go!"}"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_printing_a_line_without_end_never_grows_the_orchestrator() {
+    let yaml =
+        "version: 1\nname: loud\ntiers:\n  loud:\n    plugin: process\n    config: { command: [python3, loud.py] }\n";
+    let topology = TopologyFile::new(yaml);
+    // 300 MB with no newline, then one short line, then it serves.
+    let handler = "    def do_GET(self):\n        self.reply(200, {}, b'ok')\n";
+    let program = integration_tests::python_server(
+        "import sys\nfor _ in range(300):\n    sys.stdout.write('x' * 1000000)\nsys.stdout.write('\\nafter\\n')\nsys.stdout.flush()",
+        handler,
+    );
+    std::fs::write(topology.dir.path().join("loud.py"), program).unwrap();
+    let orch = Running::start_file(topology).await;
+    // The program became ready after it printed all of it: it is in the log already.
+    let log = orch.log();
+    let cut = log.iter().find(|l| l.contains("more bytes of this line dropped")).expect("the long line, cut");
+    assert!(cut.contains(&format!("[{} more bytes of this line dropped]", 300_000_000 - 16 * 1024)), "{cut}");
+    assert!(log.iter().any(|l| l.ends_with(": after")), "the next line is whole");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", orch.pid())).unwrap();
+    let peak: u64 =
+        status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Before, the whole line was kept: 300 MB and more.
+    assert!(peak < 100 * 1024, "peak resident memory {peak} KiB");
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: each runs the real `orchestrator` binary.
 
 mod cli;
+mod clients;
 mod grpc;
 mod guide;
 mod hello;

@@ -374,6 +374,7 @@ links:
 
     let req = hyper::Request::post(format!("http://{web}/api/items?size=2"))
         .header("x-request-id", "r-1")
+        .header("x-forwarded-for", "203.0.113.9")
         .header("orch-delivery-id", "forged")
         .header("keep-alive", "timeout=5")
         .header("te", "trailers")
@@ -397,4 +398,20 @@ links:
     for dropped in ["orch-delivery-id", "keep-alive", "te"] {
         assert!(get(dropped).is_empty(), "`{dropped}` reached the program: {headers:?}");
     }
+    // As from nginx or Traefik: the client appended, the scheme and host said.
+    assert_eq!(get("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(get("x-forwarded-proto"), ["http"]);
+    assert_eq!(get("x-forwarded-host"), [web.to_string()]);
+
+    // Dot segments are resolved before routing and before the prefix is cut:
+    // before, `/static/../api/items` went nowhere and `/api/../x` reached the
+    // program as `/../x`.
+    for (sent, seen_as) in [("/static/../api/items", "/items"), ("/api/a/%2e%2e/items?x=1", "/items?x=1")] {
+        let (code, body) = orch.post(web, sent, "x").await;
+        assert_eq!(code, 201, "{sent}: {body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["path"], seen_as, "{sent}");
+    }
+    let (code, body) = orch.post(web, "/api/..%2fadmin", "x").await;
+    assert_eq!(code, 400, "{body}");
 }

@@ -11,25 +11,55 @@
 //!   Prometheus text format;
 //! - `POST /admin/reload` — reread the topology and apply what changed; answers
 //!   the attempt's record: 200 when applied or unchanged, 422 when it failed.
+//!
+//! Who may use it (see `docs/security.md`): every request but `/admin/health`
+//! and `/admin/ready` carries `Authorization: Bearer <token>` when a token is
+//! set (`--admin-token-file`), which binding an address other than loopback
+//! requires. Without a token, a request whose `Host` is a name other than
+//! `localhost` is refused (a web page that rebinds its own name to 127.0.0.1
+//! cannot read the status). A `POST` that a web page could send cross-site
+//! (an `Origin` of another host, `Sec-Fetch-Site: cross-site`, or a form's
+//! content type) is refused. Connections are capped, their heads must arrive
+//! within [`HEADER_TIMEOUT`], and at most [`MAX_WAITS`] status requests wait at once.
 
 mod metrics;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State as Extract};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{Query, Request, State as Extract};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::runtime::admission::{Admission, RateLimited};
 use crate::runtime::status::{State, Trigger};
 use crate::runtime::workers::Workers;
 use crate::runtime::{Command, Status};
+
+/// How long a request's head may take to arrive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the admin API serves at once (apart from the tiers' budget,
+/// so that a flood of a tier's clients does not lock its operator out).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Status requests waiting for a generation at once.
+pub const MAX_WAITS: usize = 64;
+/// The longest `?wait=` a status request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Who may use the admin API.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The bearer token every request but health and readiness must carry.
+    pub token: Option<Arc<str>>,
+}
 
 /// The running admin server.
 #[derive(Debug)]
@@ -44,35 +74,33 @@ struct Shared {
     status: watch::Receiver<Status>,
     commands: mpsc::Sender<Command>,
     workers: Workers,
+    waits: Arc<Semaphore>,
 }
 
 impl Admin {
     /// Binds `addr` and serves the admin API from `status` snapshots, sending
-    /// reload requests to `commands`; its metrics include `workers`' load.
+    /// reload requests to `commands`, to those `access` lets in; its metrics
+    /// include `workers`' load.
     pub async fn bind(
         addr: SocketAddr,
+        access: Access,
         status: watch::Receiver<Status>,
         commands: mpsc::Sender<Command>,
         workers: Workers,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let waits = Arc::new(Semaphore::new(MAX_WAITS));
         let app = Router::new()
             .route("/admin/status", get(status_handler))
             .route("/admin/ready", get(ready_handler))
             .route("/admin/health", get(|| async { "ok\n" }))
             .route("/admin/reload", post(reload_handler))
             .route("/admin/metrics", get(metrics_handler))
-            .with_state(Shared { status, commands, workers });
-        let (stop, mut stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.changed().await;
-            };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "The admin API failed.");
-            }
-        });
+            .with_state(Shared { status, commands, workers, waits })
+            .layer(axum::middleware::from_fn_with_state(access, guard));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, app, stop_rx));
         Ok(Self { addr, stop, task })
     }
 
@@ -92,13 +120,17 @@ struct StatusQuery {
 async fn status_handler(Extract(shared): Extract<Shared>, Query(q): Query<StatusQuery>) -> impl IntoResponse {
     let wait = match q.wait.as_deref().map(humantime::parse_duration) {
         None => Duration::from_secs(10),
-        Some(Ok(d)) => d.min(Duration::from_secs(60)),
+        Some(Ok(d)) => d.min(MAX_WAIT),
         Some(Err(e)) => {
             return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": format!("wait: {e}") })))
                 .into_response();
         }
     };
     if q.min_generation.is_some() || q.min_attempts.is_some() {
+        let Ok(_waiting) = shared.waits.clone().try_acquire_owned() else {
+            let why = format!("{MAX_WAITS} requests are waiting already; try again");
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": why }))).into_response();
+        };
         let mut status = shared.status.clone();
         let reached = |s: &Status| {
             q.min_generation.is_none_or(|g| s.generation >= g) && q.min_attempts.is_none_or(|a| s.reloads.attempts >= a)
@@ -135,5 +167,159 @@ async fn reload_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
             (code, Json(record)).into_response()
         }
         _ => unavailable("the reload did not complete"),
+    }
+}
+
+/// Serves `app` on `listener` until `stop`: heads within [`HEADER_TIMEOUT`],
+/// at most [`MAX_CONNECTIONS`] at once, open connections closed gracefully.
+async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let admission = Admission::new(MAX_CONNECTIONS);
+    let accept_warnings = RateLimited::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if let Some(suppressed) = accept_warnings.ready() {
+                        tracing::warn!(error = %e, failed_since_last_warning = suppressed + 1, "The admin API could not accept a connection.");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Some(admitted) = admission.admit() else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    // In-flight answers finish; waiting status requests are bounded by their wait.
+    let _ = tokio::time::timeout(MAX_WAIT, graceful.shutdown()).await;
+}
+
+/// Refuses what the module's documentation says is refused.
+async fn guard(Extract(access): Extract<Access>, req: Request, next: Next) -> Response {
+    let refuse = |code: StatusCode, why: &str| (code, Json(serde_json::json!({ "error": why }))).into_response();
+    let open = matches!(req.uri().path(), "/admin/health" | "/admin/ready");
+    match &access.token {
+        Some(token) if !open => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+                let mut resp = refuse(StatusCode::UNAUTHORIZED, "this admin API needs `Authorization: Bearer <token>`");
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        }
+        Some(_) => {}
+        None => {
+            if !local_host(req.headers()) {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "the Host is not this machine's: use an IP address or localhost, or set --admin-token-file",
+                );
+            }
+        }
+    }
+    if req.method() == axum::http::Method::POST
+        && let Some(why) = cross_site(req.headers())
+    {
+        return refuse(StatusCode::FORBIDDEN, why);
+    }
+    next.run(req).await
+}
+
+/// Whether the request names this machine: an IP address, or `localhost`.
+fn local_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return true };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Why a `POST` looks like one a web page sent from another site, if it does.
+fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if text("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
+        return Some("a cross-site request may not change the orchestrator");
+    }
+    if let Some(origin) = text("origin") {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if Some(origin_host) != text("host") {
+            return Some("a request from another origin may not change the orchestrator");
+        }
+    }
+    let kind = text("content-type").map(|c| c.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    if kind.is_some_and(|k| {
+        matches!(k.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
+    }) {
+        return Some("a form's content type may not change the orchestrator: send no body, or application/json");
+    }
+    None
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Reads the admin token from `file`: its first line, at least 16 characters.
+pub fn read_token(file: &std::path::Path) -> Result<Arc<str>, String> {
+    let text = crate::topology::read(file, 4096).map_err(|e| e.to_string())?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.len() < 16 {
+        return Err(format!("the admin token in {} is shorter than 16 characters", file.display()));
+    }
+    Ok(Arc::from(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (header::HeaderName::from_static(k), header::HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_are_this_machines_hosts() {
+        for ok in ["127.0.0.1:9900", "localhost:9900", "LOCALHOST", "[::1]:9900", "10.0.0.7:9900", "127.0.0.1"] {
+            assert!(local_host(&headers(&[("host", ok)])), "{ok}");
+        }
+        for bad in ["attacker.example", "attacker.example:9900", "localhost.attacker.example:9900", "[evil]:1"] {
+            assert!(!local_host(&headers(&[("host", bad)])), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_a_web_page_can_send_cross_site_is_refused() {
+        let host = ("host", "127.0.0.1:9900");
+        assert!(cross_site(&headers(&[host])).is_none());
+        assert!(cross_site(&headers(&[host, ("content-type", "application/json")])).is_none());
+        assert!(cross_site(&headers(&[host, ("origin", "http://127.0.0.1:9900")])).is_none());
+        assert!(cross_site(&headers(&[host, ("origin", "http://evil.example")])).is_some());
+        assert!(cross_site(&headers(&[host, ("content-type", "text/plain;charset=UTF-8")])).is_some());
+        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "cross-site")])).is_some());
+    }
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"));
     }
 }

@@ -7,9 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -24,9 +28,10 @@ use futures_util::future::Either;
 use crate::links::http::HttpRequest;
 use crate::links::{self, Endpoint, LinkTable};
 use crate::plugins::{BorrowedRequest, Instance};
+use crate::runtime::admission::{Admitted, RateLimited};
 use crate::runtime::drain::{Drain, Entered};
 use crate::runtime::gate::WakeGated;
-use crate::runtime::timeouts;
+use crate::runtime::timeouts::{self, Deadline};
 use crate::runtime::workers::Workers;
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -121,6 +126,7 @@ async fn serve(
     workers: Workers,
 ) {
     let drain = Drain::new();
+    let accept_warnings = RateLimited::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(timeouts::HyperTimer).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
     // An answer's head and body in one buffer, one write: for the small
@@ -132,7 +138,9 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    // Over the budget: closed at once, before it costs more.
+                    let Some(admitted) = workers.admission().admit() else { continue };
                     let _ = stream.set_nodelay(true);
                     // Handed over as a plain socket: the worker registers it with its own runtime.
                     let stream = match stream.into_std() {
@@ -145,11 +153,15 @@ async fn serve(
                     let (target, max_body, http) = (target.clone(), max_body.clone(), http.clone());
                     let entered = drain.enter();
                     let span = tracing::Span::current();
-                    workers.spawn_connection(move || serve_connection(stream, target, max_body, http, entered, span));
+                    let conn = Conn { peer, entered, _admitted: admitted };
+                    workers.spawn_connection(move || serve_connection(stream, target, max_body, http, conn, span));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "Accepting a connection failed.");
+                    // Out of file descriptors and the like: back off instead
+                    // of spinning, and say so now and then, not every time.
+                    if let Some(suppressed) = accept_warnings.ready() {
+                        tracing::warn!(error = %e, failed_since_last_warning = suppressed + 1, "Accepting a connection failed.");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -162,6 +174,13 @@ async fn serve(
     drain.shutdown().await;
 }
 
+/// What a connection holds while it is open.
+struct Conn {
+    peer: SocketAddr,
+    entered: Entered,
+    _admitted: Admitted,
+}
+
 /// Serves one connection, on the worker that runs this. The listener's span
 /// is the parent of what is logged, but is not entered on every poll: that
 /// would cost more than the rest of a small request's bookkeeping.
@@ -170,9 +189,10 @@ async fn serve_connection(
     target: Target,
     max_body: Arc<AtomicU64>,
     http: hyper::server::conn::http1::Builder,
-    entered: Entered,
+    conn: Conn,
     span: tracing::Span,
 ) {
+    let Conn { peer, entered, _admitted } = conn;
     let stream = match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(parent: &span, error = %e, "A worker could not take a connection."),
@@ -180,7 +200,7 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let limit = max_body.load(Ordering::Relaxed);
         match &target {
-            Target::Tier(endpoint) => Either::Left(handle(req, endpoint.clone(), limit)),
+            Target::Tier(endpoint) => Either::Left(handle(req, endpoint.clone(), limit, peer)),
             Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
         }
     });
@@ -197,16 +217,141 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     resp
 }
 
-/// The request's body, within `max_body`, or the error response.
-async fn read_body(body: Incoming, max_body: u64) -> Result<Bytes, Response> {
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body is larger than this tier's limit of {max_body} bytes"),
-        )),
-        Err(e) => Err(json_error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))),
+/// How long a request's body may take to arrive, from when its head did.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The request's body, within `max_body` and [`BODY_TIMEOUT`], or the error
+/// response.
+///
+/// A body that comes in one piece is kept as it came. One in many pieces is
+/// copied into one buffer as it arrives: each piece hyper hands over holds on
+/// to the whole read buffer it was cut from, so keeping thousands of
+/// one-byte pieces would hold megabytes. What is kept grows with what was
+/// received, never with what a `content-length` announced.
+async fn read_body(mut body: Incoming, max_body: u64) -> Result<Bytes, Response> {
+    use hyper::body::Body as _;
+    let due = tokio::time::Instant::now() + BODY_TIMEOUT;
+    let mut timer: Option<Deadline> = None;
+    let (mut first, mut joined): (Option<Bytes>, Option<BytesMut>) = (None, None);
+    let mut total = 0u64;
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Some(frame));
+            }
+            // Armed only once the body keeps us waiting.
+            Pin::new(timer.get_or_insert_with(|| Deadline::at(due))).poll(cx).map(|()| None)
+        })
+        .await;
+        let frame = match next {
+            None => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("the request body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+                ));
+            }
+            Some(None) => break,
+            Some(Some(Err(e))) => {
+                return Err(json_error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")));
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len() as u64;
+        if total > max_body {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than this tier's limit of {max_body} bytes"),
+            ));
+        }
+        match (&mut joined, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(before)) => {
+                let mut buf = BytesMut::with_capacity(before.len() + data.len());
+                buf.extend_from_slice(&before);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+/// `path` with its dot segments (`.`, `..`, and `%2e` spelt ones) removed as
+/// RFC 3986 §5.2.4 says, so that what is routed is what a program will
+/// resolve (Envoy's `normalize_path`); `None` when unchanged. A path with an
+/// encoded `/` or `\\` is refused: tiers disagree on what it means.
+pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
+    if !path.contains("/.") && !path.contains('%') {
+        return Ok(None);
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        decoded.push_str(&rest[..at]);
+        let escape = rest.get(at..at + 3).unwrap_or(&rest[at..]);
+        match escape.to_ascii_lowercase().as_str() {
+            "%2e" => decoded.push('.'),
+            "%2f" | "%5c" => return Err("the path has an encoded `/` or `\\`"),
+            _ => decoded.push_str(escape),
+        }
+        rest = &rest[at + escape.len()..];
+    }
+    decoded.push_str(rest);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                // A dot segment at the end leaves a directory: `/a/b/..` is `/a/`.
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let normal = format!("/{}", out.join("/"));
+    Ok((normal != path).then_some(normal))
+}
+
+/// The request's URI with its path normalized ([`normalize_path`]), or the
+/// 400 that refuses it.
+fn normalized(parts: &mut http::request::Parts) -> Result<(), Response> {
+    let changed = normalize_path(parts.uri.path()).map_err(|why| json_error(StatusCode::BAD_REQUEST, why))?;
+    if let Some(path) = changed {
+        let uri = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        parts.uri = uri.parse().map_err(|_| json_error(StatusCode::BAD_REQUEST, "the path is not a valid URI"))?;
+    }
+    Ok(())
+}
+
+/// Sets the headers a reverse proxy sets (as nginx and Traefik do): the
+/// client's address appended to `X-Forwarded-For`, `X-Forwarded-Proto`, and
+/// `X-Forwarded-Host` from the request's `Host`.
+fn forwarded(headers: &mut http::HeaderMap, peer: SocketAddr) {
+    const FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+    const PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
+    const HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
+    let client = peer.ip().to_canonical().to_string();
+    let chain = match headers.get(&FOR).and_then(|v| v.to_str().ok()) {
+        Some(before) if !before.trim().is_empty() => format!("{before}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(FOR, v);
+    }
+    headers.insert(PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(HOST, host);
     }
 }
 
@@ -267,8 +412,19 @@ fn gateway_route(instance: &Instance, uri: &Uri) -> Option<(Arc<links::Route>, O
     Some((link, target))
 }
 
-async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body: u64) -> Result<Response, Infallible> {
-    let (parts, body) = req.into_parts();
+async fn handle(
+    req: hyper::Request<Incoming>,
+    endpoint: Arc<Endpoint>,
+    max_body: u64,
+    peer: SocketAddr,
+) -> Result<Response, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Ok(json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header"));
+    }
+    if let Err(resp) = normalized(&mut parts) {
+        return Ok(resp);
+    }
     let body = match read_body(body, max_body).await {
         Ok(body) => body,
         Err(resp) => return Ok(resp),
@@ -279,6 +435,9 @@ async fn handle(req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, max_body
             &format!("tier `{}` has no ready replica", endpoint.tier),
         ));
     };
+    if instance.as_gateway().is_some() {
+        forwarded(&mut parts.headers, peer);
+    }
     if let Some((link, uri)) = gateway_route(&instance, &parts.uri) {
         // The gateway's instance counts the call, as if it had handled it.
         let in_flight = instance.enter();
@@ -334,4 +493,41 @@ fn into_hyper(raw: RawResponse) -> Response {
         return json_error(StatusCode::BAD_GATEWAY, &String::from_utf8_lossy(raw.body.as_bytes()));
     }
     links::http::from_raw(raw).map(Full::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_removed_encoded_or_not() {
+        let n = |p: &str| normalize_path(p).map(|c| c.unwrap_or_else(|| p.to_owned()));
+        assert_eq!(n("/api/users"), Ok("/api/users".into()));
+        assert_eq!(normalize_path("/api/users"), Ok(None));
+        assert_eq!(n("/api/../admin"), Ok("/admin".into()));
+        assert_eq!(n("/api/%2e%2e/admin"), Ok("/admin".into()));
+        assert_eq!(n("/api/%2E%2e/admin"), Ok("/admin".into()));
+        assert_eq!(n("/static/../admin"), Ok("/admin".into()));
+        assert_eq!(n("/a/./b/../c"), Ok("/a/c".into()));
+        assert_eq!(n("/../../etc/passwd"), Ok("/etc/passwd".into()));
+        assert_eq!(n("/a/b/.."), Ok("/a/".into()));
+        assert_eq!(n("/a/b/."), Ok("/a/b/".into()));
+        assert_eq!(n("/a/.hidden/x"), Ok("/a/.hidden/x".into()));
+        assert_eq!(n("/a%20b"), Ok("/a%20b".into()));
+        assert_eq!(n("/a%2"), Ok("/a%2".into()));
+        assert!(normalize_path("/api/..%2fadmin").is_err());
+        assert!(normalize_path("/api/..%5Cadmin").is_err());
+    }
+
+    #[test]
+    fn the_client_is_appended_to_x_forwarded_for() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        forwarded(&mut headers, "10.1.2.3:5555".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "shop.example");
+        forwarded(&mut headers, "[::ffff:127.0.0.1]:1".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    }
 }

@@ -1,6 +1,7 @@
 //! Running a topology: the supervisor, tier listeners, status, and the
 //! process's life from start through reloads to graceful shutdown.
 
+pub mod admission;
 mod drain;
 mod gate;
 pub mod listener;
@@ -37,6 +38,11 @@ pub struct RunOptions {
     pub workers: workers::WorkerThreads,
     /// Bind each of those threads to a CPU of its own.
     pub pin_workers: bool,
+    /// Connections served at once across all listeners; `None`: derived
+    /// from the limit of open files ([`admission::Admission::default_max`]).
+    pub max_connections: Option<usize>,
+    /// Who may use the admin API.
+    pub admin_access: crate::admin::Access,
 }
 
 /// Why `run` failed.
@@ -67,8 +73,13 @@ pub enum Command {
 pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) -> Result<(), RunError> {
     let (status_tx, status_rx) = watch::channel(supervisor::starting_status(&topology));
     let (commands, mut requests) = mpsc::channel::<Command>(16);
-    let workers = workers::Workers::new(opts.workers, opts.pin_workers).map_err(RunError::Workers)?;
-    let admin = admin::Admin::bind(opts.admin, status_rx, commands.clone(), workers.clone())
+    let descriptors = admission::raise_descriptor_limit();
+    let max_connections = opts.max_connections.unwrap_or_else(|| admission::Admission::default_max(descriptors));
+    tracing::debug!(descriptors, max_connections, "Connection limit set.");
+    let workers = workers::Workers::new(opts.workers, opts.pin_workers)
+        .map_err(RunError::Workers)?
+        .with_admission(admission::Admission::new(max_connections));
+    let admin = admin::Admin::bind(opts.admin, opts.admin_access.clone(), status_rx, commands.clone(), workers.clone())
         .await
         .map_err(|source| RunError::Admin { addr: opts.admin, source })?;
     tracing::info!(addr = %admin.addr, "Admin API listening.");

@@ -39,6 +39,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::admission::Admission;
 use super::timeouts;
 
 /// How many threads serve connections (`orchestrator run --workers`).
@@ -75,6 +76,8 @@ pub const PINNING_SHARED: &str = "`--pin-workers` binds worker threads to CPUs, 
 #[derive(Clone, Debug)]
 pub struct Workers {
     pool: Arc<Pool>,
+    /// The connections all listeners may have open at once.
+    admission: Arc<Admission>,
 }
 
 #[derive(Debug)]
@@ -122,7 +125,7 @@ impl Workers {
     /// Serves connections on the current (work-stealing) runtime: no threads
     /// of its own. Must be called within a runtime.
     pub fn shared() -> Self {
-        Self { pool: Arc::new(Pool::Shared(Handle::current())) }
+        Self { pool: Arc::new(Pool::Shared(Handle::current())), admission: Admission::new(usize::MAX) }
     }
 
     /// Starts `count` (at least one) worker threads. With `cpus`, worker `i`
@@ -162,7 +165,21 @@ impl Workers {
             Some(cpus) => tracing::info!(workers = workers.len(), ?cpus, "Connection workers bound to CPUs."),
             None => tracing::debug!(workers = workers.len(), "Connection workers started."),
         }
-        Ok(Self { pool: Arc::new(Pool::Threads { workers, next: AtomicUsize::new(0) }) })
+        Ok(Self {
+            pool: Arc::new(Pool::Threads { workers, next: AtomicUsize::new(0) }),
+            admission: Admission::new(usize::MAX),
+        })
+    }
+
+    /// These workers, serving at most what `admission` admits.
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// The connection budget of every listener these workers serve.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Runs the connection `serve` on the least busy worker. `serve` is

@@ -232,15 +232,89 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Re-emits each line the program prints as a log line of its tier and replica.
+/// The longest line of a program's output logged whole: the rest of a longer
+/// one is dropped, and the log line says how much was.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Re-emits each line the program prints as a log line of its tier and
+/// replica. The output is read as fast as the program writes it, whatever
+/// its lines' length, so it never blocks the program; what is kept of a line
+/// is at most [`MAX_LOG_LINE`] bytes, so it never grows the orchestrator.
 fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            // Programs log to either stream; both are the tier's output.
-            cx.info(&line);
+        let mut reader = BufReader::with_capacity(8 * 1024, stream);
+        let mut line = LogLine::default();
+        loop {
+            let buf = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(buf) => buf,
+            };
+            let (chunk, ends) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            line.push(chunk);
+            let used = ends.unwrap_or(buf.len());
+            reader.consume(used);
+            if ends.is_some() {
+                // Programs log to either stream; both are the tier's output.
+                cx.info(&line.take());
+            }
+        }
+        if !line.is_empty() {
+            cx.info(&line.take());
         }
     });
+}
+
+/// A line of output being read: its first [`MAX_LOG_LINE`] bytes, and how many were dropped.
+#[derive(Default)]
+struct LogLine {
+    kept: Vec<u8>,
+    dropped: usize,
+}
+
+impl LogLine {
+    fn push(&mut self, chunk: &[u8]) {
+        let room = MAX_LOG_LINE.saturating_sub(self.kept.len()).min(chunk.len());
+        self.kept.extend_from_slice(&chunk[..room]);
+        self.dropped += chunk.len() - room;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.dropped == 0
+    }
+
+    /// The line as logged, and a fresh start.
+    fn take(&mut self) -> String {
+        let mut text = String::from_utf8_lossy(&self.kept).trim_end_matches('\r').to_owned();
+        if self.dropped > 0 {
+            text.push_str(&format!(" … [{} more bytes of this line dropped]", self.dropped));
+        }
+        self.kept.clear();
+        self.kept.shrink_to(MAX_LOG_LINE);
+        self.dropped = 0;
+        text
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_at_the_limit_and_says_how_much_was_dropped() {
+        let mut line = LogLine::default();
+        for _ in 0..100 {
+            line.push(&[b'x'; 1000]);
+        }
+        let text = line.take();
+        assert!(text.starts_with(&"x".repeat(MAX_LOG_LINE)));
+        assert!(text.ends_with(&format!(" … [{} more bytes of this line dropped]", 100_000 - MAX_LOG_LINE)));
+        assert!(line.is_empty());
+        line.push(b"short\r");
+        assert_eq!(line.take(), "short");
+    }
 }
 
 enum Ended {
