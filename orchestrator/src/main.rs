@@ -110,6 +110,18 @@ enum Command {
     /// orchestrator runs in a child process before loading a library itself).
     #[command(name = "probe-plugin", hide = true)]
     ProbePlugin { library: PathBuf },
+    /// Run a process tier's program under the shim that keeps its process
+    /// tree from outliving the orchestrator (what `run` starts programs with).
+    #[command(name = "tier-shim", hide = true)]
+    TierShim {
+        /// The orchestrator's pid.
+        parent: u32,
+        /// How long the program's processes may take to stop once the orchestrator is gone.
+        grace_ms: u64,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +232,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::ProbePlugin { library } => orchestrator::plugins::loader::probe_main(&library),
+        Command::TierShim { parent, grace_ms, command } => {
+            process::shim::main(parent, Duration::from_millis(grace_ms), &command)
+        }
     }
 }
 

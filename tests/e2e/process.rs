@@ -241,14 +241,20 @@ async fn an_env_change_rolls_the_programs_without_failing_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_program_outlives_the_orchestrator() {
     let bin = go_backend();
-    // `sh -c` without exec: the server is a grandchild, in the replica's process group.
-    for (signal, command) in
-        [("TERM", format!("[sh, -c, '{}']", bin.display())), ("KILL", format!("[{}]", bin.display()))]
-    {
+    // `sh -c` without exec: the server is a grandchild, in the replica's
+    // process group, as the server `go run .` starts is. Before the shim, a
+    // SIGKILL of the orchestrator left such grandchildren running.
+    for (signal, command) in [
+        ("TERM", format!("[sh, -c, '{}']", bin.display())),
+        ("KILL", format!("[{}]", bin.display())),
+        ("KILL", format!("[sh, -c, '{}']", bin.display())),
+    ] {
         let mut orch = Running::start(&go_tier(2, 0, &command)).await;
         let pids = program_pids(&orch.status().await, "backend");
         let group: Vec<u32> = pids.iter().flat_map(|p| group_members(*p)).collect();
-        assert!(group.len() >= pids.len(), "{group:?}");
+        // The shim, the program, and with `sh -c` the server under it.
+        let per_replica = if command.starts_with("[sh") { 3 } else { 2 };
+        assert_eq!(group.len(), per_replica * pids.len(), "{group:?}");
         orch.signal(signal);
         let exit = orch.wait_exit();
         if signal == "TERM" {

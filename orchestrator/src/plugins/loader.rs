@@ -77,14 +77,14 @@ pub fn load(path: &Path, policy: &LoadPolicy) -> Result<PluginHandle, LoadError>
     if let Some(prober) = &policy.prober {
         probe(prober, &snapshot, path)?;
     }
-    open(&snapshot.self_path(), Some(path)).map(|handle| {
-        // The dynamic loader knows the library by the name it was opened as,
-        // `/proc/self/fd/N`, and would hand out this library again for that
-        // name if the descriptor were closed and its number reused. Libraries
-        // are never unloaded; neither is this descriptor closed.
-        let _ = snapshot.fd.into_raw_fd();
-        handle
-    })
+    let opened = open(&snapshot.self_path(), Some(path));
+    // The dynamic loader knows the library by the name it was opened as,
+    // `/proc/self/fd/N`, and would hand out this library again for that name
+    // if the descriptor were closed and its number reused (a library refused
+    // after opening may stay mapped too). Libraries are never unloaded, and
+    // each version of a file is opened once: neither is this descriptor closed.
+    let _ = snapshot.fd.into_raw_fd();
+    opened
 }
 
 /// Opens the library at `file` (reported as `shown`) and checks its

@@ -320,18 +320,25 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
     Ok((normal != path).then_some(normal))
 }
 
-/// The request's URI with its path normalized ([`normalize_path`]), or the
-/// 400 that refuses it.
-fn normalized(parts: &mut http::request::Parts) -> Result<(), Response> {
-    let changed = normalize_path(parts.uri.path()).map_err(|why| json_error(StatusCode::BAD_REQUEST, why))?;
-    if let Some(path) = changed {
-        let uri = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        parts.uri = uri.parse().map_err(|_| json_error(StatusCode::BAD_REQUEST, "the path is not a valid URI"))?;
+/// Normalizes the request's path ([`normalize_path`]); the 400 that
+/// refuses it, if it is refused.
+fn normalize(parts: &mut http::request::Parts) -> Option<Response> {
+    let path = match normalize_path(parts.uri.path()) {
+        Ok(None) => return None,
+        Ok(Some(path)) => path,
+        Err(why) => return Some(json_error(StatusCode::BAD_REQUEST, why)),
+    };
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    match uri.parse() {
+        Ok(uri) => {
+            parts.uri = uri;
+            None
+        }
+        Err(_) => Some(json_error(StatusCode::BAD_REQUEST, "the path is not a valid URI")),
     }
-    Ok(())
 }
 
 /// Sets the headers a reverse proxy sets (as nginx and Traefik do): the
@@ -422,8 +429,8 @@ async fn handle(
     if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Ok(json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header"));
     }
-    if let Err(resp) = normalized(&mut parts) {
-        return Ok(resp);
+    if let Some(refused) = normalize(&mut parts) {
+        return Ok(refused);
     }
     let body = match read_body(body, max_body).await {
         Ok(body) => body,

@@ -33,6 +33,7 @@ mod forward;
 mod grpc;
 mod probe;
 mod replica;
+pub mod shim;
 mod sys;
 
 use std::sync::{Arc, OnceLock};

@@ -205,10 +205,31 @@ fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String,
     env
 }
 
+/// Starts the program, through the shim (see [`crate::shim`]) when this
+/// process is the orchestrator, so that nothing it starts outlives us.
 fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&settings.command[0]);
-    cmd.args(&settings.command[1..])
-        .current_dir(workdir)
+    let program = &settings.command[0];
+    // What the shim would find out only once started: that there is no such program.
+    if !command_exists(program, workdir, env) {
+        return Err(std::io::Error::from_raw_os_error(nix::errno::Errno::ENOENT as i32));
+    }
+    let mut cmd = match shim() {
+        Some(shim) => {
+            let mut cmd = Command::new(shim);
+            cmd.arg(crate::shim::COMMAND)
+                .arg(std::process::id().to_string())
+                .arg(settings.stop_grace.as_millis().to_string())
+                .arg("--")
+                .args(&settings.command);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.args(&settings.command[1..]);
+            cmd
+        }
+    };
+    cmd.current_dir(workdir)
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -218,6 +239,27 @@ fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>)
         .kill_on_drop(true);
     crate::sys::die_with_parent(&mut cmd);
     cmd.spawn()
+}
+
+/// The orchestrator executable, which runs the shim (`None` when the process
+/// plugin is hosted by another program, such as a test).
+fn shim() -> Option<&'static std::path::Path> {
+    static SHIM: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| std::env::current_exe().ok().filter(|exe| exe.file_name().is_some_and(|n| n == "orchestrator")))
+        .as_deref()
+}
+
+/// Whether `program` names an executable: a path (relative to `workdir`), or
+/// a file found on the `PATH` of `env` (or of this process).
+fn command_exists(program: &str, workdir: &std::path::Path, env: &BTreeMap<String, String>) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable =
+        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(&workdir.join(program));
+    }
+    let path = env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| executable(&workdir.join(dir).join(program)))
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -258,11 +300,11 @@ fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context
             reader.consume(used);
             if ends.is_some() {
                 // Programs log to either stream; both are the tier's output.
-                cx.info(&line.take());
+                cx.info(line.take());
             }
         }
         if !line.is_empty() {
-            cx.info(&line.take());
+            cx.info(line.take());
         }
     });
 }

@@ -17,3 +17,22 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
         });
     }
 }
+
+/// [`die_with_parent`] for a `std` command (the shim's program).
+pub fn die_with_parent_std(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: as in `die_with_parent`: only a system call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Restores a signal's default disposition (the shim, before it dies of it).
+pub fn signal_default(signal: nix::sys::signal::Signal) {
+    // SAFETY: `SIG_DFL` installs no handler: no code of ours runs on the signal.
+    unsafe {
+        let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
+    }
+}
