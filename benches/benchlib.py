@@ -91,12 +91,12 @@ class Started:
                     p.wait()
 
 
-def start_orchestrator(started, topology_yaml, tmp, name, extra_args=()):
+def start_orchestrator(started, topology_yaml, tmp, name, extra_args=(), binary=None):
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
         f.write(topology_yaml)
     proc = started.add(subprocess.Popen(
-        [os.path.join(RELEASE, "orchestrator"), "run", path, "--admin", "127.0.0.1:0", *extra_args],
+        [binary or os.path.join(RELEASE, "orchestrator"), "run", path, "--admin", "127.0.0.1:0", *extra_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1", "ORCH_LOG": "warn,orchestrator::runtime=info"}))
     admin = wait_line(proc, proc.stderr, r"Admin API listening\. addr=(\S+)").group(1)
     wait_line(proc, proc.stderr, r"Topology running\.")

@@ -16,8 +16,12 @@ wrk (-t1 -c32 by default) POSTs {"message":"Hello Go!"}. Prints req/s, p99 and
 server CPU per request for each target and round, then pooled ratios A/B, A/C, D/C,
 E/C and D/E, and the idle resident memory of topologies/hello.yaml next to nginx's.
 
+With --before BIN (an orchestrator binary built before a change), A0 and D0
+run A's and D's topologies on it in the same rounds, and A/A0 and D/D0 are
+printed: a change on the request path, measured before and after in one run.
+
 Usage: benches/http_load.py [--rounds 6] [--duration 5] [--connections 32] [--workers auto|N|shared]
-                            [--pin-workers] [--no-build]
+                            [--pin-workers] [--no-build] [--before BIN]
 (--workers is passed to both orchestrators: how their connections are served. --pin-workers
 binds their worker threads to CPUs, nginx's workers too (`worker_cpu_affinity auto`), and E's.)
 Only loopback addresses are used. Everything started is stopped by its PID.
@@ -43,6 +47,7 @@ def main():
     ap.add_argument("--pin-workers", action="store_true",
                     help="orchestrator run --pin-workers, and worker_cpu_affinity auto for nginx")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--before", help="an orchestrator binary from before a change: adds targets A0 and D0")
     args = ap.parse_args()
 
     prepare(build=not args.no_build)
@@ -70,6 +75,16 @@ def main():
         proxy = started.add(subprocess.Popen([os.path.join(RELEASE, "hyper-proxy"), b_addr] + proxy_args,
                                              stdout=subprocess.PIPE, text=True))
         e_addr = wait_line(proxy, proxy.stdout, r"listening on (\S+)").group(1)
+        before = {}
+        if args.before:
+            with open(os.path.join(ROOT, "benches/topologies/gateway-backend.yaml")) as f:
+                orch0, status0 = start_orchestrator(started, f.read(), tmp, "gateway-backend-0.yaml", orch_args, args.before)
+            orch0_p, status0_p = start_orchestrator(started, process_yaml, tmp, "gateway-process-0.yaml", orch_args, args.before)
+            web = lambda st: next(t["listen"] for t in st["tiers"] if t["name"] == "web")
+            before = {
+                "A0 before": (web(status0), [orch0.pid]),
+                "D0 before": (web(status0_p), [orch0_p.pid] + children(orch0_p.pid)),
+            }
 
         targets = {
             "A orchestrator": (a_addr, [orch.pid]),
@@ -78,6 +93,7 @@ def main():
             # CPU of the orchestrator and of the program it runs.
             "D orch -> process": (d_addr, [orch_p.pid] + children(orch_p.pid)),
             "E hyper proxy -> B": (e_addr, [proxy.pid, direct.pid]),
+            **before,
         }
         # Each answers correctly before we measure.
         for name, (addr, _) in targets.items():
@@ -104,7 +120,7 @@ def main():
                     sum(x["cpu_us"] * x["requests"] for x in rs) / sum(x["requests"] for x in rs),
                     sorted(x["p99_ms"] for x in rs)[len(rs) // 2])
 
-        a, b, c, d, e = (pooled(n) for n in targets)
+        a, b, c, d, e = (pooled(n) for n in list(targets)[:5])
         print()
         print(f"pooled req/s: A {a[0]:.0f}  B {b[0]:.0f}  C {c[0]:.0f}  D {d[0]:.0f}  E {e[0]:.0f}")
         print(f"median p99 ms: A {a[2]:.2f}  B {b[2]:.2f}  C {c[2]:.2f}  D {d[2]:.2f}  E {e[2]:.2f}")
@@ -118,6 +134,11 @@ def main():
         print(f"A/B per round: {' '.join(f'{x:.3f}' for x in ratios)}")
         ratios = [x["rps"] / y["rps"] for x, y in zip(results["D orch -> process"], results["C nginx -> B"])]
         print(f"D/C per round: {' '.join(f'{x:.3f}' for x in ratios)}")
+        if before:
+            a0, d0 = pooled("A0 before"), pooled("D0 before")
+            print(f"after/before req/s: A/A0 = {a[0] / a0[0]:.3f}  D/D0 = {d[0] / d0[0]:.3f};  "
+                  f"CPU us/request A {a[1]:.2f} vs A0 {a0[1]:.2f}, D {d[1]:.2f} vs D0 {d0[1]:.2f};  "
+                  f"median p99 ms A {a[2]:.2f} vs A0 {a0[2]:.2f}, D {d[2]:.2f} vs D0 {d0[2]:.2f}")
 
         # Idle memory: the hello topology next to nginx with one worker.
         started.stop()
