@@ -100,6 +100,13 @@ impl Running {
         Self::spawn(topology, &path, None, extra).await
     }
 
+    /// Starts `orchestrator run` and returns once its admin API listens,
+    /// before its tiers are ready.
+    pub async fn start_unready(topology: TopologyFile) -> Self {
+        let path = topology.path.clone();
+        Self::spawn_with(topology, &path, None, &[], false).await
+    }
+
     /// Starts `orchestrator run topology.yaml` from the topology's directory,
     /// as a user in that directory would.
     pub async fn start_in_its_directory(topology: TopologyFile) -> Self {
@@ -108,6 +115,10 @@ impl Running {
     }
 
     async fn spawn(topology: TopologyFile, path: &Path, cwd: Option<&Path>, extra: &[&str]) -> Self {
+        Self::spawn_with(topology, path, cwd, extra, true).await
+    }
+
+    async fn spawn_with(topology: TopologyFile, path: &Path, cwd: Option<&Path>, extra: &[&str], ready: bool) -> Self {
         let mut command = Command::new(bin());
         if let Some(dir) = cwd {
             command.current_dir(dir);
@@ -140,7 +151,9 @@ impl Running {
             running.fail(&format!("no address in the ready line: {line}"));
         });
         running.admin = addr.parse().unwrap_or_else(|_| running.fail(&format!("bad admin address {addr}")));
-        running.wait_ready().await;
+        if ready {
+            running.wait_ready().await;
+        }
         running
     }
 

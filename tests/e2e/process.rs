@@ -325,6 +325,26 @@ async fn sigterm_during_a_slow_reload_stops_promptly_and_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_topology_starts_stops_what_started_and_exits() {
+    // A tier that never becomes ready: before, SIGTERM waited for its
+    // startup timeout (here 10 minutes) and the orchestrator went on to run.
+    let tier = format!("slow{}", std::process::id());
+    let yaml = format!(
+        "version: 1\nname: slow\ntiers:\n  {tier}:\n    plugin: process\n    config: {{ command: [sleep, '600'], startup_timeout: 10m }}\n"
+    );
+    let mut orch = Running::start_unready(integration_tests::TopologyFile::new(&yaml)).await;
+    orch.wait_for_line(&format!("Instance started. tier={tier}"));
+    orch.terminate();
+    orch.wait_for_line("Stopping while the topology starts: stopping what started.");
+    // Within the harness's deadline (20 s), far less than the startup timeout.
+    let exit = orch.wait_exit();
+    assert_eq!(exit.code(), Some(0));
+    assert!(orch.log().iter().all(|l| !l.contains("Topology running")), "{:?}", orch.log());
+    let pids = programs_of_tier(&tier);
+    integration_tests::wait_all_gone(&pids).unwrap_or_else(|alive| panic!("still running: {alive:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topology_named_without_a_directory_runs_its_programs_there() {
     let yaml = r#"version: 1
 name: here

@@ -85,14 +85,35 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     tracing::info!(addr = %admin.addr, "Admin API listening.");
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let started = Supervisor::start(topology, registry, status_tx, workers, opts.drain_timeout, opts.color).await;
-    let mut supervisor = match started {
-        Ok(s) => s,
-        Err(e) => {
+    let mut supervisor = Supervisor::new(&topology, registry, status_tx, workers, opts.drain_timeout, opts.color);
+    // A stop signal while tiers start (a slow program, a readiness wait)
+    // abandons the start, as one during a reload does, and stops what started.
+    let started = tokio::select! {
+        started = supervisor.start(topology) => Ok(started),
+        signal = async {
+            loop {
+                match signals.next().await {
+                    "SIGHUP" => tracing::info!("Still starting; SIGHUP ignored."),
+                    other => return other,
+                }
+            }
+        } => Err(signal),
+    };
+    match started {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            supervisor.shutdown().await;
             admin.stop().await;
             return Err(e.into());
         }
-    };
+        Err(signal) => {
+            tracing::warn!(signal, "Stopping while the topology starts: stopping what started.");
+            supervisor.shutdown().await;
+            admin.stop().await;
+            tracing::info!("Stopped.");
+            return Ok(());
+        }
+    }
     let mut watcher =
         if opts.watch { Some(reload::Watcher::start(watched(&supervisor), commands.clone())?) } else { None };
     tracing::info!(

@@ -113,19 +113,20 @@ fn empty_like(t: &Topology) -> Topology {
 }
 
 impl Supervisor {
-    /// Starts every tier of `topology` (generation 1).
-    pub async fn start(
-        topology: Topology,
+    /// A supervisor of nothing yet, for `topology`: [`Supervisor::start`]
+    /// starts its tiers.
+    pub fn new(
+        topology: &Topology,
         registry: Arc<Registry>,
         status: watch::Sender<Status>,
         workers: Workers,
         drain: Duration,
         color: bool,
-    ) -> Result<Self, StartError> {
-        let mut supervisor = Self {
+    ) -> Self {
+        Self {
             registry,
             workers,
-            topology: empty_like(&topology),
+            topology: empty_like(topology),
             tiers: IndexMap::new(),
             generation: 0,
             started_at: SystemTime::now(),
@@ -136,11 +137,17 @@ impl Supervisor {
             counts: ReloadCounts::default(),
             roll_problems: Vec::new(),
             status,
-        };
-        supervisor.apply(topology, true).await?;
-        supervisor.state = State::Running;
-        supervisor.publish();
-        Ok(supervisor)
+        }
+    }
+
+    /// Starts every tier of `topology` (generation 1). Abandoned (its future
+    /// dropped, at a stop signal), what it started so far is consistent, and
+    /// [`Supervisor::shutdown`] stops it.
+    pub async fn start(&mut self, topology: Topology) -> Result<(), StartError> {
+        self.apply(topology, true).await?;
+        self.state = State::Running;
+        self.publish();
+        Ok(())
     }
 
     pub fn generation(&self) -> u64 {
