@@ -46,9 +46,44 @@ pub struct RawTier {
     /// The plugin's own configuration.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// Environment variables for the tier.
+    /// Environment variables for the tier. Numbers and booleans are taken
+    /// as the text they are written as (`WORKERS: 4` is `"4"`), as Compose does.
     #[serde(default)]
-    pub env: IndexMap<String, String>,
+    pub env: IndexMap<String, RawScalar>,
+}
+
+/// A value that stands for text: a string, or a number or boolean taken as
+/// the text it is written as.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "Scalar")]
+pub enum RawScalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl RawScalar {
+    pub fn into_text(self) -> String {
+        match self {
+            RawScalar::Text(s) => s,
+            RawScalar::Int(i) => i.to_string(),
+            RawScalar::Float(f) => f.to_string(),
+            RawScalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A duration: text such as `2s` or `500ms`. A bare number is read so that
+/// it can be refused with a hint (`5` → did you mean `5s`?).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "Duration")]
+pub enum RawDuration {
+    Text(String),
+    #[schemars(skip)]
+    Number(f64),
 }
 
 /// A size in bytes, as a number or a string with a unit.
@@ -100,7 +135,7 @@ pub struct RawLink {
     pub name: Option<String>,
     /// Deadline for one call, such as `2s` or `500ms` (default 30s).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<RawDuration>,
     /// Extra attempts for idempotent requests that get no answer (0 to 10; default 0).
     #[serde(default)]
     pub retries: Option<u32>,

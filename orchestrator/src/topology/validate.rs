@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::model::{LinkKind, LinkSpec, QueueMode, QueueRole, TierId, TierSpec, Topology, limits};
 use super::node::{KeyPath, Node, Seg, Value};
-use super::raw::{RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
+use super::raw::{RawDuration, RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
 use crate::plugins::{LoadError, Registry};
 
 /// Parses and validates topology `source` read from `file`.
@@ -367,7 +367,13 @@ impl Validator<'_> {
             }
             let timeout = match &raw.timeout {
                 None => limits::DEFAULT_TIMEOUT,
-                Some(t) => match humantime::parse_duration(t) {
+                Some(RawDuration::Number(n)) => {
+                    self.error(&lpath.key("timeout"), format!("`{n}` is not a duration: it has no unit")).hint =
+                        Some(format!("did you mean `{n}s`?"));
+                    ok = false;
+                    Duration::ZERO
+                }
+                Some(RawDuration::Text(t)) => match humantime::parse_duration(t) {
                     Ok(d) if d > Duration::ZERO => d,
                     Ok(_) => {
                         self.error(&lpath.key("timeout"), "the timeout must be greater than zero");
@@ -548,7 +554,7 @@ impl Validator<'_> {
             listen: raw.listen.and_then(|l| l.parse().ok()),
             max_body,
             config: raw.config.unwrap_or_else(|| serde_json::json!({})),
-            env: raw.env.into_iter().collect::<BTreeMap<_, _>>(),
+            env: raw.env.into_iter().map(|(k, v)| (k, v.into_text())).collect::<BTreeMap<_, _>>(),
         })
     }
 }
@@ -650,6 +656,23 @@ mod tests {
             n - 1,
             n - 1
         )));
+    }
+
+    #[test]
+    fn numbers_in_env_are_text_and_a_bare_number_is_no_duration() {
+        let t = check(&format!(
+            "{BASE}    env: {{ WORKERS: 4, DEBUG: true, RATIO: 0.5, NAME: x }}\nlinks:\n  - {{ from: web, to: api, kind: rest }}\n"
+        ))
+        .unwrap();
+        let env = &t.tiers[&TierId::new("api")].env;
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("DEBUG", "true"), ("NAME", "x"), ("RATIO", "0.5"), ("WORKERS", "4")]);
+
+        let diags =
+            check(&format!("{BASE}links:\n  - {{ from: web, to: api, kind: rest, timeout: 5 }}\n")).unwrap_err();
+        let d = diags.items.iter().find(|d| d.path == "links[0].timeout").unwrap();
+        assert_eq!(d.message, "`5` is not a duration: it has no unit");
+        assert_eq!(d.hint.as_deref(), Some("did you mean `5s`?"));
     }
 
     #[test]

@@ -33,15 +33,37 @@ pub enum Restart {
     Never,
 }
 
+/// A value that stands for text: numbers and booleans are the text they are written as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(crate = "plugin_api::serde", untagged)]
+pub enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Text(s) => s.clone(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
 /// The tier's `config`.
 #[derive(Debug, Deserialize)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields)]
 pub struct Process {
     /// The program and its arguments.
     pub command: Vec<String>,
-    /// Extra environment (on top of the tier's `env:`).
+    /// Extra environment (on top of the tier's `env:`); numbers and
+    /// booleans are taken as the text they are written as.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, Scalar>,
     /// Working directory, relative to the topology file (default: its directory).
     #[serde(default)]
     pub workdir: Option<String>,
@@ -175,7 +197,7 @@ impl Process {
         }
         Ok(Settings {
             command: self.command.clone(),
-            env: self.env.clone(),
+            env: self.env.iter().map(|(k, v)| (k.clone(), v.text())).collect(),
             workdir: self.workdir.clone(),
             readiness: readiness.expect("no issues, so the readiness probe parsed"),
             liveness: liveness.flatten(),
@@ -201,6 +223,13 @@ mod tests {
 
     fn parse(config: serde_json::Value) -> Result<Settings, Vec<ConfigIssue>> {
         serde_json::from_value::<Process>(config).expect("deserializes").parse()
+    }
+
+    #[test]
+    fn env_numbers_and_booleans_are_text() {
+        let s = parse(json!({ "command": ["./server"], "env": { "WORKERS": 4, "DEBUG": false, "X": "y" } })).unwrap();
+        let env: Vec<(&str, &str)> = s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env, [("DEBUG", "false"), ("WORKERS", "4"), ("X", "y")]);
     }
 
     #[test]
