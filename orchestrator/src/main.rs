@@ -366,9 +366,15 @@ fn list_plugins(topology_file: Option<&Path>, plugins: &PluginDirs) -> ExitCode 
     let registry = plugins.registry();
     let mut extra = Vec::new();
     if let Some(file) = topology_file {
-        match topology::load(file, &registry) {
-            Ok(t) => extra = t.plugin_dirs,
-            Err(e) => eprintln!("warning: {}: {e}", file.display()),
+        // Its `plugins:` directories are searched even if the rest is invalid:
+        // the plugin being debugged is likely there.
+        match topology::plugin_dirs(file) {
+            Ok(dirs) => extra = dirs,
+            Err(e) => eprintln!("warning: {e}"),
+        }
+        if let Err(topology::Error::Invalid(d)) = topology::load(file, &registry) {
+            let n = d.items.len();
+            eprint!("warning: the topology has {n} error{}:\n{d}", if n == 1 { "" } else { "s" });
         }
     }
     println!("{:<14} {:<9} {:<4} {:<6} ORIGIN", "NAME", "VERSION", "ABI", "API");

@@ -94,3 +94,20 @@ links:
     // The process is still up and ready.
     assert_eq!(orch.get(orch.admin, "/admin/ready").await.0, 200);
 }
+
+#[test]
+fn plugins_searches_a_topologys_directories_even_when_it_has_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(target_dir().join("libhello.so"), dir.path().join("libhello.so")).unwrap();
+    let topo = TopologyFile::new(&format!(
+        "version: 1\nname: x\nplugins: [{}]\ntiers:\n  a: {{ plugin: hello, replicas: 0 }}\n",
+        dir.path().display()
+    ));
+    let out = orchestrator(&["plugins", "--topology", topo.path_str()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Before, the directory was dropped with the error, and the plugin with it.
+    assert!(stdout.contains(&dir.path().join("libhello.so").display().to_string()), "{stdout}");
+    assert!(stderr.starts_with("warning: the topology has 1 error:\n"), "{stderr}");
+    assert_eq!(stderr.matches(topo.path_str()).count(), 1, "the file is named once: {stderr}");
+}

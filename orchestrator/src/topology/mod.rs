@@ -45,6 +45,26 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Topology, Error> {
     validate::parse(path, &source, registry).map_err(|d| Error::Invalid(Box::new(d)))
 }
 
+/// The plugin directories the topology at `path` names (`plugins:`, resolved
+/// against its directory), read even when the rest of it is invalid: they
+/// are where the plugin its errors may be about is looked for.
+pub fn plugin_dirs(path: &Path) -> Result<Vec<PathBuf>, Error> {
+    let source = read(path, max_file_bytes())?;
+    let Ok(root) = node::Node::parse(&source) else { return Ok(Vec::new()) };
+    let base = model::base_dir(path);
+    let dirs = match root.get("plugins").map(|n| &n.value) {
+        Some(node::Value::Seq(items)) => items
+            .iter()
+            .filter_map(|item| match &item.value {
+                node::Value::Str(dir) => Some(base.join(dir)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(dirs)
+}
+
 /// The topology file size limit: `ORCH_MAX_TOPOLOGY_BYTES`, or the default.
 pub fn max_file_bytes() -> u64 {
     std::env::var("ORCH_MAX_TOPOLOGY_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MAX_FILE_BYTES)

@@ -36,7 +36,14 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
 fn syntax_error(e: &serde_saphyr::Error, source: &str) -> Diagnostic {
     let loc = e.location().and_then(|l| super::node::Loc::from_location(&l, source));
     let text = e.without_snippet().to_string();
-    let message = text.lines().next().unwrap_or("invalid YAML").trim().to_owned();
+    let mut message = text.lines().next().unwrap_or("invalid YAML").trim();
+    // The location is the diagnostic's own; the parser's text repeats it.
+    if loc.is_some()
+        && let Some((before, _)) = message.rsplit_once(" at line ")
+    {
+        message = before.trim_end();
+    }
+    let message = message.to_owned();
     Diagnostic::new(&KeyPath::root(), format!("invalid YAML: {message}")).at(loc)
 }
 
@@ -263,6 +270,17 @@ impl Validator<'_> {
                     Some("use letters, digits, `-` and `_`, starting with a letter or digit".into());
             }
             let Some(raw) = self.de::<RawTier>(tier_node, &tpath) else { continue };
+            if raw.plugin.contains('/') || raw.plugin.ends_with(std::env::consts::DLL_SUFFIX) {
+                let file = Path::new(&raw.plugin);
+                let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let name = name.strip_prefix(std::env::consts::DLL_PREFIX).unwrap_or(name);
+                let dir =
+                    file.parent().filter(|d| !d.as_os_str().is_empty()).map_or(".".into(), |d| d.display().to_string());
+                self.error(&tpath.key("plugin"), format!("`{}` is a file; a plugin is named", raw.plugin)).hint =
+                    Some(format!("write `plugin: {name}`, and add `{dir}` to the topology's `plugins:` directories"));
+                out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None });
+                continue;
+            }
             let serves = match self.registry.lookup(&raw.plugin, plugin_dirs) {
                 Ok(p) => Some(p.serves()),
                 Err(e) => {
@@ -673,6 +691,27 @@ mod tests {
         let d = diags.items.iter().find(|d| d.path == "links[0].timeout").unwrap();
         assert_eq!(d.message, "`5` is not a duration: it has no unit");
         assert_eq!(d.hint.as_deref(), Some("did you mean `5s`?"));
+    }
+
+    #[test]
+    fn a_plugin_named_as_a_file_gets_the_name_and_the_directory_to_write() {
+        let diags =
+            check("version: 1\nname: t\ntiers:\n  a: { plugin: ./target/release/libpricing.so }\n").unwrap_err();
+        assert_eq!(diags.items.len(), 1, "{diags}");
+        let d = &diags.items[0];
+        assert_eq!(d.message, "`./target/release/libpricing.so` is a file; a plugin is named");
+        assert_eq!(
+            d.hint.as_deref(),
+            Some("write `plugin: pricing`, and add `./target/release` to the topology's `plugins:` directories")
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_says_its_location_once() {
+        let diags = check("version: 1\nname: t\ntiers: [\n").unwrap_err();
+        let d = &diags.items[0];
+        assert!(d.loc.is_some(), "{diags}");
+        assert!(d.message.starts_with("invalid YAML: ") && !d.message.contains(" at line "), "{}", d.message);
     }
 
     #[test]
