@@ -199,6 +199,11 @@ async fn failed_deliveries_are_retried_then_dead_lettered() {
     assert!(c["last_error"].as_str().unwrap().contains("refused"), "{orders}");
     assert_eq!(orders["depth"], 0, "{orders}");
     assert_eq!(topic(&status, "orders.dlq")["published"], 1);
+    // Said in the log: before, a poison message went to its dead letters silently.
+    let dead_lettered =
+        orch.wait_for_line("Message dead-lettered: topic=orders subscriber=c attempts=3 dead_letter_topic=orders.dlq");
+    assert!(dead_lettered.contains(" WARN "), "{dead_lettered}");
+    assert!(orch.log().iter().any(|l| l.contains("Delivery failed; retrying in ") && l.contains("topic=orders subscriber=c attempt=1/3")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

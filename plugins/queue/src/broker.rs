@@ -93,6 +93,17 @@ impl std::fmt::Display for MessageId {
     }
 }
 
+/// What became of a message its subscriber failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// It is offered again `after` a backoff: that was attempt `attempt` of `of`.
+    Retry { attempt: u32, of: u32, after: Duration },
+    /// Its last attempt failed: it went to the dead-letter topic `to`.
+    DeadLettered { attempts: u32, to: String },
+    /// Its topic or subscriber is gone.
+    Gone,
+}
+
 /// Headers a message carries (`content-type`, trace context, dead-letter reasons); most carry none.
 pub type MessageHeaders = Option<Arc<[(String, String)]>>;
 
@@ -505,18 +516,20 @@ impl Broker {
 
     /// The subscriber failed `job`: it is offered again after a backoff, or,
     /// after the topic's `max_attempts`, moved to the dead-letter topic.
-    pub fn fail(&self, job: &Job, reason: String) {
+    /// What became of it, for the log.
+    pub fn fail(&self, job: &Job, reason: String) -> Failed {
         let mut state = self.lock();
         let next_id = state.next_id;
-        let Some(t) = state.topics.get_mut(&*job.topic) else { return };
+        let Some(t) = state.topics.get_mut(&*job.topic) else { return Failed::Gone };
         let settings = t.settings.clone();
-        let Some(g) = t.group_mut(job.slot, job.group) else { return };
+        let Some(g) = t.group_mut(job.slot, job.group) else { return Failed::Gone };
         g.in_flight -= 1;
         g.last_error = Some(reason.clone());
         if job.attempt < settings.max_attempts {
-            g.retries.insert((Instant::now() + settings.backoff(job.attempt), job.seq));
+            let after = settings.backoff(job.attempt);
+            g.retries.insert((Instant::now() + after, job.seq));
             g.notify.notify_waiters();
-            return;
+            return Failed::Retry { attempt: job.attempt, of: settings.max_attempts, after };
         }
         g.attempts.remove(&job.seq);
         g.dead_lettered += 1;
@@ -540,6 +553,7 @@ impl Broker {
             drop(store.put(&dlq, vec![(seq, record)]));
         }
         state.next_id += 1;
+        Failed::DeadLettered { attempts: job.attempt, to: dlq }
     }
 
     /// `job` was not delivered at all (the subscriber has no ready replica,
@@ -789,7 +803,8 @@ mod tests {
         let dead = b.subscribe("t.dlq", "d", "pubsub").unwrap();
         b.publish("t", &[message("poison")]).await.unwrap();
         let jobs = take(&b, &g, 1);
-        b.fail(&jobs[0], "no".into());
+        let failed = b.fail(&jobs[0], "no".into());
+        assert_eq!(failed, Failed::Retry { attempt: 1, of: 2, after: std::time::Duration::from_secs(1) });
         // Due in 1 s: nothing yet, then (the clock moved on) the second attempt.
         let due = match b.take(&g, 1, &mut Vec::new()) {
             Take::Wait(Some(due)) => due,
@@ -799,7 +814,8 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         let again = take(&b, &g, 1);
         assert_eq!((again[0].attempt, &again[0].body[..]), (2, &b"poison"[..]));
-        b.fail(&again[0], "still no".into());
+        let failed = b.fail(&again[0], "still no".into());
+        assert_eq!(failed, Failed::DeadLettered { attempts: 2, to: "t.dlq".into() });
         let status = b.status();
         assert_eq!(status["topics"]["t"]["depth"], 0);
         assert_eq!(status["topics"]["t"]["subscribers"]["g"]["dead_lettered"], 1);

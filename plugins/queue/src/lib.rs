@@ -249,6 +249,7 @@ async fn deliver(
     let mut taken = Vec::with_capacity(max_batch);
     let mut not_delivered = 0;
     let mut scratch = String::new();
+    let mut failure_log = FailureLog::default();
     loop {
         if *stop.borrow() {
             return;
@@ -308,7 +309,10 @@ async fn deliver(
                 let failed = if settle.jobs.len() > 1 { failures(&resp) } else { Vec::new() };
                 for (i, job) in settle.jobs.drain(..).enumerate() {
                     match failed.iter().find(|(at, _)| *at == i) {
-                        Some((_, reason)) => broker.fail(&job, reason.clone()),
+                        Some((_, reason)) => {
+                            let failed = broker.fail(&job, reason.clone());
+                            failure_log.log(&cx, &sub, &job, reason, failed);
+                        }
                         None => acked.push(job),
                     }
                 }
@@ -317,11 +321,10 @@ async fn deliver(
             }
             Ok(resp) => {
                 not_delivered = 0;
-                let body = String::from_utf8_lossy(&resp.body);
-                let reason =
-                    format!("the subscriber answered {}: {}", resp.status, body.chars().take(200).collect::<String>());
+                let reason = refusal(resp.status.as_u16(), &resp.body);
                 for job in settle.jobs.drain(..) {
-                    broker.fail(&job, reason.clone());
+                    let failed = broker.fail(&job, reason.clone());
+                    failure_log.log(&cx, &sub, &job, &reason, failed);
                 }
             }
             Err(e) if matches!(e.kind, LinkErrorKind::Unavailable | LinkErrorKind::UnknownLink) => {
@@ -335,7 +338,8 @@ async fn deliver(
             Err(e) => {
                 not_delivered = 0;
                 for job in settle.jobs.drain(..) {
-                    broker.fail(&job, e.message.clone());
+                    let failed = broker.fail(&job, e.message.clone());
+                    failure_log.log(&cx, &sub, &job, &e.message, failed);
                 }
             }
         }
@@ -436,6 +440,60 @@ fn batch_request(jobs: &VecDeque<Job>, path: &str, topic: &str, scratch: &mut St
 
 /// A delivery's headers: its id, attempt, topic and publish time, then what
 /// the publisher's message carries.
+/// Why a subscriber's answer is a refusal, in one sentence: the error it
+/// gave (`{"error": "…"}`, as the orchestrator's own errors are), or its
+/// status and the start of its body.
+fn refusal(status: u16, body: &[u8]) -> String {
+    if let Ok(plugin_api::serde_json::Value::Object(o)) =
+        plugin_api::serde_json::from_slice::<plugin_api::serde_json::Value>(body)
+        && let Some(plugin_api::serde_json::Value::String(error)) = o.get("error")
+    {
+        return error.trim_end_matches([':', ' ']).chars().take(200).collect();
+    }
+    let body = String::from_utf8_lossy(body);
+    let body = body.trim();
+    if body.is_empty() {
+        format!("the subscriber answered {status}")
+    } else {
+        format!("the subscriber answered {status}: {}", body.chars().take(200).collect::<String>())
+    }
+}
+
+/// Logs failed deliveries: every dead-lettering, and failed attempts at most
+/// once per [`FailureLog::EVERY`] per subscription, saying how many were not logged.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn log(&mut self, cx: &Context, sub: &Subscription, job: &Job, reason: &str, failed: broker::Failed) {
+        let (topic, subscriber) = (&*job.topic, &sub.link);
+        match failed {
+            broker::Failed::DeadLettered { attempts, to } => cx.warn(format_args!(
+                "Message dead-lettered: topic={topic} subscriber={subscriber} attempts={attempts} dead_letter_topic={to} reason={reason}"
+            )),
+            broker::Failed::Retry { attempt, of, after } => {
+                if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+                    self.unlogged += 1;
+                    return;
+                }
+                let unlogged = std::mem::take(&mut self.unlogged);
+                self.last = Some(std::time::Instant::now());
+                let more = if unlogged > 0 { format!(" ({unlogged} more failed attempts not logged)") } else { String::new() };
+                cx.warn(format_args!(
+                    "Delivery failed; retrying in {}: topic={topic} subscriber={subscriber} attempt={attempt}/{of} reason={reason}{more}",
+                    humantime::format_duration(after)
+                ));
+            }
+            broker::Failed::Gone => {}
+        }
+    }
+}
+
 fn delivery_headers<'a>(job: &'a Job, scratch: &'a mut String) -> impl Iterator<Item = (&'a str, &'a str)> {
     scratch.clear();
     let _ = write!(scratch, "{}", job.id);
@@ -477,4 +535,19 @@ fn delivery_runtime() -> &'static tokio::runtime::Handle {
             .expect("the delivery runtime's thread starts");
         handle
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_one_sentence() {
+        // A process tier's program that answered 500 with nothing: before,
+        // `the subscriber answered 500 …: {"error":"the program answered 500 Internal Server Error: "}`.
+        let body = br#"{"error":"the program answered 500 Internal Server Error: "}"#;
+        assert_eq!(refusal(500, body), "the program answered 500 Internal Server Error");
+        assert_eq!(refusal(503, b""), "the subscriber answered 503");
+        assert_eq!(refusal(400, b" bad input\n"), "the subscriber answered 400: bad input");
+    }
 }
