@@ -173,7 +173,7 @@ tiers:
     config: { command: [sh, -c, "echo going down; exit 3"], max_restarts: 3, backoff: 20ms }
   missing:
     plugin: process
-    config: { command: [no-such-program-here], max_restarts: 0 }
+    config: { command: [no-such-program-here], max_restarts: 5 }
 links:
   - { from: web, to: fine, kind: rest }
   - { from: web, to: crash, kind: rest }
@@ -195,7 +195,11 @@ links:
     assert_eq!(crash["last_exit"], "exit code 3");
     assert!(crash["failed"].as_str().unwrap().contains("max_restarts"), "{crash}");
     let missing = &tier(&status, "missing")["instances"][0]["detail"];
-    assert!(missing["failed"].as_str().unwrap().contains("cannot start `no-such-program-here`"), "{missing}");
+    let failed = missing["failed"].as_str().unwrap();
+    // Not retried (before: 6 attempts), and the PATH it was looked for on is said.
+    assert_eq!(missing["restarts"], 0, "{missing}");
+    assert!(failed.contains("cannot start `no-such-program-here`: it is not on the PATH ("), "{missing}");
+    assert!(failed.ends_with("; there is nothing to retry"), "{missing}");
     assert!(
         log.contains("tier `missing` replica 0 did not become ready: cannot start `no-such-program-here`"),
         "{log}"

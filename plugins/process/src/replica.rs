@@ -394,7 +394,22 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
     let mut backoff = settings.backoff;
     let mut restarts = 0u32;
     loop {
+        // A command that does not exist will not exist at the next attempt either.
+        let mut hopeless = false;
         let ended = match spawn(&settings, &workdir, &env) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && workdir.is_dir() => {
+                hopeless = true;
+                let program = &settings.command[0];
+                Ended::failed(if program.contains('/') {
+                    format!("cannot start `{program}`: there is no such program in {}", workdir.display())
+                } else {
+                    let path = env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+                    format!(
+                        "cannot start `{program}`: it is not on the PATH ({path}); give its path, e.g. `./{program}` for one in {}",
+                        workdir.display()
+                    )
+                })
+            }
             Err(e) if !workdir.is_dir() => Ended::failed(format!(
                 "cannot start `{}`: its working directory {} is not a directory ({e})",
                 settings.command[0],
@@ -423,6 +438,7 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
             }
         };
         let give_up = match settings.restart {
+            _ if hopeless => Some("there is nothing to retry".to_owned()),
             Restart::Never => Some("it exited and the restart policy is `never`".to_owned()),
             Restart::OnFailure if success => {
                 Some("it exited successfully and the restart policy is `on-failure`".to_owned())
