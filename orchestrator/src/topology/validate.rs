@@ -29,7 +29,11 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
     let topology = v.topology(file);
     match topology {
         Some(t) if v.diags.is_empty() => Ok(t),
-        _ => Err(v.diags),
+        _ => {
+            // In the file's order, as a compiler lists them.
+            v.diags.items.sort_by_key(|d| d.loc.map_or((u32::MAX, u32::MAX), |l| (l.line, l.column)));
+            Err(v.diags)
+        }
     }
 }
 
@@ -122,6 +126,9 @@ struct TierDraft {
     raw: RawTier,
     path: KeyPath,
     serves: Option<Vec<LinkKind>>,
+    /// It has an error already: it still exists for the checks that follow
+    /// (a link to it is no "unknown tier"), which say nothing more of it.
+    broken: bool,
 }
 
 impl Validator<'_> {
@@ -143,11 +150,13 @@ impl Validator<'_> {
         self.diags.items.last_mut().expect("just pushed")
     }
 
-    /// Deserializes `node` (at `path`) into `T`. Unknown keys are reported and
-    /// skipped so that the rest is still checked; any other error is reported
-    /// and gives `None`.
+    /// Deserializes `node` (at `path`) into `T`. Unknown keys, and keys whose
+    /// value is wrong, are reported and left out so that the rest is still
+    /// checked: every mistake of a mapping is reported in one pass. A missing
+    /// key (one left out for its wrong value is not reported again) gives `None`.
     fn de<T: DeserializeOwned>(&mut self, node: &Node, path: &KeyPath) -> Option<T> {
         let mut json = node.to_json();
+        let mut left_out: Vec<String> = Vec::new();
         for _ in 0..64 {
             match serde_path_to_error::deserialize::<_, T>(json.clone()) {
                 Ok(t) => return Some(t),
@@ -164,8 +173,23 @@ impl Validator<'_> {
                         if removed {
                             continue;
                         }
+                    } else if let Some(rest) = message.strip_prefix("missing field `") {
+                        let name = rest.split('`').next().unwrap_or_default();
+                        if !left_out.iter().any(|k| k == name) {
+                            self.serde_error(&at, &message);
+                        }
                     } else {
                         self.serde_error(&at, &message);
+                        // Leave out the key whose value is wrong (the one
+                        // holding the list, for an item of a list), and go on.
+                        let rel = &at.0[path.0.len().min(at.0.len())..];
+                        if let Some(i) = rel.iter().rposition(|seg| matches!(seg, Seg::Key(_)))
+                            && let Seg::Key(name) = &rel[i]
+                            && remove_key(&mut json, &rel[..i], name)
+                        {
+                            left_out.push(name.clone());
+                            continue;
+                        }
                     }
                     return None;
                 }
@@ -269,7 +293,22 @@ impl Validator<'_> {
                 self.key_error(&tpath, format!("`{}` is not a valid tier name", key.name)).hint =
                     Some("use letters, digits, `-` and `_`, starting with a letter or digit".into());
             }
-            let Some(raw) = self.de::<RawTier>(tier_node, &tpath) else { continue };
+            let Some(raw) = self.de::<RawTier>(tier_node, &tpath) else {
+                let plugin = tier_node.get("plugin").and_then(|n| match &n.value {
+                    Value::Str(s) => Some(s.clone()),
+                    _ => None,
+                });
+                let raw = RawTier {
+                    plugin: plugin.unwrap_or_default(),
+                    replicas: None,
+                    listen: None,
+                    max_body: None,
+                    config: None,
+                    env: IndexMap::new(),
+                };
+                out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None, broken: true });
+                continue;
+            };
             if raw.plugin.contains('/') || raw.plugin.ends_with(std::env::consts::DLL_SUFFIX) {
                 let file = Path::new(&raw.plugin);
                 let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
@@ -278,7 +317,7 @@ impl Validator<'_> {
                     file.parent().filter(|d| !d.as_os_str().is_empty()).map_or(".".into(), |d| d.display().to_string());
                 self.error(&tpath.key("plugin"), format!("`{}` is a file; a plugin is named", raw.plugin)).hint =
                     Some(format!("write `plugin: {name}`, and add `{dir}` to the topology's `plugins:` directories"));
-                out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None });
+                out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None, broken: true });
                 continue;
             }
             let serves = match self.registry.lookup(&raw.plugin, plugin_dirs) {
@@ -312,7 +351,8 @@ impl Validator<'_> {
                 self.error(&tpath.key("replicas"), "a queue tier is one broker: it runs exactly one replica").hint =
                     Some("remove `replicas:`; scale the subscribing tiers instead".into());
             }
-            out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves });
+            let broken = serves.is_none();
+            out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves, broken });
         }
         out
     }
@@ -336,7 +376,19 @@ impl Validator<'_> {
         let mut seen: HashMap<(TierId, String), usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let lpath = path.index(i);
-            let Some(raw) = self.de::<RawLink>(item, &lpath) else { continue };
+            let Some(raw) = self.de::<RawLink>(item, &lpath) else {
+                // Still a link of its caller's, for the plugin's own checks of its link names.
+                let text = |key: &str| {
+                    item.get(key).and_then(|n| match &n.value {
+                        Value::Str(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                };
+                if let (Some(from), Some(name)) = (text("from"), text("name").or_else(|| text("to"))) {
+                    declared.push((TierId::new(&from), name));
+                }
+                continue;
+            };
             let mut ok = true;
             for (end, name) in [("from", &raw.from), ("to", &raw.to)] {
                 if !tiers.contains_key(&TierId::new(name)) {
@@ -531,6 +583,9 @@ impl Validator<'_> {
             outbound_of.entry(from).or_default().push(name.clone());
         }
         for (id, draft) in tiers {
+            if draft.broken {
+                continue;
+            }
             let Ok(plugin) = self.registry.lookup(&draft.raw.plugin, dirs) else { continue };
             let outbound = outbound_of.remove(id).unwrap_or_default();
             let config = draft.raw.config.clone().unwrap_or_else(|| serde_json::json!({}));
@@ -552,6 +607,9 @@ impl Validator<'_> {
     }
 
     fn tier_spec(&mut self, id: &TierId, draft: TierDraft) -> Option<TierSpec> {
+        if draft.broken {
+            return None;
+        }
         let raw = draft.raw;
         let max_body = match &raw.max_body {
             None => limits::DEFAULT_MAX_BODY,
@@ -714,6 +772,41 @@ mod tests {
         assert!(d.message.starts_with("invalid YAML: ") && !d.message.contains(" at line "), "{}", d.message);
     }
 
+    /// Every error of `yaml` as `path: message`.
+    fn all(yaml: &str) -> Vec<String> {
+        check(yaml).unwrap_err().items.iter().map(|d| format!("{}: {}", d.path, d.message)).collect()
+    }
+
+    #[test]
+    fn a_tier_with_a_wrong_value_still_exists_for_its_links() {
+        // Before, the tier was dropped: `links[0].to: unknown tier api` followed.
+        let e = all(&format!("{BASE}    replicas: lots\nlinks:\n  - {{ from: web, to: api, kind: rest }}\n"));
+        assert_eq!(e, ["tiers.api.replicas: invalid type: string \"lots\", expected i64"]);
+    }
+
+    #[test]
+    fn every_wrong_value_of_one_mapping_is_reported_in_one_pass() {
+        let e = all(&format!(
+            "{BASE}    replicas: lots\n    listen: [1]\n    max_body: {{ a: 1 }}\nlinks:\n  - {{ from: web, to: api, kind: rest }}\n"
+        ));
+        assert_eq!(e.len(), 3, "{e:?}");
+        for key in ["replicas", "listen", "max_body"] {
+            assert!(e.iter().any(|m| m.starts_with(&format!("tiers.api.{key}: "))), "{key}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_link_with_a_wrong_value_is_still_its_callers_link() {
+        // Before, the gateway also said `this tier has no outbound links: add one`.
+        let e =
+            all(&format!("{BASE}links:\n  - {{ from: web, to: api, kind: rest, retries: many, concurrency: x }}\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("links[0].retries: invalid type"), "{e:?}");
+        assert!(e[1].starts_with("links[0].concurrency: invalid type"), "{e:?}");
+        // And the gateway's own check found the link it routes to.
+        assert!(e.iter().all(|m| !m.contains("no outbound link")), "{e:?}");
+    }
+
     #[test]
     fn duplicate_link_names_per_caller() {
         let e = errors(&format!(
@@ -819,7 +912,8 @@ mod tests {
         let paths: Vec<&str> = e.iter().map(|d| d.0.as_str()).collect();
         assert_eq!(
             paths,
-            ["version", "links[0].kind", "links[1].timeout", "links[1].retries", "links[1].topic", "tiers.a.max_body"]
+            // In the file's order.
+            ["version", "tiers.a.max_body", "links[0].kind", "links[1].timeout", "links[1].topic", "links[1].retries"]
         );
     }
 
