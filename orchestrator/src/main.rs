@@ -346,17 +346,19 @@ fn reload(admin: SocketAddr, token: Option<&str>) -> ExitCode {
         }
     };
     let text = |key: &str| record[key].as_str().unwrap_or_default().to_owned();
+    // Which orchestrator answered: the one on `admin` may run another topology than meant.
+    let which = format!("topology `{}` ({}) at {admin}", text("topology"), text("file"));
     match text("outcome").as_str() {
         "applied" => {
-            println!("applied: generation {} ({})", record["generation"], text("summary"));
+            println!("applied: {which}, generation {} ({})", record["generation"], text("summary"));
             ExitCode::SUCCESS
         }
         "unchanged" => {
-            println!("unchanged: generation {}", record["generation"]);
+            println!("unchanged: {which}, generation {}", record["generation"]);
             ExitCode::SUCCESS
         }
         _ => {
-            eprint!("reload failed; generation {} keeps running:\n{}", record["generation"], text("error"));
+            eprint!("reload failed: {which}; generation {} keeps running:\n{}", record["generation"], text("error"));
             if text("error_kind") == "invalid" { ExitCode::from(EXIT_CONFIG) } else { ExitCode::from(EXIT_RUNTIME) }
         }
     }

@@ -126,6 +126,9 @@ impl fmt::Display for Trigger {
 /// One reload attempt.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReloadRecord {
+    /// The topology reloaded: its name and file.
+    pub topology: String,
+    pub file: String,
     pub at: String,
     pub trigger: Trigger,
     /// `applied`, `unchanged` or `failed`.
@@ -145,8 +148,10 @@ pub struct ReloadRecord {
 }
 
 impl ReloadRecord {
-    pub fn new(trigger: Trigger, generation: u64, took: Duration) -> Self {
+    pub fn new(topology: &str, file: &Path, trigger: Trigger, generation: u64, took: Duration) -> Self {
         Self {
+            topology: topology.to_owned(),
+            file: file.display().to_string(),
             at: timestamp(SystemTime::now()),
             trigger,
             outcome: "failed",

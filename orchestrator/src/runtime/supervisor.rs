@@ -177,7 +177,7 @@ impl Supervisor {
             Ok(new) => self.apply(new, false).await.map_err(ReloadFailure::Start),
             Err(e) => Err(ReloadFailure::Topology(e)),
         };
-        let mut record = ReloadRecord::new(trigger, self.generation, started.elapsed());
+        let mut record = ReloadRecord::new(&self.topology.name, &file, trigger, self.generation, started.elapsed());
         self.counts.attempts += 1;
         match result {
             Ok(plan) if plan.is_empty() => {
