@@ -174,6 +174,9 @@ tiers:
   missing:
     plugin: process
     config: { command: [no-such-program-here], max_restarts: 5 }
+  deaf:
+    plugin: process
+    config: { command: [sleep, '600'], startup_timeout: 300ms, max_restarts: 0 }
 links:
   - { from: web, to: fine, kind: rest }
   - { from: web, to: crash, kind: rest }
@@ -200,6 +203,12 @@ links:
     assert_eq!(missing["restarts"], 0, "{missing}");
     assert!(failed.contains("cannot start `no-such-program-here`: it is not on the PATH ("), "{missing}");
     assert!(failed.ends_with("; there is nothing to retry"), "{missing}");
+    // A program that never opens its port: the error says which port it should have.
+    let deaf = &tier(&status, "deaf")["instances"][0]["detail"];
+    let port = deaf["port"].as_u64().unwrap();
+    let failed = deaf["failed"].as_str().unwrap();
+    assert!(failed.starts_with("not ready within 300ms (last probe: "), "{deaf}");
+    assert!(failed.contains(&format!("the program must listen on 127.0.0.1 at the port in $PORT ({port})")), "{deaf}");
     assert!(
         log.contains("tier `missing` replica 0 did not become ready: cannot start `no-such-program-here`"),
         "{log}"

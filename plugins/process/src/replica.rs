@@ -498,13 +498,19 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
             result = probe::check(&settings.readiness, replica.port) => match result {
                 Ok(()) => break,
                 Err(e) => {
-                    replica.update(|r| r.last_probe_error = Some(e));
                     if Instant::now() > deadline {
                         let _ = kill_group(replica, Signal::SIGKILL);
                         let _ = child.wait().await;
                         let limit = humantime::format_duration(settings.startup_timeout);
-                        return Ended::failed(format!("not ready within {limit}"));
+                        let port = replica.port;
+                        // The usual first-run mistake: a program that listens on a port of its own.
+                        let hint = match settings.readiness.kind {
+                            crate::config::ProbeKind::Exec(_) => String::new(),
+                            _ => format!("; the program must listen on 127.0.0.1 at the port in $PORT ({port})"),
+                        };
+                        return Ended::failed(format!("not ready within {limit} (last probe: {e}){hint}"));
                     }
+                    replica.update(|r| r.last_probe_error = Some(e));
                     tokio::select! {
                         _ = tokio::time::sleep(settings.readiness.interval) => {}
                         _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
