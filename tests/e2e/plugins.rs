@@ -111,3 +111,14 @@ fn plugins_searches_a_topologys_directories_even_when_it_has_errors() {
     assert!(stderr.starts_with("warning: the topology has 1 error:\n"), "{stderr}");
     assert_eq!(stderr.matches(topo.path_str()).count(), 1, "the file is named once: {stderr}");
 }
+
+#[test]
+fn paths_in_messages_are_tidy() {
+    let topo = TopologyFile::new("version: 1\nname: x\nplugins: [./sub/../lib/.]\ntiers:\n  a: { plugin: nope }\n");
+    let out = orchestrator(&["validate", topo.path_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    // Before: `…/./sub/../lib/.`.
+    let dir = topo.dir.path().join("lib");
+    assert!(stderr.contains(&format!("(looked for libnope.so in {}, ", dir.display())), "{stderr}");
+}

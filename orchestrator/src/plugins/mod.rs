@@ -30,7 +30,10 @@ pub enum LoadError {
     NotFound { name: String, file: String, searched: Vec<PathBuf> },
     #[error("cannot load plugin library {}: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
-    #[error("{} is not an orchestrator plugin: it does not export `orchestrator_plugin_declaration`", path.display())]
+    #[error(
+        "{} is not an orchestrator plugin: it does not export `orchestrator_plugin_declaration` (a plugin's lib.rs ends with `export_plugin!(YourPlugin);`)",
+        path.display()
+    )]
     NoSymbol { path: PathBuf },
     #[error(
         "{} was built for plugin ABI version {found}, but this orchestrator speaks ABI version {}; rebuild the plugin against plugin-api {}",

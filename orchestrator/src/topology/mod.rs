@@ -56,7 +56,7 @@ pub fn plugin_dirs(path: &Path) -> Result<Vec<PathBuf>, Error> {
         Some(node::Value::Seq(items)) => items
             .iter()
             .filter_map(|item| match &item.value {
-                node::Value::Str(dir) => Some(base.join(dir)),
+                node::Value::Str(dir) => Some(model::join_tidy(&base, dir)),
                 _ => None,
             })
             .collect(),

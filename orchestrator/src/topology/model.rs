@@ -66,6 +66,26 @@ pub fn base_dir(file: &std::path::Path) -> PathBuf {
     }
 }
 
+/// `dir` joined to `path`, written tidily: `.` components left out, and a
+/// `..` after a plain name resolved (`t1/../target/release` is
+/// `target/release`). Lexical only: a `..` after a symlink means the same in
+/// messages as on disk for the paths a topology names (its own directory and
+/// what is under or beside it), which is what messages show.
+pub fn join_tidy(dir: &std::path::Path, path: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in dir.join(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
 /// One tier: a plugin, its replicas and its configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TierSpec {
@@ -161,6 +181,17 @@ pub mod limits {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn joined_paths_are_tidy() {
+        let t = |dir: &str, path: &str| super::join_tidy(Path::new(dir), path).display().to_string();
+        assert_eq!(t("t1", "../target/release"), "target/release");
+        assert_eq!(t(".", "./plugins"), "plugins");
+        assert_eq!(t("/srv/app", "../lib"), "/srv/lib");
+        assert_eq!(t("..", "../x"), "../../x");
+        assert_eq!(t("a", ".."), ".");
+        assert_eq!(t("a", "/abs/dir"), "/abs/dir");
+    }
 
     #[test]
     fn a_file_named_without_a_directory_is_in_the_current_one() {

@@ -259,7 +259,7 @@ impl Validator<'_> {
             None => Vec::new(),
         }
         .into_iter()
-        .map(|d| self.base.join(d))
+        .map(|d| super::model::join_tidy(&self.base, &d))
         .collect();
 
         let tiers = self.tiers(&plugin_dirs);
