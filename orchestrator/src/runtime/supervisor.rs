@@ -274,9 +274,9 @@ impl Supervisor {
         initial: bool,
     ) -> Result<Prepared, StartError> {
         let mut prepared = Prepared::default();
-        // Callees start (and become ready) before their callers; tiers in a
-        // cycle start together.
-        for group in start_order(new) {
+        // Callees start (and become ready) before their callers; tiers that
+        // do not call each other, and tiers in a cycle, start together.
+        for group in start_waves(new) {
             let mut starting = Vec::new();
             for id in &group {
                 let (Some(tier_plan), Some(spec)) = (plan.tiers.get(id), new.tiers.get(id)) else { continue };
@@ -715,12 +715,48 @@ fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
     t.out
 }
 
+/// The tiers of `topology` in waves to start them in: each wave's link
+/// targets are in earlier waves (or in the wave, for a cycle), and every tier
+/// is in the first wave its callees allow, so that tiers that do not depend
+/// on each other start at the same time.
+fn start_waves(topology: &Topology) -> Vec<Vec<TierId>> {
+    let groups = start_order(topology);
+    let group_of: HashMap<&TierId, usize> =
+        groups.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |id| (id, g))).collect();
+    // Callees' groups come first, so each group's wave is known from theirs.
+    let mut wave_of = vec![0usize; groups.len()];
+    for (g, ids) in groups.iter().enumerate() {
+        let callees = ids.iter().flat_map(|id| topology.links_from(id)).filter_map(|l| group_of.get(&l.to));
+        wave_of[g] = callees.filter(|&&c| c != g).map(|&c| wave_of[c] + 1).max().unwrap_or(0);
+    }
+    let mut waves: Vec<Vec<TierId>> = vec![Vec::new(); wave_of.iter().max().map_or(0, |w| w + 1)];
+    for (g, ids) in groups.into_iter().enumerate() {
+        waves[wave_of[g]].extend(ids);
+    }
+    waves
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
     use crate::topology::validate::parse;
+
+    #[test]
+    fn tiers_that_do_not_call_each_other_start_in_one_wave() {
+        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\n  other: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
+        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
+        let waves: Vec<Vec<String>> = start_waves(&topology)
+            .into_iter()
+            .map(|w| {
+                let mut names: Vec<String> = w.iter().map(ToString::to_string).collect();
+                names.sort();
+                names
+            })
+            .collect();
+        assert_eq!(waves, [vec!["c", "lone", "other"], vec!["a", "b"], vec!["web"]]);
+    }
 
     #[test]
     fn callees_start_first_and_cycles_together() {
