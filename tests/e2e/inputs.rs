@@ -119,3 +119,22 @@ async fn a_program_printing_a_line_without_end_never_grows_the_orchestrator() {
     // Before, the whole line was kept: 300 MB and more.
     assert!(peak < 100 * 1024, "peak resident memory {peak} KiB");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_programs_stderr_is_logged_as_warnings_without_its_colours() {
+    let yaml = "version: 1\nname: colours\ntiers:\n  painter:\n    plugin: process\n    config: { command: [python3, painter.py] }\n";
+    let topology = TopologyFile::new(yaml);
+    let handler = "    def do_GET(self):\n        self.reply(200, {}, b'ok')\n";
+    let program = integration_tests::python_server(
+        "import sys\nprint('\\x1b[32mstarting\\x1b[0m', flush=True)\nprint('\\x1b[31m\\x1b[1mWARNING\\x1b[0m: it hurts', file=sys.stderr, flush=True)",
+        handler,
+    );
+    std::fs::write(topology.dir.path().join("painter.py"), program).unwrap();
+    let orch = Running::start_file(topology).await;
+    let log = orch.log();
+    let out = log.iter().find(|l| l.ends_with(": starting")).unwrap_or_else(|| panic!("{log:?}"));
+    assert!(out.contains(" INFO "), "{out}");
+    let err = log.iter().find(|l| l.ends_with(": WARNING: it hurts")).unwrap_or_else(|| panic!("{log:?}"));
+    assert!(err.contains(" WARN "), "{err}");
+    assert!(log.iter().all(|l| !l.contains('\x1b')), "{log:?}");
+}

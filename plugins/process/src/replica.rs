@@ -278,11 +278,63 @@ fn describe(status: ExitStatus) -> String {
 /// one is dropped, and the log line says how much was.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
 
+/// Which of a program's outputs a line came from.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// Logs `line`: stdout at INFO, stderr (where tracebacks and warnings go) at WARN.
+    fn log(self, cx: &Context, line: String) {
+        match self {
+            Stream::Stdout => cx.info(line),
+            Stream::Stderr => cx.warn(line),
+        }
+    }
+}
+
+/// Whether program output keeps its colours: only when the log goes to a terminal.
+fn keep_colours() -> bool {
+    use std::io::IsTerminal as _;
+    static KEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEP.get_or_init(|| std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+}
+
+/// `line` without its ANSI escape sequences (colours, cursor moves).
+fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.contains('\x1b') {
+        return line.into();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // CSI: ESC [ parameters… final byte in @..~; otherwise ESC and one more character.
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out.into()
+}
+
 /// Re-emits each line the program prints as a log line of its tier and
-/// replica. The output is read as fast as the program writes it, whatever
-/// its lines' length, so it never blocks the program; what is kept of a line
-/// is at most [`MAX_LOG_LINE`] bytes, so it never grows the orchestrator.
-fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context) {
+/// replica (stderr at WARN; colours only to a terminal). The output is read
+/// as fast as the program writes it, whatever its lines' length, so it never
+/// blocks the program; what is kept of a line is at most [`MAX_LOG_LINE`]
+/// bytes, so it never grows the orchestrator.
+fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context, which: Stream) {
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(8 * 1024, stream);
         let mut line = LogLine::default();
@@ -299,14 +351,18 @@ fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context
             let used = ends.unwrap_or(buf.len());
             reader.consume(used);
             if ends.is_some() {
-                // Programs log to either stream; both are the tier's output.
-                cx.info(line.take());
+                which.log(&cx, output_line(line.take()));
             }
         }
         if !line.is_empty() {
-            cx.info(line.take());
+            which.log(&cx, output_line(line.take()));
         }
     });
+}
+
+/// A line as logged: colours stripped unless they go to a terminal.
+fn output_line(line: String) -> String {
+    if keep_colours() { line } else { strip_ansi(&line).into_owned() }
 }
 
 /// A line of output being read: its first [`MAX_LOG_LINE`] bytes, and how many were dropped.
@@ -343,6 +399,13 @@ impl LogLine {
 #[cfg(test)]
 mod log_tests {
     use super::*;
+
+    #[test]
+    fn colours_are_stripped() {
+        assert_eq!(strip_ansi("\x1b[31m\x1b[1mWARNING\x1b[0m: done"), "WARNING: done");
+        assert_eq!(strip_ansi("plain"), "plain");
+        assert_eq!(strip_ansi("a\x1b]b"), "ab");
+    }
 
     #[test]
     fn a_long_line_is_cut_at_the_limit_and_says_how_much_was_dropped() {
@@ -484,10 +547,10 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
         r.state = "starting";
     });
     if let Some(out) = child.stdout.take() {
-        relay(out, cx.clone());
+        relay(out, cx.clone(), Stream::Stdout);
     }
     if let Some(err) = child.stderr.take() {
-        relay(err, cx.clone());
+        relay(err, cx.clone(), Stream::Stderr);
     }
     // Readiness: probe until it passes, the program exits, or time runs out.
     let deadline = Instant::now() + settings.startup_timeout;
