@@ -347,6 +347,9 @@ async fn sigterm_while_the_topology_starts_stops_what_started_and_exits() {
     );
     let mut orch = Running::start_unready(integration_tests::TopologyFile::new(&yaml)).await;
     orch.wait_for_line(&format!("Instance started. tier={tier}"));
+    // What the user sees within seconds, not at the timeout.
+    let slow = orch.wait_for_line("Replica not ready after 5s (last probe: ");
+    assert!(slow.contains(" WARN ") && slow.contains("Is it listening on 127.0.0.1 at the port in $PORT ("), "{slow}");
     orch.terminate();
     orch.wait_for_line("Stopping while the topology starts: stopping what started.");
     // Within the harness's deadline (20 s), far less than the startup timeout.

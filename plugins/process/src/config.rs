@@ -83,7 +83,7 @@ pub struct Process {
     /// Longest delay before a restart (default 10s).
     #[serde(default)]
     pub max_backoff: Option<String>,
-    /// How long a program may take to become ready (default 60s).
+    /// How long a program may take to become ready (default 30s).
     #[serde(default)]
     pub startup_timeout: Option<String>,
     /// Between SIGTERM and SIGKILL when stopping (default 10s).
@@ -175,7 +175,7 @@ impl Process {
         };
         let backoff = dur("backoff", &self.backoff, Duration::from_millis(100));
         let max_backoff = dur("max_backoff", &self.max_backoff, Duration::from_secs(10));
-        let startup_timeout = dur("startup_timeout", &self.startup_timeout, Duration::from_secs(60));
+        let startup_timeout = dur("startup_timeout", &self.startup_timeout, Duration::from_secs(30));
         let stop_grace = dur("stop_grace", &self.stop_grace, Duration::from_secs(10));
         let mut check_probe = |key: &str, config: &ProbeConfig, interval: Duration| match probe(config, interval) {
             Ok(p) => Some(p),

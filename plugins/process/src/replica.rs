@@ -20,6 +20,9 @@ use crate::forward::{Failure, Forwarder, HttpRequest, HttpResponse};
 use crate::grpc::GrpcForwarder;
 use crate::probe;
 
+/// A replica still not ready after this long is warned of.
+const SLOW_START: Duration = Duration::from_secs(5);
+
 /// After this long ready, a replica's restart count starts again.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -553,7 +556,9 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
         relay(err, cx.clone(), Stream::Stderr);
     }
     // Readiness: probe until it passes, the program exits, or time runs out.
-    let deadline = Instant::now() + settings.startup_timeout;
+    let started = Instant::now();
+    let deadline = started + settings.startup_timeout;
+    let mut warned = false;
     loop {
         tokio::select! {
             status = child.wait() => return Ended::exited(status, None),
@@ -572,6 +577,17 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
                             _ => format!("; the program must listen on 127.0.0.1 at the port in $PORT ({port})"),
                         };
                         return Ended::failed(format!("not ready within {limit} (last probe: {e}){hint}"));
+                    }
+                    // Said early, while it is still waited for: a first run's
+                    // mistake shows in seconds, not at the timeout.
+                    if !warned && started.elapsed() >= SLOW_START && settings.startup_timeout > SLOW_START {
+                        warned = true;
+                        let port = replica.port;
+                        cx.warn(format_args!(
+                            "Replica not ready after {}s (last probe: {e}); still waiting up to startup_timeout ({}). Is it listening on 127.0.0.1 at the port in $PORT ({port})?",
+                            SLOW_START.as_secs(),
+                            humantime::format_duration(settings.startup_timeout)
+                        ));
                     }
                     replica.update(|r| r.last_probe_error = Some(e));
                     tokio::select! {
