@@ -347,6 +347,10 @@ async fn sigterm_while_the_topology_starts_stops_what_started_and_exits() {
     );
     let mut orch = Running::start_unready(integration_tests::TopologyFile::new(&yaml)).await;
     orch.wait_for_line(&format!("Instance started. tier={tier}"));
+    // Shown from the first moment (before: `tiers: []` until every tier ran).
+    let status = orch.status().await;
+    let shown = integration_tests::tier(&status, &tier);
+    assert_eq!((shown["state"].as_str(), status["state"].as_str()), (Some("starting"), Some("starting")), "{status}");
     // What the user sees within seconds, not at the timeout.
     let slow = orch.wait_for_line("Replica not ready after 5s (last probe: ");
     assert!(slow.contains(" WARN ") && slow.contains("Is it listening on 127.0.0.1 at the port in $PORT ("), "{slow}");

@@ -89,13 +89,29 @@ impl std::fmt::Debug for Supervisor {
 
 /// The status of a topology that is not running yet.
 pub fn starting_status(topology: &Topology) -> Status {
+    // Every tier is shown from the first moment, starting, before any runs.
+    let tiers = topology
+        .tiers
+        .values()
+        .map(|spec| TierStatus {
+            name: spec.id.to_string(),
+            plugin: spec.plugin.clone(),
+            plugin_version: String::new(),
+            origin: String::new(),
+            replicas: spec.replicas,
+            listen: None,
+            state: State::Starting,
+            generation: 0,
+            instances: Vec::new(),
+        })
+        .collect();
     Status {
         name: topology.name.clone(),
         file: topology.file.display().to_string(),
         generation: 0,
         state: State::Starting,
         started_at: timestamp(SystemTime::now()),
-        tiers: Vec::new(),
+        tiers,
         links: Vec::new(),
         last_reload: None,
         reloads: ReloadCounts::default(),
