@@ -161,7 +161,13 @@ async fn point_to_point_gives_each_message_to_exactly_one_consumer() {
     assert_eq!(per_replica.len(), 3, "{per_replica:?}");
     let status = orch.status().await;
     let jobs = topic(&status, "jobs");
-    assert_eq!(jobs["subscribers"]["point-to-point"]["delivered"], N, "{jobs}");
+    // Named by its tier (before: `point-to-point`).
+    assert_eq!(jobs["subscribers"]["w"]["delivered"], N, "{jobs}");
+    assert_eq!(
+        (jobs["subscribers"]["w"]["mode"].as_str(), &jobs["subscribers"]["w"]["tiers"]),
+        (Some("point-to-point"), &serde_json::json!(["w"])),
+        "{jobs}"
+    );
     assert_eq!(jobs["depth"], 0, "{jobs}");
 }
 
@@ -304,7 +310,7 @@ async fn replacing_the_consumer_mid_stream_loses_nothing() {
     // itself (a live setting change).
     received(&orch, web, "c", 50).await;
     let before = orch.status().await;
-    assert!(topic(&before, "stream")["subscribers"]["point-to-point"]["lag"].as_u64() > Some(0), "{before}");
+    assert!(topic(&before, "stream")["subscribers"]["c"]["lag"].as_u64() > Some(0), "{before}");
     orch.save(&yaml("v2"));
     let status = orch.wait_generation(2).await;
     assert_eq!(status["last_reload"]["summary"], "replaced c", "{status}");
@@ -370,7 +376,7 @@ async fn orders_reach_the_competing_workers_and_the_python_audit_tier() {
     let orders = &tier(&status, "orders")["instances"][0]["detail"]["topics"]["orders"];
     assert_eq!(orders["published"], N, "{orders}");
     assert_eq!(orders["subscribers"]["audit"]["delivered"], N, "{orders}");
-    assert_eq!(orders["subscribers"]["point-to-point"]["delivered"], N, "{orders}");
+    assert_eq!(orders["subscribers"]["worker"]["delivered"], N, "{orders}");
     assert_eq!(orders["depth"], 0, "{orders}");
 }
 

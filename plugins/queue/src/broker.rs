@@ -125,6 +125,9 @@ struct Group {
     mode: &'static str,
     /// Broker instances delivering for this group.
     owners: usize,
+    /// The subscribing tiers (their links' names), and how many deliverers
+    /// each has: several for a point-to-point group's competing tiers.
+    members: BTreeMap<Arc<str>, usize>,
     /// The broker generation that created the group.
     generation: u64,
     /// The next sequence number not yet offered to the group.
@@ -152,6 +155,8 @@ pub struct GroupRef {
     slot: usize,
     id: u64,
     pub notify: Arc<Notify>,
+    /// The subscribing tier (its link's name) this reference delivers for.
+    member: Arc<str>,
 }
 
 /// One delivery to make.
@@ -265,6 +270,12 @@ impl Broker {
     /// Joins (or creates) group `key` of `topic`. Messages nobody claims
     /// (their groups went away, or they came back from disk) go to it.
     pub fn subscribe(&self, topic: &str, key: &str, mode: &'static str) -> Result<GroupRef, String> {
+        self.subscribe_as(topic, key, mode, key)
+    }
+
+    /// [`Broker::subscribe`] for subscribing tier `member` (shown in the status).
+    pub fn subscribe_as(&self, topic: &str, key: &str, mode: &'static str, member: &str) -> Result<GroupRef, String> {
+        let member: Arc<str> = Arc::from(member);
         let mut state = self.lock();
         let (group_id, generation) = (state.next_group, state.generation);
         let t = state.topic(topic);
@@ -272,7 +283,8 @@ impl Broker {
             t.groups.iter_mut().enumerate().find_map(|(i, g)| g.as_mut().filter(|g| g.key == key).map(|g| (i, g)))
         {
             group.owners += 1;
-            return Ok(GroupRef { topic: topic.into(), slot, id: group.id, notify: group.notify.clone() });
+            *group.members.entry(member.clone()).or_default() += 1;
+            return Ok(GroupRef { topic: topic.into(), slot, id: group.id, notify: group.notify.clone(), member });
         }
         let slot = match t.groups.iter().position(Option::is_none) {
             Some(slot) => slot,
@@ -295,6 +307,7 @@ impl Broker {
             key: key.to_owned(),
             mode,
             owners: 1,
+            members: BTreeMap::from([(member.clone(), 1)]),
             generation,
             cursor: 0,
             retries: BTreeSet::new(),
@@ -309,7 +322,7 @@ impl Broker {
             last_error: None,
         });
         state.next_group += 1;
-        Ok(GroupRef { topic: topic.into(), slot, id: group_id, notify })
+        Ok(GroupRef { topic: topic.into(), slot, id: group_id, notify, member })
     }
 
     /// Leaves a group; the last owner to leave removes it. What it had not
@@ -323,6 +336,12 @@ impl Broker {
         let Some(t) = state.topics.get_mut(&*group.topic) else { return };
         let Some(g) = t.group_mut(group.slot, group.id) else { return };
         g.owners = g.owners.saturating_sub(1);
+        if let Some(n) = g.members.get_mut(&group.member) {
+            *n -= 1;
+            if *n == 0 {
+                g.members.remove(&group.member);
+            }
+        }
         if g.owners > 0 {
             return;
         }
@@ -594,8 +613,16 @@ impl Broker {
                             "redelivered": g.redelivered,
                             "dead_lettered": g.dead_lettered,
                             "last_error": g.last_error,
+                            "tiers": g.members.keys().map(|m| m.to_string()).collect::<Vec<_>>(),
                         });
-                        (g.key.clone(), status)
+                        // Named by the subscribing tiers: a point-to-point
+                        // group is every tier that competes for the topic.
+                        let name = if g.mode == "pubsub" || g.members.is_empty() {
+                            g.key.clone()
+                        } else {
+                            g.members.keys().map(|m| &**m).collect::<Vec<_>>().join("+")
+                        };
+                        (name, status)
                     })
                     .collect();
                 let sum = |f: fn(&Group) -> u64| t.groups.iter().flatten().map(f).sum::<u64>();

@@ -181,7 +181,7 @@ impl Plugin for QueuePlugin {
         let mut groups = Vec::new();
         let mut workers = Vec::new();
         for sub in subscriptions {
-            let group = match broker.subscribe(&sub.topic, &sub.group_key(), sub.mode) {
+            let group = match broker.subscribe_as(&sub.topic, &sub.group_key(), sub.mode, &sub.link) {
                 Ok(group) => group,
                 Err(e) => {
                     // Leave the groups joined so far before giving up.
