@@ -104,7 +104,13 @@ impl Running {
     /// before its tiers are ready.
     pub async fn start_unready(topology: TopologyFile) -> Self {
         let path = topology.path.clone();
-        Self::spawn_with(topology, &path, None, &[], false).await
+        Self::spawn_with(topology, &path, None, &[], &[], false).await
+    }
+
+    /// Starts `orchestrator run` with extra environment variables.
+    pub async fn start_with_env(topology: TopologyFile, env: &[(&str, &str)]) -> Self {
+        let path = topology.path.clone();
+        Self::spawn_with(topology, &path, None, &[], env, true).await
     }
 
     /// Starts `orchestrator run topology.yaml` from the topology's directory,
@@ -115,10 +121,17 @@ impl Running {
     }
 
     async fn spawn(topology: TopologyFile, path: &Path, cwd: Option<&Path>, extra: &[&str]) -> Self {
-        Self::spawn_with(topology, path, cwd, extra, true).await
+        Self::spawn_with(topology, path, cwd, extra, &[], true).await
     }
 
-    async fn spawn_with(topology: TopologyFile, path: &Path, cwd: Option<&Path>, extra: &[&str], ready: bool) -> Self {
+    async fn spawn_with(
+        topology: TopologyFile,
+        path: &Path,
+        cwd: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ready: bool,
+    ) -> Self {
         let mut command = Command::new(bin());
         if let Some(dir) = cwd {
             command.current_dir(dir);
@@ -130,6 +143,7 @@ impl Running {
             .args(extra)
             .env("NO_COLOR", "1")
             .env("ORCH_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

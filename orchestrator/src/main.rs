@@ -75,9 +75,13 @@ enum Command {
     },
     /// Ask a running orchestrator to reread its topology and apply what changed.
     Reload {
-        /// Address of its admin API.
-        #[arg(long, default_value = "127.0.0.1:9900")]
-        admin: SocketAddr,
+        /// The topology file whose orchestrator to reload (found by the state
+        /// file each `run` keeps). Without it: the one orchestrator running,
+        /// or the one on 127.0.0.1:9900 when none says it runs.
+        file: Option<PathBuf>,
+        /// Address of its admin API (instead of finding it).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
         #[command(flatten)]
         token: AdminToken,
     },
@@ -214,9 +218,9 @@ fn main() -> ExitCode {
             };
             run(&file, opts, &plugins)
         }
-        Command::Reload { admin, token } => match token.read() {
-            Ok(token) => reload(admin, token.as_deref()),
-            Err(code) => code,
+        Command::Reload { file, admin, token } => match (token.read(), which_admin(file.as_deref(), admin)) {
+            (Ok(token), Ok(admin)) => reload(admin, token.as_deref()),
+            (Err(code), _) | (_, Err(code)) => code,
         },
         Command::Validate { files, plugins } => validate(&files, &plugins),
         Command::Graph { file, format, plugins } => match load(&file, &plugins.registry()) {
@@ -311,6 +315,43 @@ fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
             tracing::error!(error = %e, "The topology could not run.");
             eprintln!("error: {e}");
             ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// The admin address of the orchestrator a command is for: `admin` if
+/// given, else the one running `file`, else the only one running, else the
+/// default. Several running and none named is refused: a guess could reload
+/// the wrong application.
+fn which_admin(file: Option<&Path>, admin: Option<SocketAddr>) -> Result<SocketAddr, ExitCode> {
+    use orchestrator::runtime::running;
+    if let Some(admin) = admin {
+        return Ok(admin);
+    }
+    if let Some(file) = file {
+        return running::find(file).map(|e| e.admin).ok_or_else(|| {
+            eprintln!(
+                "error: no orchestrator runs {} (for this user, on this machine); give --admin ADDR",
+                file.display()
+            );
+            ExitCode::from(EXIT_RUNTIME)
+        });
+    }
+    match running::all().as_slice() {
+        [] => Ok(SocketAddr::from(([127, 0, 0, 1], 9900))),
+        [one] => Ok(one.admin),
+        several => {
+            eprintln!("error: {} orchestrators run; say which with its topology file:", several.len());
+            for e in several {
+                eprintln!(
+                    "  orchestrator reload {}    # `{}`, pid {}, admin {}",
+                    e.file.display(),
+                    e.name,
+                    e.pid,
+                    e.admin
+                );
+            }
+            Err(ExitCode::from(EXIT_USAGE))
         }
     }
 }

@@ -291,3 +291,47 @@ async fn a_new_listen_address_is_bound_before_the_old_one_closes() {
     assert!(status["last_reload"]["error"].as_str().unwrap().contains("cannot listen on"), "{status}");
     assert_eq!(tier(&status, "web")["listen"], format!("127.0.0.1:{port}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_command_finds_the_orchestrator_of_a_file_and_never_guesses_between_two() {
+    // State files of these two only (others' tests run beside them).
+    let state = tempfile::tempdir().unwrap();
+    let env = [("XDG_RUNTIME_DIR", state.path().to_str().unwrap())];
+    let one = Running::start_with_env(TopologyFile::new(&hello().replace("name: hello", "name: one")), &env).await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(integration_tests::bin()).args(args).envs(env).env("NO_COLOR", "1").output().unwrap()
+    };
+    // The only one running: found without an address (before: 127.0.0.1:9900, whatever ran there).
+    let out = cli(&["reload"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.starts_with(&format!("unchanged: topology `one` ({}) at {}", one.topology.path.display(), one.admin)),
+        "{stdout}"
+    );
+
+    let two = Running::start_with_env(TopologyFile::new(&hello().replace("name: hello", "name: two")), &env).await;
+    let out = cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.starts_with("error: 2 orchestrators run; say which with its topology file:"), "{stderr}");
+    // Named by its file: that one, and only that one, reloads.
+    two.save(&hello().replace("name: hello", "name: two").replace("greeting: Hello Python!", "greeting: Two!"));
+    two.wait_generation(2).await;
+    let out = cli(&["reload", two.topology.path_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("unchanged: topology `two` ({}) at {}", two.topology.path.display(), two.admin)),
+        "{stdout}"
+    );
+    assert_eq!(one.status().await["reloads"]["attempts"], 1, "the first had only its own reload");
+    let out = cli(&["reload", "/no/such/topology.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no orchestrator runs /no/such/topology.yaml"));
+    // One stops: its state file goes with it, and the other is the only one again.
+    let mut one = one;
+    one.terminate();
+    assert_eq!(one.wait_exit().code(), Some(0));
+    let out = cli(&["reload"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("unchanged: topology `two`"), "{out:?}");
+}

@@ -5,6 +5,7 @@ pub mod admission;
 mod drain;
 mod gate;
 pub mod listener;
+pub mod running;
 pub mod status;
 pub mod supervisor;
 pub mod timeouts;
@@ -83,6 +84,8 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
         .await
         .map_err(|source| RunError::Admin { addr: opts.admin, source })?;
     tracing::info!(addr = %admin.addr, "Admin API listening.");
+    // Found by `orchestrator reload FILE` while this runs; removed when it returns.
+    let _registration = running::Registration::write(&topology.file, &topology.name, admin.addr);
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
     let mut supervisor = Supervisor::new(&topology, registry, status_tx, workers, opts.drain_timeout, opts.color);

@@ -269,6 +269,7 @@ impl Broker {
 
     /// Joins (or creates) group `key` of `topic`. Messages nobody claims
     /// (their groups went away, or they came back from disk) go to it.
+    #[cfg(test)]
     pub fn subscribe(&self, topic: &str, key: &str, mode: &'static str) -> Result<GroupRef, String> {
         self.subscribe_as(topic, key, mode, key)
     }
