@@ -150,3 +150,20 @@ async fn a_truncated_or_slowly_copied_library_never_takes_the_orchestrator_down(
     assert!(orch.get(web, "/x").await.1.starts_with("Two."));
     assert!(orch.log().iter().all(|l| !l.contains("panicked")), "{:?}", orch.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_is_not_taken_for_an_old_copies_directory() {
+    // `orchestrator-<number>` directories of dead processes are removed at
+    // start; the state directory `run` keeps in TMPDIR must survive that.
+    let tmp = private_dir();
+    let env = [("TMPDIR", tmp.path().to_str().unwrap()), ("XDG_RUNTIME_DIR", "")];
+    let hello = std::fs::read_to_string(integration_tests::repo_root().join("topologies/hello.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let orch = Running::start_with_env(TopologyFile::new(&hello), &env).await;
+    let cli =
+        |args: &[&str]| std::process::Command::new(integration_tests::bin()).args(args).envs(env).output().unwrap();
+    assert_eq!(cli(&["plugins"]).status.code(), Some(0));
+    let out = cli(&["reload", orch.topology.path_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

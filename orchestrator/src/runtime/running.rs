@@ -3,7 +3,7 @@
 //! reload FILE` finds the one running FILE instead of guessing an address.
 //!
 //! The files live in `$XDG_RUNTIME_DIR/orchestrator/`, or else
-//! `$TMPDIR/orchestrator-<uid>/`: a directory of this user's, mode 0700,
+//! `$TMPDIR/orchestrator-run-<uid>/`: a directory of this user's, mode 0700,
 //! used only if it is a real directory (not a link) that belongs to this user
 //! and that no one else may enter — another user cannot plant or read one.
 //! A file is named by a hash of the topology's canonical path; it holds the
@@ -28,7 +28,9 @@ pub fn dir() -> Result<PathBuf, String> {
     let me = nix::unistd::geteuid().as_raw();
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(runtime) => PathBuf::from(runtime).join("orchestrator"),
-        None => std::env::temp_dir().join(format!("orchestrator-{me}")),
+        // Not `orchestrator-<number>`: that is the name of the private copies
+        // directories older versions left, which are removed once stale.
+        None => std::env::temp_dir().join(format!("orchestrator-run-{me}")),
     };
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
