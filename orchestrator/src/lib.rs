@@ -5,19 +5,23 @@
 //! - [`topology`] — the topology language: parse YAML into a located tree,
 //!   validate it into typed specs (every error located), graph and schema;
 //! - [`plugins`] — the plugin registry (built-ins and `cdylib` libraries), the
-//!   loader with its ABI checks, and the host services plugins call (all the
-//!   host's `unsafe` lives here);
+//!   loader (permission checks, a sealed in-memory snapshot of each library,
+//!   a probe in a child process, then the ABI checks), and the host services
+//!   plugins call (all the host's `unsafe` lives here);
 //! - [`links`] — outbound link tables, endpoints of ready replicas, round-robin
 //!   balancing, timeouts and retries, and the local listeners that let
 //!   programs outside the process call a link;
 //! - [`runtime`] — the supervisor that owns running tiers and applies each
 //!   topology as a plan (prepare, commit, drain), tier HTTP listeners and the
 //!   worker threads that serve their connections (one single-threaded runtime
-//!   each; a connection stays on one), status snapshots, and the run loop:
-//!   signals, reloads, graceful shutdown;
+//!   each; a connection stays on one) within one connection budget
+//!   (`admission`), status snapshots, the state files by which the CLI finds
+//!   a running orchestrator (`running`), and the run loop: signals, reloads,
+//!   graceful shutdown;
 //! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
 //! - [`admin`] — the admin HTTP API: status (with waits on the generation),
-//!   readiness, reload, Prometheus metrics.
+//!   readiness, reload, Prometheus metrics; its guard (Host, cross-site
+//!   requests, the bearer token) and its own limits.
 //!
 //! The pipeline runs one way: file → `topology::load` → `Topology` →
 //! `topology::diff` against the running one → `Plan` → `Supervisor` applies it.
