@@ -93,14 +93,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     // abandons the start, as one during a reload does, and stops what started.
     let started = tokio::select! {
         started = supervisor.start(topology) => Ok(started),
-        signal = async {
-            loop {
-                match signals.next().await {
-                    "SIGHUP" => tracing::info!("Still starting; SIGHUP ignored."),
-                    other => return other,
-                }
-            }
-        } => Err(signal),
+        signal = signals.stop("Still starting; SIGHUP ignored.") => Err(signal),
     };
     match started {
         Ok(Ok(())) => {}
@@ -141,14 +134,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
         let mut stop = None;
         let record = tokio::select! {
             record = supervisor.reload(trigger) => Some(record),
-            signal = async {
-                loop {
-                    match signals.next().await {
-                        "SIGHUP" => tracing::info!("A reload is already running; SIGHUP ignored."),
-                        other => return other,
-                    }
-                }
-            } => {
+            signal = signals.stop("A reload is already running; SIGHUP ignored.") => {
                 stop = Some(signal);
                 None
             }
@@ -193,6 +179,17 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
         })
+    }
+
+    /// The next stop signal (SIGTERM, SIGINT); a SIGHUP before it is logged
+    /// as `ignored`, as when one arrives while another change is under way.
+    async fn stop(&mut self, ignored: &'static str) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => tracing::info!("{ignored}"),
+                other => return other,
+            }
+        }
     }
 
     async fn next(&mut self) -> &'static str {
