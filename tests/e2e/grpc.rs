@@ -157,3 +157,32 @@ async fn retargeting_an_rpc_link_keeps_the_clients_channel() {
     assert_eq!(integration_tests::instance_ids(&before, "caller"), integration_tests::instance_ids(&after, "caller"));
     assert_eq!(after["last_reload"]["summary"], "links changed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rpc_example_topology_runs_as_its_comment_says() {
+    let orch = Running::start_file(integration_tests::repo_topology("topologies/rpc.yaml")).await;
+    let quote = r#"{"item":"widget","quantity":3}"#;
+    for link in ["pricing", "pyprice"] {
+        let answer = get(&orch, &call(link, "pricing.Pricing/Quote", quote, "")).await;
+        assert_eq!(answer["code"], "OK", "{answer}");
+        let reply: Value = serde_json::from_str(answer["reply"].as_str().unwrap()).unwrap();
+        assert_eq!(reply["total"], 7.5, "{link}: {reply}");
+    }
+    let web = orch.tier_addr("web").await;
+    let (_, body) = orch
+        .get(
+            web,
+            &format!(
+                "/spread?link=pricing&method={}&message={}&n=300",
+                enc("pricing.Pricing/Quote"),
+                enc(r#"{"item":"gizmo"}"#)
+            ),
+        )
+        .await;
+    let spread: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (spread["replicas"].as_object().map(|r| r.len()), spread["errors"].as_u64()),
+        (Some(3), Some(0)),
+        "{spread}"
+    );
+}
