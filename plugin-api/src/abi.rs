@@ -34,7 +34,9 @@ pub type EntryFn = unsafe extern "C" fn() -> *const PluginDecl;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RStr {
+    /// Start of the bytes (may dangle when `len` is 0).
     pub ptr: *const u8,
+    /// Number of bytes.
     pub len: usize,
 }
 
@@ -129,14 +131,17 @@ impl RBuf {
         Self { ptr, len, cap: boxed, free: Some(free_bytes) }
     }
 
+    /// Number of bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The bytes, borrowed from the buffer.
     pub fn as_bytes(&self) -> &[u8] {
         if self.len == 0 {
             return &[];
@@ -166,11 +171,13 @@ impl Drop for RBuf {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawRequest {
+    /// The HTTP method, e.g. `GET`.
     pub method: RStr,
     /// Path and query, e.g. `/api/items?page=2`.
     pub uri: RStr,
     /// Headers in the [`encode_headers`] format.
     pub headers: RStr,
+    /// The body bytes.
     pub body: RStr,
 }
 
@@ -184,6 +191,7 @@ pub struct RawResponse {
     pub status: u16,
     /// Headers in the [`encode_headers`] format.
     pub headers: RBuf,
+    /// The body bytes.
     pub body: RBuf,
 }
 
@@ -196,10 +204,15 @@ pub const NOT_DELIVERED: u16 = 1;
 
 /// Outcome codes of a link call ([`RawLinkResult::code`]).
 pub mod link_code {
+    /// The call got a response.
     pub const OK: u32 = 0;
+    /// The caller has no outbound link of that name.
     pub const UNKNOWN_LINK: u32 = 1;
+    /// No ready replica of the target could take the call.
     pub const UNAVAILABLE: u32 = 2;
+    /// No answer within the link's timeout.
     pub const TIMEOUT: u32 = 3;
+    /// The target failed without answering.
     pub const UPSTREAM: u32 = 4;
 }
 
@@ -209,6 +222,7 @@ pub mod link_code {
 pub struct RawLinkResult {
     /// One of [`link_code`]; `response` is meaningful only for `OK`.
     pub code: u32,
+    /// The target's response, for `OK`.
     pub response: RawResponse,
     /// A human-readable reason when `code != OK`.
     pub message: RBuf,
@@ -216,10 +230,15 @@ pub struct RawLinkResult {
 
 /// Log levels for [`HostVTable::log`].
 pub mod log_level {
+    /// Errors.
     pub const ERROR: u32 = 1;
+    /// Warnings.
     pub const WARN: u32 = 2;
+    /// Information.
     pub const INFO: u32 = 3;
+    /// Debugging detail.
     pub const DEBUG: u32 = 4;
+    /// Tracing detail.
     pub const TRACE: u32 = 5;
 }
 
@@ -228,6 +247,7 @@ pub mod log_level {
 /// and logging are done by the host.
 #[repr(C)]
 pub struct HostVTable {
+    /// The ABI version of this table: [`ABI_VERSION`].
     pub abi_version: u32,
     /// Calls outbound link `link` of the instance identified by `host_ctx`. The
     /// host copies what it needs from `req` before returning.
@@ -258,6 +278,7 @@ pub struct HostVTable {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceInfo {
+    /// The tier's name.
     pub tier: RStr,
     /// Replica index, from 0.
     pub replica: u32,
@@ -269,10 +290,13 @@ pub struct InstanceInfo {
 /// What a plugin library declares. Starts with the ABI version.
 #[repr(C)]
 pub struct PluginDecl {
+    /// [`ABI_VERSION`] of the library; read before anything else.
     pub abi_version: u32,
     /// Version of the `plugin-api` crate the plugin was built with.
     pub api_version: RStr,
+    /// The plugin's name: what `plugin:` in a topology names.
     pub name: RStr,
+    /// The plugin's own version (its crate's).
     pub version: RStr,
     /// Bit set of link kinds the plugin serves (see `LinkKind::bit`).
     pub serves: u32,

@@ -28,6 +28,7 @@ enum Repr {
 }
 
 impl Body {
+    /// An empty body.
     pub fn new() -> Self {
         Self(Repr::Empty)
     }
@@ -36,6 +37,7 @@ impl Body {
         if buf.is_empty() { Self(Repr::Empty) } else { Self(Repr::Foreign(buf)) }
     }
 
+    /// The body's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Empty => &[],

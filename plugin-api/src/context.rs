@@ -195,18 +195,22 @@ impl Context {
         unsafe { (self.host().log)(self.ctx, level, RStr::from_bytes(text.as_bytes())) }
     }
 
+    /// Logs `message` at ERROR, attributed to this tier and replica.
     pub fn error(&self, message: impl fmt::Display) {
         self.log(log_level::ERROR, format_args!("{message}"));
     }
 
+    /// Logs `message` at WARN, attributed to this tier and replica.
     pub fn warn(&self, message: impl fmt::Display) {
         self.log(log_level::WARN, format_args!("{message}"));
     }
 
+    /// Logs `message` at INFO, attributed to this tier and replica.
     pub fn info(&self, message: impl fmt::Display) {
         self.log(log_level::INFO, format_args!("{message}"));
     }
 
+    /// Logs `message` at DEBUG, attributed to this tier and replica.
     pub fn debug(&self, message: impl fmt::Display) {
         self.log(log_level::DEBUG, format_args!("{message}"));
     }
@@ -220,10 +224,12 @@ pub struct Link<'a> {
 }
 
 impl Link<'_> {
+    /// Sends `req` on this link: the target's response, or a [`LinkError`] (timeout, no ready replica, …).
     pub fn call(&self, req: Request) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
         self.cx.call(self.name, req)
     }
 
+    /// Sends `GET uri` on this link.
     pub fn get(&self, uri: &str) -> impl Future<Output = Result<Response, LinkError>> + Send + 'static {
         self.call(Request::get(uri))
     }

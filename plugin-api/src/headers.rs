@@ -37,6 +37,7 @@ impl Default for Repr {
 }
 
 impl Headers {
+    /// No headers.
     pub fn new() -> Self {
         Self::default()
     }
@@ -130,10 +131,12 @@ impl Headers {
         found
     }
 
+    /// Number of headers (a name given twice counts twice).
     pub fn len(&self) -> usize {
         self.map().len()
     }
 
+    /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
         match &self.repr {
             Repr::Encoded(bytes, _) => bytes.is_empty(),

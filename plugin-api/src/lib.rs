@@ -39,6 +39,7 @@
 //! - [`queue`] — publishing on queue links and receiving deliveries;
 //! - `trace` — W3C trace context carried from a handled request to its link calls.
 
+#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod abi;

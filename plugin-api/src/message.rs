@@ -11,22 +11,28 @@ use crate::{Body, Headers};
 /// An HTTP-shaped request: what a tier receives and what it sends on a link.
 #[derive(Clone, Debug)]
 pub struct Request {
+    /// The HTTP method.
     pub method: Method,
     /// Path and query, e.g. `/api/items?page=2`.
     pub uri: String,
+    /// The request's headers.
     pub headers: Headers,
+    /// The request's body.
     pub body: Body,
 }
 
 impl Request {
+    /// A request with no headers and no body.
     pub fn new(method: Method, uri: impl Into<String>) -> Self {
         Self { method, uri: uri.into(), headers: Headers::new(), body: Body::new() }
     }
 
+    /// A `GET` of `uri` (a path and query).
     pub fn get(uri: impl Into<String>) -> Self {
         Self::new(Method::GET, uri)
     }
 
+    /// A `POST` to `uri` (a path and query); give it a body with [`Request::with_body`].
     pub fn post(uri: impl Into<String>) -> Self {
         Self::new(Method::POST, uri)
     }
@@ -38,6 +44,7 @@ impl Request {
         self
     }
 
+    /// This request with `body`.
     pub fn with_body(mut self, body: impl Into<Body>) -> Self {
         self.body = body.into();
         self
@@ -102,8 +109,11 @@ impl Request {
 /// An HTTP-shaped response.
 #[derive(Clone, Debug)]
 pub struct Response {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The response's headers.
     pub headers: Headers,
+    /// The response's body.
     pub body: Body,
     failure: Option<Failure>,
 }
@@ -124,6 +134,7 @@ impl Default for Response {
 }
 
 impl Response {
+    /// A response with `status`, no headers and no body.
     pub fn new(status: StatusCode) -> Self {
         Self { status, headers: Headers::new(), body: Body::new(), failure: None }
     }
@@ -175,11 +186,13 @@ impl Response {
         Self::json(&serde_json::json!({ "error": message })).with_status(status)
     }
 
+    /// This response with `status`.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
 
+    /// This response with `body`.
     pub fn with_body(mut self, body: impl Into<Body>) -> Self {
         self.body = body.into();
         self

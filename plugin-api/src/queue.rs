@@ -38,6 +38,7 @@ pub const PUBLISH_BATCH: &str = "orch-publish-batch";
 pub struct Message {
     /// Unique per broker; the same on every attempt.
     pub id: String,
+    /// The topic it was published on.
     pub topic: String,
     /// 1 on the first delivery, 2 on the first redelivery, …
     pub attempt: u32,
@@ -47,6 +48,7 @@ pub struct Message {
     pub path: String,
     /// The publisher's `content-type` and trace context, and the delivery headers.
     pub headers: Headers,
+    /// What the publisher sent.
     pub body: Body,
 }
 
@@ -183,6 +185,7 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
+    /// An empty batch.
     pub fn new() -> Self {
         Self::default()
     }
@@ -199,10 +202,12 @@ impl BatchWriter {
         self.count += 1;
     }
 
+    /// Number of messages in the batch.
     pub fn len(&self) -> usize {
         self.count
     }
 
+    /// Whether the batch holds no message.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

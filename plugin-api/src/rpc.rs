@@ -30,22 +30,39 @@ pub const CONTENT_TYPE: &str = "application/grpc";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Code {
+    /// Not an error.
     Ok = 0,
+    /// The caller cancelled the call.
     Cancelled = 1,
+    /// An error of no other kind.
     Unknown = 2,
+    /// The request is invalid whatever the server's state.
     InvalidArgument = 3,
+    /// No answer before the deadline.
     DeadlineExceeded = 4,
+    /// What was asked for does not exist.
     NotFound = 5,
+    /// What was to be created exists already.
     AlreadyExists = 6,
+    /// The caller may not do this.
     PermissionDenied = 7,
+    /// A quota or resource ran out.
     ResourceExhausted = 8,
+    /// The system is not in a state where this can be done.
     FailedPrecondition = 9,
+    /// Aborted, e.g. by a concurrency conflict.
     Aborted = 10,
+    /// Out of a valid range.
     OutOfRange = 11,
+    /// The method is not implemented.
     Unimplemented = 12,
+    /// An internal error.
     Internal = 13,
+    /// Unavailable for now: retrying may succeed.
     Unavailable = 14,
+    /// Data was lost or corrupted.
     DataLoss = 15,
+    /// The caller is not authenticated.
     Unauthenticated = 16,
 }
 
@@ -114,11 +131,14 @@ impl Code {
 /// The outcome of a failed RPC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
+    /// The status code.
     pub code: Code,
+    /// A message for the caller.
     pub message: String,
 }
 
 impl Status {
+    /// A status of `code` with `message`.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }

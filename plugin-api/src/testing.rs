@@ -58,6 +58,7 @@ impl Default for TestHost {
 }
 
 impl TestHost {
+    /// A host with no links: every outbound call fails with `UnknownLink` until one is added with [`TestHost::link`].
     pub fn new() -> Self {
         Self { state: HostState { links: HashMap::new(), logs: Mutex::new(Vec::new()) } }
     }

@@ -12,12 +12,16 @@ use crate::abi::link_code;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkKind {
+    /// HTTP requests.
     Rest,
+    /// gRPC-compatible unary calls.
     Rpc,
+    /// Messages through a queue tier.
     Queue,
 }
 
 impl LinkKind {
+    /// Every kind, in a fixed order.
     pub const ALL: [LinkKind; 3] = [LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
 
     /// This kind's bit in `PluginDecl::serves`.
@@ -40,6 +44,7 @@ impl LinkKind {
         bits
     }
 
+    /// The kind as a topology writes it: `rest`, `rpc` or `queue`.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkKind::Rest => "rest",
@@ -60,6 +65,7 @@ impl fmt::Display for LinkKind {
 pub struct LinkInfo {
     /// The name the caller uses.
     pub name: String,
+    /// What the link carries.
     pub kind: LinkKind,
     /// The link's settings that matter to its ends, e.g. `topic`, `mode`,
     /// `concurrency`, `path` and `timeout_ms` for a queue link.
@@ -111,11 +117,14 @@ pub enum LinkErrorKind {
 /// A failed link call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkError {
+    /// What went wrong: it decides the status [`LinkError::to_response`] gives.
     pub kind: LinkErrorKind,
+    /// What went wrong, in a sentence.
     pub message: String,
 }
 
 impl LinkError {
+    /// A link error of `kind`.
     pub fn new(kind: LinkErrorKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into() }
     }
@@ -167,17 +176,22 @@ impl std::error::Error for LinkError {}
 /// `config` (`routes[0].link`); the host locates it in the topology file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigIssue {
+    /// Where in the tier's `config`, e.g. `routes[0].link` (empty: the whole of it).
     pub path: String,
+    /// What is wrong, in a sentence.
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How to fix it, if there is a likely fix.
     pub hint: Option<String>,
 }
 
 impl ConfigIssue {
+    /// An issue at `path` of the config.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self { path: path.into(), message: message.into(), hint: None }
     }
 
+    /// This issue with a hint, e.g. `did you mean `backend`?`.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -191,6 +205,7 @@ pub struct ValidateContext {
 }
 
 impl ValidateContext {
+    /// A context for a tier whose outbound links are named `links`.
     pub fn new(links: Vec<String>) -> Self {
         Self { links }
     }
@@ -200,6 +215,7 @@ impl ValidateContext {
         &self.links
     }
 
+    /// Whether the tier has an outbound link named `name`.
     pub fn has_link(&self, name: &str) -> bool {
         self.links.iter().any(|l| l == name)
     }
