@@ -277,14 +277,22 @@ fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
     let mut worst = ExitCode::SUCCESS;
     for file in files {
         match load(file, &registry) {
-            Ok(t) => println!(
-                "{}: ok ({} tier{}, {} link{})",
-                file.display(),
-                t.tiers.len(),
-                if t.tiers.len() == 1 { "" } else { "s" },
-                t.links.len(),
-                if t.links.len() == 1 { "" } else { "s" }
-            ),
+            Ok(t) => {
+                println!(
+                    "{}: ok ({} tier{}, {} link{})",
+                    file.display(),
+                    t.tiers.len(),
+                    if t.tiers.len() == 1 { "" } else { "s" },
+                    t.links.len(),
+                    if t.links.len() == 1 { "" } else { "s" }
+                );
+                // Valid, but what would fail as soon as it runs.
+                for warning in topology::warnings(&t) {
+                    let mut one = topology::Diagnostics::new(&t.file, "".into());
+                    one.push(warning);
+                    eprint!("warning: {one}");
+                }
+            }
             Err(code) => {
                 // A file that cannot be read is a usage error; an invalid one a config error.
                 if code == ExitCode::from(EXIT_CONFIG) || worst == ExitCode::SUCCESS {

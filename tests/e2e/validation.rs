@@ -134,3 +134,23 @@ fn run_refuses_an_invalid_topology_with_78() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin named `nope`"));
 }
+
+#[test]
+fn validate_warns_of_a_command_that_is_not_there() {
+    let topo = integration_tests::TopologyFile::new(
+        "version: 1\nname: x\ntiers:\n  a:\n    plugin: process\n    config: { command: [no-such-program-here] }\n  b:\n    plugin: process\n    config: { command: [./missing.sh] }\n  c:\n    plugin: process\n    config: { command: [sh, -c, 'exit 0'] }\n",
+    );
+    let out = integration_tests::orchestrator(&["validate", topo.path_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Still valid (exit 0): a warning, located; before, nothing until it ran.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let file = topo.path_str();
+    assert!(
+        stderr.contains(&format!(
+            "warning: {file}:6:25: tiers.a.config.command[0]: `no-such-program-here` is not found: its replicas would fail at once (help: it is not on the PATH"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tiers.b.config.command[0]: `./missing.sh` is not found"), "{stderr}");
+    assert!(!stderr.contains("tiers.c."), "{stderr}");
+}

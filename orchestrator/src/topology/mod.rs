@@ -45,6 +45,41 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Topology, Error> {
     validate::parse(path, &source, registry).map_err(|d| Error::Invalid(Box::new(d)))
 }
 
+/// What a valid topology may still get wrong at run time, located: a
+/// process tier whose command is neither on the `PATH` nor (with a `/`)
+/// relative to its working directory. Its replicas would fail at once.
+pub fn warnings(topology: &Topology) -> Vec<Diagnostic> {
+    let Ok(source) = read(&topology.file, max_file_bytes()) else { return Vec::new() };
+    let Ok(root) = node::Node::parse(&source) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (id, spec) in &topology.tiers {
+        if spec.plugin != "process" {
+            continue;
+        }
+        let Some(program) = spec.config.get("command").and_then(|c| c.get(0)).and_then(|p| p.as_str()) else {
+            continue;
+        };
+        let workdir = match spec.config.get("workdir").and_then(|w| w.as_str()) {
+            Some(w) => model::join_tidy(&topology.base_dir(), w),
+            None => topology.base_dir(),
+        };
+        if process::command_exists(program, &workdir, &spec.env) {
+            continue;
+        }
+        let path = node::KeyPath::root().key("tiers").key(id.as_str()).key("config").key("command").index(0);
+        let mut d = Diagnostic::new(&path, format!("`{program}` is not found: its replicas would fail at once"))
+            .at(root.locate(&path));
+        d.hint = Some(if program.contains('/') {
+            format!("there is no such program in {}", workdir.display())
+        } else {
+            "it is not on the PATH; give its path, e.g. `./{program}`, relative to `workdir`"
+                .replace("{program}", program)
+        });
+        out.push(d);
+    }
+    out
+}
+
 /// The plugin directories the topology at `path` names (`plugins:`, resolved
 /// against its directory), read even when the rest of it is invalid: they
 /// are where the plugin its errors may be about is looked for.

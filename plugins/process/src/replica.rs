@@ -254,7 +254,7 @@ fn shim() -> Option<&'static std::path::Path> {
 
 /// Whether `program` names an executable: a path (relative to `workdir`), or
 /// a file found on the `PATH` of `env` (or of this process).
-fn command_exists(program: &str, workdir: &std::path::Path, env: &BTreeMap<String, String>) -> bool {
+pub fn command_exists(program: &str, workdir: &std::path::Path, env: &BTreeMap<String, String>) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     let executable =
         |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
