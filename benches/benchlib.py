@@ -48,15 +48,22 @@ def rss_kib(pids):
 
 
 def children(pid):
-    out = []
+    """Every descendant of `pid` (a process tier's program runs under a shim:
+    its grandchild), children before theirs."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except (FileNotFoundError, ProcessLookupError):
                 pass
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop(0)
+        kids = [p for p, pp in parents.items() if pp == parent]
+        out.extend(kids)
+        todo.extend(kids)
     return out
 
 
