@@ -759,33 +759,29 @@ mod tests {
     use super::*;
     use crate::topology::validate::parse;
 
-    #[test]
-    fn tiers_that_do_not_call_each_other_start_in_one_wave() {
-        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\n  other: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
-        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
-        let waves: Vec<Vec<String>> = start_waves(&topology)
-            .into_iter()
-            .map(|w| {
-                let mut names: Vec<String> = w.iter().map(ToString::to_string).collect();
-                names.sort();
-                names
-            })
-            .collect();
-        assert_eq!(waves, [vec!["c", "lone", "other"], vec!["a", "b"], vec!["web"]]);
-    }
-
-    #[test]
-    fn callees_start_first_and_cycles_together() {
-        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
-        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
-        let order: Vec<Vec<String>> = start_order(&topology)
+    /// Each group's tier names, sorted.
+    fn names(groups: Vec<Vec<TierId>>) -> Vec<Vec<String>> {
+        groups
             .into_iter()
             .map(|g| {
                 let mut names: Vec<String> = g.iter().map(ToString::to_string).collect();
                 names.sort();
                 names
             })
-            .collect();
-        assert_eq!(order, [vec!["c"], vec!["a", "b"], vec!["web"], vec!["lone"]]);
+            .collect()
+    }
+
+    #[test]
+    fn tiers_that_do_not_call_each_other_start_in_one_wave() {
+        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\n  other: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
+        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
+        assert_eq!(names(start_waves(&topology)), [vec!["c", "lone", "other"], vec!["a", "b"], vec!["web"]]);
+    }
+
+    #[test]
+    fn callees_start_first_and_cycles_together() {
+        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
+        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
+        assert_eq!(names(start_order(&topology)), [vec!["c"], vec!["a", "b"], vec!["web"], vec!["lone"]]);
     }
 }
