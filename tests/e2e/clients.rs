@@ -212,3 +212,25 @@ async fn with_a_token_every_request_but_health_and_readiness_must_carry_it() {
     let out = orchestrator(&["reload", "--admin", &admin.to_string()]);
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_tier_behind_the_gateway_gets_the_forwarded_headers() {
+    let orch = Running::start(
+        "version: 1\nname: xff\ntiers:\n  web:\n    plugin: gateway\n    listen: 127.0.0.1:0\n    config: { routes: [{ path: /, link: kit }] }\n  kit: { plugin: testkit }\nlinks:\n  - { from: web, to: kit, kind: rest }\n",
+    )
+    .await;
+    let web = orch.tier_addr("web").await;
+    let header = |name: &str| {
+        let answer = raw(
+            web,
+            &format!(
+                "GET /header/{name} HTTP/1.1\r\nhost: shop.example\r\nx-forwarded-for: 203.0.113.9\r\nconnection: close\r\n\r\n"
+            ),
+        );
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {answer}"))["value"].clone()
+    };
+    assert_eq!(header("x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(header("x-forwarded-proto"), "http");
+    assert_eq!(header("x-forwarded-host"), "shop.example");
+}

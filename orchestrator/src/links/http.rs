@@ -23,6 +23,73 @@ use crate::topology::LinkKind;
 /// A request with its whole body.
 pub type HttpRequest = http::Request<Bytes>;
 
+/// The client a request came from through the gateway, as an
+/// `X-Forwarded-For` entry (a request extension). The `X-Forwarded-*` headers
+/// are written when the request is handed on: into the header map for a
+/// program, into the plugin's copy for a native tier — adding them to the map
+/// before would grow and rehash it for every request.
+#[derive(Clone, Debug)]
+pub struct ForwardedFor(pub HeaderValue);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// `X-Forwarded-For` with `client` appended to what the request had.
+fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> Option<HeaderValue> {
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(before) if !before.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{before}, {}", client.to_str().unwrap_or_default())).ok()
+        }
+        _ => Some(client.clone()),
+    }
+}
+
+/// Sets the headers a reverse proxy sets (as nginx and Traefik do): `client`
+/// appended to `X-Forwarded-For`, `X-Forwarded-Proto: http`, and
+/// `X-Forwarded-Host` from the request's `Host`.
+pub fn insert_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
+    headers.reserve(3);
+    if let Some(v) = forwarded_for(headers, client) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(http::header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// `headers` in the ABI's wire form, but for those `skip` names, with the
+/// headers [`insert_forwarded`] sets written in (replacing the request's own)
+/// when `client` is given.
+pub fn wire_headers_with(
+    headers: &HeaderMap,
+    client: Option<&HeaderValue>,
+    skip: impl Fn(&HeaderName) -> bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let Some(client) = client else {
+        encode_headers(
+            headers.iter().filter(|(n, _)| !skip(n)).map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            &mut out,
+        );
+        return out;
+    };
+    let chain = forwarded_for(headers, client);
+    let host = headers.get(http::header::HOST);
+    let theirs = headers
+        .iter()
+        .filter(|(n, _)| !skip(n) && **n != X_FORWARDED_FOR && **n != X_FORWARDED_PROTO && **n != X_FORWARDED_HOST)
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let ours = [
+        chain.as_ref().map(|v| (&b"x-forwarded-for"[..], v.as_bytes())),
+        Some((&b"x-forwarded-proto"[..], &b"http"[..])),
+        host.map(|v| (&b"x-forwarded-host"[..], v.as_bytes())),
+    ];
+    encode_headers(theirs.chain(ours.into_iter().flatten()), &mut out);
+    out
+}
+
 /// An answer with its whole body.
 pub type HttpResponse = http::Response<Bytes>;
 
@@ -52,10 +119,17 @@ pub fn forward(route: &Arc<Route>, req: HttpRequest) -> impl Future<Output = Res
 
 /// One attempt on `instance`: straight to its program for a process tier's
 /// REST request, else through its handler.
-fn attempt(instance: &Arc<Instance>, req: HttpRequest) -> impl Future<Output = Outcome<HttpResponse>> + Send + use<> {
+fn attempt(
+    instance: &Arc<Instance>,
+    mut req: HttpRequest,
+) -> impl Future<Output = Outcome<HttpResponse>> + Send + use<> {
     let program = instance.as_process().filter(|_| !is_grpc(req.headers())).map(process::Process::http);
+    let client = req.extensions_mut().remove::<ForwardedFor>().map(|f| f.0);
     match program {
         Some(Some(program)) => {
+            if let Some(client) = &client {
+                insert_forwarded(req.headers_mut(), client);
+            }
             let in_flight = instance.enter();
             Either::Left(Either::Left(async move {
                 let outcome = match program.send(req).await {
@@ -72,7 +146,7 @@ fn attempt(instance: &Arc<Instance>, req: HttpRequest) -> impl Future<Output = O
         )))),
         None => {
             let (parts, body) = req.into_parts();
-            let headers = wire_headers(&parts.headers);
+            let headers = wire_headers_with(&parts.headers, client.as_ref(), |_| false);
             let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             // The plugin copies the request before `call` returns.
             let call =
@@ -101,14 +175,10 @@ fn copy_of(req: &HttpRequest) -> HttpRequest {
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.headers_mut() = req.headers().clone();
+    if let Some(client) = req.extensions().get::<ForwardedFor>() {
+        copy.extensions_mut().insert(client.clone());
+    }
     copy
-}
-
-/// `headers` in the ABI's wire form.
-fn wire_headers(headers: &HeaderMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    encode_headers(headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut out);
-    out
 }
 
 /// Headers a handler must not set: the connection's framing is the listener's.

@@ -1,6 +1,7 @@
 //! A fixture for the integration tests. Paths:
 //! - `/whoami` — `{"tier": ..., "replica": n, "tag": config.tag}`;
 //! - `/env/<key>` — `{"value": the tier's env value or null}`;
+//! - `/header/<name>` — `{"value": the request's header or null}`;
 //! - `/panic` — panics inside the handler;
 //! - `/sleep/<ms>` — logs `Sleeping for <ms> ms.`, answers after `ms` milliseconds on the host's timer;
 //! - `/call/<link>/<rest>` — forwards to outbound link `link` with path `/<rest>`;
@@ -196,6 +197,9 @@ impl Plugin for Testkit {
         }
         if let Some(key) = path.strip_prefix("/env/") {
             return Response::json(&json!({ "value": cx.env(key) }));
+        }
+        if let Some(name) = path.strip_prefix("/header/") {
+            return Response::json(&json!({ "value": req.headers.get(name) }));
         }
         if path == "/panic" {
             panic!("asked to panic");
