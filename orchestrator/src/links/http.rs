@@ -23,14 +23,6 @@ use crate::topology::LinkKind;
 /// A request with its whole body.
 pub type HttpRequest = http::Request<Bytes>;
 
-/// The client a request came from through the gateway, as an
-/// `X-Forwarded-For` entry (a request extension). The `X-Forwarded-*` headers
-/// are written when the request is handed on: into the header map for a
-/// program, into the plugin's copy for a native tier — adding them to the map
-/// before would grow and rehash it for every request.
-#[derive(Clone, Debug)]
-pub struct ForwardedFor(pub HeaderValue);
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -104,16 +96,27 @@ impl Route {
 
 /// Calls REST link `route` (one that [`Route::carries_http`]) with `req`, as
 /// [`super::call`] does.
-pub fn forward(route: &Arc<Route>, req: HttpRequest) -> impl Future<Output = Result<HttpResponse, LinkError>> + Send {
+///
+/// `client`, for a request from the gateway, is the client's address as an
+/// `X-Forwarded-For` entry: the `X-Forwarded-*` headers are written when the
+/// request is handed on — into the header map for a program, into the
+/// plugin's copy for a native tier — since adding them to the map up front
+/// would grow and rehash it for every request.
+pub fn forward(
+    route: &Arc<Route>,
+    req: HttpRequest,
+    client: Option<HeaderValue>,
+) -> impl Future<Output = Result<HttpResponse, LinkError>> + Send {
     debug_assert!(route.carries_http());
     let idempotent = idempotent(req.method().as_str().as_bytes());
-    let copy = (route.spec.retries > 0).then(|| copy_of(&req));
+    let copy = (route.spec.retries > 0).then(|| (copy_of(&req), client.clone()));
     let first = move |route: &Route| {
         let replica = route.target.pick();
-        let first = replica.as_ref().map(|instance| attempt(instance, req));
+        let first = replica.as_ref().map(|instance| attempt(instance, req, client));
         (replica, first)
     };
-    let again = copy.map(|copy| move |instance: &Arc<Instance>| attempt(instance, copy_of(&copy)));
+    let again =
+        copy.map(|(copy, client)| move |instance: &Arc<Instance>| attempt(instance, copy_of(&copy), client.clone()));
     attempts(route.clone(), route.spec.timeout, idempotent, first, again)
 }
 
@@ -122,9 +125,9 @@ pub fn forward(route: &Arc<Route>, req: HttpRequest) -> impl Future<Output = Res
 fn attempt(
     instance: &Arc<Instance>,
     mut req: HttpRequest,
+    client: Option<HeaderValue>,
 ) -> impl Future<Output = Outcome<HttpResponse>> + Send + use<> {
     let program = instance.as_process().filter(|_| !is_grpc(req.headers())).map(process::Process::http);
-    let client = req.extensions_mut().remove::<ForwardedFor>().map(|f| f.0);
     match program {
         Some(Some(program)) => {
             if let Some(client) = &client {
@@ -175,9 +178,6 @@ fn copy_of(req: &HttpRequest) -> HttpRequest {
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.headers_mut() = req.headers().clone();
-    if let Some(client) = req.extensions().get::<ForwardedFor>() {
-        copy.extensions_mut().insert(client.clone());
-    }
     copy
 }
 

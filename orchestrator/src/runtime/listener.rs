@@ -392,8 +392,9 @@ fn link_request(parts: http::request::Parts, body: Bytes, uri: Option<Uri>) -> H
 }
 
 /// Sends `req` on REST link `route`, and its answer or error back.
-async fn forward(route: &Arc<links::Route>, req: HttpRequest) -> Response {
-    match WakeGated::new(std::pin::pin!(links::http::forward(route, req))).await {
+/// `client` as in [`links::http::forward`].
+async fn forward(route: &Arc<links::Route>, req: HttpRequest, client: Option<HeaderValue>) -> Response {
+    match WakeGated::new(std::pin::pin!(links::http::forward(route, req, client))).await {
         Ok(resp) => resp.map(Full::new),
         Err(e) => json_error(e.status(), &e.message),
     }
@@ -439,10 +440,7 @@ async fn handle(
         // The gateway's instance counts the call, as if it had handled it.
         let in_flight = instance.enter();
         drop(instance);
-        let mut req = link_request(parts, body, uri);
-        // Written when the request is handed on (see `ForwardedFor`).
-        req.extensions_mut().insert(links::http::ForwardedFor(client));
-        let resp = forward(&link, req).await;
+        let resp = forward(&link, link_request(parts, body, uri), Some(client)).await;
         drop(in_flight);
         return Ok(resp);
     }
@@ -476,7 +474,7 @@ async fn handle_link(
         return Ok(json_error(StatusCode::BAD_GATEWAY, &format!("link `{name}` no longer exists")));
     };
     if route.carries_http() {
-        return Ok(forward(&route, link_request(parts, body, None)).await);
+        return Ok(forward(&route, link_request(parts, body, None), None).await);
     }
     let headers = encoded_headers(&parts.headers);
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
