@@ -190,6 +190,10 @@ links:
         assert!(log.contains(line), "no `{line}` in the log:\n{log}");
     }
     let status = orch.status().await;
+    for failed in ["crash", "missing", "deaf"] {
+        assert_eq!(tier(&status, failed)["instances"][0]["state"], "failed", "{status}");
+    }
+    assert_eq!(tier(&status, "fine")["instances"][0]["state"], "ready", "{status}");
     let crash = &tier(&status, "crash")["instances"][0]["detail"];
     assert_eq!(
         (crash["state"].as_str(), crash["restarts"].as_u64(), crash["ready"].as_bool()),
@@ -354,6 +358,11 @@ async fn sigterm_while_the_topology_starts_stops_what_started_and_exits() {
     // What the user sees within seconds, not at the timeout.
     let slow = orch.wait_for_line("Replica not ready after 5s (last probe: ");
     assert!(slow.contains(" WARN ") && slow.contains("Is it listening on 127.0.0.1 at the port in $PORT ("), "{slow}");
+    // Its replica is shown while it starts, with its program's pid.
+    let status = orch.status().await;
+    let replica = &integration_tests::tier(&status, &tier)["instances"][0];
+    assert_eq!((replica["state"].as_str(), replica["ready"].as_bool()), (Some("starting"), Some(false)), "{status}");
+    assert!(replica["detail"]["pid"].as_u64().is_some(), "{status}");
     orch.terminate();
     orch.wait_for_line("Stopping while the topology starts: stopping what started.");
     // Within the harness's deadline (20 s), far less than the startup timeout.

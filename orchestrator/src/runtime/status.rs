@@ -60,6 +60,9 @@ pub struct InstanceStatus {
     pub detail: serde_json::Value,
     /// Whether it takes requests now.
     pub ready: bool,
+    /// `starting`, `ready`, `restarting` (between a program's attempts),
+    /// `failed` (it gave up; the reason is in `detail.failed`) or `stopped`.
+    pub state: &'static str,
     /// The instance, to read `ready` and `detail` live when the status is served.
     #[serde(skip)]
     pub handle: std::sync::Weak<crate::plugins::Instance>,
@@ -73,9 +76,25 @@ impl Status {
             if let Some(handle) = instance.handle.upgrade() {
                 instance.detail = handle.detail();
                 instance.ready = handle.is_ready();
+                instance.state = instance_state(instance.ready, &instance.detail);
             }
         }
         status
+    }
+}
+
+/// An instance's state, from whether it is ready and its plugin's report.
+pub fn instance_state(ready: bool, detail: &serde_json::Value) -> &'static str {
+    if ready {
+        return "ready";
+    }
+    if detail.get("failed").is_some_and(|f| !f.is_null()) {
+        return "failed";
+    }
+    match detail.get("state").and_then(|s| s.as_str()) {
+        Some("restarting") => "restarting",
+        Some("stopping" | "stopped") => "stopped",
+        _ => "starting",
     }
 }
 

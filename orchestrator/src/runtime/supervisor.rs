@@ -15,7 +15,8 @@ use tokio::sync::watch;
 
 use super::listener::{Bound, Listener};
 use super::status::{
-    InstanceStatus, LinkStatus, ReloadCounts, ReloadRecord, State, Status, TierStatus, Trigger, timestamp,
+    InstanceStatus, LinkStatus, ReloadCounts, ReloadRecord, State, Status, TierStatus, Trigger, instance_state,
+    timestamp,
 };
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
@@ -84,6 +85,20 @@ impl std::fmt::Debug for Supervisor {
             .field("topology", &self.topology.name)
             .field("generation", &self.generation)
             .finish()
+    }
+}
+
+fn instance_status(i: &Arc<Instance>) -> InstanceStatus {
+    let detail = i.detail();
+    let ready = i.is_ready();
+    InstanceStatus {
+        replica: i.replica(),
+        id: i.id,
+        started_at: timestamp(i.started),
+        state: instance_state(ready, &detail),
+        detail,
+        ready,
+        handle: Arc::downgrade(i),
     }
 }
 
@@ -318,6 +333,17 @@ impl Supervisor {
                 }
                 prepared.instances.insert(id.clone(), instances);
             }
+            if initial {
+                // The replicas being started are shown, each in its state, while
+                // the first start is under way.
+                self.status.send_modify(|status| {
+                    for (id, instances) in &prepared.instances {
+                        if let Some(tier) = status.tiers.iter_mut().find(|t| t.name == id.as_str()) {
+                            tier.instances = instances.iter().map(instance_status).collect();
+                        }
+                    }
+                });
+            }
             let ready = futures_util::future::join_all(starting.iter().map(|i| i.wait_ready())).await;
             for (instance, result) in starting.iter().zip(ready) {
                 if let Err(reason) = result {
@@ -545,18 +571,7 @@ impl Supervisor {
                 listen: t.listener.as_ref().map(|l| l.addr.to_string()),
                 state: self.state,
                 generation: t.generation,
-                instances: t
-                    .instances
-                    .iter()
-                    .map(|i| InstanceStatus {
-                        replica: i.replica(),
-                        id: i.id,
-                        started_at: timestamp(i.started),
-                        detail: i.detail(),
-                        ready: i.is_ready(),
-                        handle: Arc::downgrade(i),
-                    })
-                    .collect(),
+                instances: t.instances.iter().map(instance_status).collect(),
             })
             .collect();
         let links = self
