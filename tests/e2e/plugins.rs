@@ -122,3 +122,20 @@ fn paths_in_messages_are_tidy() {
     let dir = topo.dir.path().join("lib");
     assert!(stderr.contains(&format!("(looked for libnope.so in {}, ", dir.display())), "{stderr}");
 }
+
+#[test]
+fn the_plugins_a_missing_one_could_be_are_listed_apart_from_those_refused() {
+    let topo = TopologyFile::new("version: 1\nname: x\ntiers:\n  a: { plugin: zzzzzz }\n");
+    let out = orchestrator(&["validate", topo.path_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let help = stderr.lines().find_map(|l| l.trim().strip_prefix("help: ")).unwrap_or_else(|| panic!("{stderr}"));
+    // Before: `available plugins: gateway, process, queue, backend, frontend, future_abi, …`.
+    let (usable, refused) = help.split_once("; found but refused: ").unwrap_or_else(|| panic!("{help}"));
+    let usable: Vec<&str> = usable.strip_prefix("available plugins: ").unwrap().split(", ").collect();
+    assert!(usable.contains(&"hello") && usable.contains(&"gateway"), "{help}");
+    assert!(!usable.iter().any(|p| ["future_abi", "swap_v1", "swap_v2"].contains(p)), "{help}");
+    assert!(
+        refused.starts_with("future_abi, swap_v1, swap_v2 ") && refused.ends_with("(`orchestrator plugins` says why)")
+    );
+}

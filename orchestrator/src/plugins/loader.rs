@@ -87,6 +87,29 @@ pub fn load(path: &Path, policy: &LoadPolicy) -> Result<PluginHandle, LoadError>
     opened
 }
 
+/// Checks the library at `path` as [`load`] would, without loading it into
+/// this process: its permissions, its snapshot, and what the probe found.
+/// Gives the plugin name it declares; `None` when the policy has no probe
+/// (nothing to check with).
+pub fn check(path: &Path, policy: &LoadPolicy) -> Result<Option<String>, LoadError> {
+    if !policy.allow_insecure {
+        check_permissions(path)?;
+    }
+    let snapshot = Snapshot::take(path)?;
+    let Some(prober) = &policy.prober else { return Ok(None) };
+    let report = probe(prober, &snapshot, path)?;
+    let path = path.to_owned();
+    match report {
+        ProbeReport { symbol: false, .. } => Err(LoadError::NoSymbol { path }),
+        ProbeReport { abi: Some(found), .. } if found != ABI_VERSION => Err(LoadError::AbiMismatch { path, found }),
+        ProbeReport { api: Some(found), .. } if !api_compatible(plugin_api::API_VERSION, &found) => {
+            Err(LoadError::ApiMismatch { path, found })
+        }
+        ProbeReport { name: Some(name), .. } => Ok(Some(name)),
+        ProbeReport { .. } => Err(LoadError::Open { path, reason: "it has no readable declaration".into() }),
+    }
+}
+
 /// Opens the library at `file` (reported as `shown`) and checks its
 /// declaration: the entry symbol, the ABI version, the plugin-api version.
 fn open(file: &Path, shown: Option<&Path>) -> Result<PluginHandle, LoadError> {
@@ -246,11 +269,16 @@ struct ProbeReport {
     /// Whether it exports the entry symbol (and it returned a declaration).
     symbol: bool,
     abi: Option<u32>,
+    /// The declared plugin name and plugin-api version, for our ABI.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    api: Option<String>,
 }
 
 /// Loads `snapshot` in a child process (`prober probe-plugin PATH`), which
 /// dies instead of this one if the library kills whatever loads it.
-fn probe(prober: &Path, snapshot: &Snapshot, shown: &Path) -> Result<(), LoadError> {
+fn probe(prober: &Path, snapshot: &Snapshot, shown: &Path) -> Result<ProbeReport, LoadError> {
     let failed = |reason: String| LoadError::ProbeFailed { path: shown.to_owned(), reason };
     let mut child = Command::new(prober)
         .arg(PROBE_COMMAND)
@@ -285,7 +313,7 @@ fn probe(prober: &Path, snapshot: &Snapshot, shown: &Path) -> Result<(), LoadErr
     }
     let report: Option<ProbeReport> = serde_json::from_slice(&out).ok();
     match (status.code(), report) {
-        (Some(0), Some(_)) => Ok(()),
+        (Some(0), Some(report)) => Ok(report),
         (code, _) => Err(failed(format!(
             "loading it made the probe exit with status {}",
             code.map_or_else(|| "unknown".to_owned(), |c| c.to_string())
@@ -301,11 +329,21 @@ pub fn probe_main(path: &Path) -> ExitCode {
         Ok(handle) => {
             let _ = handle.serves();
             let _ = handle.validate(&serde_json::json!({}), &[]);
-            ProbeReport { symbol: true, abi: Some(handle.abi_version()) }
+            ProbeReport {
+                symbol: true,
+                abi: Some(handle.abi_version()),
+                name: Some(handle.name().to_owned()),
+                api: Some(handle.api_version().to_owned()),
+            }
         }
-        Err(LoadError::NoSymbol { .. }) => ProbeReport { symbol: false, abi: None },
-        Err(LoadError::AbiMismatch { found, .. }) => ProbeReport { symbol: true, abi: Some(found) },
-        Err(_) => ProbeReport { symbol: true, abi: None },
+        Err(LoadError::ApiMismatch { found, .. }) => {
+            ProbeReport { symbol: true, abi: Some(ABI_VERSION), name: None, api: Some(found) }
+        }
+        Err(LoadError::NoSymbol { .. }) => ProbeReport { symbol: false, abi: None, name: None, api: None },
+        Err(LoadError::AbiMismatch { found, .. }) => {
+            ProbeReport { symbol: true, abi: Some(found), name: None, api: None }
+        }
+        Err(_) => ProbeReport { symbol: true, abi: None, name: None, api: None },
     };
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     ExitCode::SUCCESS

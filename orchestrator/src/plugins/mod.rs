@@ -225,6 +225,25 @@ impl Registry {
         names
     }
 
+    /// [`Registry::names`] split into the plugins that would load and those
+    /// refused, each checked in a child process (nothing is loaded into this
+    /// one): for a hint that lists only what can be used.
+    pub fn names_checked(&self, extra: &[PathBuf]) -> (Vec<String>, Vec<String>) {
+        let mut usable: Vec<String> = self.builtins.iter().map(|p| p.name().to_owned()).collect();
+        let mut refused = Vec::new();
+        for (name, path) in self.files(extra) {
+            if usable.contains(&name) {
+                continue;
+            }
+            let ok = match loader::check(&path, &self.policy) {
+                Ok(declared) => declared.is_none_or(|d| d == name),
+                Err(_) => false,
+            };
+            if ok { usable.push(name) } else { refused.push(name) }
+        }
+        (usable, refused)
+    }
+
     /// Library files in the plugin directories, first occurrence of each name.
     fn files(&self, extra: &[PathBuf]) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = Vec::new();

@@ -25,7 +25,15 @@ pub fn parse(file: &Path, source: &str, registry: &Registry) -> Result<Topology,
         }
     };
     let base = super::model::base_dir(file);
-    let mut v = Validator { root: &root, diags, registry, base, suggestions: SUGGESTION_BUDGET, plugin_names: None };
+    let mut v = Validator {
+        root: &root,
+        diags,
+        registry,
+        base,
+        suggestions: SUGGESTION_BUDGET,
+        plugin_names: None,
+        plugins_checked: None,
+    };
     let topology = v.topology(file);
     match topology {
         Some(t) if v.diags.is_empty() => Ok(t),
@@ -107,6 +115,8 @@ struct Validator<'a> {
     suggestions: usize,
     /// The plugin names, listed once for every unknown-plugin hint.
     plugin_names: Option<Vec<String>>,
+    /// The plugins that would load, and those refused, checked once.
+    plugins_checked: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// The comparisons "did you mean" may make in one file, some 0.1 s of them.
@@ -136,6 +146,24 @@ impl Validator<'_> {
     fn suggest(&mut self, word: &str, candidates: &[&str]) -> Option<String> {
         self.suggestions = self.suggestions.checked_sub(candidates.len())?;
         did_you_mean(word, candidates.iter().copied())
+    }
+
+    /// The hint for a plugin not found: the plugins that load, and those that
+    /// are there but refused.
+    fn available_plugins(&mut self, plugin_dirs: &[PathBuf]) -> String {
+        let registry = self.registry;
+        let (usable, refused) = self.plugins_checked.get_or_insert_with(|| registry.names_checked(plugin_dirs));
+        let usable: Vec<&str> = usable.iter().map(String::as_str).collect();
+        let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+        let mut hint = if usable.is_empty() {
+            "no plugins found; build them with `cargo build --release`".to_owned()
+        } else {
+            format!("available plugins: {}", some_of(&usable))
+        };
+        if !refused.is_empty() {
+            hint.push_str(&format!("; found but refused: {} (`orchestrator plugins` says why)", some_of(&refused)));
+        }
+        hint
     }
 
     fn error(&mut self, path: &KeyPath, message: impl Into<String>) -> &mut Diagnostic {
@@ -326,13 +354,10 @@ impl Validator<'_> {
                     let names = self.plugin_names.get_or_insert_with(|| self.registry.names(plugin_dirs)).clone();
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let hint = match &e {
-                        LoadError::NotFound { .. } => Some(self.suggest(&raw.plugin, &names).unwrap_or_else(|| {
-                            if names.is_empty() {
-                                "no plugins found; build them with `cargo build --release`".to_owned()
-                            } else {
-                                format!("available plugins: {}", some_of(&names))
-                            }
-                        })),
+                        LoadError::NotFound { .. } => Some(match self.suggest(&raw.plugin, &names) {
+                            Some(hint) => hint,
+                            None => self.available_plugins(plugin_dirs),
+                        }),
                         _ => None,
                     };
                     self.error(&tpath.key("plugin"), e.to_string()).hint = hint;
