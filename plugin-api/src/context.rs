@@ -216,7 +216,40 @@ impl Context {
     }
 }
 
-/// An outbound link, named as the caller sees it.
+/// An outbound link, named as the caller sees it: [`Context::link`].
+///
+/// ```
+/// use plugin_api::prelude::*;
+/// use plugin_api::testing::TestHost;
+///
+/// #[derive(Deserialize)]
+/// #[serde(crate = "plugin_api::serde")]
+/// struct Checkout {}
+///
+/// #[derive(Deserialize)]
+/// #[serde(crate = "plugin_api::serde")]
+/// struct Price {
+///     cents: u64,
+/// }
+///
+/// impl Plugin for Checkout {
+///     async fn handle(&self, _req: Request, cx: Context) -> Response {
+///         // A failed call (timeout, no ready replica…) is a `LinkError`.
+///         let answer = match cx.link("pricing").post_json("/price", &serde_json::json!({ "sku": "A1" })).await {
+///             Ok(answer) => answer,
+///             Err(e) => return e.to_response(),
+///         };
+///         match answer.json_body::<Price>() {
+///             Ok(price) => Response::json(&serde_json::json!({ "total": price.cents })),
+///             Err(e) => Response::error(StatusCode::BAD_GATEWAY, &format!("pricing answered: {e}")),
+///         }
+///     }
+/// }
+///
+/// let host = TestHost::new().link("pricing", |_req| Response::json(&serde_json::json!({ "cents": 250 })));
+/// let checkout = host.start::<Checkout>(serde_json::json!({})).unwrap();
+/// assert_eq!(checkout.call(Request::get("/")).body, r#"{"total":250}"#);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Link<'a> {
     cx: &'a Context,

@@ -67,6 +67,15 @@ impl Request {
     }
 
     /// Parses the body as JSON.
+    ///
+    /// ```
+    /// use plugin_api::Request;
+    ///
+    /// let req = Request::post("/orders?dry_run=1").with_json(&serde_json::json!({ "sku": "A1" }));
+    /// assert_eq!((req.path(), req.query()), ("/orders", Some("dry_run=1")));
+    /// let order: serde_json::Value = req.json().unwrap();
+    /// assert_eq!(order["sku"], "A1");
+    /// ```
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
     }
@@ -205,6 +214,14 @@ impl Response {
     }
 
     /// Parses the body as JSON.
+    ///
+    /// ```
+    /// use plugin_api::{Response, StatusCode};
+    ///
+    /// let answer = Response::json(&serde_json::json!({ "cents": 250 })).with_status(StatusCode::CREATED);
+    /// let body: serde_json::Value = answer.json_body().unwrap();
+    /// assert_eq!((answer.status, body["cents"].as_u64()), (StatusCode::CREATED, Some(250)));
+    /// ```
     pub fn json_body<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
     }

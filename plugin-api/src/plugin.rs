@@ -20,7 +20,39 @@ pub trait Plugin: DeserializeOwned + Send + Sync + 'static {
     /// Link kinds this plugin can serve as a link's target.
     const SERVES: &'static [LinkKind] = &[LinkKind::Rest];
 
-    /// Checks the configuration beyond what deserialization does.
+    /// Checks the configuration beyond what deserialization does: called by
+    /// `orchestrator validate`, and before an instance is created at start
+    /// and at each reload. Each [`ConfigIssue`] is shown located in the
+    /// topology file.
+    ///
+    /// ```
+    /// use plugin_api::prelude::*;
+    /// use plugin_api::testing::TestHost;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "plugin_api::serde")]
+    /// struct Proxy {
+    ///     upstream: String,
+    /// }
+    ///
+    /// impl Plugin for Proxy {
+    ///     fn validate(&self, cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
+    ///         if cx.has_link(&self.upstream) {
+    ///             return Ok(());
+    ///         }
+    ///         let issue = ConfigIssue::new("upstream", format!("this tier has no link named `{}`", self.upstream));
+    ///         Err(vec![issue.with_hint("add it under `links:`")])
+    ///     }
+    ///
+    ///     async fn handle(&self, req: Request, cx: Context) -> Response {
+    ///         cx.link(&self.upstream).call(req).await.unwrap_or_else(|e| e.to_response())
+    ///     }
+    /// }
+    ///
+    /// let issues = TestHost::new().validate::<Proxy>(serde_json::json!({ "upstream": "api" }));
+    /// assert_eq!(issues[0].path, "upstream");
+    /// assert_eq!(issues[0].message, "this tier has no link named `api`");
+    /// ```
     fn validate(&self, cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         let _ = cx;
         Ok(())

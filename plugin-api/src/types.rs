@@ -115,6 +115,18 @@ pub enum LinkErrorKind {
 }
 
 /// A failed link call.
+///
+/// [`LinkError::to_response`] is the usual answer to pass on to the caller:
+/// a JSON error with the status a gateway would give.
+///
+/// ```
+/// use plugin_api::{LinkError, LinkErrorKind, StatusCode};
+///
+/// let error = LinkError::new(LinkErrorKind::Timeout, "no answer within 2s");
+/// let response = error.to_response();
+/// assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT);
+/// assert_eq!(response.body, r#"{"error":"no answer within 2s"}"#);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkError {
     /// What went wrong: it decides the status [`LinkError::to_response`] gives.
@@ -174,6 +186,13 @@ impl std::error::Error for LinkError {}
 
 /// A problem a plugin found in its tier's `config`. `path` is relative to
 /// `config` (`routes[0].link`); the host locates it in the topology file.
+///
+/// ```
+/// use plugin_api::ConfigIssue;
+///
+/// let issue = ConfigIssue::new("routes[0].link", "no link named `api`").with_hint("did you mean `app`?");
+/// assert_eq!(issue.hint.as_deref(), Some("did you mean `app`?"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigIssue {
     /// Where in the tier's `config`, e.g. `routes[0].link` (empty: the whole of it).
@@ -198,7 +217,16 @@ impl ConfigIssue {
     }
 }
 
-/// What a plugin may consult while validating its configuration.
+/// What a plugin may consult while validating its configuration: see
+/// [`Plugin::validate`](crate::Plugin::validate) for an example.
+///
+/// ```
+/// use plugin_api::ValidateContext;
+///
+/// let cx = ValidateContext::new(vec!["backend".into()]);
+/// assert!(cx.has_link("backend"));
+/// assert!(!cx.has_link("cache"));
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ValidateContext {
     links: Vec<String>,
