@@ -169,6 +169,14 @@ async fn the_rpc_example_topology_runs_as_its_comment_says() {
         assert_eq!(reply["total"], 7.5, "{link}: {reply}");
     }
     let web = orch.tier_addr("web").await;
+    // The native shop tier calls pricing over its rpc link; statuses become HTTP statuses.
+    let (code, body) = orch.get(web, "/quote?item=widget&quantity=3").await;
+    assert_eq!(code, 200, "{body}");
+    let quote: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((quote["total"].as_f64(), quote["unit_price"].as_f64()), (Some(7.5), Some(2.5)), "{quote}");
+    let (code, body) = orch.get(web, "/quote?item=sprocket").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("NOT_FOUND: "), "{body}");
     let (_, body) = orch
         .get(
             web,
