@@ -82,12 +82,17 @@ fn remove_key(json: &mut serde_json::Value, path: &[Seg], key: &str) -> bool {
 
 /// Closest candidate to `word`, if one is close enough to be a likely typo.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate `word` is most likely a misspelling of, if one is close.
+fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+        .map(|(_, c)| c)
 }
 
 fn valid_topic(topic: &str) -> bool {
@@ -144,8 +149,12 @@ struct TierDraft {
 impl Validator<'_> {
     /// [`did_you_mean`], while the budget of comparisons lasts.
     fn suggest(&mut self, word: &str, candidates: &[&str]) -> Option<String> {
+        self.suggest_name(word, candidates).map(|c| format!("did you mean `{c}`?"))
+    }
+
+    fn suggest_name<'c>(&mut self, word: &str, candidates: &[&'c str]) -> Option<&'c str> {
         self.suggestions = self.suggestions.checked_sub(candidates.len())?;
-        did_you_mean(word, candidates.iter().copied())
+        closest(word, candidates.iter().copied())
     }
 
     /// The hint for a plugin not found: the plugins that load, and those that
@@ -415,14 +424,26 @@ impl Validator<'_> {
                 continue;
             };
             let mut ok = true;
+            // A misspelt target the link is named after: the caller's plugin
+            // is told of the name meant as well, so that the one mistake is
+            // not also reported as the caller's missing link.
+            let mut meant = None;
             for (end, name) in [("from", &raw.from), ("to", &raw.to)] {
                 if !tiers.contains_key(&TierId::new(name)) {
-                    let hint = self
-                        .suggest(name, &tier_names)
-                        .unwrap_or_else(|| format!("the tiers are: {}", some_of(&tier_names)));
+                    let suggestion = self.suggest_name(name, &tier_names);
+                    if end == "to" && raw.name.is_none() {
+                        meant = suggestion.map(str::to_owned);
+                    }
+                    let hint = suggestion.map_or_else(
+                        || format!("the tiers are: {}", some_of(&tier_names)),
+                        |c| format!("did you mean `{c}`?"),
+                    );
                     self.error(&lpath.key(end), format!("unknown tier `{name}`")).hint = Some(hint);
                     ok = false;
                 }
+            }
+            if let Some(meant) = meant {
+                declared.push((TierId::new(&raw.from), meant));
             }
             let kind = match raw.kind {
                 RawLinkKind::Rest => LinkKind::Rest,
@@ -830,6 +851,21 @@ mod tests {
         assert!(e[1].starts_with("links[0].concurrency: invalid type"), "{e:?}");
         // And the gateway's own check found the link it routes to.
         assert!(e.iter().all(|m| !m.contains("no outbound link")), "{e:?}");
+    }
+
+    #[test]
+    fn a_misspelt_link_target_is_one_error() {
+        // Before, the gateway also said `no outbound link named `api``: the
+        // link was named after the misspelling.
+        let e = all(&format!("{BASE}links:\n  - {{ from: web, to: apu, kind: rest }}\n"));
+        assert_eq!(e, ["links[0].to: unknown tier `apu`"]);
+        // With nothing close, the caller's check still says what it misses.
+        let e = all(&format!("{BASE}links:\n  - {{ from: web, to: zzzz, kind: rest }}\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[1].contains("no outbound link named `api`") || e[0].contains("no outbound link named `api`"),
+            "{e:?}"
+        );
     }
 
     #[test]
