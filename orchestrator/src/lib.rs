@@ -18,6 +18,8 @@
 //!   (`admission`), status snapshots, the state files by which the CLI finds
 //!   a running orchestrator (`running`), and the run loop: signals, reloads,
 //!   graceful shutdown;
+//! - [`metrics`] — what the request path records (per link, per listener),
+//!   in per-thread shards merged when scraped;
 //! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
 //! - [`admin`] — the admin HTTP API: status (with waits on the generation),
 //!   readiness, reload, Prometheus metrics; its guard (Host, cross-site
@@ -37,6 +39,7 @@ pub mod admin;
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod links;
+pub mod metrics;
 #[allow(unsafe_code)]
 pub mod plugins;
 pub mod reload;

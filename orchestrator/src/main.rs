@@ -70,6 +70,10 @@ enum Command {
         /// token: anyone who reaches it can read the topology and reload it.
         #[arg(long)]
         admin_no_auth: bool,
+        /// Record no request metrics (links, listeners): their series stay at
+        /// zero. For measuring what recording costs.
+        #[arg(long)]
+        no_metrics: bool,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -185,8 +189,10 @@ fn main() -> ExitCode {
             max_connections,
             token,
             admin_no_auth,
+            no_metrics,
             plugins,
         } => {
+            orchestrator::metrics::set_enabled(!no_metrics);
             if pin_workers && workers == WorkerThreads::Shared {
                 let conflict = PINNING_SHARED;
                 let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, conflict).print();

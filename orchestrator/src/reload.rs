@@ -203,6 +203,7 @@ async fn debounce(
     while let Some(event) = events.recv().await {
         let Some(mut trigger) = relevant(&event, &watched.borrow()) else { continue };
         let start = tokio::time::Instant::now();
+        let since = std::time::Instant::now();
         // Wait for the burst to end.
         loop {
             let (quiet, max) =
@@ -220,7 +221,7 @@ async fn debounce(
                 Err(_) => break,
             }
         }
-        if commands.send(Command::Reload { trigger, reply: None }).await.is_err() {
+        if commands.send(Command::Reload { trigger, reply: None, since }).await.is_err() {
             return;
         }
     }

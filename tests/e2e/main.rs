@@ -8,6 +8,7 @@ mod hello;
 mod inputs;
 mod libraries;
 mod load;
+mod metrics;
 mod plugins;
 mod process;
 mod queue;

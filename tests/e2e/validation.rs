@@ -86,7 +86,10 @@ fn every_error_class_is_reported_at_its_location() {
     assert_located(&stderr, &file, 19, 23, "tiers.kit.config.reject: rejected on request (plugin `testkit`)");
     // Rendered like a compiler diagnostic: the source line and a marker under the value.
     assert!(stderr.contains("12 │     replicas: 0"), "{stderr}");
-    assert!(stderr.contains("11 errors in"), "{stderr}");
+    // One error per mistake: the misspelt `bakend` is not also the frontend's missing `backend` link.
+    assert!(!stderr.contains("no outbound link named `backend`"), "{stderr}");
+    assert!(stderr.contains("help: this tier's links are: frontend, q2\n"), "each name once: {stderr}");
+    assert!(stderr.contains("10 errors in"), "{stderr}");
 }
 
 #[test]

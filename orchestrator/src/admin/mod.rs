@@ -141,10 +141,14 @@ async fn status_handler(Extract(shared): Extract<Shared>, Query(q): Query<Status
     Json(live).into_response()
 }
 
-async fn metrics_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
+async fn metrics_handler(Extract(shared): Extract<Shared>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let status = shared.status.borrow().live();
-    let body = metrics::render(&status, &shared.workers.report());
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::from_accept(accept);
+    let body = metrics::render(&status, &shared.workers.report(), format);
+    let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    tracing::debug!(user_agent = agent, bytes = body.len(), "Metrics scraped.");
+    ([(axum::http::header::CONTENT_TYPE, format.content_type())], body)
 }
 
 async fn ready_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
@@ -158,7 +162,12 @@ async fn reload_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
     let (reply, answer) = oneshot::channel();
     let unavailable =
         |why: &str| (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": why }))).into_response();
-    if shared.commands.send(Command::Reload { trigger: Trigger::Admin, reply: Some(reply) }).await.is_err() {
+    if shared
+        .commands
+        .send(Command::Reload { trigger: Trigger::Admin, reply: Some(reply), since: std::time::Instant::now() })
+        .await
+        .is_err()
+    {
         return unavailable("the orchestrator is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(120), answer).await {

@@ -85,6 +85,14 @@ pub fn wire_headers_with(
 /// An answer with its whole body.
 pub type HttpResponse = http::Response<Bytes>;
 
+impl super::Answer for HttpResponse {
+    fn outcome(&self, route: &Route) -> crate::metrics::Outcome {
+        route.outcome_of(self.status().as_u16(), || {
+            self.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok())
+        })
+    }
+}
+
 impl Route {
     /// Whether [`forward`] takes requests on this link: REST links do; RPC
     /// links and links into a queue tier rewrite their requests, and take

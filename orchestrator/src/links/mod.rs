@@ -21,6 +21,7 @@ pub use balance::Endpoint;
 use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, RawResponse};
 use plugin_api::{LinkError, LinkErrorKind};
 
+use crate::metrics::{self, LinkKey, LinkMetrics};
 use crate::plugins::{BorrowedRequest, Instance, InstanceCall, Panicked};
 use crate::runtime::timeouts::Deadline;
 use crate::runtime::workers::Workers;
@@ -34,6 +35,8 @@ pub struct Route {
     /// For a link that publishes into a queue tier: the URI every request
     /// on it is sent with, `/<topic>`, which the broker reads the topic from.
     publish_uri: Option<String>,
+    /// The link's series: the same for a link a reload keeps.
+    pub metrics: Arc<LinkMetrics>,
 }
 
 impl Route {
@@ -42,7 +45,40 @@ impl Route {
             (Some(QueueRole::Publish), Some(topic)) => Some(format!("/{topic}")),
             _ => None,
         };
-        Self { spec, target, publish_uri }
+        let metrics = metrics::registry().link(LinkKey {
+            from: spec.from.to_string(),
+            to: spec.to.to_string(),
+            link: spec.name.clone(),
+            kind: spec.kind.as_str(),
+        });
+        Self { spec, target, publish_uri, metrics }
+    }
+
+    /// The outcome an answer of HTTP status `status` is counted as: its
+    /// gRPC status on an RPC link (`grpc` reads it), acknowledged or not on a
+    /// queue link, else its status class.
+    fn outcome_of(&self, status: u16, grpc: impl FnOnce() -> Option<u32>) -> metrics::Outcome {
+        match (self.spec.kind, self.spec.queue_role) {
+            (LinkKind::Rpc, _) => metrics::Outcome::grpc(grpc().unwrap_or(2)),
+            (_, Some(_)) if (200..300).contains(&status) => metrics::Outcome::ACK,
+            (_, Some(_)) => metrics::Outcome::NACK,
+            _ => metrics::Outcome::http(status),
+        }
+    }
+}
+
+/// An answer a link call gives back, as its outcome for the metrics.
+pub trait Answer {
+    fn outcome(&self, route: &Route) -> metrics::Outcome;
+}
+
+impl Answer for RawResponse {
+    fn outcome(&self, route: &Route) -> metrics::Outcome {
+        route.outcome_of(self.status, || {
+            plugin_api::abi::decode_headers(self.headers.as_bytes())
+                .find(|(n, _)| n.eq_ignore_ascii_case(b"grpc-status"))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+        })
     }
 }
 
@@ -220,35 +256,72 @@ async fn attempts<T, A>(
 ) -> Result<T, LinkError>
 where
     A: Future<Output = Outcome<T>>,
+    T: Answer,
 {
+    // Counted once however many attempts it takes, and each attempt apart.
+    let record = route.metrics.start();
     // The deadline is fixed when a call first has to wait (see `within`).
     let mut deadline = None;
     let (mut last, first) = first(&route);
     let mut attempt = std::pin::pin!(first);
     let mut retries_left = route.spec.retries;
     loop {
-        let (error, delivered) = match attempt.as_mut().as_pin_mut() {
-            None => (route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned()), false),
-            Some(running) => match within(&mut deadline, timeout, running).await {
-                Ok(Outcome::Answered(response)) => return Ok(response),
-                Ok(Outcome::NotDelivered(why)) => {
-                    (route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}")), false)
+        let (error, delivered, outcome) = match attempt.as_mut().as_pin_mut() {
+            None => {
+                if let Some(r) = &record {
+                    r.no_replica();
                 }
-                Ok(Outcome::NoAnswer(why)) => {
-                    (route.error(LinkErrorKind::Upstream, format!("gave no answer: {why}")), true)
+                let error = route.error(LinkErrorKind::Unavailable, "has no ready replica".to_owned());
+                (error, false, metrics::Outcome::UNAVAILABLE)
+            }
+            Some(running) => {
+                let (error, delivered, outcome) = match within(&mut deadline, timeout, running).await {
+                    Ok(Outcome::Answered(response)) => {
+                        if let Some(r) = record {
+                            let outcome = response.outcome(&route);
+                            r.attempt(outcome);
+                            r.finish(outcome);
+                        }
+                        return Ok(response);
+                    }
+                    Ok(Outcome::NotDelivered(why)) => {
+                        let error =
+                            route.error(LinkErrorKind::Unavailable, format!("could not take the request: {why}"));
+                        (error, false, metrics::Outcome::UNAVAILABLE)
+                    }
+                    Ok(Outcome::NoAnswer(why)) => (
+                        route.error(LinkErrorKind::Upstream, format!("gave no answer: {why}")),
+                        true,
+                        metrics::Outcome::ERROR,
+                    ),
+                    Ok(Outcome::Panicked) => {
+                        let error = route.error(LinkErrorKind::Upstream, "failed without answering".to_owned());
+                        (error, true, metrics::Outcome::ERROR)
+                    }
+                    Err(Elapsed) => {
+                        if let Some(r) = record {
+                            r.attempt(metrics::Outcome::TIMEOUT);
+                            r.finish(metrics::Outcome::TIMEOUT);
+                        }
+                        let limit = humantime::format_duration(timeout);
+                        return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));
+                    }
+                };
+                if let Some(r) = &record {
+                    r.attempt(outcome);
                 }
-                Ok(Outcome::Panicked) => {
-                    (route.error(LinkErrorKind::Upstream, "failed without answering".to_owned()), true)
-                }
-                Err(Elapsed) => {
-                    let limit = humantime::format_duration(timeout);
-                    return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));
-                }
-            },
+                (error, delivered, outcome)
+            }
         };
         let Some(again) = again.as_mut().filter(|_| retries_left > 0 && (!delivered || idempotent)) else {
+            if let Some(r) = record {
+                r.finish(outcome);
+            }
             return Err(error);
         };
+        if let Some(r) = &record {
+            r.retry();
+        }
         retries_left -= 1;
         // Another replica than the one that just failed, when there is one.
         last = route.target.pick_other(last.as_ref());

@@ -27,6 +27,7 @@ use futures_util::future::Either;
 
 use crate::links::http::HttpRequest;
 use crate::links::{self, Endpoint, LinkTable};
+use crate::metrics::{self, ListenerMetrics, Rejected, RequestRecord};
 use crate::plugins::{BorrowedRequest, Instance};
 use crate::runtime::admission::{Admitted, RateLimited};
 use crate::runtime::drain::{Drain, Entered};
@@ -57,7 +58,8 @@ impl Bound {
         let (stop, stop_rx) = watch::channel(false);
         let max_body = Arc::new(AtomicU64::new(max_body));
         let span = tracing::info_span!("listener", tier = %endpoint.tier, addr = %self.addr);
-        let serving = serve(self.listener, Target::Tier(endpoint), max_body.clone(), stop_rx, workers.clone());
+        let metrics = metrics::registry().listener(endpoint.tier.as_str());
+        let serving = serve(self.listener, Target::Tier(endpoint, metrics), max_body.clone(), stop_rx, workers.clone());
         let task = tokio::spawn(serving.instrument(span));
         Listener { addr: self.addr, max_body, stop, task }
     }
@@ -94,8 +96,8 @@ impl Listener {
 /// What a listener routes to.
 #[derive(Clone)]
 enum Target {
-    /// A tier's replicas (a tier's `listen` address).
-    Tier(Arc<Endpoint>),
+    /// A tier's replicas (a tier's `listen` address), and its listener's metrics.
+    Tier(Arc<Endpoint>, Arc<ListenerMetrics>),
     /// A tier's outbound link, by name (a process tier's `ORCH_LINK_<NAME>_URL`).
     Link(Weak<LinkTable>, Arc<str>),
 }
@@ -140,7 +142,12 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Over the budget: closed at once, before it costs more.
-                    let Some(admitted) = workers.admission().admit() else { continue };
+                    let Some(admitted) = workers.admission().admit() else {
+                        if let Target::Tier(_, metrics) = &target {
+                            metrics.rejected(Rejected::ConnectionLimit);
+                        }
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     // Handed over as a plain socket: the worker registers it with its own runtime.
                     let stream = match stream.into_std() {
@@ -198,16 +205,50 @@ async fn serve_connection(
         Ok(s) => s,
         Err(e) => return tracing::warn!(parent: &span, error = %e, "A worker could not take a connection."),
     };
+    let metrics = match &target {
+        Target::Tier(_, metrics) => Some(metrics.clone()),
+        Target::Link(..) => None,
+    };
+    if let Some(m) = &metrics {
+        m.connection(true);
+    }
     let service = service_fn(move |req| {
         let limit = max_body.load(Ordering::Relaxed);
         match &target {
-            Target::Tier(endpoint) => Either::Left(handle(req, endpoint.clone(), limit, client.clone())),
+            Target::Tier(endpoint, metrics) => {
+                Either::Left(recorded(metrics.start(), req, endpoint.clone(), limit, client.clone()))
+            }
             Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
         }
     });
     if let Err(e) = entered.watch(http.serve_connection(TokioIo::new(stream), service)).await {
+        if let Some(m) = &metrics
+            && e.is_timeout()
+        {
+            m.rejected(Rejected::HeaderTimeout);
+        }
         tracing::debug!(parent: &span, error = %e, "Connection closed with an error.");
     }
+    if let Some(m) = &metrics {
+        m.connection(false);
+    }
+}
+
+/// [`handle`]s a request on a tier listener, and records it in the
+/// listener's metrics (`record`, when recording is on).
+async fn recorded(
+    mut record: Option<RequestRecord>,
+    req: hyper::Request<Incoming>,
+    endpoint: Arc<Endpoint>,
+    max_body: u64,
+    client: HeaderValue,
+) -> Result<Response, Infallible> {
+    let resp = handle(req, endpoint, max_body, client, &mut record).await;
+    if let Some(record) = record {
+        let bytes_out = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        record.finish(resp.status().as_u16(), bytes_out);
+    }
+    Ok(resp)
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
@@ -403,9 +444,18 @@ async fn forward(route: &Arc<links::Route>, req: HttpRequest, client: Option<Hea
 /// The built-in gateway's handling of a request, done here in hyper's types:
 /// the route the gateway picks, and its link. `None` for requests the
 /// gateway answers itself or sends on a link in the plugins' form.
-fn gateway_route(instance: &Instance, uri: &Uri) -> Option<(Arc<links::Route>, Option<Uri>)> {
+///
+/// The route's path is given to `record`, for the listener's metrics.
+fn gateway_route(
+    instance: &Instance,
+    uri: &Uri,
+    record: &mut Option<RequestRecord>,
+) -> Option<(Arc<links::Route>, Option<Uri>)> {
     let gateway = instance.as_gateway()?;
     let (route, target) = gateway.target(uri.path_and_query().map_or("/", |pq| pq.as_str()))?;
+    if let Some(record) = record {
+        record.route(&route.path);
+    }
     let link = instance.links().get(&route.link).filter(|link| link.carries_http())?;
     // A URI that does not parse once rewritten goes the plugin's way, which answers it.
     let target = if route.strip_prefix { Some(target.parse().ok()?) } else { None };
@@ -417,32 +467,47 @@ async fn handle(
     endpoint: Arc<Endpoint>,
     max_body: u64,
     client: HeaderValue,
-) -> Result<Response, Infallible> {
+    record: &mut Option<RequestRecord>,
+) -> Response {
+    let refused = |record: &mut Option<RequestRecord>, why: Rejected, resp: Response| {
+        if let Some(record) = record {
+            record.rejected(why);
+        }
+        resp
+    };
     let (mut parts, body) = req.into_parts();
     if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
-        return Ok(json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header"));
+        let resp = json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header");
+        return refused(record, Rejected::BadRequest, resp);
     }
-    if let Some(refused) = normalize(&mut parts) {
-        return Ok(refused);
+    if let Some(resp) = normalize(&mut parts) {
+        return refused(record, Rejected::BadRequest, resp);
     }
     let body = match read_body(body, max_body).await {
         Ok(body) => body,
-        Err(resp) => return Ok(resp),
+        Err(resp) => {
+            let why = match resp.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Rejected::BodyTooLarge,
+                StatusCode::REQUEST_TIMEOUT => Rejected::BodyTimeout,
+                _ => Rejected::BadRequest,
+            };
+            return refused(record, why, resp);
+        }
     };
+    if let Some(record) = record {
+        record.body(body.len() as u64);
+    }
     let Some(instance) = endpoint.pick() else {
-        return Ok(json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("tier `{}` has no ready replica", endpoint.tier),
-        ));
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{}` has no ready replica", endpoint.tier));
     };
     let gateway = instance.as_gateway().is_some();
-    if let Some((link, uri)) = gateway_route(&instance, &parts.uri) {
+    if let Some((link, uri)) = gateway_route(&instance, &parts.uri, record) {
         // The gateway's instance counts the call, as if it had handled it.
         let in_flight = instance.enter();
         drop(instance);
         let resp = forward(&link, link_request(parts, body, uri), Some(client)).await;
         drop(in_flight);
-        return Ok(resp);
+        return resp;
     }
     let headers =
         if gateway { encoded_headers_forwarded(&parts.headers, &client) } else { encoded_headers(&parts.headers) };
@@ -451,12 +516,12 @@ async fn handle(
     let call = instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
     let call = WakeGated::new(call);
     drop((headers, body));
-    Ok(match call.await {
+    match call.await {
         Ok(resp) => into_hyper(resp),
         Err(_) => {
             json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("tier `{}` failed without answering", endpoint.tier))
         }
-    })
+    }
 }
 
 async fn handle_link(

@@ -65,7 +65,8 @@ pub enum RunError {
 #[derive(Debug)]
 pub enum Command {
     /// Reread the topology and apply what changed; answer on `reply`.
-    Reload { trigger: Trigger, reply: Option<oneshot::Sender<ReloadRecord>> },
+    /// `since`: when the change that asks for it was seen.
+    Reload { trigger: Trigger, reply: Option<oneshot::Sender<ReloadRecord>>, since: std::time::Instant },
 }
 
 /// Runs `topology` until SIGINT or SIGTERM, reloading on SIGHUP, on
@@ -120,12 +121,12 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     );
 
     let signal = loop {
-        let (trigger, reply) = tokio::select! {
+        let (trigger, reply, since) = tokio::select! {
             signal = signals.next() => match signal {
-                "SIGHUP" => (Trigger::Signal, None),
+                "SIGHUP" => (Trigger::Signal, None, std::time::Instant::now()),
                 other => break other,
             },
-            Some(Command::Reload { trigger, reply }) = requests.recv() => (trigger, reply),
+            Some(Command::Reload { trigger, reply, since }) = requests.recv() => (trigger, reply, since),
         };
         // A stop signal does not wait for a reload to finish (one that starts
         // slow programs can take a while): the reload is abandoned at its next
@@ -133,7 +134,10 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
         // the shutdown stops what it started.
         let mut stop = None;
         let record = tokio::select! {
-            record = supervisor.reload(trigger) => Some(record),
+            record = supervisor.reload(trigger) => {
+                crate::metrics::registry().reload_took(since.elapsed().as_secs_f64());
+                Some(record)
+            }
             signal = signals.stop("A reload is already running; SIGHUP ignored.") => {
                 stop = Some(signal);
                 None

@@ -1,6 +1,6 @@
 //! From the YAML node tree to a typed [`Topology`], collecting every error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -633,7 +633,10 @@ impl Validator<'_> {
                 continue;
             }
             let Ok(plugin) = self.registry.lookup(&draft.raw.plugin, dirs) else { continue };
-            let outbound = outbound_of.remove(id).unwrap_or_default();
+            let mut outbound = outbound_of.remove(id).unwrap_or_default();
+            // Each name once, however many links (in error) have it.
+            let mut seen = HashSet::new();
+            outbound.retain(|name| seen.insert(name.clone()));
             let config = draft.raw.config.clone().unwrap_or_else(|| serde_json::json!({}));
             let cpath = draft.path.key("config");
             for issue in plugin.validate(&config, &outbound) {

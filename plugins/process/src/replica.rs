@@ -34,6 +34,10 @@ struct Report {
     restarts: u32,
     last_exit: Option<String>,
     last_probe_error: Option<String>,
+    /// The last exit's code, or 128 + the signal that ended it (as a shell has it).
+    last_exit_code: Option<i32>,
+    /// Readiness and liveness probes that failed, over the replica's life.
+    probe_failures: u64,
     /// Why the replica gave up, once it has.
     failed: Option<String>,
 }
@@ -108,6 +112,9 @@ impl Replica {
             "ready": self.is_ready(),
             "restarts": r.restarts,
             "last_exit": r.last_exit,
+            "last_exit_code": r.last_exit_code,
+            "probe_failures": r.probe_failures,
+            "pgid": match self.pgid.load(Ordering::Acquire) { 0 => None, g => Some(g) },
             "last_probe_error": r.last_probe_error,
             "failed": r.failed,
         })
@@ -428,21 +435,25 @@ mod log_tests {
 enum Ended {
     /// The program exited (or was killed by a failed probe): why, whether it
     /// exited successfully, and how long it had been ready.
-    Exited { why: String, success: bool, ready_for: Duration },
+    Exited { why: String, success: bool, ready_for: Duration, code: Option<i32> },
     /// Asked to stop.
     Stopped,
 }
 
 impl Ended {
     fn failed(why: String) -> Self {
-        Ended::Exited { why, success: false, ready_for: Duration::ZERO }
+        Ended::Exited { why, success: false, ready_for: Duration::ZERO, code: None }
     }
 
     fn exited(status: std::io::Result<ExitStatus>, ready_since: Option<Instant>) -> Self {
         Ended::Exited {
             why: status.as_ref().map_or_else(|e| e.to_string(), |s| describe(*s)),
-            success: status.is_ok_and(|s| s.success()),
+            success: status.as_ref().is_ok_and(|s| s.success()),
             ready_for: ready_since.map_or(Duration::ZERO, |t| t.elapsed()),
+            code: status.as_ref().ok().and_then(|s| {
+                use std::os::unix::process::ExitStatusExt as _;
+                s.code().or_else(|| s.signal().map(|n| 128 + n))
+            }),
         }
     }
 }
@@ -494,7 +505,8 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
                 });
                 return;
             }
-            Ended::Exited { why, success, ready_for } => {
+            Ended::Exited { why, success, ready_for, code } => {
+                replica.update(|r| r.last_exit_code = code);
                 // A replica that stayed ready for a while earns its full restart budget back.
                 if ready_for >= STABLE_AFTER {
                     restarts = 0;
@@ -589,7 +601,10 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
                             humantime::format_duration(settings.startup_timeout)
                         ));
                     }
-                    replica.update(|r| r.last_probe_error = Some(e));
+                    replica.update(|r| {
+                        r.last_probe_error = Some(e);
+                        r.probe_failures += 1;
+                    });
                     tokio::select! {
                         _ = tokio::time::sleep(settings.readiness.interval) => {}
                         _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
@@ -617,7 +632,10 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
                     Ok(()) => failures = 0,
                     Err(e) => {
                         failures += 1;
-                        replica.update(|r| r.last_probe_error = Some(e.clone()));
+                        replica.update(|r| {
+                            r.last_probe_error = Some(e.clone());
+                            r.probe_failures += 1;
+                        });
                         if failures >= liveness.failure_threshold {
                             replica.ready.store(false, Ordering::Release);
                             cx.warn(format_args!("Liveness probe failed {failures} times ({e}); restarting."));

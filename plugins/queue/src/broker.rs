@@ -144,6 +144,8 @@ struct Group {
     sleepers: usize,
     delivered: u64,
     redelivered: u64,
+    /// Every delivery attempt handed to the subscriber.
+    deliveries: u64,
     dead_lettered: u64,
     last_error: Option<String>,
 }
@@ -319,6 +321,7 @@ impl Broker {
             sleepers: 0,
             delivered: 0,
             redelivered: 0,
+            deliveries: 0,
             dead_lettered: 0,
             last_error: None,
         });
@@ -494,6 +497,7 @@ impl Broker {
                 g.redelivered += 1;
             }
             g.in_flight += 1;
+            g.deliveries += 1;
             jobs.push(Job::new(seq, group, message, attempt));
         }
         if jobs.len() < max {
@@ -505,6 +509,7 @@ impl Broker {
                 }
                 g.attempts.insert(seq, 1);
                 g.in_flight += 1;
+                g.deliveries += 1;
                 jobs.push(Job::new(seq, group, message, 1));
                 if jobs.len() >= max {
                     break;
@@ -611,6 +616,7 @@ impl Broker {
                             "in_flight": g.in_flight,
                             "waiting_redelivery": g.retries.len(),
                             "delivered": g.delivered,
+                            "deliveries": g.deliveries,
                             "redelivered": g.redelivered,
                             "dead_lettered": g.dead_lettered,
                             "last_error": g.last_error,
@@ -633,6 +639,8 @@ impl Broker {
                     "in_flight": sum(|g| g.in_flight as u64),
                     "published": t.published,
                     "delivered": sum(|g| g.delivered),
+                    "deliveries": sum(|g| g.deliveries),
+                    "oldest_published_us": t.messages.values().next().map(|m| m.published_us),
                     "redelivered": sum(|g| g.redelivered),
                     "dead_lettered": sum(|g| g.dead_lettered),
                     "capacity": t.settings.capacity,
@@ -647,6 +655,8 @@ impl Broker {
         json!({
             "durable": self.store.is_some(),
             "store": self.store.as_ref().map(|s| s.path().display().to_string()),
+            "store_bytes": self.store.as_ref().map(|s| s.bytes()),
+            "store_commits": self.store.as_ref().map(|s| s.commits().report()),
             "topics": topics,
         })
     }

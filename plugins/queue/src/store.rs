@@ -9,6 +9,7 @@
 //! which at-least-once allows).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use bytes::Bytes;
@@ -65,6 +66,47 @@ pub struct Store {
     path: PathBuf,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    commits: std::sync::Arc<Commits>,
+}
+
+/// Upper bounds of the commit latency buckets, in seconds.
+pub const COMMIT_BUCKETS: [f64; 12] =
+    [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// The writer's commits: how many, and how long each took (a histogram).
+#[derive(Debug, Default)]
+pub struct Commits {
+    /// Per bucket of [`COMMIT_BUCKETS`], then beyond the last.
+    counts: [AtomicU64; 13],
+    sum_nanos: AtomicU64,
+}
+
+impl Commits {
+    fn observe(&self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        let i = COMMIT_BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(COMMIT_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// `{"count", "sum_seconds", "buckets": [[le, cumulative count]…]}`.
+    pub fn report(&self) -> serde_json::Value {
+        let mut cumulative = 0;
+        let buckets: Vec<serde_json::Value> = COMMIT_BUCKETS
+            .iter()
+            .zip(&self.counts)
+            .map(|(bound, n)| {
+                cumulative += n.load(Ordering::Relaxed);
+                serde_json::json!([bound, cumulative])
+            })
+            .collect();
+        let count = cumulative + self.counts[COMMIT_BUCKETS.len()].load(Ordering::Relaxed);
+        serde_json::json!({
+            "count": count,
+            "sum_seconds": self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            "buckets": buckets,
+        })
+    }
 }
 
 impl Drop for Store {
@@ -115,15 +157,26 @@ impl Store {
         }
         let (ops, rx) = mpsc::channel();
         let thread_path = path.to_owned();
+        let commits = std::sync::Arc::new(Commits::default());
+        let writer_commits = commits.clone();
         let writer = std::thread::Builder::new()
             .name("queue-store".into())
-            .spawn(move || writer(db, rx, &thread_path))
+            .spawn(move || writer(db, rx, &thread_path, &writer_commits))
             .map_err(|e| fail("cannot start the writer for", &e))?;
-        Ok((Self { path: path.to_owned(), ops: Some(ops), writer: Some(writer) }, recovered))
+        Ok((Self { path: path.to_owned(), ops: Some(ops), writer: Some(writer), commits }, recovered))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database file's size.
+    pub fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    pub fn commits(&self) -> &Commits {
+        &self.commits
     }
 
     /// Stores messages (by sequence number); the receiver completes once they are on disk.
@@ -146,7 +199,7 @@ impl Store {
 }
 
 /// Applies operations in groups until every `Store` handle is gone.
-fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path) {
+fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path, commits: &Commits) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         while let Ok(op) = ops.try_recv() {
@@ -156,7 +209,9 @@ fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path) {
             }
         }
         let stores = batch.iter().any(|op| matches!(op, Op::Put { .. }));
+        let started = std::time::Instant::now();
         let result = commit(&db, &batch, stores).map_err(|e| format!("cannot write to {}: {e}", path.display()));
+        commits.observe(started.elapsed());
         if let Err(e) = &result {
             eprintln!("queue store: {e}");
         }

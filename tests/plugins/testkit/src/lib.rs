@@ -3,6 +3,8 @@
 //! - `/env/<key>` — `{"value": the tier's env value or null}`;
 //! - `/header/<name>` — `{"value": the request's header or null}`;
 //! - `/panic` — panics inside the handler;
+//! - `/status/<code>` — answers with that status;
+//! - `/refuse` — does not take the request (as a replica that is going away);
 //! - `/sleep/<ms>` — logs `Sleeping for <ms> ms.`, answers after `ms` milliseconds on the host's timer;
 //! - `/call/<link>/<rest>` — forwards to outbound link `link` with path `/<rest>`;
 //! - `/rpc/<link>/<package.Service>/<Method>[?deadline_ms=N]` — calls the
@@ -203,6 +205,14 @@ impl Plugin for Testkit {
         }
         if path == "/panic" {
             panic!("asked to panic");
+        }
+        if path == "/refuse" {
+            return Response::not_delivered("asked to refuse");
+        }
+        if let Some(code) = path.strip_prefix("/status/") {
+            let status =
+                code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            return Response::json(&json!({ "status": status.as_u16() })).with_status(status);
         }
         if let Some(ms) = path.strip_prefix("/sleep/") {
             let ms: u64 = ms.parse().unwrap_or(0);
