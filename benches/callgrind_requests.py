@@ -8,6 +8,9 @@ difference over N is what one request costs. Compare builds in one run:
 
   benches/callgrind_requests.py target/release/orchestrator /tmp/orch-before [--requests 2000]
 
+With --metrics-off, each binary is also run with --no-metrics (shown as
+`BIN --no-metrics`): what recording the request metrics costs.
+
 Needs valgrind (`apt-get install valgrind`). Only loopback is used; each
 orchestrator is stopped by its PID.
 """
@@ -24,13 +27,13 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def instructions(binary, n, tmp):
+def instructions(binary, n, tmp, extra=()):
     out = os.path.join(tmp, f"callgrind.{os.getpid()}.{n}")
     env = dict(os.environ, NO_COLOR="1", ORCH_LOG="warn,orchestrator::runtime=info",
                ORCH_PLUGIN_PATH=os.path.join(ROOT, "target", "release"))
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run",
                           os.path.join(ROOT, "benches/topologies/gateway-backend.yaml"),
-                          "--admin", "127.0.0.1:0", "--no-watch"],
+                          "--admin", "127.0.0.1:0", "--no-watch", *extra],
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
         admin = None
@@ -63,16 +66,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binaries", nargs="+")
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--metrics-off", action="store_true", help="also run each binary with --no-metrics")
     args = ap.parse_args()
+    runs = [(b, ()) for b in args.binaries]
+    if args.metrics_off:
+        runs = [run for b in args.binaries for run in ((b, ()), (b, ("--no-metrics",)))]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
-        for binary in args.binaries:
-            idle, busy = instructions(binary, 0, tmp), instructions(binary, args.requests, tmp)
-            results[binary] = (busy - idle) / args.requests
-            print(f"{binary}: {results[binary]:,.0f} instructions per request", flush=True)
-        first = results[args.binaries[0]]
-        for binary, per in results.items():
-            print(f"{binary}: {per / first:.3f} of {args.binaries[0]}")
+        for binary, extra in runs:
+            name = " ".join([binary, *extra])
+            idle, busy = instructions(binary, 0, tmp, extra), instructions(binary, args.requests, tmp, extra)
+            results[name] = (busy - idle) / args.requests
+            print(f"{name}: {results[name]:,.0f} instructions per request", flush=True)
+        first_name = next(iter(results))
+        first = results[first_name]
+        for name, per in results.items():
+            print(f"{name}: {per / first:.3f} of {first_name}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ E/C and D/E, and the idle resident memory of topologies/hello.yaml next to nginx
 With --before BIN (an orchestrator binary built before a change), A0 and D0
 run A's and D's topologies on it in the same rounds, and A/A0 and D/D0 are
 printed: a change on the request path, measured before and after in one run.
+With --metrics-off, A0 and D0 are the same binary run with --no-metrics: what
+recording the request metrics costs.
 
 Usage: benches/http_load.py [--rounds 6] [--duration 5] [--connections 32] [--workers auto|N|shared]
-                            [--pin-workers] [--no-build] [--before BIN]
+                            [--pin-workers] [--no-build] [--before BIN | --metrics-off]
 (--workers is passed to both orchestrators: how their connections are served. --pin-workers
 binds their worker threads to CPUs, nginx's workers too (`worker_cpu_affinity auto`), and E's.)
 Only loopback addresses are used. Everything started is stopped by its PID.
@@ -48,7 +50,11 @@ def main():
                     help="orchestrator run --pin-workers, and worker_cpu_affinity auto for nginx")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--before", help="an orchestrator binary from before a change: adds targets A0 and D0")
+    ap.add_argument("--metrics-off", action="store_true",
+                    help="adds targets A0 and D0: this binary with --no-metrics (what recording costs)")
     args = ap.parse_args()
+    if args.before and args.metrics_off:
+        ap.error("--before and --metrics-off both make A0 and D0: give one")
 
     prepare(build=not args.no_build)
     orch_args = ["--workers", args.workers] + (["--pin-workers"] if args.pin_workers else [])
@@ -76,10 +82,11 @@ def main():
                                              stdout=subprocess.PIPE, text=True))
         e_addr = wait_line(proxy, proxy.stdout, r"listening on (\S+)").group(1)
         before = {}
-        if args.before:
+        if args.before or args.metrics_off:
+            args0 = orch_args + (["--no-metrics"] if args.metrics_off else [])
             with open(os.path.join(ROOT, "benches/topologies/gateway-backend.yaml")) as f:
-                orch0, status0 = start_orchestrator(started, f.read(), tmp, "gateway-backend-0.yaml", orch_args, args.before)
-            orch0_p, status0_p = start_orchestrator(started, process_yaml, tmp, "gateway-process-0.yaml", orch_args, args.before)
+                orch0, status0 = start_orchestrator(started, f.read(), tmp, "gateway-backend-0.yaml", args0, args.before)
+            orch0_p, status0_p = start_orchestrator(started, process_yaml, tmp, "gateway-process-0.yaml", args0, args.before)
             web = lambda st: next(t["listen"] for t in st["tiers"] if t["name"] == "web")
             before = {
                 "A0 before": (web(status0), [orch0.pid]),
@@ -136,7 +143,8 @@ def main():
         print(f"D/C per round: {' '.join(f'{x:.3f}' for x in ratios)}")
         if before:
             a0, d0 = pooled("A0 before"), pooled("D0 before")
-            print(f"after/before req/s: A/A0 = {a[0] / a0[0]:.3f}  D/D0 = {d[0] / d0[0]:.3f};  "
+            what = "recorded/unrecorded" if args.metrics_off else "after/before"
+            print(f"{what} req/s: A/A0 = {a[0] / a0[0]:.3f}  D/D0 = {d[0] / d0[0]:.3f};  "
                   f"CPU us/request A {a[1]:.2f} vs A0 {a0[1]:.2f}, D {d[1]:.2f} vs D0 {d0[1]:.2f};  "
                   f"median p99 ms A {a[2]:.2f} vs A0 {a0[2]:.2f}, D {d[2]:.2f} vs D0 {d0[2]:.2f}")
 

@@ -161,9 +161,13 @@ impl Running {
         let client = Client::builder(TokioExecutor::new()).build_http();
         let mut running = Self { child, log, lines, admin: "0.0.0.0:0".parse().expect("addr"), topology, client };
         let line = running.wait_for_line("Admin API listening.");
-        let addr = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).unwrap_or_else(|| {
-            running.fail(&format!("no address in the ready line: {line}"));
-        });
+        // A text line (`… addr=127.0.0.1:N`) or a JSON one (`"addr":"127.0.0.1:N"`).
+        let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+        let addr = match &json {
+            Some(json) => json["addr"].as_str(),
+            None => line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()),
+        };
+        let addr = addr.unwrap_or_else(|| running.fail(&format!("no address in the ready line: {line}")));
         running.admin = addr.parse().unwrap_or_else(|_| running.fail(&format!("bad admin address {addr}")));
         if ready {
             running.wait_ready().await;

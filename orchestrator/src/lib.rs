@@ -18,9 +18,12 @@
 //!   (`admission`), status snapshots, the state files by which the CLI finds
 //!   a running orchestrator (`running`), and the run loop: signals, reloads,
 //!   graceful shutdown;
+//! - [`logging`] — the log formats: text, or JSON lines (`--log-format json`);
 //! - [`metrics`] — what the request path records (per link, per listener),
 //!   in per-thread shards merged when scraped;
 //! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
+//! - [`traces`] — OpenTelemetry spans of listeners, link calls and the
+//!   calls tiers handle, exported over OTLP off the request path;
 //! - [`admin`] — the admin HTTP API: status (with waits on the generation),
 //!   readiness, reload, Prometheus metrics; its guard (Host, cross-site
 //!   requests, the bearer token) and its own limits.
@@ -39,9 +42,11 @@ pub mod admin;
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod links;
+pub mod logging;
 pub mod metrics;
 #[allow(unsafe_code)]
 pub mod plugins;
 pub mod reload;
 pub mod runtime;
 pub mod topology;
+pub mod traces;

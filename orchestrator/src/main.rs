@@ -25,6 +25,10 @@ const EXIT_CONFIG: u8 = 78;
 #[derive(Debug, Parser)]
 #[command(name = "orchestrator", version, about)]
 struct Cli {
+    /// How log lines are written: `text`, or `json` (one object per line:
+    /// timestamp, level, message, tier, replica, trace_id…). Also: ORCH_LOG_FORMAT.
+    #[arg(long, global = true, value_enum, env = "ORCH_LOG_FORMAT", default_value = "text")]
+    log_format: orchestrator::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +78,16 @@ enum Command {
         /// zero. For measuring what recording costs.
         #[arg(long)]
         no_metrics: bool,
+        /// Export traces over OTLP/HTTP (protobuf) to this collector: a base
+        /// URL (`http://127.0.0.1:4318`, `/v1/traces` is added) or the full
+        /// traces URL. Also: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as it is),
+        /// OTEL_EXPORTER_OTLP_ENDPOINT (a base). Without one, no trace is recorded.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// The fraction of new traces recorded, 0 to 1 (a request that comes
+        /// with a sampled `traceparent` is recorded whatever this is).
+        #[arg(long, default_value = "1", value_name = "RATIO", value_parser = sample_ratio)]
+        trace_sample: f64,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -177,7 +191,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     match cli.command {
         Command::Run {
             file,
@@ -190,6 +204,8 @@ fn main() -> ExitCode {
             token,
             admin_no_auth,
             no_metrics,
+            otlp_endpoint,
+            trace_sample,
             plugins,
         } => {
             orchestrator::metrics::set_enabled(!no_metrics);
@@ -221,6 +237,7 @@ fn main() -> ExitCode {
                 pin_workers,
                 max_connections,
                 admin_access: orchestrator::admin::Access { token },
+                traces: trace_options(otlp_endpoint, trace_sample),
             };
             run(&file, opts, &plugins)
         }
@@ -248,15 +265,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: orchestrator::logging::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        orchestrator::logging::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        orchestrator::logging::LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(orchestrator::logging::JsonLines)
+            .init(),
+    }
+}
+
+/// A `--trace-sample` ratio.
+fn sample_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is not a ratio between 0 and 1 (e.g. 0.1: one trace in ten)")),
+    }
+}
+
+/// Where traces go: `--otlp-endpoint`, else the standard variables.
+fn trace_options(endpoint: Option<String>, sample: f64) -> Option<orchestrator::traces::TraceOptions> {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let endpoint = match endpoint {
+        Some(url) => orchestrator::traces::TraceOptions::traces_url(&url),
+        None => match from_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(url) => url,
+            None => format!("{}/v1/traces", from_env("OTEL_EXPORTER_OTLP_ENDPOINT")?.trim_end_matches('/')),
+        },
+    };
+    let service = from_env("OTEL_SERVICE_NAME").unwrap_or_else(|| "orchestrator".to_owned());
+    Some(orchestrator::traces::TraceOptions { endpoint, sample, service })
 }
 
 fn color() -> bool {

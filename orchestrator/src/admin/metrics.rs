@@ -470,6 +470,27 @@ fn commit_histogram(c: &serde_json::Map<String, Value>) -> HistogramSnapshot {
     HistogramSnapshot { buckets, count, sum_seconds: c["sum_seconds"].as_f64().unwrap_or(0.0) }
 }
 
+fn traces(scrape: &mut Scrape) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = crate::traces::counts();
+    scrape.add(
+        "trace_spans_exported",
+        "Spans the OTLP collector accepted",
+        None,
+        Series::Counter(vec![(Vec::new(), c.exported.load(Relaxed).into())]),
+    );
+    let dropped = [("queue_full", &c.dropped_queue_full), ("export_failed", &c.dropped_export_failed)]
+        .into_iter()
+        .map(|(reason, n)| (labels(&[("reason", reason)]), n.load(Relaxed).into()))
+        .collect();
+    scrape.add(
+        "trace_spans_dropped",
+        "Spans not exported: the export queue was full, or the collector could not be reached or refused them",
+        None,
+        Series::Counter(dropped),
+    );
+}
+
 fn workers(scrape: &mut Scrape, workers: &[WorkerReport]) {
     // None when connections are served on the shared runtime.
     let series = workers
@@ -524,6 +545,7 @@ pub fn render(status: &Status, workers_report: &[WorkerReport], format: Format) 
     links(&mut scrape);
     listeners(&mut scrape);
     queues(&mut scrape, status);
+    traces(&mut scrape);
     workers(&mut scrape, workers_report);
     let mut registry = Registry::with_prefix("orchestrator");
     registry.register_collector(Box::new(scrape));

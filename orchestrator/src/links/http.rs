@@ -117,6 +117,9 @@ pub fn forward(
 ) -> impl Future<Output = Result<HttpResponse, LinkError>> + Send {
     debug_assert!(route.carries_http());
     let idempotent = idempotent(req.method().as_str().as_bytes());
+    if crate::traces::enabled() {
+        return Either::Right(super::traced::forward(route.clone(), req, client, idempotent));
+    }
     let copy = (route.spec.retries > 0).then(|| (copy_of(&req), client.clone()));
     let first = move |route: &Route| {
         let replica = route.target.pick();
@@ -125,12 +128,12 @@ pub fn forward(
     };
     let again =
         copy.map(|(copy, client)| move |instance: &Arc<Instance>| attempt(instance, copy_of(&copy), client.clone()));
-    attempts(route.clone(), route.spec.timeout, idempotent, first, again)
+    Either::Left(attempts(route.clone(), route.spec.timeout, idempotent, first, again))
 }
 
 /// One attempt on `instance`: straight to its program for a process tier's
 /// REST request, else through its handler.
-fn attempt(
+pub(super) fn attempt(
     instance: &Arc<Instance>,
     mut req: HttpRequest,
     client: Option<HeaderValue>,
@@ -181,7 +184,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(plugin_api::rpc::CONTENT_TYPE.as_bytes()))
 }
 
-fn copy_of(req: &HttpRequest) -> HttpRequest {
+pub(super) fn copy_of(req: &HttpRequest) -> HttpRequest {
     let mut copy = http::Request::new(req.body().clone());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();

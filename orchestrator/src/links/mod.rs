@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod http;
 pub mod rpc;
+mod traced;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -224,7 +225,6 @@ pub fn call(
         }
         None => req,
     };
-    let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
     // An RPC caller's own deadline (`grpc-timeout`) applies, capped by the link's timeout.
     let timeout = match route.spec.kind {
         LinkKind::Rpc => req
@@ -234,10 +234,20 @@ pub fn call(
         _ => route.spec.timeout,
     };
     let idempotent = idempotent(req.method());
+    if crate::traces::enabled() {
+        return futures_util::future::Either::Right(traced::call(route.clone(), req.to_owned(), timeout, idempotent));
+    }
+    let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
     let replica = route.target.pick();
     let first = replica.as_ref().map(|instance| answer_of(instance.call(req)));
     let again = retry_copy.map(|copy| move |instance: &Arc<Instance>| answer_of(instance.call(&copy.borrow())));
-    attempts(route.clone(), timeout, idempotent, move |_: &Route| (replica, first), again)
+    futures_util::future::Either::Left(attempts(
+        route.clone(),
+        timeout,
+        idempotent,
+        move |_: &Route| (replica, first),
+        again,
+    ))
 }
 
 /// Runs the attempts of one call on `route`: the one `first` starts (on the

@@ -387,6 +387,16 @@ impl<'a> BorrowedRequest<'a> {
         unsafe { self.raw.method.as_bytes() }
     }
 
+    pub fn uri(&self) -> &'a [u8] {
+        // SAFETY: readable for 'a, by construction.
+        unsafe { self.raw.uri.as_bytes() }
+    }
+
+    pub fn body(&self) -> &'a [u8] {
+        // SAFETY: readable for 'a, by construction.
+        unsafe { self.raw.body.as_bytes() }
+    }
+
     /// The first value of header `name` (lower case).
     pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
         // SAFETY: readable for 'a, by construction.
@@ -420,5 +430,18 @@ pub struct OwnedRequest {
 impl OwnedRequest {
     pub fn borrow(&self) -> BorrowedRequest<'_> {
         BorrowedRequest::new(&self.method, &self.uri, &self.headers, &self.body)
+    }
+
+    /// Carries `traceparent` (and `tracestate`) in place of the request's own.
+    pub fn set_trace(&mut self, traceparent: &str, tracestate: Option<&str>) {
+        let mut out = Vec::with_capacity(self.headers.len() + 128);
+        let trace = |n: &[u8]| n.eq_ignore_ascii_case(b"traceparent") || n.eq_ignore_ascii_case(b"tracestate");
+        let kept = plugin_api::abi::decode_headers(&self.headers).filter(|(n, _)| !trace(n));
+        let ours = [
+            Some((&b"traceparent"[..], traceparent.as_bytes())),
+            tracestate.map(|s| (&b"tracestate"[..], s.as_bytes())),
+        ];
+        plugin_api::abi::encode_headers(kept.chain(ours.into_iter().flatten()), &mut out);
+        self.headers = out;
     }
 }

@@ -121,12 +121,22 @@ unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
             message = format!("{tag} {message}");
         }
         let span = &ctx.span;
+        // Logged while handling a traced call: the line names the trace.
+        let trace = crate::traces::current().map(|t| t.to_string());
+        macro_rules! log {
+            ($level:ident) => {
+                match &trace {
+                    Some(trace_id) => tracing::$level!(parent: span, trace_id = %trace_id, "{message}"),
+                    None => tracing::$level!(parent: span, "{message}"),
+                }
+            };
+        }
         match level {
-            log_level::ERROR => tracing::error!(parent: span, "{message}"),
-            log_level::WARN => tracing::warn!(parent: span, "{message}"),
-            log_level::INFO => tracing::info!(parent: span, "{message}"),
-            log_level::DEBUG => tracing::debug!(parent: span, "{message}"),
-            _ => tracing::trace!(parent: span, "{message}"),
+            log_level::ERROR => log!(error),
+            log_level::WARN => log!(warn),
+            log_level::INFO => log!(info),
+            log_level::DEBUG => log!(debug),
+            _ => log!(trace),
         }
     }));
 }

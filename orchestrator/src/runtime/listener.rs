@@ -234,16 +234,57 @@ async fn serve_connection(
     }
 }
 
+/// The span of a request tier `tier`'s listener serves, child of the trace
+/// the request came with; the request carries the span's context from now on.
+fn server_span(tier: &crate::topology::TierId, req: &mut hyper::Request<Incoming>) -> Option<crate::traces::Span> {
+    use opentelemetry::KeyValue;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let parent =
+        crate::traces::Parent::Headers { traceparent: header("traceparent"), tracestate: header("tracestate") };
+    let span = crate::traces::Span::start(
+        format!("{tier} {}", req.method()),
+        opentelemetry::trace::SpanKind::Server,
+        parent,
+        vec![
+            KeyValue::new("orchestrator.tier", tier.to_string()),
+            KeyValue::new("http.request.method", req.method().to_string()),
+            KeyValue::new("url.path", req.uri().path().to_owned()),
+        ],
+        Vec::new(),
+    )?;
+    let carrier = span.carrier();
+    let headers = req.headers_mut();
+    headers.remove("tracestate");
+    if let Some(v) = carrier.traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert("traceparent", v);
+    }
+    if let Some(v) = carrier.tracestate.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert("tracestate", v);
+    }
+    Some(span)
+}
+
 /// [`handle`]s a request on a tier listener, and records it in the
 /// listener's metrics (`record`, when recording is on).
 async fn recorded(
     mut record: Option<RequestRecord>,
-    req: hyper::Request<Incoming>,
+    mut req: hyper::Request<Incoming>,
     endpoint: Arc<Endpoint>,
     max_body: u64,
     client: HeaderValue,
 ) -> Result<Response, Infallible> {
-    let resp = handle(req, endpoint, max_body, client, &mut record).await;
+    let resp = match crate::traces::enabled().then(|| server_span(&endpoint.tier, &mut req)).flatten() {
+        None => handle(req, endpoint, max_body, client, &mut record).await,
+        Some(mut span) => {
+            let trace = Some(span.context().trace_id());
+            let resp = crate::traces::in_trace(trace, handle(req, endpoint, max_body, client, &mut record)).await;
+            span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
+            if resp.status().is_server_error() {
+                span.fail(format!("answered {}", resp.status()));
+            }
+            resp
+        }
+    };
     if let Some(record) = record {
         let bytes_out = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
         record.finish(resp.status().as_u16(), bytes_out);

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub max_connections: Option<usize>,
     /// Who may use the admin API.
     pub admin_access: crate::admin::Access,
+    /// Where to export traces; `None`: none are recorded.
+    pub traces: Option<crate::traces::TraceOptions>,
 }
 
 /// Why `run` failed.
@@ -59,6 +61,8 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("cannot watch files: {0}")]
     Watch(#[from] notify::Error),
+    #[error("{0}")]
+    Traces(String),
 }
 
 /// A request to the supervisor.
@@ -74,6 +78,12 @@ pub enum Command {
 /// gracefully.
 pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) -> Result<(), RunError> {
     let (status_tx, status_rx) = watch::channel(supervisor::starting_status(&topology));
+    // The latency clock calibrates on first use: now, not on the first request.
+    crate::metrics::cells::clock();
+    if let Some(traces) = &opts.traces {
+        crate::traces::start(traces).map_err(RunError::Traces)?;
+        tracing::info!(endpoint = %traces.endpoint, sample = traces.sample, service = %traces.service, "Exporting traces.");
+    }
     let (commands, mut requests) = mpsc::channel::<Command>(16);
     let descriptors = admission::raise_descriptor_limit();
     let max_connections = opts.max_connections.unwrap_or_else(|| admission::Admission::default_max(descriptors));
@@ -107,6 +117,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
             tracing::warn!(signal, "Stopping while the topology starts: stopping what started.");
             supervisor.shutdown().await;
             admin.stop().await;
+            crate::traces::shutdown(TRACE_FLUSH).await;
             tracing::info!("Stopped.");
             return Ok(());
         }
@@ -160,9 +171,13 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     drop(watcher);
     supervisor.shutdown().await;
     admin.stop().await;
+    crate::traces::shutdown(TRACE_FLUSH).await;
     tracing::info!("Stopped.");
     Ok(())
 }
+
+/// How long the spans still queued at shutdown may take to be exported.
+const TRACE_FLUSH: Duration = Duration::from_secs(5);
 
 fn watched(supervisor: &Supervisor) -> Watched {
     let (topology, plugins) = supervisor.watched_files();
