@@ -6,7 +6,9 @@
 //! - `link_call/gateway_to_backend`: the built-in gateway's handler calling the
 //!   backend over a REST link through the host (plugin → host → plugin);
 //! - `rpc_call/link_to_pricing`: one unary RPC over an `rpc` link to the native
-//!   `pricing` plugin, as the host routes it (native → native).
+//!   `pricing` plugin, as the host routes it (native → native);
+//! - `link_call/gateway_to_backend_unrecorded`: `link_call/gateway_to_backend`
+//!   with the request metrics off (`run --no-metrics`): what recording costs.
 //!
 //! ABI overhead per call = abi − direct; link-call overhead = link_call − abi.
 //! Run: `cargo bench -p benches --bench abi` (after `cargo build --release --workspace`).
@@ -65,6 +67,8 @@ fn instance(
 }
 
 fn bench(c: &mut Criterion) {
+    // Calibrated now, as `run` does, not inside the first measurement.
+    orchestrator::metrics::cells::clock();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _guard = rt.enter();
     let registry = Registry::with_dirs(vec![release_dir()]);
@@ -137,6 +141,19 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+
+    // The same link call with the request metrics not recorded (`run
+    // --no-metrics`): the difference is what recording them costs.
+    orchestrator::metrics::set_enabled(false);
+    c.bench_function("link_call/gateway_to_backend_unrecorded", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = BorrowedRequest::new(b"POST", b"/backend", &headers, BODY);
+                black_box(gateway.call(&req).await.expect("response"))
+            })
+        })
+    });
+    orchestrator::metrics::set_enabled(true);
 }
 
 criterion_group!(benches, bench);
