@@ -8,7 +8,9 @@
 //! - `rpc_call/link_to_pricing`: one unary RPC over an `rpc` link to the native
 //!   `pricing` plugin, as the host routes it (native → native);
 //! - `link_call/gateway_to_backend_unrecorded`: `link_call/gateway_to_backend`
-//!   with the request metrics off (`run --no-metrics`): what recording costs.
+//!   with the request metrics off (`run --no-metrics`): what recording costs;
+//! - `link_call/recording_cost` (printed): the two alternated batch by batch,
+//!   the median difference per call.
 //!
 //! ABI overhead per call = abi − direct; link-call overhead = link_call − abi.
 //! Run: `cargo bench -p benches --bench abi` (after `cargo build --release --workspace`).
@@ -154,6 +156,27 @@ fn bench(c: &mut Criterion) {
         })
     });
     orchestrator::metrics::set_enabled(true);
+
+    // Recorded and unrecorded calls alternated, batch by batch, so that the
+    // machine's drift falls on both alike: the median difference per call.
+    let batch = |recorded: bool| {
+        orchestrator::metrics::set_enabled(recorded);
+        let started = std::time::Instant::now();
+        rt.block_on(async {
+            for _ in 0..20_000 {
+                let req = BorrowedRequest::new(b"POST", b"/backend", &headers, BODY);
+                black_box(gateway.call(&req).await.expect("response"));
+            }
+        });
+        started.elapsed().as_nanos() as f64 / 20_000.0
+    };
+    let mut differences: Vec<f64> = (0..31).map(|_| batch(true) - batch(false)).collect();
+    orchestrator::metrics::set_enabled(true);
+    differences.sort_by(f64::total_cmp);
+    println!(
+        "link_call/recording_cost: median {:+.1} ns per call (quartiles {:+.1} to {:+.1}; 31 alternations of 20,000 calls)",
+        differences[15], differences[7], differences[23]
+    );
 }
 
 criterion_group!(benches, bench);

@@ -4,7 +4,8 @@ of http_load.py), counted by valgrind's callgrind: deterministic, unlike
 wall-clock runs on a shared machine.
 
 For each binary: one run with N keep-alive POSTs and one with none; the
-difference over N is what one request costs. Compare builds in one run:
+difference over N is what one request costs. The latency clock's calibration
+at start (a time-bound spin) is left out of both. Compare builds in one run:
 
   benches/callgrind_requests.py target/release/orchestrator /tmp/orch-before [--requests 2000]
 
@@ -56,10 +57,22 @@ def instructions(binary, n, tmp, extra=()):
         p.terminate()
         p.wait(timeout=120)
     with open(out) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
+        total = next((int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:"))), None)
+    if total is None:
+        raise RuntimeError(f"no totals in {out}")
+    return total - clock_calibration(out)
+
+
+def clock_calibration(out):
+    """What the latency clock's calibration cost in run `out`: it spins until
+    its estimate is stable (at most 200 ms), so its instruction count depends
+    on time, not on requests, and is left out."""
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", out],
+                               capture_output=True, text=True, check=True).stdout
+    for line in annotated.splitlines():
+        if "quanta::Clock::new" in line:
+            return int(line.split()[0].replace(",", ""))
+    return 0
 
 
 def main():

@@ -304,3 +304,95 @@ async fn a_real_prometheus_scrapes_the_exact_counts_and_a_sensible_latency() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_topics_subscribers_and_their_links_are_measured() {
+    let orch = Running::start(
+        r#"
+version: 1
+name: queued
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /, link: pub }] }
+  pub: { plugin: testkit }
+  q: { plugin: queue, config: { max_attempts: 2, retry_backoff: 10ms, durable: true } }
+  sub: { plugin: testkit }
+links:
+  - { from: web, to: pub, kind: rest }
+  - { from: pub, to: q, kind: queue, topic: jobs }
+  - { from: q, to: sub, kind: queue, topic: jobs }
+"#,
+    )
+    .await;
+    let web = orch.tier_addr("web").await;
+    let (code, body) = orch.post(web, "/publish/q?n=5", "job").await;
+    assert_eq!(code, 200, "{body}");
+    // One that fails every attempt: tried twice, then dead-lettered.
+    let (code, body) = orch.post(web, "/publish/q?n=1", "fail-always").await;
+    assert_eq!(code, 200, "{body}");
+    orch.wait_for_line("dead-lettered");
+    let (code, _) = orch.get(web, "/received/sub?min=7&wait_ms=10000").await;
+    assert_eq!(code, 200);
+    let text = scrape(&orch).await;
+    let topic = [("tier", "q"), ("topic", "jobs")];
+    let sub = [("tier", "q"), ("topic", "jobs"), ("subscriber", "sub")];
+    assert_eq!(value(&text, "orchestrator_queue_published_total", &topic), Some(6.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_queue_acknowledged_total", &sub), Some(5.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_queue_deliveries_total", &sub), Some(7.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_queue_redelivered_total", &sub), Some(1.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_queue_dead_lettered_total", &sub), Some(1.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_queue_lag", &sub), Some(0.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_queue_depth", &topic), Some(0.0), "{text}");
+    // Durable: the database's size, and its commits timed (one at least per publish).
+    assert!(value(&text, "orchestrator_queue_store_bytes", &[("tier", "q")]).is_some_and(|b| b > 0.0), "{text}");
+    let commits = value(&text, "orchestrator_queue_store_commit_duration_seconds_count", &[("tier", "q")]);
+    assert!(commits.is_some_and(|n| n >= 2.0), "{text}");
+    // The links: publishes the broker accepted, deliveries acknowledged or not.
+    let link = |from: &str, outcome: &str| {
+        value(&text, "orchestrator_link_requests_total", &[("from", from), ("kind", "queue"), ("outcome", outcome)])
+    };
+    assert_eq!(link("pub", "ack"), Some(6.0), "{text}");
+    assert_eq!((link("q", "ack"), link("q", "nack")), (Some(5.0), Some(2.0)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_programs_cpu_memory_and_exits_are_measured() {
+    let orch = Running::start(
+        "version: 1\nname: measured\ntiers:\n  app:\n    plugin: process\n    config: { command: [sh, -c, 'exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"'] }\n",
+    )
+    .await;
+    let text = scrape(&orch).await;
+    let app = [("tier", "app"), ("replica", "0")];
+    let rss = value(&text, "orchestrator_replica_resident_memory_bytes", &app).unwrap_or(0.0);
+    // A Python interpreter: megabytes, not nothing.
+    assert!(rss > 1e6, "{text}");
+    assert!(value(&text, "orchestrator_replica_cpu_seconds_total", &app).is_some(), "{text}");
+    assert_eq!(value(&text, "orchestrator_replica_restarts_total", &app), Some(0.0));
+    assert_eq!(value(&text, "orchestrator_replica_last_exit_code", &app), None, "it has not exited");
+    // Killed: restarted, and its exit recorded as a shell would (128 + 9).
+    let pid = integration_tests::program_pids(&orch.status().await, "app")[0];
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    orch.wait_for_line("Replica exited (killed by SIGKILL); restart 1 in");
+    let text = scrape(&orch).await;
+    assert_eq!(value(&text, "orchestrator_replica_last_exit_code", &app), Some(137.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_replica_restarts_total", &app), Some(1.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_counted_as_rejected() {
+    let orch = Running::start(
+        "version: 1\nname: limited\ntiers:\n  web:\n    plugin: gateway\n    listen: 127.0.0.1:0\n    max_body: 1KiB\n    config: { routes: [{ path: /, link: kit }] }\n  kit: { plugin: testkit }\nlinks:\n  - { from: web, to: kit, kind: rest }\n",
+    )
+    .await;
+    let web = orch.tier_addr("web").await;
+    // At the limit it is taken; one byte over, refused.
+    assert_eq!(orch.post(web, "/echo", vec![b'x'; 1024]).await.0, 200);
+    assert_eq!(orch.post(web, "/echo", vec![b'x'; 1025]).await.0, 413);
+    let text = scrape(&orch).await;
+    let rejected =
+        value(&text, "orchestrator_listener_rejected_total", &[("tier", "web"), ("reason", "body_too_large")]);
+    assert_eq!(rejected, Some(1.0), "{text}");
+    assert_eq!(value(&text, "orchestrator_listener_received_bytes_total", &[("tier", "web")]), Some(1024.0));
+}

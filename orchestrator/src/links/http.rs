@@ -118,7 +118,8 @@ pub fn forward(
     debug_assert!(route.carries_http());
     let idempotent = idempotent(req.method().as_str().as_bytes());
     if crate::traces::enabled() {
-        return Either::Right(super::traced::forward(route.clone(), req, client, idempotent));
+        // Boxed: the traced call's future is large, and this one is in every request's.
+        return Either::Right(Box::pin(super::traced::forward(route.clone(), req, client, idempotent)));
     }
     let copy = (route.spec.retries > 0).then(|| (copy_of(&req), client.clone()));
     let first = move |route: &Route| {

@@ -235,7 +235,9 @@ pub fn call(
     };
     let idempotent = idempotent(req.method());
     if crate::traces::enabled() {
-        return futures_util::future::Either::Right(traced::call(route.clone(), req.to_owned(), timeout, idempotent));
+        // Boxed: the traced call's future is large, and this one is in every call's.
+        let traced = Box::pin(traced::call(route.clone(), req.to_owned(), timeout, idempotent));
+        return futures_util::future::Either::Right(traced);
     }
     let retry_copy = (route.spec.retries > 0).then(|| req.to_owned());
     let replica = route.target.pick();
@@ -288,9 +290,7 @@ where
                 let (error, delivered, outcome) = match within(&mut deadline, timeout, running).await {
                     Ok(Outcome::Answered(response)) => {
                         if let Some(r) = record {
-                            let outcome = response.outcome(&route);
-                            r.attempt(outcome);
-                            r.finish(outcome);
+                            r.finish_attempt(response.outcome(&route));
                         }
                         return Ok(response);
                     }
@@ -310,8 +310,7 @@ where
                     }
                     Err(Elapsed) => {
                         if let Some(r) = record {
-                            r.attempt(metrics::Outcome::TIMEOUT);
-                            r.finish(metrics::Outcome::TIMEOUT);
+                            r.finish_attempt(metrics::Outcome::TIMEOUT);
                         }
                         let limit = humantime::format_duration(timeout);
                         return Err(route.error(LinkErrorKind::Timeout, format!("did not answer within {limit}")));

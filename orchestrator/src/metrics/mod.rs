@@ -9,7 +9,6 @@
 
 pub mod cells;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -129,6 +128,8 @@ pub struct CallRecord<'a> {
     metrics: &'a LinkMetrics,
     start: u64,
     outcome: Outcome,
+    /// The outcome is also the last attempt's, not recorded yet.
+    last_attempt: bool,
 }
 
 impl LinkMetrics {
@@ -140,7 +141,7 @@ impl LinkMetrics {
         }
         let (cells, slot) = self.cells.local();
         cells.in_flight.inc(slot);
-        Some(CallRecord { metrics: self, start: clock().raw(), outcome: Outcome::CANCELLED })
+        Some(CallRecord { metrics: self, start: clock().raw(), outcome: Outcome::CANCELLED, last_attempt: false })
     }
 }
 
@@ -168,10 +169,18 @@ impl CallRecord<'_> {
         cells.retries.inc(slot);
     }
 
-    /// The call ended with `outcome`.
+    /// The call ended with `outcome` (its attempts recorded already).
     #[inline]
     pub fn finish(mut self, outcome: Outcome) {
         self.outcome = outcome;
+    }
+
+    /// The call's last attempt, and so the call, ended with `outcome`:
+    /// recorded together, on one shard.
+    #[inline]
+    pub fn finish_attempt(mut self, outcome: Outcome) {
+        self.outcome = outcome;
+        self.last_attempt = true;
     }
 }
 
@@ -183,6 +192,12 @@ impl Drop for CallRecord<'_> {
         let (cells, slot) = self.metrics.cells.local();
         cells.in_flight.dec(slot);
         cells.requests[self.outcome.0].inc(slot);
+        if self.last_attempt {
+            cells.attempts[self.outcome.0].inc(slot);
+            if self.outcome == Outcome::TIMEOUT {
+                cells.timeouts.inc(slot);
+            }
+        }
         cells.latency.observe(nanos, slot);
     }
 }
@@ -229,8 +244,9 @@ const ROUTE_LABELS: [&str; HTTP_CLASSES + 1] = ["1xx", "2xx", "3xx", "4xx", "5xx
 pub struct ListenerMetrics {
     pub tier: String,
     cells: Sharded<ListenerCells>,
-    /// By route path; read without a lock, a route seen first added under one.
-    routes: ArcSwap<HashMap<Box<str>, Arc<Sharded<RouteCells>>>>,
+    /// By route path, a few: scanned (cheaper than hashing the path), read
+    /// without a lock; a route seen first is added under one.
+    routes: ArcSwap<Vec<(Box<str>, Arc<Sharded<RouteCells>>)>>,
     adding: Mutex<()>,
     unrouted: Arc<Sharded<RouteCells>>,
 }
@@ -252,7 +268,7 @@ impl ListenerMetrics {
         Self {
             tier: tier.to_owned(),
             cells: Sharded::default(),
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes: ArcSwap::from_pointee(Vec::new()),
             adding: Mutex::new(()),
             unrouted: Arc::default(),
         }
@@ -291,13 +307,21 @@ impl ListenerMetrics {
     }
 
     fn route(&self, path: &str) -> Arc<Sharded<RouteCells>> {
-        if let Some(cells) = self.routes.load().get(path) {
-            return cells.clone();
+        let find = |routes: &[(Box<str>, Arc<Sharded<RouteCells>>)]| {
+            routes.iter().find(|(p, _)| **p == *path).map(|(_, cells)| cells.clone())
+        };
+        if let Some(cells) = find(&self.routes.load()) {
+            return cells;
         }
         let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
-        let mut routes = HashMap::clone(&self.routes.load());
-        let cells = routes.entry(path.into()).or_default().clone();
-        self.routes.store(Arc::new(routes));
+        let routes = self.routes.load();
+        if let Some(cells) = find(&routes) {
+            return cells;
+        }
+        let cells = Arc::<Sharded<RouteCells>>::default();
+        let mut more = Vec::clone(&routes);
+        more.push((path.into(), cells.clone()));
+        self.routes.store(Arc::new(more));
         cells
     }
 }
@@ -512,8 +536,7 @@ mod tests {
         let call = m.start().unwrap();
         call.attempt(Outcome::UNAVAILABLE);
         call.retry();
-        call.attempt(Outcome::http(200));
-        call.finish(Outcome::http(200));
+        call.finish_attempt(Outcome::http(200));
         drop(m.start().unwrap());
         let snap = &read::links(&registry)[0];
         assert_eq!(snap.requests, [("2xx", 1), ("cancelled", 1)]);

@@ -277,7 +277,10 @@ async fn recorded(
         None => handle(req, endpoint, max_body, client, &mut record).await,
         Some(mut span) => {
             let trace = Some(span.context().trace_id());
-            let resp = crate::traces::in_trace(trace, handle(req, endpoint, max_body, client, &mut record)).await;
+            // Boxed: kept out of the untraced request's future.
+            let handling =
+                Box::pin(crate::traces::in_trace(trace, handle(req, endpoint, max_body, client, &mut record)));
+            let resp = handling.await;
             span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
             if resp.status().is_server_error() {
                 span.fail(format!("answered {}", resp.status()));
