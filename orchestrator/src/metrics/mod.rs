@@ -238,6 +238,9 @@ struct RouteCells {
 
 const ROUTE_LABELS: [&str; HTTP_CLASSES + 1] = ["1xx", "2xx", "3xx", "4xx", "5xx", "cancelled"];
 
+/// A gateway route's path, and its series.
+type RouteEntry = (Box<str>, Arc<Sharded<RouteCells>>);
+
 /// A tier listener's metrics. The `route` label is the gateway route's path
 /// (`""` for a tier that is not a gateway, or a request no route matched).
 #[derive(Debug)]
@@ -246,7 +249,7 @@ pub struct ListenerMetrics {
     cells: Sharded<ListenerCells>,
     /// By route path, a few: scanned (cheaper than hashing the path), read
     /// without a lock; a route seen first is added under one.
-    routes: ArcSwap<Vec<(Box<str>, Arc<Sharded<RouteCells>>)>>,
+    routes: ArcSwap<Vec<RouteEntry>>,
     adding: Mutex<()>,
     unrouted: Arc<Sharded<RouteCells>>,
 }
@@ -307,9 +310,7 @@ impl ListenerMetrics {
     }
 
     fn route(&self, path: &str) -> Arc<Sharded<RouteCells>> {
-        let find = |routes: &[(Box<str>, Arc<Sharded<RouteCells>>)]| {
-            routes.iter().find(|(p, _)| **p == *path).map(|(_, cells)| cells.clone())
-        };
+        let find = |routes: &[RouteEntry]| routes.iter().find(|(p, _)| **p == *path).map(|(_, cells)| cells.clone());
         if let Some(cells) = find(&self.routes.load()) {
             return cells;
         }
