@@ -88,6 +88,20 @@ enum Command {
         /// with a sampled `traceparent` is recorded whatever this is).
         #[arg(long, default_value = "1", value_name = "RATIO", value_parser = sample_ratio)]
         trace_sample: f64,
+        /// Run this host's share of a topology placed on several hosts (a
+        /// name under its `hosts:`); the tiers of the others are reached
+        /// through their peer listeners.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        /// Serve the tiers that run here to the other hosts on this address
+        /// (HTTP/1.1 and h2c), e.g. `0.0.0.0:7700`. Beyond loopback it needs
+        /// --peer-token-file.
+        #[arg(long, value_name = "ADDR")]
+        peer_listen: Option<SocketAddr>,
+        /// A file whose first line is the token hosts present to each
+        /// other's peer listeners (16 characters or more); the same on every host.
+        #[arg(long, value_name = "FILE")]
+        peer_token_file: Option<PathBuf>,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -206,8 +220,28 @@ fn main() -> ExitCode {
             no_metrics,
             otlp_endpoint,
             trace_sample,
+            host,
+            peer_listen,
+            peer_token_file,
             plugins,
         } => {
+            let peer_token = match peer_token_file.as_deref().map(orchestrator::admin::read_token).transpose() {
+                Ok(token) => token.map(|t| t.to_string()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            if let Some(addr) = peer_listen
+                && !addr.ip().is_loopback()
+                && peer_token.is_none()
+            {
+                let why = format!(
+                    "the peer listener on {addr} would serve this host's tiers to anyone who can reach it: give it a token with --peer-token-file"
+                );
+                let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, why).print();
+                return ExitCode::from(EXIT_USAGE);
+            }
             orchestrator::metrics::set_enabled(!no_metrics);
             if pin_workers && workers == WorkerThreads::Shared {
                 let conflict = PINNING_SHARED;
@@ -238,6 +272,9 @@ fn main() -> ExitCode {
                 max_connections,
                 admin_access: orchestrator::admin::Access { token },
                 traces: trace_options(otlp_endpoint, trace_sample),
+                placement: host.map(|host| topology::Placement { host, token: peer_token.clone() }),
+                peer_listen,
+                peer_token,
             };
             run(&file, opts, &plugins)
         }
@@ -358,6 +395,32 @@ fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
+    match (&opts.placement, topology.hosts.is_empty()) {
+        (None, false) => {
+            let hosts: Vec<&str> = topology.hosts.keys().map(String::as_str).collect();
+            eprintln!(
+                "error: {} places its tiers on hosts {}: run each host's share with --host NAME",
+                file.display(),
+                hosts.join(", ")
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(p), true) => {
+            eprintln!("error: --host {}: {} places no tier (it has no `hosts:`)", p.host, file.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(p), false) if !topology.hosts.contains_key(&p.host) => {
+            let hosts: Vec<&str> = topology.hosts.keys().map(String::as_str).collect();
+            eprintln!(
+                "error: --host {}: {} has no such host; its hosts are: {}",
+                p.host,
+                file.display(),
+                hosts.join(", ")
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        _ => {}
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -124,6 +124,8 @@ pub enum Builtin {
     Gateway,
     Process,
     Queue,
+    /// A tier that runs on other hosts.
+    Peer,
 }
 
 static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);

@@ -156,6 +156,7 @@ impl Registry {
                     Builtin::Process,
                 )),
                 Arc::new(loader::builtin(queue::plugin_declaration(), queue::plugin_native_handle(), Builtin::Queue)),
+                Arc::new(loader::builtin(peer::plugin_declaration(), peer::plugin_native_handle(), Builtin::Peer)),
             ]
         };
         Self {

@@ -100,6 +100,26 @@ enum Target {
     Tier(Arc<Endpoint>, Arc<ListenerMetrics>),
     /// A tier's outbound link, by name (a process tier's `ORCH_LINK_<NAME>_URL`).
     Link(Weak<LinkTable>, Arc<str>),
+    /// The tiers that run here, for other hosts (the peer listener).
+    Peer(Arc<PeerInbound>),
+}
+
+/// What the peer listener serves: the tiers that run here, to the hosts
+/// that present the token.
+#[derive(Debug)]
+pub struct PeerInbound {
+    pub token: Option<String>,
+    pub tiers: Arc<arc_swap::ArcSwap<std::collections::HashMap<String, Arc<Endpoint>>>>,
+}
+
+/// Serves the peer listener on `listener` until `stop` is set.
+pub fn serve_peer(self_: Bound, inbound: PeerInbound, workers: &Workers) -> Listener {
+    let (stop, stop_rx) = watch::channel(false);
+    let max_body = Arc::new(AtomicU64::new(LINK_MAX_BODY));
+    let span = tracing::info_span!("peer", addr = %self_.addr);
+    let serving = serve(self_.listener, Target::Peer(Arc::new(inbound)), max_body.clone(), stop_rx, workers.clone());
+    let task = tokio::spawn(serving.instrument(span));
+    Listener { addr: self_.addr, max_body, stop, task }
 }
 
 /// Serves link `name` of `table` on `listener`, until the table goes away.
@@ -207,7 +227,7 @@ async fn serve_connection(
     };
     let metrics = match &target {
         Target::Tier(_, metrics) => Some(metrics.clone()),
-        Target::Link(..) => None,
+        Target::Link(..) | Target::Peer(_) => None,
     };
     if let Some(m) = &metrics {
         m.connection(true);
@@ -218,7 +238,10 @@ async fn serve_connection(
             Target::Tier(endpoint, metrics) => {
                 Either::Left(recorded(metrics.start(), req, endpoint.clone(), limit, client.clone()))
             }
-            Target::Link(table, name) => Either::Right(handle_link(req, table.clone(), name.clone(), limit)),
+            Target::Link(table, name) => {
+                Either::Right(Either::Left(handle_link(req, table.clone(), name.clone(), limit)))
+            }
+            Target::Peer(inbound) => Either::Right(Either::Right(Box::pin(handle_peer(req, inbound.clone(), limit)))),
         }
     });
     if let Err(e) = entered.watch(http.serve_connection(TokioIo::new(stream), service)).await {
@@ -593,6 +616,70 @@ async fn handle_link(
     Ok(match WakeGated::new(std::pin::pin!(call)).await {
         Ok(resp) => into_hyper(resp),
         Err(e) => json_error(e.status(), &e.message),
+    })
+}
+
+/// Whether `given` (an `authorization` header) presents `token`, compared in
+/// constant time.
+fn presents(given: Option<&HeaderValue>, token: &str) -> bool {
+    let expected = format!("Bearer {token}");
+    let Some(given) = given else { return false };
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request from another host for a tier that runs here.
+async fn handle_peer(
+    req: hyper::Request<Incoming>,
+    inbound: Arc<PeerInbound>,
+    max_body: u64,
+) -> Result<Response, Infallible> {
+    if let Some(token) = &inbound.token
+        && !presents(req.headers().get(header::AUTHORIZATION), token)
+    {
+        return Ok(json_error(StatusCode::UNAUTHORIZED, "the peer listener takes requests with the peer token only"));
+    }
+    let tier = req.headers().get(peer::TIER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let Some(endpoint) = inbound.tiers.load().get(&tier).cloned() else {
+        return Ok(json_error(StatusCode::NOT_FOUND, &format!("tier `{tier}` does not run on this host")));
+    };
+    if req.uri().path() == "/_orch/peer/ready" {
+        return Ok(match endpoint.pick() {
+            Some(_) => json_error(StatusCode::OK, "ready"),
+            None => json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{tier}` has no ready replica")),
+        });
+    }
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body, max_body).await {
+        Ok(body) => body,
+        Err(resp) => return Ok(resp),
+    };
+    let Some(instance) = endpoint.pick() else {
+        let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{tier}` has no ready replica"));
+        resp.headers_mut().insert(peer::STATUS_HEADER, HeaderValue::from_static("no-ready-replica"));
+        return Ok(resp);
+    };
+    // The caller's headers, a delivery's own among them (peers are trusted),
+    // but for what addressed the request here.
+    let mut headers = Vec::with_capacity(256);
+    let kept = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| n.as_str() != peer::TIER_HEADER && *n != header::AUTHORIZATION)
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    encode_headers(kept, &mut headers);
+    let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let call = instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
+    drop((headers, body));
+    Ok(match call.await {
+        // The replica did not take it: the caller may send it elsewhere.
+        Ok(resp) if resp.status == plugin_api::abi::NOT_DELIVERED => {
+            let mut refused = into_hyper(resp);
+            refused.headers_mut().insert(peer::STATUS_HEADER, HeaderValue::from_static("not-delivered"));
+            refused
+        }
+        Ok(resp) => into_hyper(resp),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("tier `{tier}` failed without answering")),
     })
 }
 

@@ -46,6 +46,12 @@ pub struct RunOptions {
     pub admin_access: crate::admin::Access,
     /// Where to export traces; `None`: none are recorded.
     pub traces: Option<crate::traces::TraceOptions>,
+    /// The host whose share of a placed topology runs here.
+    pub placement: Option<crate::topology::Placement>,
+    /// Where the tiers that run here are served to the other hosts.
+    pub peer_listen: Option<SocketAddr>,
+    /// The token the peer listener asks of them.
+    pub peer_token: Option<String>,
 }
 
 /// Why `run` failed.
@@ -63,6 +69,10 @@ pub enum RunError {
     Watch(#[from] notify::Error),
     #[error("{0}")]
     Traces(String),
+    #[error("{0}")]
+    Placement(String),
+    #[error("cannot serve the peer listener on {addr}: {source}")]
+    Peer { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A request to the supervisor.
@@ -99,7 +109,20 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     let _registration = running::Registration::write(&topology.file, &topology.name, admin.addr);
 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let mut supervisor = Supervisor::new(&topology, registry, status_tx, workers, opts.drain_timeout, opts.color);
+    let mut supervisor =
+        Supervisor::new(&topology, registry, status_tx, workers.clone(), opts.drain_timeout, opts.color)
+            .with_placement(opts.placement.clone());
+    let topology = supervisor.share(topology).map_err(RunError::Placement)?;
+    let mut peer = match opts.peer_listen {
+        Some(addr) => {
+            let bound = listener::Bound::bind(addr).await.map_err(|source| RunError::Peer { addr, source })?;
+            let inbound = listener::PeerInbound { token: opts.peer_token.clone(), tiers: supervisor.local_tiers() };
+            let served = listener::serve_peer(bound, inbound, &workers);
+            tracing::info!(addr = %served.addr, "Peer listener listening.");
+            Some(served)
+        }
+        None => None,
+    };
     // A stop signal while tiers start (a slow program, a readiness wait)
     // abandons the start, as one during a reload does, and stops what started.
     let started = tokio::select! {
@@ -109,12 +132,18 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     match started {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
+            if let Some(peer) = peer.take() {
+                peer.stop(opts.drain_timeout).await;
+            }
             supervisor.shutdown().await;
             admin.stop().await;
             return Err(e.into());
         }
         Err(signal) => {
             tracing::warn!(signal, "Stopping while the topology starts: stopping what started.");
+            if let Some(peer) = peer.take() {
+                peer.stop(opts.drain_timeout).await;
+            }
             supervisor.shutdown().await;
             admin.stop().await;
             crate::traces::shutdown(TRACE_FLUSH).await;
@@ -169,6 +198,10 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     };
     tracing::info!(signal, drain_timeout = %humantime::format_duration(opts.drain_timeout), "Shutting down.");
     drop(watcher);
+    // Other hosts stop sending here first, then the tiers drain.
+    if let Some(peer) = peer.take() {
+        peer.stop(opts.drain_timeout).await;
+    }
     supervisor.shutdown().await;
     admin.stop().await;
     crate::traces::shutdown(TRACE_FLUSH).await;

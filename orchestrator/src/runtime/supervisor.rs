@@ -77,6 +77,10 @@ pub struct Supervisor {
     status: watch::Sender<Status>,
     /// Where the connections of tier and link listeners are served.
     workers: Workers,
+    /// The host whose share of a placed topology runs here.
+    placement: Option<topology::Placement>,
+    /// The tiers that run here, by name, for the peer listener.
+    local: Arc<arc_swap::ArcSwap<HashMap<String, Arc<Endpoint>>>>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -140,6 +144,7 @@ fn empty_like(t: &Topology) -> Topology {
         plugin_dirs: t.plugin_dirs.clone(),
         tiers: IndexMap::new(),
         links: Vec::new(),
+        hosts: t.hosts.clone(),
     }
 }
 
@@ -168,6 +173,27 @@ impl Supervisor {
             counts: ReloadCounts::default(),
             roll_problems: Vec::new(),
             status,
+            placement: None,
+            local: Arc::default(),
+        }
+    }
+
+    /// Runs `placement`'s share of each topology applied from now on.
+    pub fn with_placement(mut self, placement: Option<topology::Placement>) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// The tiers that run here (not those of other hosts), kept current.
+    pub fn local_tiers(&self) -> Arc<arc_swap::ArcSwap<HashMap<String, Arc<Endpoint>>>> {
+        self.local.clone()
+    }
+
+    /// This host's share of `topology`.
+    pub fn share(&self, topology: Topology) -> Result<Topology, String> {
+        match &self.placement {
+            Some(p) => topology.share(p),
+            None => Ok(topology),
         }
     }
 
@@ -204,8 +230,9 @@ impl Supervisor {
     pub async fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
         let started = Instant::now();
         let file = self.topology.file.clone();
-        let result = match topology::load(&file, &self.registry) {
-            Ok(new) => self.apply(new, false).await.map_err(ReloadFailure::Start),
+        let result = match topology::load(&file, &self.registry).map(|t| self.share(t)) {
+            Ok(Ok(new)) => self.apply(new, false).await.map_err(ReloadFailure::Start),
+            Ok(Err(why)) => Err(ReloadFailure::Placement(why)),
             Err(e) => Err(ReloadFailure::Topology(e)),
         };
         let mut record = ReloadRecord::new(&self.topology.name, &file, trigger, self.generation, started.elapsed());
@@ -559,6 +586,13 @@ impl Supervisor {
     }
 
     fn publish(&self) {
+        let local = self
+            .tiers
+            .iter()
+            .filter(|(_, t)| t.spec.plugin != topology::PEER_PLUGIN)
+            .map(|(id, t)| (id.to_string(), t.endpoint.clone()))
+            .collect();
+        self.local.store(Arc::new(local));
         let tiers = self
             .tiers
             .iter()
@@ -635,6 +669,8 @@ fn unreadable_file(e: &topology::Error) -> PathBuf {
 /// Why a reload failed.
 enum ReloadFailure {
     Topology(topology::Error),
+    /// The file no longer names this host.
+    Placement(String),
     Start(StartError),
 }
 
@@ -652,6 +688,10 @@ impl ReloadFailure {
                 // Located at the file itself: it has no line to point at.
                 let d = topology::Diagnostic::new(&topology::node::KeyPath::root(), e.to_string());
                 record.errors = vec![super::status::LocatedError::new(&unreadable_file(e), &d)];
+            }
+            ReloadFailure::Placement(why) => {
+                record.error_kind = Some("invalid");
+                record.error = Some(why.clone());
             }
             ReloadFailure::Start(e) => {
                 record.error_kind = Some("start");

@@ -43,9 +43,48 @@ pub struct Topology {
     pub plugin_dirs: Vec<PathBuf>,
     pub tiers: IndexMap<TierId, TierSpec>,
     pub links: Vec<LinkSpec>,
+    /// Host name → its peer listener's `address:port`; empty when every tier
+    /// runs here.
+    pub hosts: IndexMap<String, String>,
+}
+
+/// Which host's share of a placed topology this orchestrator runs.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// A name under the topology's `hosts:`.
+    pub host: String,
+    /// The token peers present, and that this host presents to them.
+    pub token: Option<String>,
 }
 
 impl Topology {
+    /// Host `placement.host`'s share: its tiers as they are; each tier placed
+    /// only on other hosts becomes a tier of the built-in `peer` plugin, one
+    /// replica per host that runs it, which reaches it through that host's
+    /// peer listener. Links do not change. A topology without `hosts:` is
+    /// returned as it is.
+    pub fn share(mut self, placement: &Placement) -> Result<Topology, String> {
+        if self.hosts.is_empty() {
+            return Ok(self);
+        }
+        if !self.hosts.contains_key(&placement.host) {
+            let known: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
+            return Err(format!("this topology has no host `{}`; its hosts are: {}", placement.host, known.join(", ")));
+        }
+        for spec in self.tiers.values_mut() {
+            if spec.hosts.is_empty() || spec.hosts.contains(&placement.host) {
+                continue;
+            }
+            let peers: Vec<&str> = spec.hosts.iter().filter_map(|h| self.hosts.get(h).map(String::as_str)).collect();
+            spec.config = serde_json::json!({ "tier": spec.id.as_str(), "peers": peers });
+            spec.plugin = PEER_PLUGIN.to_owned();
+            spec.replicas = u32::try_from(peers.len()).unwrap_or(1).max(1);
+            spec.listen = None;
+            spec.env = placement.token.iter().map(|t| ("ORCH_PEER_TOKEN".to_owned(), t.clone())).collect();
+        }
+        Ok(self)
+    }
+
     /// The directory of the file, against which relative paths in it are
     /// resolved: `.` for a file named without a directory.
     pub fn base_dir(&self) -> PathBuf {
@@ -86,6 +125,9 @@ pub fn join_tidy(dir: &std::path::Path, path: &str) -> PathBuf {
     if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
 }
 
+/// The built-in plugin standing for a tier that runs on other hosts.
+pub const PEER_PLUGIN: &str = "peer";
+
 /// One tier: a plugin, its replicas and its configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TierSpec {
@@ -100,6 +142,8 @@ pub struct TierSpec {
     pub config: serde_json::Value,
     /// Environment the tier's handler can read.
     pub env: BTreeMap<String, String>,
+    /// The hosts that run it (names under `hosts:`); empty without placement.
+    pub hosts: Vec<String>,
 }
 
 /// How a queue link delivers.

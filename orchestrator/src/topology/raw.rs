@@ -24,6 +24,30 @@ pub struct RawTopology {
     /// The links between tiers.
     #[serde(default)]
     pub links: Vec<RawLink>,
+    /// Where tiers run, when they run on several machines: host name → the
+    /// address of that host's orchestrator's peer listener. Without it,
+    /// every tier runs here.
+    #[serde(default)]
+    pub hosts: IndexMap<String, RawHost>,
+}
+
+/// One host of a topology placed on several machines.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Host")]
+pub struct RawHost {
+    /// `address:port` of its orchestrator's peer listener (`--peer-listen`);
+    /// a DNS name stands for every address it resolves to.
+    pub peer: String,
+}
+
+/// The host, or hosts, a tier runs on.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "Placement")]
+pub enum RawPlacement {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// One tier.
@@ -50,6 +74,9 @@ pub struct RawTier {
     /// as the text they are written as (`WORKERS: 4` is `"4"`), as Compose does.
     #[serde(default)]
     pub env: IndexMap<String, RawScalar>,
+    /// The host (a name under `hosts:`), or hosts, that run this tier.
+    #[serde(default)]
+    pub host: Option<RawPlacement>,
 }
 
 /// A value that stands for text: a string, or a number or boolean taken as
@@ -163,4 +190,4 @@ pub fn json_schema() -> String {
 }
 
 /// The top-level keys, for "did you mean" hints.
-pub const TOP_LEVEL_KEYS: [&str; 5] = ["version", "name", "plugins", "tiers", "links"];
+pub const TOP_LEVEL_KEYS: [&str; 6] = ["version", "name", "plugins", "tiers", "links", "hosts"];

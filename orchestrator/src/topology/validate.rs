@@ -304,9 +304,97 @@ impl Validator<'_> {
         self.listen_conflicts(&tiers);
         self.plugin_configs(&tiers, &declared, &plugin_dirs);
 
+        let hosts = self.placement(&tiers);
         let tiers =
             tiers.into_iter().filter_map(|(id, draft)| Some((id.clone(), self.tier_spec(&id, draft)?))).collect();
-        Some(Topology { name, file: file.to_owned(), plugin_dirs, tiers, links })
+        Some(Topology { name, file: file.to_owned(), plugin_dirs, tiers, links, hosts })
+    }
+
+    /// `hosts:` and each tier's `host:`: every name known, every tier placed
+    /// once per host, every host running a tier, a queue tier on one host.
+    fn placement(&mut self, tiers: &IndexMap<TierId, TierDraft>) -> IndexMap<String, String> {
+        let path = KeyPath::root().key("hosts");
+        let mut hosts = IndexMap::new();
+        if let Some(node) = self.root.get("hosts") {
+            let Some(entries) = node.as_map() else {
+                self.error(&path, format!("`hosts` is a mapping from host name to host, not {}", node.kind()));
+                return hosts;
+            };
+            for (key, host_node) in entries {
+                let hpath = path.key(&key.name);
+                if !valid_name(&key.name) {
+                    self.key_error(&hpath, format!("`{}` is not a valid host name", key.name)).hint =
+                        Some("use letters, digits, `-` and `_`".into());
+                    continue;
+                }
+                let Some(raw) = self.de::<super::raw::RawHost>(host_node, &hpath) else { continue };
+                let valid = raw.peer.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !valid {
+                    self.error(&hpath.key("peer"), format!("`{}` is not an `address:port`", raw.peer)).hint = Some(
+                        "the address of the host's peer listener, e.g. `10.0.0.2:7700` or `backend.internal:7700`"
+                            .into(),
+                    );
+                }
+                hosts.insert(key.name.clone(), raw.peer);
+            }
+        }
+        let names: Vec<&str> = hosts.keys().map(String::as_str).collect();
+        let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (id, draft) in tiers {
+            let hpath = draft.path.key("host");
+            let placed: Vec<String> = match &draft.raw.host {
+                None => Vec::new(),
+                Some(super::raw::RawPlacement::One(h)) => vec![h.clone()],
+                Some(super::raw::RawPlacement::Many(hs)) => hs.clone(),
+            };
+            if draft.raw.host.is_none() {
+                if !hosts.is_empty() && !draft.broken {
+                    self.error(&draft.path, format!("tier `{id}` has no `host:`, and the topology places its tiers"))
+                        .hint = Some(format!("add `host:` with one or more of: {}", some_of(&names)));
+                }
+                continue;
+            }
+            if hosts.is_empty() {
+                self.error(&hpath, "no `hosts:` are declared").hint =
+                    Some("declare the hosts under `hosts:` (name → `peer: address:port`), or remove `host:`".into());
+                continue;
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, host) in placed.iter().enumerate() {
+                let at = if matches!(draft.raw.host, Some(super::raw::RawPlacement::Many(_))) {
+                    hpath.index(i)
+                } else {
+                    hpath.clone()
+                };
+                if !hosts.contains_key(host) {
+                    let hint =
+                        self.suggest(host, &names).unwrap_or_else(|| format!("the hosts are: {}", some_of(&names)));
+                    self.error(&at, format!("unknown host `{host}`")).hint = Some(hint);
+                } else if !seen.insert(host.clone()) {
+                    self.error(&at, format!("tier `{id}` is placed on host `{host}` twice")).hint =
+                        Some("name each host once; `replicas:` sets how many run on each".into());
+                } else {
+                    used.insert(host.clone());
+                }
+            }
+            if placed.is_empty() {
+                self.error(&hpath, format!("tier `{id}` is placed on no host")).hint =
+                    Some(format!("name one or more of: {}", some_of(&names)));
+            }
+            if draft.raw.plugin == limits::BROKER_PLUGIN && seen.len() > 1 {
+                self.error(&hpath, format!("queue tier `{id}` is placed on {} hosts", seen.len())).hint = Some(
+                    "the embedded broker runs on one host: its publishers and subscribers reach it from the others"
+                        .into(),
+                );
+            }
+        }
+        for name in hosts.keys() {
+            if !used.contains(name) && tiers.values().all(|d| !d.broken) {
+                self.key_error(&path.key(name), format!("host `{name}` runs no tier")).hint =
+                    Some(format!("place a tier on it with `host: {name}`, or remove it"));
+            }
+        }
+        hosts
     }
 
     fn tiers(&mut self, plugin_dirs: &[PathBuf]) -> IndexMap<TierId, TierDraft> {
@@ -342,6 +430,7 @@ impl Validator<'_> {
                     max_body: None,
                     config: None,
                     env: IndexMap::new(),
+                    host: None,
                 };
                 out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None, broken: true });
                 continue;
@@ -680,6 +769,11 @@ impl Validator<'_> {
             max_body,
             config: raw.config.unwrap_or_else(|| serde_json::json!({})),
             env: raw.env.into_iter().map(|(k, v)| (k, v.into_text())).collect::<BTreeMap<_, _>>(),
+            hosts: match raw.host {
+                None => Vec::new(),
+                Some(super::raw::RawPlacement::One(h)) => vec![h],
+                Some(super::raw::RawPlacement::Many(hs)) => hs,
+            },
         })
     }
 }

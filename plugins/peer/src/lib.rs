@@ -1,0 +1,299 @@
+//! The built-in `peer` plugin: a tier that runs on another host. Each
+//! replica stands for one host that runs the tier; a request goes to that
+//! host's orchestrator's peer listener (HTTP/1.1, pooled), naming the tier
+//! (`orch-peer-tier`) and carrying the peer token, and its answer comes
+//! back as the tier's.
+//!
+//! A host's address may be a DNS name: every address it resolves to is
+//! used, round robin, and resolved again every few seconds. An address that
+//! refuses or times out, or whose host says the tier has no ready replica,
+//! is ejected for a backoff (1 s, doubling to 30 s) and probed before it
+//! gets traffic again; while every address of a host is ejected, the
+//! replica is not ready and links route to the other hosts. A request that
+//! was not sent is answered as not delivered, so the link retries it on
+//! another host.
+//!
+//! Configuration (written by the orchestrator, not by users): `tier`, and
+//! `peers`, one `address:port` per replica. The token is the tier's
+//! `ORCH_PEER_TOKEN`.
+
+#![deny(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use plugin_api::prelude::*;
+use plugin_api::serde_json::{self, json};
+
+/// The header naming the tier a peer request is for.
+pub const TIER_HEADER: &str = "orch-peer-tier";
+/// The header a peer listener sets when the tier has no ready replica there.
+pub const STATUS_HEADER: &str = "orch-peer-status";
+/// How long connecting to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one attempt on a peer may wait for its answer's head.
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest answer read from a peer.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// How often ejected addresses are probed, and names resolved again.
+const PROBE_EVERY: Duration = Duration::from_millis(300);
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Configuration: see the module's doc.
+#[derive(Debug, Deserialize)]
+#[serde(crate = "plugin_api::serde", deny_unknown_fields)]
+pub struct Peer {
+    pub tier: String,
+    pub peers: Vec<String>,
+    #[serde(skip)]
+    state: std::sync::OnceLock<std::sync::Arc<Host>>,
+}
+
+/// One address of a host, and whether it takes traffic.
+#[derive(Debug)]
+struct Address {
+    addr: SocketAddr,
+    ejected_until: Option<Instant>,
+    backoff: Duration,
+    last_error: Option<String>,
+}
+
+/// The host a replica stands for.
+#[derive(Debug)]
+struct Host {
+    peer: String,
+    tier: String,
+    token: Option<String>,
+    addresses: Mutex<Vec<Address>>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Host {
+    fn pick(&self) -> Option<SocketAddr> {
+        let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let n = addresses.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| &addresses[(start + i) % n]).find(|a| a.ejected_until.is_none()).map(|a| a.addr)
+    }
+
+    fn ready(&self) -> bool {
+        self.addresses.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|a| a.ejected_until.is_none())
+    }
+
+    fn eject(&self, addr: SocketAddr, why: &str) {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = addresses.iter_mut().find(|a| a.addr == addr) {
+            if a.ejected_until.is_none() {
+                a.backoff = (a.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            }
+            a.ejected_until = Some(Instant::now() + a.backoff);
+            a.last_error = Some(why.to_owned());
+        }
+    }
+
+    fn restore(&self, addr: SocketAddr) {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = addresses.iter_mut().find(|a| a.addr == addr) {
+            a.ejected_until = None;
+            a.backoff = Duration::from_secs(1) / 2;
+        }
+    }
+
+    fn request(&self, addr: SocketAddr, req: &Request) -> hyper::Request<Full<Bytes>> {
+        let mut builder = hyper::Request::builder().method(req.method.clone()).uri(format!("http://{addr}{}", req.uri));
+        for (name, value) in req.headers.map() {
+            builder = builder.header(name, value);
+        }
+        builder = builder.header(TIER_HEADER, &self.tier);
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        builder.body(Full::new(Bytes::copy_from_slice(req.body.as_bytes()))).unwrap_or_default()
+    }
+
+    async fn forward(&self, req: &Request) -> Response {
+        let Some(addr) = self.pick() else {
+            return Response::not_delivered(&format!("every address of host {} is ejected", self.peer));
+        };
+        let sent = tokio::time::timeout(TRY_TIMEOUT, self.client.request(self.request(addr, req))).await;
+        let answer = match sent {
+            Err(_) => {
+                self.eject(addr, "no answer in time");
+                return Response::no_answer(&format!("peer {addr} did not answer within {}s", TRY_TIMEOUT.as_secs()));
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                self.eject(addr, &format!("cannot connect: {e}"));
+                return Response::not_delivered(&format!("peer {addr}: cannot connect"));
+            }
+            Ok(Err(e)) => {
+                self.eject(addr, &e.to_string());
+                return Response::no_answer(&format!("peer {addr}: {e}"));
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        match answer.headers().get(STATUS_HEADER).map(|v| v.as_bytes()) {
+            Some(b"no-ready-replica") => {
+                self.eject(addr, "its tier has no ready replica");
+                return Response::not_delivered(&format!(
+                    "peer {addr}: tier `{}` has no ready replica there",
+                    self.tier
+                ));
+            }
+            Some(b"not-delivered") => {
+                return Response::not_delivered(&format!("peer {addr}: its replica did not take the request"));
+            }
+            _ => {}
+        }
+        let (parts, body) = answer.into_parts();
+        let body = match Limited::new(body, MAX_ANSWER).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return Response::no_answer(&format!("peer {addr}: the answer broke off: {e}")),
+        };
+        let mut resp = Response::new(parts.status).with_body(body);
+        for (name, value) in &parts.headers {
+            if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                continue;
+            }
+            if let Ok(v) = value.to_str() {
+                resp.headers.append(name.as_str(), v);
+            }
+        }
+        resp
+    }
+
+    /// Probes ejected addresses, and resolves the host's name again, until
+    /// the replica goes away.
+    async fn watch(self: std::sync::Arc<Self>) {
+        let mut resolved = Instant::now();
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            if std::sync::Arc::strong_count(&self) == 1 {
+                return;
+            }
+            if resolved.elapsed() >= RESOLVE_EVERY {
+                resolved = Instant::now();
+                if let Ok(found) = tokio::net::lookup_host(&self.peer).await {
+                    let found: Vec<SocketAddr> = found.collect();
+                    let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+                    addresses.retain(|a| found.contains(&a.addr));
+                    for addr in found {
+                        if !addresses.iter().any(|a| a.addr == addr) {
+                            addresses.push(Address::new(addr));
+                        }
+                    }
+                }
+            }
+            let due: Vec<SocketAddr> = {
+                let now = Instant::now();
+                let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+                addresses.iter().filter(|a| a.ejected_until.is_some_and(|t| t <= now)).map(|a| a.addr).collect()
+            };
+            for addr in due {
+                match self.probe(addr).await {
+                    Ok(()) => self.restore(addr),
+                    Err(why) => self.eject(addr, &why),
+                }
+            }
+        }
+    }
+
+    /// Asks the peer whether its tier has a ready replica.
+    async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
+        let mut builder =
+            hyper::Request::builder().uri(format!("http://{addr}/_orch/peer/ready")).header(TIER_HEADER, &self.tier);
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.client.request(req)).await {
+            Ok(Ok(answer)) if answer.status().is_success() => Ok(()),
+            Ok(Ok(answer)) => Err(format!("its probe answered {}", answer.status())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("its probe got no answer in time".to_owned()),
+        }
+    }
+}
+
+impl Address {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, ejected_until: None, backoff: Duration::from_secs(1) / 2, last_error: None }
+    }
+}
+
+impl Plugin for Peer {
+    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
+
+    fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
+        if self.peers.is_empty() {
+            return Err(vec![ConfigIssue::new("peers", "no peer to reach the tier on")]);
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self, cx: Context) -> Result<(), String> {
+        let replica = cx.replica() as usize;
+        let peer = self.peers.get(replica).or(self.peers.first()).cloned().unwrap_or_default();
+        let found: Vec<SocketAddr> = match tokio::net::lookup_host(&peer).await {
+            Ok(found) => found.collect(),
+            Err(e) => return Err(format!("cannot resolve peer {peer}: {e}")),
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let host = std::sync::Arc::new(Host {
+            peer,
+            tier: self.tier.clone(),
+            token: cx.env("ORCH_PEER_TOKEN"),
+            addresses: Mutex::new(found.into_iter().map(Address::new).collect()),
+            next: AtomicUsize::new(0),
+            client,
+        });
+        tokio::spawn(host.clone().watch());
+        let _ = self.state.set(host);
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.state.get().is_some_and(|h| h.ready())
+    }
+
+    async fn handle(&self, req: Request, _cx: Context) -> Response {
+        match self.state.get() {
+            Some(host) => host.forward(&req).await,
+            None => Response::not_delivered("the peer replica has not started"),
+        }
+    }
+
+    async fn on_message(&self, msg: Message, _cx: Context) -> Result<(), String> {
+        let Some(host) = self.state.get() else { return Err("the peer replica has not started".to_owned()) };
+        let resp = host.forward(&msg.into_request()).await;
+        if resp.status.is_success() { Ok(()) } else { Err(format!("the peer answered {}", resp.status)) }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let Some(host) = self.state.get() else { return serde_json::Value::Null };
+        let addresses = host.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let peers: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|a| {
+                json!({
+                    "address": a.addr.to_string(),
+                    "state": if a.ejected_until.is_some() { "ejected" } else { "ready" },
+                    "last_error": a.last_error,
+                })
+            })
+            .collect();
+        json!({ "remote": true, "host": host.peer, "peers": peers })
+    }
+}
+
+plugin_api::declare_plugin!(Peer, name = "peer");
