@@ -5,6 +5,7 @@ mod clients;
 mod grpc;
 mod guide;
 mod hello;
+mod hosts;
 mod inputs;
 mod libraries;
 mod load;

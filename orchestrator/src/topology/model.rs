@@ -73,6 +73,8 @@ impl Topology {
         }
         for spec in self.tiers.values_mut() {
             if spec.hosts.is_empty() || spec.hosts.contains(&placement.host) {
+                // A tier (and its program) can tell which host it runs on.
+                spec.env.entry("ORCH_HOST".to_owned()).or_insert_with(|| placement.host.clone());
                 continue;
             }
             let peers: Vec<&str> = spec.hosts.iter().filter_map(|h| self.hosts.get(h).map(String::as_str)).collect();

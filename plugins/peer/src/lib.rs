@@ -8,7 +8,9 @@
 //! used, round robin, and resolved again every few seconds. An address that
 //! refuses or times out, or whose host says the tier has no ready replica,
 //! is ejected for a backoff (1 s, doubling to 30 s) and probed before it
-//! gets traffic again; while every address of a host is ejected, the
+//! gets traffic again; every address is also probed every 300 ms (a probe
+//! that fails within 500 ms ejects it: a host cut off is out of the
+//! rotation within a second); while every address of a host is ejected, the
 //! replica is not ready and links route to the other hosts. A request that
 //! was not sent is answered as not delivered, so the link retries it on
 //! another host.
@@ -42,8 +44,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer read from a peer.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// How often ejected addresses are probed, and names resolved again.
+/// How often addresses are probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(300);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Configuration: see the module's doc.
@@ -191,13 +194,16 @@ impl Host {
                     }
                 }
             }
+            // Every address in the rotation, and the ejected ones whose backoff is over.
             let due: Vec<SocketAddr> = {
                 let now = Instant::now();
                 let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
-                addresses.iter().filter(|a| a.ejected_until.is_some_and(|t| t <= now)).map(|a| a.addr).collect()
+                addresses.iter().filter(|a| a.ejected_until.is_none_or(|t| t <= now)).map(|a| a.addr).collect()
             };
-            for addr in due {
-                match self.probe(addr).await {
+            let host: &Host = &self;
+            let probes = due.iter().map(|addr| async move { (*addr, host.probe(*addr).await) });
+            for (addr, result) in futures_util::future::join_all(probes).await {
+                match result {
                     Ok(()) => self.restore(addr),
                     Err(why) => self.eject(addr, &why),
                 }
@@ -213,7 +219,7 @@ impl Host {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.client.request(req)).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
             Ok(Ok(answer)) if answer.status().is_success() => Ok(()),
             Ok(Ok(answer)) => Err(format!("its probe answered {}", answer.status())),
             Ok(Err(e)) => Err(e.to_string()),

@@ -1,0 +1,411 @@
+//! One topology on several hosts: each host a network namespace this test
+//! makes (`ip netns`, veth pairs on a bridge in a namespace of its own; no
+//! address outside them), one orchestrator in each, and the test's own
+//! requests sent from inside a namespace. Everything is removed at the end,
+//! whatever the outcome.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use integration_tests::TopologyFile;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const TOKEN: &str = "a-peer-token-for-the-tests-only";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip (iproute2) is installed by scripts/test");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Hosts `h1`…`hN` on one bridge, at 10.231.<net>.1…N; removed when dropped.
+struct Network {
+    prefix: String,
+    net: u8,
+    hosts: usize,
+}
+
+impl Network {
+    fn new(hosts: usize) -> Self {
+        // Unique per test process and network: namespaces are machine-wide.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("o{}n{n}", std::process::id());
+        // Each network's namespaces are its own: the same addresses in two never meet.
+        let network = Self { prefix, net: 1, hosts };
+        let br = network.ns("br");
+        ip(&["netns", "add", &br]);
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for i in 1..=hosts {
+            let h = network.ns(&format!("h{i}"));
+            ip(&["netns", "add", &h]);
+            ip(&["-n", &h, "link", "set", "lo", "up"]);
+            let (inner, outer) = (format!("eth{i}"), format!("p{i}"));
+            ip(&["-n", &h, "link", "add", &inner, "type", "veth", "peer", "name", &outer, "netns", &br]);
+            ip(&["-n", &br, "link", "set", &outer, "master", "br0"]);
+            ip(&["-n", &br, "link", "set", &outer, "up"]);
+            ip(&["-n", &h, "addr", "add", &format!("{}/24", network.addr(i)), "dev", &inner]);
+            ip(&["-n", &h, "link", "set", &inner, "up"]);
+        }
+        network
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn addr(&self, host: usize) -> String {
+        format!("10.231.{}.{host}", self.net)
+    }
+
+    /// Cuts host `i` off the network (`up: false`), or connects it again.
+    fn link(&self, host: usize, up: bool) {
+        let h = self.ns(&format!("h{host}"));
+        ip(&["-n", &h, "link", "set", &format!("eth{host}"), if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for i in 1..=self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(&format!("h{i}"))]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns("br")]).status();
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns`, with a runtime of its own.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(f())
+    })
+    .join()
+    .expect("the namespace's thread")
+}
+
+/// `GET path` (with `token`, if any) to `addr`, from inside `ns`.
+fn get(ns: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let (path, token) = (path.to_owned(), token.map(str::to_owned));
+    in_ns(ns, async move || {
+        let client = integration_tests::client();
+        let mut req = hyper::Request::builder().uri(format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}")).header("orch-peer-tier", "web");
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+        let resp = tokio::time::timeout(DEADLINE, client.request(req)).await.expect("answered in time").expect("sent");
+        let code = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+/// An orchestrator running one host's share, in that host's namespace;
+/// stopped by its PID when dropped.
+struct Host {
+    child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    ns: String,
+    admin: SocketAddr,
+}
+
+impl Host {
+    fn start(network: &Network, i: usize, topology: &TopologyFile, token_file: &std::path::Path) -> Self {
+        let ns = network.ns(&format!("h{i}"));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(integration_tests::bin())
+            .arg("run")
+            .arg(&topology.path)
+            .args(["--host", &format!("h{i}"), "--admin", "127.0.0.1:0", "--drain-timeout", "5s"])
+            .arg("--peer-listen")
+            .arg(format!("{}:7700", network.addr(i)))
+            .arg("--peer-token-file")
+            .arg(token_file)
+            .env("NO_COLOR", "1")
+            .env("ORCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start an orchestrator in a namespace");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut host = Self { child, lines, log, ns, admin: "0.0.0.0:0".parse().unwrap() };
+        let line = host.wait_for_line("Admin API listening.");
+        host.admin = line.split("addr=").nth(1).unwrap().trim().parse().unwrap();
+        host.wait_for_line("Topology running.");
+        host
+    }
+
+    fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    panic!("{}: no `{needle}`:\n{}", self.ns, self.log.lock().unwrap().join("\n"))
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = get(&self.ns, self.admin, "/admin/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// gateway and testkit `front` on h1; testkit `back` (2 replicas) on h2 and h3.
+fn topology(network: &Network, retries: u32) -> TopologyFile {
+    TopologyFile::new(&format!(
+        r#"
+version: 1
+name: spread
+hosts:
+  h1: {{ peer: "{a1}:7700" }}
+  h2: {{ peer: "{a2}:7700" }}
+  h3: {{ peer: "{a3}:7700" }}
+tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /, link: front }}] }}
+  front: {{ plugin: testkit, host: h1 }}
+  back: {{ plugin: testkit, host: [h2, h3], replicas: 2 }}
+links:
+  - {{ from: web, to: front, kind: rest }}
+  - {{ from: front, to: back, kind: rest, retries: {retries}, timeout: 5s }}
+"#,
+        a1 = network.addr(1),
+        a2 = network.addr(2),
+        a3 = network.addr(3),
+    ))
+}
+
+fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("peer-token");
+    std::fs::write(&path, TOKEN).unwrap();
+    path
+}
+
+/// The host that answered each of `n` requests through h1's gateway.
+fn served_by(network: &Network, n: usize) -> Vec<String> {
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    in_ns(&network.ns("h1"), async move || {
+        let client = integration_tests::client();
+        let mut hosts = Vec::new();
+        for _ in 0..n {
+            let (code, body) =
+                integration_tests::request(&client, "GET", web, "/call/back/env/ORCH_HOST", Default::default())
+                    .await
+                    .unwrap();
+            assert_eq!(code, 200, "{body}");
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            hosts.push(answer["value"].as_str().unwrap_or_default().to_owned());
+        }
+        hosts
+    })
+}
+
+#[test]
+fn three_hosts_serve_one_topology_and_calls_spread_over_the_hosts_that_run_a_tier() {
+    let network = Network::new(3);
+    let topology = topology(&network, 1);
+    let token = token_file(topology.dir.path());
+    let hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+    let served = served_by(&network, 40);
+    let on = |h: &str| served.iter().filter(|s| *s == h).count();
+    assert_eq!(on("h2") + on("h3"), 40, "{served:?}");
+    assert!(on("h2") >= 10 && on("h3") >= 10, "both hosts take calls: {served:?}");
+    // h1 runs `back` as a remote tier: one replica per host that runs it.
+    let status = hosts[0].status();
+    let back = integration_tests::tier(&status, "back");
+    assert_eq!(back["plugin"], "peer", "{back}");
+    let peers: Vec<&str> =
+        back["instances"].as_array().unwrap().iter().map(|i| i["detail"]["host"].as_str().unwrap()).collect();
+    assert_eq!(peers, [format!("{}:7700", network.addr(2)), format!("{}:7700", network.addr(3))]);
+
+    // The peer listener: the token, and only the tiers that run there.
+    let h2_peer: SocketAddr = format!("{}:7700", network.addr(2)).parse().unwrap();
+    let (code, body) = get(&network.ns("h1"), h2_peer, "/whoami", None);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(&network.ns("h1"), h2_peer, "/whoami", Some("the-wrong-token-entirely"));
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(&network.ns("h1"), h2_peer, "/whoami", Some(TOKEN));
+    assert_eq!(code, 404, "`web` runs on h1 only: {body}");
+    assert!(body.contains("tier `web` does not run on this host"), "{body}");
+}
+
+#[test]
+fn a_host_cut_off_is_ejected_under_load_without_failed_requests_and_comes_back() {
+    let network = Network::new(3);
+    let topology = topology(&network, 1);
+    let token = token_file(topology.dir.path());
+    let hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+
+    // Steady load from h1, counting who served (and telling the test) and what failed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new((Mutex::new(Vec::<(Instant, String)>::new()), Condvar::new()));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load = {
+        let (ns, stop, seen, failed) = (network.ns("h1"), stop.clone(), seen.clone(), failed.clone());
+        std::thread::spawn(move || {
+            in_ns(&ns, async move || {
+                let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+                let client = integration_tests::client();
+                while !stop.load(Ordering::Relaxed) {
+                    match integration_tests::request(
+                        &client,
+                        "GET",
+                        web,
+                        "/call/back/env/ORCH_HOST",
+                        Default::default(),
+                    )
+                    .await
+                    {
+                        Ok((200, body)) => {
+                            let answer: Value = serde_json::from_str(&body).unwrap();
+                            let (list, changed) = &*seen;
+                            list.lock()
+                                .unwrap()
+                                .push((Instant::now(), answer["value"].as_str().unwrap_or_default().into()));
+                            changed.notify_all();
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+    };
+    let count = |list: &[(Instant, String)], since: Instant, host: &str| {
+        list.iter().filter(|(at, h)| *at > since && h == host).count()
+    };
+    let served_since = |since: Instant, host: &str| count(&seen.0.lock().unwrap(), since, host);
+    // Waits until `host` has served `n` requests since `since`, as they are answered.
+    let wait_served = |since: Instant, host: &str, n: usize| {
+        let deadline = Instant::now() + DEADLINE;
+        let (list, changed) = &*seen;
+        let mut guard = list.lock().unwrap();
+        while count(&guard, since, host) < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{host} did not serve {n} requests within {DEADLINE:?}");
+            guard = changed.wait_timeout(guard, left).unwrap().0;
+        }
+    };
+    let start = Instant::now();
+    wait_served(start, "h3", 20);
+
+    network.link(3, false);
+    let cut = Instant::now();
+    // Ejected: soon after the cut, h1 sends nothing more to it (each
+    // status read is a request to h1's admin API: no pause between them).
+    loop {
+        let status = hosts[0].status();
+        let back = integration_tests::tier(&status, "back");
+        if back["instances"][1]["detail"]["peers"][0]["state"] == "ejected" {
+            break;
+        }
+        assert!(cut.elapsed() < DEADLINE, "h3 was not ejected: {back}");
+    }
+    let ejected_after = cut.elapsed();
+    let after_cut = Instant::now();
+    wait_served(after_cut, "h2", 50);
+    assert_eq!(served_since(after_cut, "h3"), 0);
+
+    network.link(3, true);
+    let back_up = Instant::now();
+    wait_served(back_up, "h3", 10);
+    let recovered_after = back_up.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    // GETs with `retries: 1`: what was in flight on h3 was sent again to h2.
+    assert!(failed.lock().unwrap().is_empty(), "failed: {:?}", failed.lock().unwrap());
+    assert!(ejected_after < Duration::from_secs(2), "ejected after {ejected_after:?}");
+    assert!(recovered_after < Duration::from_secs(5), "back after {recovered_after:?}");
+}
+
+#[test]
+fn a_peer_listener_beyond_loopback_without_a_token_is_refused() {
+    let topology = TopologyFile::new("version: 1\nname: x\ntiers:\n  a: { plugin: testkit }\n");
+    let out = integration_tests::orchestrator(&["run", topology.path_str(), "--peer-listen", "0.0.0.0:7700"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("give it a token with --peer-token-file"), "{stderr}");
+}
+
+#[test]
+fn a_placed_topology_names_its_hosts_and_places_every_tier() {
+    let topology = TopologyFile::new(
+        r#"version: 1
+name: placed
+hosts:
+  h1: { peer: "10.0.0.1:7700" }
+  h2: { peer: "10.0.0.2" }
+  idle: { peer: "10.0.0.9:7700" }
+tiers:
+  web: { plugin: gateway, host: h1, config: { routes: [{ path: /, link: api }] } }
+  api: { plugin: testkit, host: [h1, h2x, h1] }
+  q: { plugin: queue, host: [h1, h2] }
+  lost: { plugin: testkit }
+links:
+  - { from: web, to: api, kind: rest }
+"#,
+    );
+    let out = integration_tests::orchestrator(&["validate", topology.path_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for message in [
+        "hosts.h2.peer: `10.0.0.2` is not an `address:port`",
+        "tiers.api.host[1]: unknown host `h2x`",
+        "tiers.api.host[2]: tier `api` is placed on host `h1` twice",
+        "tiers.q.host: queue tier `q` is placed on 2 hosts",
+        "tiers.lost: tier `lost` has no `host:`, and the topology places its tiers",
+        "hosts.idle: host `idle` runs no tier",
+    ] {
+        assert!(stderr.contains(message), "no `{message}` in:\n{stderr}");
+    }
+    assert!(stderr.contains("did you mean `h2`?"), "{stderr}");
+    // Run without saying which host: refused, naming them.
+    let ok = TopologyFile::new(
+        "version: 1\nname: placed\nhosts:\n  h1: { peer: \"127.0.0.1:7700\" }\ntiers:\n  a: { plugin: testkit, host: h1 }\n",
+    );
+    let out = integration_tests::orchestrator(&["run", ok.path_str()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("places its tiers on hosts h1: run each host's share with --host NAME")
+    );
+    let out = integration_tests::orchestrator(&["run", ok.path_str(), "--host", "h9"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no such host; its hosts are: h1"));
+}
