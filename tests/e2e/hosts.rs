@@ -409,3 +409,97 @@ links:
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no such host; its hosts are: h1"));
 }
+
+/// A queue tier on h2, its publisher on h1, point-to-point workers on h1 and h3.
+fn queue_topology(network: &Network) -> TopologyFile {
+    TopologyFile::new(&format!(
+        r#"
+version: 1
+name: queued
+hosts:
+  h1: {{ peer: "{a1}:7700" }}
+  h2: {{ peer: "{a2}:7700" }}
+  h3: {{ peer: "{a3}:7700" }}
+tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /, link: pub }}] }}
+  pub: {{ plugin: testkit, host: h1 }}
+  q: {{ plugin: queue, host: h2, config: {{ retry_backoff: 50ms, max_attempts: 20 }} }}
+  worker: {{ plugin: testkit, host: [h1, h3], config: {{ delay_ms: 2 }} }}
+links:
+  - {{ from: web, to: pub, kind: rest }}
+  - {{ from: pub, to: q, kind: queue, topic: jobs }}
+  - {{ from: q, to: worker, kind: queue, topic: jobs, mode: point-to-point, concurrency: 2 }}
+"#,
+        a1 = network.addr(1),
+        a2 = network.addr(2),
+        a3 = network.addr(3),
+    ))
+}
+
+/// POST `path` to `addr` from inside `ns` (with the peer token to a peer listener).
+fn post(ns: &str, addr: SocketAddr, path: &str, body: &str, peer_tier: Option<&str>) -> (u16, String) {
+    let (path, body, tier) = (path.to_owned(), body.to_owned(), peer_tier.map(str::to_owned));
+    in_ns(ns, async move || {
+        let client = integration_tests::client();
+        let mut req = hyper::Request::builder().method("POST").uri(format!("http://{addr}{path}"));
+        if let Some(tier) = tier {
+            req = req.header("authorization", format!("Bearer {TOKEN}")).header("orch-peer-tier", tier);
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+        let resp = tokio::time::timeout(DEADLINE, client.request(req)).await.expect("answered in time").expect("sent");
+        let code = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+#[test]
+fn a_subscriber_host_killed_mid_stream_loses_no_accepted_message() {
+    let network = Network::new(3);
+    let topology = queue_topology(&network);
+    let token = token_file(topology.dir.path());
+    let mut hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    let h1 = network.ns("h1");
+
+    let (code, body) = post(&h1, web, "/publish/q?n=100", "first", None);
+    assert_eq!(code, 200, "{body}");
+    // h3 takes some of them (asked through its peer listener, as a peer would)…
+    let h3_peer: SocketAddr = format!("{}:7700", network.addr(3)).parse().unwrap();
+    let (code, body) = post(&h1, h3_peer, "/received/worker?min=1&wait_ms=15000", "", Some("worker"));
+    assert_eq!(code, 200, "{body}");
+    assert!(!serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().is_empty(), "{body}");
+    // …and dies mid-stream, without a word.
+    let h3 = hosts.pop().unwrap();
+    assert!(Command::new("kill").args(["-9", &h3.child.id().to_string()]).status().unwrap().success());
+    drop(h3);
+    let (code, body) = post(&h1, web, "/publish/q?n=100", "second", None);
+    assert_eq!(code, 200, "{body}");
+
+    // Every accepted message is settled: acknowledged by h1 or (before it
+    // died) h3, redelivered to h1 when h3 left it unanswered; none dead.
+    let deadline = Instant::now() + DEADLINE;
+    let topic = loop {
+        let status = hosts[1].status();
+        let q = integration_tests::tier(&status, "q");
+        let topic = q["instances"][0]["detail"]["topics"]["jobs"].clone();
+        if topic["depth"] == 0 && topic["in_flight"] == 0 {
+            break topic;
+        }
+        assert!(Instant::now() < deadline, "not settled: {topic}");
+    };
+    assert_eq!(topic["published"], 200, "{topic}");
+    assert_eq!(topic["dead_lettered"], 0, "{topic}");
+    assert!(topic["delivered"].as_u64().unwrap() >= 200, "at least once: {topic}");
+    // What h1 got covers the second half whole: h3 was gone by then.
+    let (code, body) = get(&h1, web, "/received/worker?unique=200&wait_ms=1", None);
+    assert_eq!(code, 200, "{body}");
+    let received: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let second: std::collections::HashSet<&str> =
+        received.iter().filter_map(|m| m["body"].as_str()).filter(|b| b.starts_with("second-")).collect();
+    assert_eq!(second.len(), 100, "every message published after h3 died reached h1");
+}
