@@ -94,7 +94,7 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
         /// Serve the tiers that run here to the other hosts on this address
-        /// (HTTP/1.1 and h2c), e.g. `0.0.0.0:7700`. Beyond loopback it needs
+        /// (HTTP/1.1), e.g. `0.0.0.0:7700`. Beyond loopback it needs
         /// --peer-token-file.
         #[arg(long, value_name = "ADDR")]
         peer_listen: Option<SocketAddr>,
