@@ -170,7 +170,24 @@ impl Host {
     }
 
     fn status(&self) -> Value {
-        let (code, body) = get(&self.ns, self.admin, "/admin/status", None);
+        self.status_at("/admin/status")
+    }
+
+    /// The status once `reached` holds of it: each read waits for the next
+    /// reload (or 15 s), so this follows the host's reloads as they happen.
+    fn wait_status(&self, what: &str, reached: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        let mut status = self.status();
+        while !reached(&status) {
+            assert!(Instant::now() < deadline, "{}: {what} not reached: {status}", self.ns);
+            let next = status["reloads"]["attempts"].as_u64().unwrap_or(0) + 1;
+            status = self.status_at(&format!("/admin/status?min_attempts={next}&wait=2s"));
+        }
+        status
+    }
+
+    fn status_at(&self, path: &str) -> Value {
+        let (code, body) = get(&self.ns, self.admin, path, None);
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -185,7 +202,12 @@ impl Drop for Host {
 
 /// gateway and testkit `front` on h1; testkit `back` (2 replicas) on h2 and h3.
 fn topology(network: &Network, retries: u32) -> TopologyFile {
-    TopologyFile::new(&format!(
+    TopologyFile::new(&topology_yaml(network, retries, "[h2, h3]"))
+}
+
+/// The same, with `back` on `back_hosts`.
+fn topology_yaml(network: &Network, retries: u32, back_hosts: &str) -> String {
+    format!(
         r#"
 version: 1
 name: spread
@@ -200,7 +222,8 @@ tiers:
     listen: 127.0.0.1:18080
     config: {{ routes: [{{ path: /, link: front }}] }}
   front: {{ plugin: testkit, host: h1 }}
-  back: {{ plugin: testkit, host: [h2, h3], replicas: 2 }}
+  back: {{ plugin: testkit, host: {back_hosts}, replicas: 2 }}
+  idle: {{ plugin: testkit, host: [h2, h3] }}
 links:
   - {{ from: web, to: front, kind: rest }}
   - {{ from: front, to: back, kind: rest, retries: {retries}, timeout: 5s }}
@@ -208,7 +231,7 @@ links:
         a1 = network.addr(1),
         a2 = network.addr(2),
         a3 = network.addr(3),
-    ))
+    )
 }
 
 fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -502,4 +525,117 @@ fn a_subscriber_host_killed_mid_stream_loses_no_accepted_message() {
     let second: std::collections::HashSet<&str> =
         received.iter().filter_map(|m| m["body"].as_str()).filter(|b| b.starts_with("second-")).collect();
     assert_eq!(second.len(), 100, "every message published after h3 died reached h1");
+}
+
+/// Steady load from h1's gateway onto `back`, recording which host answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<(Mutex<Vec<(Instant, String)>>, Condvar)>,
+    failed: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(network: &Network) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let (ns, s, sn, f) = (network.ns("h1"), stop.clone(), seen.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            in_ns(&ns, async move || {
+                let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+                let client = integration_tests::client();
+                while !s.load(Ordering::Relaxed) {
+                    let path = "/call/back/env/ORCH_HOST";
+                    match integration_tests::request(&client, "GET", web, path, Default::default()).await {
+                        Ok((200, body)) => {
+                            let answer: Value = serde_json::from_str(&body).unwrap();
+                            let (list, changed) = &*sn;
+                            list.lock()
+                                .unwrap()
+                                .push((Instant::now(), answer["value"].as_str().unwrap_or_default().into()));
+                            changed.notify_all();
+                        }
+                        other => f.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        });
+        Self { stop, seen, failed, thread: Some(thread) }
+    }
+
+    fn served_since(&self, since: Instant, host: &str) -> usize {
+        self.seen.0.lock().unwrap().iter().filter(|(at, h)| *at > since && h == host).count()
+    }
+
+    /// Waits until `host` has answered `n` requests since `since`.
+    fn wait_served(&self, since: Instant, host: &str, n: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        let (list, changed) = &*self.seen;
+        let mut guard = list.lock().unwrap();
+        while guard.iter().filter(|(at, h)| *at > since && h == host).count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{host} did not answer {n} requests within {DEADLINE:?}");
+            guard = changed.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    /// Stops, and gives what failed.
+    fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.failed.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_tier_moved_from_one_host_to_another_as_documented_fails_no_request() {
+    let network = Network::new(3);
+    let topology = TopologyFile::new(&topology_yaml(&network, 1, "h2"));
+    let token = token_file(topology.dir.path());
+    let hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+    let save = |yaml: String| {
+        let tmp = topology.dir.path().join(".topology.yaml.swp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &topology.path).unwrap();
+    };
+    let load = Load::start(&network);
+    let start = Instant::now();
+    load.wait_served(start, "h2", 20);
+
+    // Where `back` runs, as host `h` sees it: its own plugin, or the hosts it reaches.
+    let placed = |status: &Value| {
+        let back = integration_tests::tier(status, "back");
+        let reached: Vec<String> = back["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["detail"]["host"].as_str().map(str::to_owned))
+            .collect();
+        (back["plugin"].as_str().unwrap_or_default().to_owned(), reached)
+    };
+    let peer = |h: usize| format!("{}:7700", network.addr(h));
+
+    // 1. On both hosts: h3 starts it, callers balance over both.
+    save(topology_yaml(&network, 1, "[h2, h3]"));
+    hosts[0].wait_status("back on h2 and h3", |s| placed(s) == ("peer".into(), vec![peer(2), peer(3)]));
+    hosts[2].wait_status("back on h3", |s| placed(s).0 == "testkit");
+    let both = Instant::now();
+    load.wait_served(both, "h3", 20);
+    // 2. On the new host only: h2 stops it, callers go to h3.
+    save(topology_yaml(&network, 1, "h3"));
+    hosts[0].wait_status("back on h3 only", |s| placed(s) == ("peer".into(), vec![peer(3)]));
+    hosts[1].wait_status("back gone from h2", |s| placed(s).0 == "peer");
+    let moved = Instant::now();
+    load.wait_served(moved, "h3", 50);
+    assert_eq!(load.served_since(moved, "h2"), 0, "h2 no longer runs it");
+    let failed = load.stop();
+    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    let status = hosts[1].status();
+    assert!(
+        status["tiers"].as_array().unwrap().iter().all(|t| t["name"] != "back" || t["plugin"] == "peer"),
+        "{status}"
+    );
 }

@@ -641,7 +641,11 @@ async fn handle_peer(
     }
     let tier = req.headers().get(peer::TIER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let Some(endpoint) = inbound.tiers.load().get(&tier).cloned() else {
-        return Ok(json_error(StatusCode::NOT_FOUND, &format!("tier `{tier}` does not run on this host")));
+        // Refused, not forwarded; a peer takes it as not delivered (a host
+        // that has just stopped running the tier, in a move, is not an error).
+        let mut resp = json_error(StatusCode::NOT_FOUND, &format!("tier `{tier}` does not run on this host"));
+        resp.headers_mut().insert(peer::STATUS_HEADER, HeaderValue::from_static("not-here"));
+        return Ok(resp);
     };
     if req.uri().path() == "/_orch/peer/ready" {
         return Ok(match endpoint.pick() {

@@ -150,6 +150,10 @@ impl Host {
                     self.tier
                 ));
             }
+            Some(b"not-here") => {
+                self.eject(addr, "the tier does not run there");
+                return Response::not_delivered(&format!("peer {addr}: tier `{}` does not run there", self.tier));
+            }
             Some(b"not-delivered") => {
                 return Response::not_delivered(&format!("peer {addr}: its replica did not take the request"));
             }
