@@ -295,57 +295,9 @@ fn a_host_cut_off_is_ejected_under_load_without_failed_requests_and_comes_back()
     let token = token_file(topology.dir.path());
     let hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
 
-    // Steady load from h1, counting who served (and telling the test) and what failed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new((Mutex::new(Vec::<(Instant, String)>::new()), Condvar::new()));
-    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let load = {
-        let (ns, stop, seen, failed) = (network.ns("h1"), stop.clone(), seen.clone(), failed.clone());
-        std::thread::spawn(move || {
-            in_ns(&ns, async move || {
-                let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
-                let client = integration_tests::client();
-                while !stop.load(Ordering::Relaxed) {
-                    match integration_tests::request(
-                        &client,
-                        "GET",
-                        web,
-                        "/call/back/env/ORCH_HOST",
-                        Default::default(),
-                    )
-                    .await
-                    {
-                        Ok((200, body)) => {
-                            let answer: Value = serde_json::from_str(&body).unwrap();
-                            let (list, changed) = &*seen;
-                            list.lock()
-                                .unwrap()
-                                .push((Instant::now(), answer["value"].as_str().unwrap_or_default().into()));
-                            changed.notify_all();
-                        }
-                        other => failed.lock().unwrap().push(format!("{other:?}")),
-                    }
-                }
-            })
-        })
-    };
-    let count = |list: &[(Instant, String)], since: Instant, host: &str| {
-        list.iter().filter(|(at, h)| *at > since && h == host).count()
-    };
-    let served_since = |since: Instant, host: &str| count(&seen.0.lock().unwrap(), since, host);
-    // Waits until `host` has served `n` requests since `since`, as they are answered.
-    let wait_served = |since: Instant, host: &str, n: usize| {
-        let deadline = Instant::now() + DEADLINE;
-        let (list, changed) = &*seen;
-        let mut guard = list.lock().unwrap();
-        while count(&guard, since, host) < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "{host} did not serve {n} requests within {DEADLINE:?}");
-            guard = changed.wait_timeout(guard, left).unwrap().0;
-        }
-    };
+    let load = Load::start(&network);
     let start = Instant::now();
-    wait_served(start, "h3", 20);
+    load.wait_served(start, "h3", 20);
 
     network.link(3, false);
     let cut = Instant::now();
@@ -361,18 +313,17 @@ fn a_host_cut_off_is_ejected_under_load_without_failed_requests_and_comes_back()
     }
     let ejected_after = cut.elapsed();
     let after_cut = Instant::now();
-    wait_served(after_cut, "h2", 50);
-    assert_eq!(served_since(after_cut, "h3"), 0);
+    load.wait_served(after_cut, "h2", 50);
+    assert_eq!(load.served_since(after_cut, "h3"), 0);
 
     network.link(3, true);
     let back_up = Instant::now();
-    wait_served(back_up, "h3", 10);
+    load.wait_served(back_up, "h3", 10);
     let recovered_after = back_up.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    let failed = load.stop();
 
     // GETs with `retries: 1`: what was in flight on h3 was sent again to h2.
-    assert!(failed.lock().unwrap().is_empty(), "failed: {:?}", failed.lock().unwrap());
+    assert!(failed.is_empty(), "failed: {failed:?}");
     assert!(ejected_after < Duration::from_secs(2), "ejected after {ejected_after:?}");
     assert!(recovered_after < Duration::from_secs(5), "back after {recovered_after:?}");
 }
@@ -527,10 +478,13 @@ fn a_subscriber_host_killed_mid_stream_loses_no_accepted_message() {
     assert_eq!(second.len(), 100, "every message published after h3 died reached h1");
 }
 
+/// Which host answered, when; and who waits for more.
+type Answers = Arc<(Mutex<Vec<(Instant, String)>>, Condvar)>;
+
 /// Steady load from h1's gateway onto `back`, recording which host answered.
 struct Load {
     stop: Arc<AtomicBool>,
-    seen: Arc<(Mutex<Vec<(Instant, String)>>, Condvar)>,
+    seen: Answers,
     failed: Arc<Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
