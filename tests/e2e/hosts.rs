@@ -593,3 +593,70 @@ fn a_tier_moved_from_one_host_to_another_as_documented_fails_no_request() {
         "{status}"
     );
 }
+
+/// Answers `{"host": $ORCH_HOST}`.
+const WHERE: &str = r#"    def do_GET(self):
+        self.reply(200, {"content-type": "application/json"}, json.dumps({"host": os.environ["ORCH_HOST"]}).encode())
+"#;
+
+/// Calls its `back` link (`ORCH_LINK_BACK_URL`) and answers what it said.
+const CALLER: &str = r#"    def do_GET(self):
+        with urllib.request.urlopen(os.environ["ORCH_LINK_BACK_URL"] + "/env/ORCH_HOST") as answer:
+            self.reply(200, {"content-type": "application/json"}, answer.read())
+"#;
+
+#[test]
+fn programs_call_and_are_called_across_hosts_as_they_would_locally() {
+    let network = Network::new(3);
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: programs
+hosts:
+  h1: {{ peer: "{a1}:7700" }}
+  h2: {{ peer: "{a2}:7700" }}
+  h3: {{ peer: "{a3}:7700" }}
+tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /front, link: front, strip_prefix: true }}, {{ path: /caller, link: caller, strip_prefix: true }}] }}
+  front: {{ plugin: testkit, host: h1 }}
+  where: {{ plugin: process, host: h2, config: {{ command: [python3, where.py] }} }}
+  caller: {{ plugin: process, host: h1, config: {{ command: [python3, caller.py] }} }}
+  back: {{ plugin: testkit, host: h3 }}
+links:
+  - {{ from: web, to: front, kind: rest }}
+  - {{ from: web, to: caller, kind: rest }}
+  - {{ from: front, to: where, kind: rest }}
+  - {{ from: caller, to: back, kind: rest }}
+"#,
+        a1 = network.addr(1),
+        a2 = network.addr(2),
+        a3 = network.addr(3),
+    ));
+    let dir = topology.dir.path();
+    std::fs::write(dir.join("where.py"), integration_tests::python_server("import json", WHERE)).unwrap();
+    std::fs::write(dir.join("caller.py"), integration_tests::python_server("import urllib.request", CALLER)).unwrap();
+    let token = token_file(dir);
+    let hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    // Started one after the other: h1 finds h2 and h3 once they serve.
+    let ready = |tier: &'static str| {
+        move |status: &Value| {
+            let t = integration_tests::tier(status, tier);
+            t["instances"][0]["ready"] == true
+        }
+    };
+    hosts[0].wait_status("where reachable", ready("where"));
+    hosts[0].wait_status("back reachable", ready("back"));
+    // h1's native tier calls the program on h2.
+    let (code, body) = get(&network.ns("h1"), web, "/front/call/where/", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["host"], "h2", "{body}");
+    // h1's program calls h3's tier through its link's local URL.
+    let (code, body) = get(&network.ns("h1"), web, "/caller/", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["value"], "h3", "{body}");
+}

@@ -7,7 +7,7 @@
 //! A host's address may be a DNS name: every address it resolves to is
 //! used, round robin, and resolved again every few seconds. An address that
 //! refuses or times out, or whose host says the tier has no ready replica,
-//! is ejected for a backoff (1 s, doubling to 30 s) and probed before it
+//! is ejected for a backoff (300 ms, doubling to 10 s) and probed before it
 //! gets traffic again; every address is also probed every 300 ms (a probe
 //! that fails within 500 ms ejects it: a host cut off is out of the
 //! rotation within a second); while every address of a host is ejected, the
@@ -47,6 +47,10 @@ pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// How often addresses are probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(300);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long an address is ejected: doubling from the first to the last, as
+/// failures follow each other; back to the first once it serves again.
+const MIN_EJECTION: Duration = Duration::from_millis(300);
+const MAX_EJECTION: Duration = Duration::from_secs(10);
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Configuration: see the module's doc.
@@ -95,7 +99,7 @@ impl Host {
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = addresses.iter_mut().find(|a| a.addr == addr) {
             if a.ejected_until.is_none() {
-                a.backoff = (a.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                a.backoff = (a.backoff * 2).clamp(MIN_EJECTION, MAX_EJECTION);
             }
             a.ejected_until = Some(Instant::now() + a.backoff);
             a.last_error = Some(why.to_owned());
@@ -106,7 +110,7 @@ impl Host {
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = addresses.iter_mut().find(|a| a.addr == addr) {
             a.ejected_until = None;
-            a.backoff = Duration::from_secs(1) / 2;
+            a.backoff = MIN_EJECTION / 2;
         }
     }
 
@@ -234,7 +238,7 @@ impl Host {
 
 impl Address {
     fn new(addr: SocketAddr) -> Self {
-        Self { addr, ejected_until: None, backoff: Duration::from_secs(1) / 2, last_error: None }
+        Self { addr, ejected_until: None, backoff: MIN_EJECTION / 2, last_error: None }
     }
 }
 
