@@ -120,9 +120,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_nginx(started, tmp, upstream, workers, location_extra="", main_extra=""):
+def start_nginx(started, tmp, upstream, workers, location_extra="", main_extra="", prefix=()):
     """nginx proxying to `upstream`; returns (process, address, config path).
-    `main_extra` goes into the main context (e.g. `worker_cpu_affinity auto;`)."""
+    `main_extra` goes into the main context (e.g. `worker_cpu_affinity auto;`);
+    `prefix` runs it under another command (`ip netns exec NS`)."""
     port = free_port()
     conf = os.path.join(tmp, f"nginx-{workers}.conf")
     with open(conf, "w") as f:
@@ -150,7 +151,7 @@ http {{
     }}
 }}
 """)
-    proc = started.add(subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    proc = started.add(subprocess.Popen([*prefix, "nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     # Ready when its listener is up and its workers are forked.
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -172,7 +173,8 @@ def listening_ports(pid):
     except FileNotFoundError:
         return []
     ports = []
-    with open("/proc/net/tcp") as f:
+    # The process's own view: the sockets of its network namespace.
+    with open(f"/proc/{pid}/net/tcp") as f:
         for line in f.readlines()[1:]:
             parts = line.split()
             if parts[3] == "0A" and parts[9] in inodes:  # LISTEN
@@ -180,8 +182,8 @@ def listening_ports(pid):
     return ports
 
 
-def wrk(url, duration, connections, script):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script, url],
+def wrk(url, duration, connections, script, prefix=()):
+    out = subprocess.run([*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script, url],
                          check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))

@@ -139,6 +139,23 @@ pub(super) fn attempt(
     mut req: HttpRequest,
     client: Option<HeaderValue>,
 ) -> impl Future<Output = Outcome<HttpResponse>> + Send + use<> {
+    // A tier on another host: straight to its peer listener, in hyper's types.
+    if instance.as_peer().is_some() {
+        if let Some(client) = &client {
+            insert_forwarded(req.headers_mut(), client);
+        }
+        let (instance, in_flight) = (instance.clone(), instance.enter());
+        return Either::Right(Either::Left(Box::pin(async move {
+            let Some(peer) = instance.as_peer() else { return Outcome::NotDelivered("not a peer replica".into()) };
+            let outcome = match peer.send(req).await {
+                Ok(response) => Outcome::Answered(response),
+                Err(peer::Failure::NotDelivered(why)) => Outcome::NotDelivered(why),
+                Err(peer::Failure::NoAnswer(why)) => Outcome::NoAnswer(why),
+            };
+            drop(in_flight);
+            outcome
+        })));
+    }
     let program = instance.as_process().filter(|_| !is_grpc(req.headers())).map(process::Process::http);
     match program {
         Some(Some(program)) => {
@@ -166,14 +183,14 @@ pub(super) fn attempt(
             // The plugin copies the request before `call` returns.
             let call =
                 instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
-            Either::Right(async move {
+            Either::Right(Either::Right(async move {
                 match answer_of(call).await {
                     Outcome::Answered(raw) => Outcome::Answered(from_raw(raw)),
                     Outcome::NotDelivered(why) => Outcome::NotDelivered(why),
                     Outcome::NoAnswer(why) => Outcome::NoAnswer(why),
                     Outcome::Panicked => Outcome::Panicked,
                 }
-            })
+            }))
         }
     }
 }

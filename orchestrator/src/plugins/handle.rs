@@ -216,6 +216,12 @@ impl Instance {
         (self.plugin.builtin == Some(Builtin::Process)).then(|| unsafe { plugin_of::<process::Process>(self.ptr) })
     }
 
+    /// The remote tier replica, if this is an instance of the built-in `peer`.
+    pub fn as_peer(&self) -> Option<&peer::Peer> {
+        // SAFETY: as in `as_gateway`.
+        (self.plugin.builtin == Some(Builtin::Peer)).then(|| unsafe { plugin_of::<peer::Peer>(self.ptr) })
+    }
+
     /// Counts a call in flight until the result is dropped: what the
     /// instance's draining waits for. [`Instance::call`] counts its own.
     pub fn enter(self: &Arc<Self>) -> InFlight {

@@ -72,12 +72,28 @@ struct Address {
     last_error: Option<String>,
 }
 
+/// A request with its whole body, in hyper's types.
+pub type HttpRequest = http::Request<Bytes>;
+/// An answer with its whole body.
+pub type HttpResponse = http::Response<Bytes>;
+
+/// Why a request got no answer from the host.
+#[derive(Debug)]
+pub enum Failure {
+    /// It was not sent, or not taken there: safe to send elsewhere.
+    NotDelivered(String),
+    /// It was sent and no answer came: maybe handled.
+    NoAnswer(String),
+}
+
 /// The host a replica stands for.
 #[derive(Debug)]
 struct Host {
     peer: String,
     tier: String,
+    tier_value: http::HeaderValue,
     token: Option<String>,
+    bearer: Option<http::HeaderValue>,
     addresses: Mutex<Vec<Address>>,
     next: AtomicUsize,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -130,54 +146,83 @@ impl Host {
         let Some(addr) = self.pick() else {
             return Response::not_delivered(&format!("every address of host {} is ejected", self.peer));
         };
-        let sent = tokio::time::timeout(TRY_TIMEOUT, self.client.request(self.request(addr, req))).await;
-        let answer = match sent {
+        match self.exchange(addr, self.request(addr, req)).await {
+            Ok(answer) => {
+                let (parts, body) = answer.into_parts();
+                let mut resp = Response::new(parts.status).with_body(body);
+                for (name, value) in &parts.headers {
+                    if let Ok(v) = value.to_str() {
+                        resp.headers.append(name.as_str(), v);
+                    }
+                }
+                resp
+            }
+            Err(Failure::NotDelivered(why)) => Response::not_delivered(&why),
+            Err(Failure::NoAnswer(why)) => Response::no_answer(&why),
+        }
+    }
+
+    /// Sends `req` (a request for the tier, in hyper's types) to one of the
+    /// host's addresses, as [`Plugin::handle`] does a plugin request.
+    async fn send(&self, mut req: HttpRequest) -> Result<HttpResponse, Failure> {
+        let Some(addr) = self.pick() else {
+            return Err(Failure::NotDelivered(format!("every address of host {} is ejected", self.peer)));
+        };
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() =
+            format!("http://{addr}{path}").parse().map_err(|_| Failure::NotDelivered("a bad URI".into()))?;
+        let headers = req.headers_mut();
+        headers.insert(TIER_HEADER, self.tier_value.clone());
+        if let Some(token) = &self.bearer {
+            headers.insert(hyper::header::AUTHORIZATION, token.clone());
+        }
+        let (parts, body) = req.into_parts();
+        self.exchange(addr, hyper::Request::from_parts(parts, Full::new(body))).await
+    }
+
+    /// One request to `addr`, and its whole answer; an answer that says the
+    /// request was not taken there is not delivered, and what fails ejects `addr`.
+    async fn exchange(&self, addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Result<HttpResponse, Failure> {
+        let answer = match tokio::time::timeout(TRY_TIMEOUT, self.client.request(req)).await {
             Err(_) => {
                 self.eject(addr, "no answer in time");
-                return Response::no_answer(&format!("peer {addr} did not answer within {}s", TRY_TIMEOUT.as_secs()));
+                let why = format!("peer {addr} did not answer within {}s", TRY_TIMEOUT.as_secs());
+                return Err(Failure::NoAnswer(why));
             }
             Ok(Err(e)) if e.is_connect() => {
                 self.eject(addr, &format!("cannot connect: {e}"));
-                return Response::not_delivered(&format!("peer {addr}: cannot connect"));
+                return Err(Failure::NotDelivered(format!("peer {addr}: cannot connect")));
             }
             Ok(Err(e)) => {
                 self.eject(addr, &e.to_string());
-                return Response::no_answer(&format!("peer {addr}: {e}"));
+                return Err(Failure::NoAnswer(format!("peer {addr}: {e}")));
             }
             Ok(Ok(answer)) => answer,
         };
         match answer.headers().get(STATUS_HEADER).map(|v| v.as_bytes()) {
             Some(b"no-ready-replica") => {
                 self.eject(addr, "its tier has no ready replica");
-                return Response::not_delivered(&format!(
-                    "peer {addr}: tier `{}` has no ready replica there",
-                    self.tier
-                ));
+                let why = format!("peer {addr}: tier `{}` has no ready replica there", self.tier);
+                return Err(Failure::NotDelivered(why));
             }
             Some(b"not-here") => {
                 self.eject(addr, "the tier does not run there");
-                return Response::not_delivered(&format!("peer {addr}: tier `{}` does not run there", self.tier));
+                return Err(Failure::NotDelivered(format!("peer {addr}: tier `{}` does not run there", self.tier)));
             }
             Some(b"not-delivered") => {
-                return Response::not_delivered(&format!("peer {addr}: its replica did not take the request"));
+                return Err(Failure::NotDelivered(format!("peer {addr}: its replica did not take the request")));
             }
             _ => {}
         }
-        let (parts, body) = answer.into_parts();
+        let (mut parts, body) = answer.into_parts();
         let body = match Limited::new(body, MAX_ANSWER).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(e) => return Response::no_answer(&format!("peer {addr}: the answer broke off: {e}")),
+            Err(e) => return Err(Failure::NoAnswer(format!("peer {addr}: the answer broke off: {e}"))),
         };
-        let mut resp = Response::new(parts.status).with_body(body);
-        for (name, value) in &parts.headers {
-            if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
-                continue;
-            }
-            if let Ok(v) = value.to_str() {
-                resp.headers.append(name.as_str(), v);
-            }
+        for framing in [hyper::header::CONTENT_LENGTH, hyper::header::TRANSFER_ENCODING, hyper::header::CONNECTION] {
+            parts.headers.remove(framing);
         }
-        resp
+        Ok(http::Response::from_parts(parts, body))
     }
 
     /// Probes ejected addresses, and resolves the host's name again, until
@@ -242,6 +287,18 @@ impl Address {
     }
 }
 
+impl Peer {
+    /// Sends a REST request for the tier in hyper's types, as `handle` does
+    /// a plugin request: for a host this plugin is linked into, which would
+    /// otherwise copy it into the plugin API's types and the answer back.
+    pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, Failure> {
+        match self.state.get() {
+            Some(host) => host.send(req).await,
+            None => Err(Failure::NotDelivered("the peer replica has not started".to_owned())),
+        }
+    }
+}
+
 impl Plugin for Peer {
     const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
 
@@ -263,10 +320,13 @@ impl Plugin for Peer {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
+        let token = cx.env("ORCH_PEER_TOKEN");
         let host = std::sync::Arc::new(Host {
             peer,
             tier: self.tier.clone(),
-            token: cx.env("ORCH_PEER_TOKEN"),
+            tier_value: http::HeaderValue::from_str(&self.tier).map_err(|_| "a tier name that is no header value")?,
+            bearer: token.as_ref().and_then(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).ok()),
+            token,
             addresses: Mutex::new(found.into_iter().map(Address::new).collect()),
             next: AtomicUsize::new(0),
             client,
