@@ -60,6 +60,13 @@ impl Network {
         format!("{}{name}", self.prefix)
     }
 
+    /// The topology's `hosts:`, each host's peer listener on port 7700.
+    fn hosts_yaml(&self) -> String {
+        let peers: String =
+            (1..=self.hosts).map(|i| format!("  h{i}: {{ peer: \"{}:7700\" }}\n", self.addr(i))).collect();
+        format!("hosts:\n{peers}")
+    }
+
     fn addr(&self, host: usize) -> String {
         format!("10.231.{}.{host}", self.net)
     }
@@ -211,11 +218,7 @@ fn topology_yaml(network: &Network, retries: u32, back_hosts: &str) -> String {
         r#"
 version: 1
 name: spread
-hosts:
-  h1: {{ peer: "{a1}:7700" }}
-  h2: {{ peer: "{a2}:7700" }}
-  h3: {{ peer: "{a3}:7700" }}
-tiers:
+{hosts}tiers:
   web:
     plugin: gateway
     host: h1
@@ -228,9 +231,7 @@ links:
   - {{ from: web, to: front, kind: rest }}
   - {{ from: front, to: back, kind: rest, retries: {retries}, timeout: 5s }}
 "#,
-        a1 = network.addr(1),
-        a2 = network.addr(2),
-        a3 = network.addr(3),
+        hosts = network.hosts_yaml(),
     )
 }
 
@@ -390,11 +391,7 @@ fn queue_topology(network: &Network) -> TopologyFile {
         r#"
 version: 1
 name: queued
-hosts:
-  h1: {{ peer: "{a1}:7700" }}
-  h2: {{ peer: "{a2}:7700" }}
-  h3: {{ peer: "{a3}:7700" }}
-tiers:
+{hosts}tiers:
   web:
     plugin: gateway
     host: h1
@@ -408,9 +405,7 @@ links:
   - {{ from: pub, to: q, kind: queue, topic: jobs }}
   - {{ from: q, to: worker, kind: queue, topic: jobs, mode: point-to-point, concurrency: 2 }}
 "#,
-        a1 = network.addr(1),
-        a2 = network.addr(2),
-        a3 = network.addr(3),
+        hosts = network.hosts_yaml(),
     ))
 }
 
@@ -612,11 +607,7 @@ fn programs_call_and_are_called_across_hosts_as_they_would_locally() {
         r#"
 version: 1
 name: programs
-hosts:
-  h1: {{ peer: "{a1}:7700" }}
-  h2: {{ peer: "{a2}:7700" }}
-  h3: {{ peer: "{a3}:7700" }}
-tiers:
+{hosts}tiers:
   web:
     plugin: gateway
     host: h1
@@ -632,9 +623,7 @@ links:
   - {{ from: front, to: where, kind: rest }}
   - {{ from: caller, to: back, kind: rest }}
 "#,
-        a1 = network.addr(1),
-        a2 = network.addr(2),
-        a3 = network.addr(3),
+        hosts = network.hosts_yaml(),
     ));
     let dir = topology.dir.path();
     std::fs::write(dir.join("where.py"), integration_tests::python_server("import json", WHERE)).unwrap();

@@ -114,6 +114,15 @@ fn what(route: &Route, method: &str, uri: &str) -> String {
     }
 }
 
+/// The first attempt of a call: `send` on the next ready replica.
+fn first_on_next<A>(send: impl Fn(&Arc<Instance>) -> A) -> impl FnOnce(&Route) -> (Option<Arc<Instance>>, Option<A>) {
+    move |route| {
+        let replica = route.target.pick();
+        let first = replica.as_ref().map(&send);
+        (replica, first)
+    }
+}
+
 /// [`super::call`], traced. `req` is the request as the link sends it.
 pub(super) async fn call(
     route: Arc<Route>,
@@ -166,12 +175,7 @@ pub(super) async fn call(
             }
         }
     };
-    let first_send = send.clone();
-    let first = move |route: &Route| {
-        let replica = route.target.pick();
-        let first = replica.as_ref().map(&first_send);
-        (replica, first)
-    };
+    let first = first_on_next(send.clone());
     let result = attempts(route.clone(), timeout, idempotent, first, Some(send)).await;
     finish_call(client, &route, &result, count.load(Ordering::Relaxed));
     result
@@ -218,12 +222,7 @@ pub(super) async fn forward(
             }
         }
     };
-    let first_send = send.clone();
-    let first = move |route: &Route| {
-        let replica = route.target.pick();
-        let first = replica.as_ref().map(&first_send);
-        (replica, first)
-    };
+    let first = first_on_next(send.clone());
     let timeout = route.spec.timeout;
     let result = attempts(route.clone(), timeout, idempotent, first, Some(send)).await;
     finish_call(client, &route, &result, count.load(Ordering::Relaxed));
