@@ -78,8 +78,21 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Gives host `i`'s namespace a hosts file (`ip netns exec` mounts it
+    /// over `/etc/hosts`); removed with the network.
+    fn hosts_file(&self, i: usize, lines: &str) {
+        let dir = std::path::PathBuf::from("/etc/netns").join(self.ns(&format!("h{i}")));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{lines}")).unwrap();
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
+        for i in 1..=self.hosts {
+            let _ = std::fs::remove_dir_all(std::path::PathBuf::from("/etc/netns").join(self.ns(&format!("h{i}"))));
+        }
         for i in 1..=self.hosts {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(&format!("h{i}"))]).status();
         }
@@ -129,13 +142,24 @@ struct Host {
 
 impl Host {
     fn start(network: &Network, i: usize, topology: &TopologyFile, token_file: &std::path::Path) -> Self {
+        Self::start_as(network, i, &format!("h{i}"), topology, token_file)
+    }
+
+    /// Runs host `name`'s share in namespace `i`.
+    fn start_as(
+        network: &Network,
+        i: usize,
+        name: &str,
+        topology: &TopologyFile,
+        token_file: &std::path::Path,
+    ) -> Self {
         let ns = network.ns(&format!("h{i}"));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns])
             .arg(integration_tests::bin())
             .arg("run")
             .arg(&topology.path)
-            .args(["--host", &format!("h{i}"), "--admin", "127.0.0.1:0", "--drain-timeout", "5s"])
+            .args(["--host", name, "--admin", "127.0.0.1:0", "--drain-timeout", "5s"])
             .arg("--peer-listen")
             .arg(format!("{}:7700", network.addr(i)))
             .arg("--peer-token-file")
@@ -226,10 +250,11 @@ name: spread
     config: {{ routes: [{{ path: /, link: front }}] }}
   front: {{ plugin: testkit, host: h1 }}
   back: {{ plugin: testkit, host: {back_hosts}, replicas: 2 }}
-  idle: {{ plugin: testkit, host: [h2, h3] }}
+  pricing: {{ plugin: pricing, host: [h2, h3] }}
 links:
   - {{ from: web, to: front, kind: rest }}
   - {{ from: front, to: back, kind: rest, retries: {retries}, timeout: 5s }}
+  - {{ from: front, to: pricing, kind: rpc, timeout: 5s }}
 "#,
         hosts = network.hosts_yaml(),
     )
@@ -277,6 +302,21 @@ fn three_hosts_serve_one_topology_and_calls_spread_over_the_hosts_that_run_a_tie
     let peers: Vec<&str> =
         back["instances"].as_array().unwrap().iter().map(|i| i["detail"]["host"].as_str().unwrap()).collect();
     assert_eq!(peers, [format!("{}:7700", network.addr(2)), format!("{}:7700", network.addr(3))]);
+
+    // RPC calls cross hosts too, with their statuses.
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    let quote = |item: &str| {
+        let body = format!(r#"{{"item":"{item}","quantity":2}}"#);
+        post(&network.ns("h1"), web, "/rpc/pricing/pricing.Pricing/Quote", &body, None)
+    };
+    let (code, body) = quote("widget");
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["code"], "OK", "{answer}");
+    let reply: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(reply["total"], 5.0, "{reply}");
+    let (_, body) = quote("sprocket");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], "NOT_FOUND", "{body}");
 
     // The peer listener: the token, and only the tiers that run there.
     let h2_peer: SocketAddr = format!("{}:7700", network.addr(2)).parse().unwrap();
@@ -648,4 +688,51 @@ links:
     let (code, body) = get(&network.ns("h1"), web, "/caller/", None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["value"], "h3", "{body}");
+}
+
+#[test]
+fn a_host_named_in_dns_is_every_address_the_name_has() {
+    let network = Network::new(3);
+    // `backs` is both h2 and h3: two machines running one host's share, as
+    // the pods behind a headless Service are.
+    network.hosts_file(1, &format!("{} backs\n{} backs\n", network.addr(2), network.addr(3)));
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: named
+hosts:
+  h1: {{ peer: "{a1}:7700" }}
+  hb: {{ peer: "backs:7700" }}
+tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /, link: front }}] }}
+  front: {{ plugin: testkit, host: h1 }}
+  back: {{ plugin: testkit, host: hb }}
+links:
+  - {{ from: web, to: front, kind: rest }}
+  - {{ from: front, to: back, kind: rest, retries: 1, timeout: 5s }}
+"#,
+        a1 = network.addr(1)
+    ));
+    let token = token_file(topology.dir.path());
+    let hosts = [
+        Host::start(&network, 1, &topology, &token),
+        Host::start_as(&network, 2, "hb", &topology, &token),
+        Host::start_as(&network, 3, "hb", &topology, &token),
+    ];
+    let status = hosts[0].wait_status("both addresses ready", |s| {
+        let peers = &integration_tests::tier(s, "back")["instances"][0]["detail"]["peers"];
+        peers.as_array().is_some_and(|p| p.len() == 2 && p.iter().all(|a| a["state"] == "ready"))
+    });
+    let peers = &integration_tests::tier(&status, "back")["instances"][0]["detail"]["peers"];
+    let mut addresses: Vec<&str> = peers.as_array().unwrap().iter().map(|p| p["address"].as_str().unwrap()).collect();
+    addresses.sort();
+    assert_eq!(addresses, [format!("{}:7700", network.addr(2)), format!("{}:7700", network.addr(3))]);
+    assert!(served_by(&network, 20).iter().all(|h| h == "hb"));
+    // One of the two cut off: the name's other address serves.
+    network.link(2, false);
+    assert!(served_by(&network, 20).iter().all(|h| h == "hb"));
 }

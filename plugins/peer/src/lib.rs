@@ -234,7 +234,8 @@ impl Host {
             if std::sync::Arc::strong_count(&self) == 1 {
                 return;
             }
-            if resolved.elapsed() >= RESOLVE_EVERY {
+            let none = self.addresses.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            if none || resolved.elapsed() >= RESOLVE_EVERY {
                 resolved = Instant::now();
                 if let Ok(found) = tokio::net::lookup_host(&self.peer).await {
                     let found: Vec<SocketAddr> = found.collect();
@@ -312,9 +313,14 @@ impl Plugin for Peer {
     async fn wait_ready(&self, cx: Context) -> Result<(), String> {
         let replica = cx.replica() as usize;
         let peer = self.peers.get(replica).or(self.peers.first()).cloned().unwrap_or_default();
+        // A name that does not resolve yet (a host still starting, a
+        // Service without endpoints) is resolved again until it does.
         let found: Vec<SocketAddr> = match tokio::net::lookup_host(&peer).await {
             Ok(found) => found.collect(),
-            Err(e) => return Err(format!("cannot resolve peer {peer}: {e}")),
+            Err(e) => {
+                cx.warn(format_args!("Cannot resolve peer {peer} yet ({e}); trying again until it resolves."));
+                Vec::new()
+            }
         };
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
