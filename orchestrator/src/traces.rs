@@ -242,6 +242,19 @@ pub struct Carrier {
     pub tracestate: Option<String>,
 }
 
+impl Carrier {
+    /// Writes these trace headers into `headers`, in place of theirs.
+    pub fn write_into(self, headers: &mut http::HeaderMap) {
+        headers.remove("tracestate");
+        if let Some(v) = self.traceparent.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+            headers.insert("traceparent", v);
+        }
+        if let Some(v) = self.tracestate.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+            headers.insert("tracestate", v);
+        }
+    }
+}
+
 impl Injector for Carrier {
     fn set(&mut self, key: &str, value: String) {
         match key {

@@ -202,15 +202,7 @@ pub(super) async fn forward(
             let handled = handled_span(&route, instance, parent.as_ref(), attempt, &what);
             let mut copy = super::http::copy_of(&req);
             let trace = handled.as_ref().map(|h| {
-                let carrier = h.carrier();
-                let headers = copy.headers_mut();
-                headers.remove("tracestate");
-                if let Some(v) = carrier.traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                    headers.insert("traceparent", v);
-                }
-                if let Some(v) = carrier.tracestate.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                    headers.insert("tracestate", v);
-                }
+                h.carrier().write_into(copy.headers_mut());
                 h.context().trace_id()
             });
             let sent = super::http::attempt(instance, copy, client_addr.clone());

@@ -275,15 +275,7 @@ fn server_span(tier: &crate::topology::TierId, req: &mut hyper::Request<Incoming
         ],
         Vec::new(),
     )?;
-    let carrier = span.carrier();
-    let headers = req.headers_mut();
-    headers.remove("tracestate");
-    if let Some(v) = carrier.traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert("traceparent", v);
-    }
-    if let Some(v) = carrier.tracestate.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert("tracestate", v);
-    }
+    span.carrier().write_into(req.headers_mut());
     Some(span)
 }
 
