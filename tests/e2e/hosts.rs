@@ -113,21 +113,30 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl AsyncFnOnce() -> T + Send + 'stati
     .expect("the namespace's thread")
 }
 
-/// `GET path` (with `token`, if any) to `addr`, from inside `ns`.
-fn get(ns: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let (path, token) = (path.to_owned(), token.map(str::to_owned));
+/// A peer's credentials: the token it presents and the tier it asks for.
+type Peer<'a> = Option<(&'a str, &'a str)>;
+
+/// `method path` with `body` to `addr`, from inside `ns`, as peer `peer` if given.
+fn send(ns: &str, method: &str, addr: SocketAddr, path: &str, body: &str, peer: Peer<'_>) -> (u16, String) {
+    let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+    let peer = peer.map(|(token, tier)| (token.to_owned(), tier.to_owned()));
     in_ns(ns, async move || {
         let client = integration_tests::client();
-        let mut req = hyper::Request::builder().uri(format!("http://{addr}{path}"));
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}")).header("orch-peer-tier", "web");
+        let mut req = hyper::Request::builder().method(method.as_str()).uri(format!("http://{addr}{path}"));
+        if let Some((token, tier)) = peer {
+            req = req.header("authorization", format!("Bearer {token}")).header("orch-peer-tier", tier);
         }
-        let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
         let resp = tokio::time::timeout(DEADLINE, client.request(req)).await.expect("answered in time").expect("sent");
         let code = resp.status().as_u16();
         let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
         (code, String::from_utf8_lossy(&body).into_owned())
     })
+}
+
+/// `GET path` to `addr`, from inside `ns`, as a peer presenting `token` for tier `web` if given.
+fn get(ns: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    send(ns, "GET", addr, path, "", token.map(|t| (t, "web")))
 }
 
 /// An orchestrator running one host's share, in that host's namespace;
@@ -449,21 +458,9 @@ links:
     ))
 }
 
-/// POST `path` to `addr` from inside `ns` (with the peer token to a peer listener).
+/// POST `path` to `addr` from inside `ns` (with the peer token, asking for `peer_tier`, if given).
 fn post(ns: &str, addr: SocketAddr, path: &str, body: &str, peer_tier: Option<&str>) -> (u16, String) {
-    let (path, body, tier) = (path.to_owned(), body.to_owned(), peer_tier.map(str::to_owned));
-    in_ns(ns, async move || {
-        let client = integration_tests::client();
-        let mut req = hyper::Request::builder().method("POST").uri(format!("http://{addr}{path}"));
-        if let Some(tier) = tier {
-            req = req.header("authorization", format!("Bearer {TOKEN}")).header("orch-peer-tier", tier);
-        }
-        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
-        let resp = tokio::time::timeout(DEADLINE, client.request(req)).await.expect("answered in time").expect("sent");
-        let code = resp.status().as_u16();
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
-        (code, String::from_utf8_lossy(&body).into_owned())
-    })
+    send(ns, "POST", addr, path, body, peer_tier.map(|tier| (TOKEN, tier)))
 }
 
 #[test]
