@@ -33,6 +33,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once: the size of `run`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start every tier of a topology and serve until SIGINT or SIGTERM.
@@ -102,6 +104,10 @@ enum Command {
         /// other's peer listeners (16 characters or more); the same on every host.
         #[arg(long, value_name = "FILE")]
         peer_token_file: Option<PathBuf>,
+        /// Log lines kept per replica for the dashboard and `orchestrator
+        /// logs` (also at most 1 MiB of them per replica).
+        #[arg(long, default_value_t = orchestrator::logging::ring::DEFAULT_LINES, value_name = "N")]
+        log_lines: usize,
         #[command(flatten)]
         plugins: PluginDirs,
     },
@@ -223,8 +229,10 @@ fn main() -> ExitCode {
             host,
             peer_listen,
             peer_token_file,
+            log_lines,
             plugins,
         } => {
+            orchestrator::logging::ring::global().set_lines(log_lines);
             let peer_token = match peer_token_file.as_deref().map(orchestrator::admin::read_token).transpose() {
                 Ok(token) => token.map(|t| t.to_string()),
                 Err(e) => {
@@ -303,17 +311,25 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: orchestrator::logging::LogFormat) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        orchestrator::logging::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        orchestrator::logging::LogFormat::Json => builder
+    let terminal = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let terminal = match format {
+        orchestrator::logging::LogFormat::Text => terminal.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        orchestrator::logging::LogFormat::Json => terminal
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(orchestrator::logging::JsonLines)
-            .init(),
-    }
+            .boxed(),
+    };
+    // What the dashboard and `orchestrator logs` show: INFO and above,
+    // whatever the terminal's filter.
+    let ring = orchestrator::logging::ring::RingLayer::new(orchestrator::logging::ring::global().clone())
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry().with(terminal.with_filter(filter)).with(ring).init();
 }
 
 /// A `--trace-sample` ratio.

@@ -240,6 +240,12 @@ pub mod log_level {
     pub const DEBUG: u32 = 4;
     /// Tracing detail.
     pub const TRACE: u32 = 5;
+    /// Or-ed into a level: the line is what a tier's program wrote to its
+    /// standard error (shown marked as such). A host that predates it logs
+    /// the line at TRACE.
+    pub const STDERR: u32 = 0x100;
+    /// The bits that hold the level itself.
+    pub const LEVEL_MASK: u32 = 0xff;
 }
 
 /// Services the host provides to a plugin instance. A cdylib has its own copy of

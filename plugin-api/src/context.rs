@@ -205,6 +205,13 @@ impl Context {
         self.log(log_level::WARN, format_args!("{message}"));
     }
 
+    /// Logs a line a program wrote to its standard error: at WARN,
+    /// attributed to this tier and replica, and marked as the program's
+    /// stderr (the dashboard and `orchestrator logs` show it apart).
+    pub fn program_stderr(&self, line: impl fmt::Display) {
+        self.log(log_level::WARN | log_level::STDERR, format_args!("{line}"));
+    }
+
     /// Logs `message` at INFO, attributed to this tier and replica.
     pub fn info(&self, message: impl fmt::Display) {
         self.log(log_level::INFO, format_args!("{message}"));

@@ -231,7 +231,8 @@ unsafe extern "C" fn sleep(nanos: u64) -> FfiFuture<()> {
 unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
     // SAFETY: host_ctx is the HostState a TestInstance keeps alive; message is readable now.
     let (state, message) = unsafe { (&*host_ctx.cast::<HostState>(), message.to_string_lossy()) };
-    let level = match level {
+    let stderr = if level & crate::abi::log_level::STDERR != 0 { " stderr" } else { "" };
+    let level = match level & crate::abi::log_level::LEVEL_MASK {
         1 => "ERROR",
         2 => "WARN",
         3 => "INFO",
@@ -239,7 +240,7 @@ unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
         _ => "TRACE",
     };
     if let Ok(mut logs) = state.logs.lock() {
-        logs.push(format!("{level} {message}"));
+        logs.push(format!("{level}{stderr} {message}"));
     }
 }
 

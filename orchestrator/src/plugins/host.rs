@@ -123,15 +123,20 @@ unsafe extern "C" fn log(host_ctx: *const c_void, level: u32, message: RStr) {
         let span = &ctx.span;
         // Logged while handling a traced call: the line names the trace.
         let trace = crate::traces::current().map(|t| t.to_string());
+        let stderr = level & log_level::STDERR != 0;
         macro_rules! log {
             ($level:ident) => {
-                match &trace {
-                    Some(trace_id) => tracing::$level!(parent: span, trace_id = %trace_id, "{message}"),
-                    None => tracing::$level!(parent: span, "{message}"),
+                match (&trace, stderr) {
+                    (Some(trace_id), false) => tracing::$level!(parent: span, trace_id = %trace_id, "{message}"),
+                    (Some(trace_id), true) => {
+                        tracing::$level!(parent: span, trace_id = %trace_id, stream = "stderr", "{message}")
+                    }
+                    (None, false) => tracing::$level!(parent: span, "{message}"),
+                    (None, true) => tracing::$level!(parent: span, stream = "stderr", "{message}"),
                 }
             };
         }
-        match level {
+        match level & log_level::LEVEL_MASK {
             log_level::ERROR => log!(error),
             log_level::WARN => log!(warn),
             log_level::INFO => log!(info),

@@ -296,11 +296,12 @@ enum Stream {
 }
 
 impl Stream {
-    /// Logs `line`: stdout at INFO, stderr (where tracebacks and warnings go) at WARN.
+    /// Logs `line`: stdout at INFO, stderr (where tracebacks and warnings go)
+    /// at WARN, marked as stderr.
     fn log(self, cx: &Context, line: String) {
         match self {
             Stream::Stdout => cx.info(line),
-            Stream::Stderr => cx.warn(line),
+            Stream::Stderr => cx.program_stderr(line),
         }
     }
 }

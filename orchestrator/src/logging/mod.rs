@@ -4,6 +4,8 @@
 //! (`tier`, `replica` for what a tier logs), and `trace_id` when the line
 //! belongs to a traced request.
 
+pub mod ring;
+
 use std::fmt;
 
 use serde_json::{Map, Value};
