@@ -81,6 +81,9 @@ pub enum Command {
     /// Reread the topology and apply what changed; answer on `reply`.
     /// `since`: when the change that asks for it was seen.
     Reload { trigger: Trigger, reply: Option<oneshot::Sender<ReloadRecord>>, since: std::time::Instant },
+    /// Restart a tier's replicas (all, or one) one at a time; answer with
+    /// those restarted, or why it stopped.
+    Restart { tier: String, replica: Option<u32>, reply: oneshot::Sender<Result<Vec<u32>, String>> },
 }
 
 /// Runs `topology` until SIGINT or SIGTERM, reloading on SIGHUP, on
@@ -166,7 +169,20 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
                 "SIGHUP" => (Trigger::Signal, None, std::time::Instant::now()),
                 other => break other,
             },
-            Some(Command::Reload { trigger, reply, since }) = requests.recv() => (trigger, reply, since),
+            Some(command) = requests.recv() => match command {
+                Command::Reload { trigger, reply, since } => (trigger, reply, since),
+                Command::Restart { tier, replica, reply } => {
+                    let answer = tokio::select! {
+                        answer = supervisor.restart(&tier, replica) => answer,
+                        signal = signals.stop("A restart is running; SIGHUP ignored.") => {
+                            tracing::warn!(signal, "Stopping during a restart: the restart is abandoned.");
+                            break signal;
+                        }
+                    };
+                    let _ = reply.send(answer);
+                    continue;
+                }
+            },
         };
         // A stop signal does not wait for a reload to finish (one that starts
         // slow programs can take a while): the reload is abandoned at its next

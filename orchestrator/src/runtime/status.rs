@@ -22,7 +22,12 @@ pub struct Status {
     /// The last reload attempt, successful or not.
     pub last_reload: Option<ReloadRecord>,
     pub reloads: ReloadCounts,
+    /// The last [`MAX_RELOAD_HISTORY`] reload attempts, the newest last.
+    pub reload_history: Vec<ReloadRecord>,
 }
+
+/// Reload attempts the status remembers.
+pub const MAX_RELOAD_HISTORY: usize = 50;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +162,8 @@ pub struct ReloadRecord {
     pub duration_ms: f64,
     /// What changed, for `applied`.
     pub summary: String,
+    /// The same, by tier.
+    pub changes: Changes,
     /// `invalid` (the file has errors), `unreadable`, or `start` (a new
     /// instance or listener failed), for `failed`.
     pub error_kind: Option<&'static str>,
@@ -177,11 +184,24 @@ impl ReloadRecord {
             generation,
             duration_ms: took.as_secs_f64() * 1000.0,
             summary: String::new(),
+            changes: Changes::default(),
             error_kind: None,
             error: None,
             errors: Vec::new(),
         }
     }
+}
+
+/// The tiers a reload changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    /// New instances replaced the old (a changed config, plugin or program).
+    pub replaced: Vec<String>,
+    /// `tier from→to` replicas.
+    pub scaled: Vec<String>,
+    pub removed: Vec<String>,
+    pub links_changed: bool,
 }
 
 /// One located error of a topology file.
@@ -193,10 +213,27 @@ pub struct LocatedError {
     pub path: String,
     pub message: String,
     pub hint: Option<String>,
+    /// The line of the file the error points at, as it is there.
+    pub source_line: Option<String>,
 }
+
+/// The longest source line an error record quotes.
+const MAX_SOURCE_LINE: usize = 512;
 
 impl LocatedError {
     pub fn new(file: &Path, d: &Diagnostic) -> Self {
+        Self::in_source(file, d, "")
+    }
+
+    /// The error, quoting its line of `source`.
+    pub fn in_source(file: &Path, d: &Diagnostic, source: &str) -> Self {
+        let source_line = d.loc.and_then(|l| source.lines().nth((l.line as usize).checked_sub(1)?)).map(|line| {
+            let mut end = line.len().min(MAX_SOURCE_LINE);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line[..end].to_owned()
+        });
         Self {
             file: file.display().to_string(),
             line: d.loc.map(|l| l.line),
@@ -204,6 +241,7 @@ impl LocatedError {
             path: d.path.clone(),
             message: d.message.clone(),
             hint: d.hint.clone(),
+            source_line,
         }
     }
 }

@@ -71,6 +71,7 @@ pub struct Supervisor {
     color: bool,
     state: State,
     last_reload: Option<ReloadRecord>,
+    reload_history: std::collections::VecDeque<ReloadRecord>,
     counts: ReloadCounts,
     /// What went wrong in the last apply's rolling updates.
     roll_problems: Vec<String>,
@@ -134,6 +135,7 @@ pub fn starting_status(topology: &Topology) -> Status {
         links: Vec::new(),
         last_reload: None,
         reloads: ReloadCounts::default(),
+        reload_history: Vec::new(),
     }
 }
 
@@ -170,6 +172,7 @@ impl Supervisor {
             color,
             state: State::Starting,
             last_reload: None,
+            reload_history: Default::default(),
             counts: ReloadCounts::default(),
             roll_problems: Vec::new(),
             status,
@@ -247,6 +250,7 @@ impl Supervisor {
                 self.counts.applied += 1;
                 record.outcome = "applied";
                 record.summary = plan.summary();
+                record.changes = plan.changes();
                 for problem in std::mem::take(&mut self.roll_problems) {
                     record.summary.push_str(&format!("; {problem}"));
                 }
@@ -265,6 +269,10 @@ impl Supervisor {
             }
         }
         self.last_reload = Some(record.clone());
+        if self.reload_history.len() == super::status::MAX_RELOAD_HISTORY {
+            self.reload_history.pop_front();
+        }
+        self.reload_history.push_back(record.clone());
         self.publish();
         record
     }
@@ -585,6 +593,64 @@ impl Supervisor {
         problems
     }
 
+    /// Restarts tier `name`'s replicas (all of them, or `replica`), one at
+    /// a time, as a reload replaces them: each new instance is ready before
+    /// it takes the old one's place, and the old one drains. If a new one
+    /// cannot start, the restart stops there and the old ones left keep
+    /// serving. Returns the replicas restarted.
+    pub async fn restart(&mut self, name: &str, replica: Option<u32>) -> Result<Vec<u32>, String> {
+        let Some((id, tier)) = self.tiers.iter().find(|(id, _)| id.as_str() == name) else {
+            let names: Vec<&str> = self.tiers.keys().map(TierId::as_str).collect();
+            return Err(format!("no tier `{name}` runs here; its tiers are: {}", names.join(", ")));
+        };
+        if tier.spec.plugin == topology::PEER_PLUGIN {
+            return Err(format!("tier `{name}` runs on another host: restart it there"));
+        }
+        let id = id.clone();
+        let count = tier.instances.len() as u32;
+        let replicas: Vec<u32> = match replica {
+            Some(r) if r < count => vec![r],
+            Some(r) => {
+                return Err(format!(
+                    "tier `{name}` has {count} replica(s): 0 to {}; there is no {r}",
+                    count.saturating_sub(1)
+                ));
+            }
+            None => (0..count).collect(),
+        };
+        let (plugin, links) = (tier.plugin.clone(), tier.links.clone());
+        let mut restarted = Vec::new();
+        for r in replicas {
+            let started = match self.new_instance(&self.topology, &id, &plugin, &links, r) {
+                Ok(instance) => instance.wait_ready().await.map(|()| instance).map_err(|reason| StartError::Ready {
+                    tier: id.clone(),
+                    replica: r,
+                    reason,
+                }),
+                Err(e) => Err(e),
+            };
+            let instance = match started {
+                Ok(instance) => instance,
+                Err(e) => {
+                    tracing::error!(error = %e, "Restart stopped; the old replicas left keep serving.");
+                    self.publish();
+                    let done =
+                        if restarted.is_empty() { String::new() } else { format!(" (restarted: {restarted:?})") };
+                    return Err(format!("{e}{done}"));
+                }
+            };
+            let Some(tier) = self.tiers.get_mut(&id) else { break };
+            let Some(slot) = tier.instances.get_mut(r as usize) else { break };
+            let old = std::mem::replace(slot, instance);
+            tier.endpoint.set(tier.instances.clone());
+            tokio::spawn(retire(old, self.drain));
+            tracing::info!(tier = %id, replica = r, "Replica restarted.");
+            restarted.push(r);
+            self.publish();
+        }
+        Ok(restarted)
+    }
+
     fn publish(&self) {
         let local = self
             .tiers
@@ -631,6 +697,7 @@ impl Supervisor {
             links,
             last_reload: self.last_reload.clone(),
             reloads: self.counts,
+            reload_history: self.reload_history.iter().cloned().collect(),
         });
     }
 
@@ -680,7 +747,8 @@ impl ReloadFailure {
             ReloadFailure::Topology(topology::Error::Invalid(d)) => {
                 record.error_kind = Some("invalid");
                 record.error = Some(d.to_string());
-                record.errors = d.items.iter().map(|i| super::status::LocatedError::new(&d.file, i)).collect();
+                record.errors =
+                    d.items.iter().map(|i| super::status::LocatedError::in_source(&d.file, i, &d.source)).collect();
             }
             ReloadFailure::Topology(e) => {
                 record.error_kind = Some("unreadable");

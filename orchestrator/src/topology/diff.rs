@@ -68,6 +68,27 @@ impl Plan {
         self.tiers.iter().filter(|(_, p)| &p.instances == instances).map(|(id, _)| id).collect()
     }
 
+    /// The tiers added, replaced, scaled and removed.
+    pub fn changes(&self) -> crate::runtime::status::Changes {
+        let names = |want: fn(&Instances) -> bool| -> Vec<String> {
+            self.tiers.iter().filter(|(_, p)| want(&p.instances)).map(|(id, _)| id.to_string()).collect()
+        };
+        crate::runtime::status::Changes {
+            added: names(|i| matches!(i, Instances::Start)),
+            replaced: names(|i| matches!(i, Instances::Replace)),
+            scaled: self
+                .tiers
+                .iter()
+                .filter_map(|(id, p)| match p.instances {
+                    Instances::Scale { from, to } => Some(format!("{id} {from}→{to}")),
+                    _ => None,
+                })
+                .collect(),
+            removed: names(|i| matches!(i, Instances::Stop)),
+            links_changed: self.links_changed,
+        }
+    }
+
     /// One line for the log: `added [a], replaced [b], scaled [c 3→1], removed [d], links changed`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();

@@ -148,7 +148,13 @@ struct Group {
     deliveries: u64,
     dead_lettered: u64,
     last_error: Option<String>,
+    /// The last [`LAST_DEAD_LETTERS`] messages dead-lettered: id, when (µs
+    /// since the epoch), attempts, and the reason of the last.
+    dead_letters: std::collections::VecDeque<(String, u64, u32, String)>,
 }
+
+/// Dead-lettered messages each subscriber group remembers, for the status.
+pub const LAST_DEAD_LETTERS: usize = 5;
 
 /// A group of a topic, as a delivery worker holds it.
 #[derive(Clone, Debug)]
@@ -198,6 +204,24 @@ pub enum PublishError {
     /// More messages at once than the topic can ever hold.
     TooMany(String),
     Store(String),
+}
+
+/// A topic's last dead letters, across its groups.
+fn last_dead_letters(t: &Topic) -> Value {
+    let mut all: Vec<&(String, u64, u32, String)> =
+        t.groups.iter().flatten().flat_map(|g| g.dead_letters.iter()).collect();
+    all.sort_by_key(|d| d.1);
+    let skip = all.len().saturating_sub(LAST_DEAD_LETTERS);
+    dead_letters(all.into_iter().skip(skip))
+}
+
+/// Dead letters as the status shows them, oldest first.
+fn dead_letters<'a>(letters: impl Iterator<Item = &'a (String, u64, u32, String)>) -> Value {
+    letters
+        .map(
+            |(id, at_us, attempts, reason)| json!({ "id": id, "at_us": at_us, "attempts": attempts, "reason": reason }),
+        )
+        .collect()
 }
 
 fn now_us() -> u64 {
@@ -324,6 +348,7 @@ impl Broker {
             deliveries: 0,
             dead_lettered: 0,
             last_error: None,
+            dead_letters: Default::default(),
         });
         state.next_group += 1;
         Ok(GroupRef { topic: topic.into(), slot, id: group_id, notify, member })
@@ -558,6 +583,10 @@ impl Broker {
         }
         g.attempts.remove(&job.seq);
         g.dead_lettered += 1;
+        if g.dead_letters.len() == LAST_DEAD_LETTERS {
+            g.dead_letters.pop_front();
+        }
+        g.dead_letters.push_back((job.id.to_string(), now_us(), job.attempt, reason.chars().take(200).collect()));
         g.pending = g.pending.saturating_sub(1);
         let group_key = g.key.clone();
         t.settle(job.seq, job.slot, self.store.as_ref(), &job.topic);
@@ -620,6 +649,7 @@ impl Broker {
                             "redelivered": g.redelivered,
                             "dead_lettered": g.dead_lettered,
                             "last_error": g.last_error,
+                            "last_dead_letters": dead_letters(g.dead_letters.iter()),
                             "tiers": g.members.keys().map(|m| m.to_string()).collect::<Vec<_>>(),
                         });
                         // Named by the subscribing tiers: a point-to-point
@@ -647,6 +677,7 @@ impl Broker {
                     "on_full": t.settings.on_full,
                     "max_attempts": t.settings.max_attempts,
                     "dead_letter_topic": t.settings.dead_letter,
+                    "last_dead_letters": last_dead_letters(t),
                     "subscribers": subscribers,
                 });
                 (name.clone(), status)
@@ -857,6 +888,9 @@ mod tests {
         let status = b.status();
         assert_eq!(status["topics"]["t"]["depth"], 0);
         assert_eq!(status["topics"]["t"]["subscribers"]["g"]["dead_lettered"], 1);
+        let last = &status["topics"]["t"]["last_dead_letters"];
+        assert_eq!((last[0]["reason"].as_str(), last[0]["attempts"].as_u64()), (Some("still no"), Some(2)));
+        assert_eq!(last[0]["id"].as_str(), Some(jobs[0].id.to_string().as_str()));
         let letters = take(&b, &dead, 1);
         let headers = letters[0].headers.as_deref().unwrap();
         assert!(headers.contains(&("orch-dead-letter-reason".into(), "still no".into())), "{headers:?}");
