@@ -22,6 +22,8 @@
 //! content type) is refused. Connections are capped, their heads must arrive
 //! within [`HEADER_TIMEOUT`], and at most [`MAX_WAITS`] status requests wait at once.
 
+mod dashboard;
+pub mod figures;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -75,6 +77,10 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     workers: Workers,
     waits: Arc<Semaphore>,
+    /// Event and log streams open.
+    streams: Arc<Semaphore>,
+    figures: figures::Sampler,
+    access: Access,
 }
 
 impl Admin {
@@ -91,13 +97,23 @@ impl Admin {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let waits = Arc::new(Semaphore::new(MAX_WAITS));
+        let streams = Arc::new(Semaphore::new(dashboard::MAX_STREAMS));
+        let figures = figures::Sampler::start(status.clone());
+        let shared = Shared { status, commands, workers, waits, streams, figures, access: access.clone() };
         let app = Router::new()
+            .route("/", get(dashboard::index))
+            .route("/assets/{file}", get(dashboard::assets))
             .route("/admin/status", get(status_handler))
+            .route("/admin/overview", get(dashboard::overview_handler))
+            .route("/admin/events", get(dashboard::events_handler))
+            .route("/admin/logs", get(dashboard::logs_handler))
             .route("/admin/ready", get(ready_handler))
             .route("/admin/health", get(|| async { "ok\n" }))
             .route("/admin/reload", post(reload_handler))
+            .route("/admin/restart", post(dashboard::restart_handler))
+            .route("/admin/login", post(dashboard::login_handler))
             .route("/admin/metrics", get(metrics_handler))
-            .with_state(Shared { status, commands, workers, waits })
+            .with_state(shared)
             .layer(axum::middleware::from_fn_with_state(access, guard));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, app, stop_rx));
@@ -217,7 +233,9 @@ async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<boo
 /// Refuses what the module's documentation says is refused.
 async fn guard(Extract(access): Extract<Access>, req: Request, next: Next) -> Response {
     let refuse = |code: StatusCode, why: &str| (code, Json(serde_json::json!({ "error": why }))).into_response();
-    let open = matches!(req.uri().path(), "/admin/health" | "/admin/ready");
+    let path = req.uri().path();
+    // The page itself holds no data: it loads, and asks for the token.
+    let open = matches!(path, "/admin/health" | "/admin/ready" | "/admin/login" | "/") || path.starts_with("/assets/");
     match &access.token {
         Some(token) if !open => {
             let given = req
@@ -225,6 +243,7 @@ async fn guard(Extract(access): Extract<Access>, req: Request, next: Next) -> Re
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
+                .or_else(|| dashboard::cookie_token(req.headers()))
                 .unwrap_or_default();
             if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
                 let mut resp = refuse(StatusCode::UNAUTHORIZED, "this admin API needs `Authorization: Bearer <token>`");

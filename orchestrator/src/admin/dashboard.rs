@@ -1,0 +1,373 @@
+//! The dashboard and what it (and `orchestrator status`, `logs`, `restart`)
+//! reads and does:
+//! - `GET /` and `GET /assets/…` — the page, embedded in the binary;
+//! - `GET /admin/overview` — the status with the figures ([`super::figures`]);
+//! - `GET /admin/events` — the overview again, as Server-Sent Events: once
+//!   at once, then whenever the status changes, and at least every second
+//!   for the figures;
+//! - `GET /admin/logs` — the recent log lines ([`crate::logging::ring`]) as
+//!   JSON lines, or with `follow=true` those and every new one, as JSON lines
+//!   or (`Accept: text/event-stream`) as Server-Sent Events. Query: `tiers`
+//!   (comma-separated; `orchestrator` for its own lines), `replica`, `since`
+//!   (`5m`), `grep` (a regular expression), `limit` (default and at most
+//!   [`MAX_LIMIT`]);
+//! - `POST /admin/restart?tier=T[&replica=N]` — a rolling restart;
+//! - `POST /admin/login` — `{"token": …}`: sets the cookie a browser's
+//!   page uses instead of an `Authorization` header (see the module above).
+//!
+//! At most [`MAX_STREAMS`] event and log streams are open at once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt as _};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot};
+
+use super::Shared;
+use crate::logging::ring::{self, Line};
+use crate::runtime::Command;
+
+/// Event and log streams open at once.
+pub const MAX_STREAMS: usize = 32;
+/// The most lines one log request returns before following.
+pub const MAX_LIMIT: usize = 10_000;
+/// The longest `grep` pattern.
+pub const MAX_PATTERN: usize = 1024;
+/// How long a restart may take before the request stops waiting.
+const RESTART_WAIT: Duration = Duration::from_secs(300);
+
+struct Asset {
+    path: &'static str,
+    kind: &'static str,
+    body: &'static str,
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        path: "index.html",
+        kind: "text/html; charset=utf-8",
+        body: include_str!("../../assets/dashboard/index.html"),
+    },
+    Asset {
+        path: "app.js",
+        kind: "text/javascript; charset=utf-8",
+        body: include_str!("../../assets/dashboard/app.js"),
+    },
+    Asset { path: "app.css", kind: "text/css; charset=utf-8", body: include_str!("../../assets/dashboard/app.css") },
+    Asset {
+        path: "dagre.min.js",
+        kind: "text/javascript; charset=utf-8",
+        body: include_str!("../../assets/dashboard/vendor/dagre.min.js"),
+    },
+];
+
+fn asset(path: &str) -> Response {
+    match ASSETS.iter().find(|a| a.path == path) {
+        Some(a) => {
+            let mut resp = (StatusCode::OK, a.body).into_response();
+            let headers = resp.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.kind));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            // Nothing but this origin: no external script, style, font or connection.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+                ),
+            );
+            headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            resp
+        }
+        None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    }
+}
+
+pub async fn index() -> Response {
+    asset("index.html")
+}
+
+pub async fn assets(Path(path): Path<String>) -> Response {
+    asset(&path)
+}
+
+/// The status, its figures, and what the log ring keeps.
+fn overview(shared: &Shared) -> serde_json::Value {
+    let status = shared.status.borrow().live();
+    let limits = ring::global().limits();
+    serde_json::json!({
+        "status": status,
+        "figures": shared.figures.figures(),
+        "logs": { "lines_per_replica": limits.lines, "bytes_per_replica": limits.bytes },
+    })
+}
+
+pub async fn overview_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
+    Json(overview(&shared))
+}
+
+fn busy() -> Response {
+    let why = format!("{MAX_STREAMS} streams are open already; close one and try again");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": why }))).into_response()
+}
+
+fn stream_permit(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    shared.streams.clone().try_acquire_owned().ok()
+}
+
+pub async fn events_handler(Extract(shared): Extract<Shared>) -> Response {
+    let Some(permit) = stream_permit(&shared) else { return busy() };
+    let status = shared.status.clone();
+    let first = true;
+    let events = stream::unfold((shared, status, permit, first), |(shared, mut status, permit, first)| async move {
+        if !first {
+            // A change, or the next tick for the figures; at most ten a second.
+            let _ = tokio::time::timeout(super::figures::TICK, status.changed()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status.borrow_and_update();
+        }
+        let data = overview(&shared).to_string();
+        let event = Event::default().event("overview").data(data).retry(Duration::from_secs(1));
+        Some((Ok::<_, Infallible>(event), (shared, status, permit, false)))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogsQuery {
+    tiers: Option<String>,
+    replica: Option<u32>,
+    since: Option<String>,
+    grep: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn bad_request(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": why }))).into_response()
+}
+
+fn logs_query(q: &LogsQuery) -> Result<ring::Query, String> {
+    let since = match q.since.as_deref() {
+        None | Some("") => None,
+        Some(s) => {
+            let ago = humantime::parse_duration(s).map_err(|e| format!("since: `{s}`: {e} (e.g. `30s`, `5m`)"))?;
+            Some(SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH))
+        }
+    };
+    let grep = match q.grep.as_deref() {
+        None | Some("") => None,
+        Some(p) if p.len() > MAX_PATTERN => {
+            return Err(format!("grep: the pattern is longer than {MAX_PATTERN} bytes"));
+        }
+        Some(p) => Some(
+            regex::RegexBuilder::new(p)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("grep: not a regular expression: {e}"))?,
+        ),
+    };
+    let tiers = q
+        .tiers
+        .as_deref()
+        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    Ok(ring::Query { tiers, replica: q.replica, since, grep, after: None })
+}
+
+fn json_line(line: &Line) -> Bytes {
+    let mut text = serde_json::to_vec(line).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+/// What a follower is told when it fell `missed` lines behind.
+fn skipped(missed: u64) -> serde_json::Value {
+    serde_json::json!({ "skipped": missed })
+}
+
+pub async fn logs_handler(
+    Extract(shared): Extract<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    let query = match logs_query(&q) {
+        Ok(query) => query,
+        Err(why) => return bad_request(why),
+    };
+    let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
+    let ring = ring::global();
+    let sse =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    if !q.follow {
+        let lines = ring.recent(&query, limit);
+        let body: Vec<u8> = lines.iter().flat_map(|l| json_line(l).to_vec()).collect();
+        return ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    }
+    let Some(permit) = stream_permit(&shared) else { return busy() };
+    let live = ring.follow();
+    let recent = ring.recent(&query, limit);
+    let last = recent.last().map_or(0, |l| l.seq);
+    let follow = Follow { live, query: ring::Query { after: Some(last), ..query }, _permit: permit };
+    if sse {
+        let past = stream::iter(recent).map(|l| Ok::<_, Infallible>(line_event(&l)));
+        let events = past.chain(follow.lines().map(|item| {
+            Ok(match item {
+                Ok(line) => line_event(&line),
+                Err(missed) => Event::default().event("skipped").data(skipped(missed).to_string()),
+            })
+        }));
+        return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    }
+    let past = stream::iter(recent).map(|l| Ok::<_, Infallible>(json_line(&l)));
+    let body = past.chain(follow.lines().map(|item| {
+        Ok(match item {
+            Ok(line) => json_line(&line),
+            Err(missed) => Bytes::from(format!("{}\n", skipped(missed))),
+        })
+    }));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response()
+}
+
+fn line_event(line: &Line) -> Event {
+    Event::default().event("line").id(line.seq.to_string()).data(serde_json::to_string(line).unwrap_or_default())
+}
+
+/// New lines that match, or how many a follower missed.
+struct Follow {
+    live: broadcast::Receiver<Arc<Line>>,
+    query: ring::Query,
+    /// Held while the follower follows.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Follow {
+    fn lines(self) -> impl Stream<Item = Result<Arc<Line>, u64>> + Send {
+        stream::unfold(self, |mut f| async move {
+            loop {
+                match f.live.recv().await {
+                    Ok(line) if f.query.matches(&line) => return Some((Ok(line), f)),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => return Some((Err(missed), f)),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct RestartQuery {
+    tier: String,
+    replica: Option<u32>,
+}
+
+pub async fn restart_handler(Extract(shared): Extract<Shared>, Query(q): Query<RestartQuery>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let command = Command::Restart { tier: q.tier.clone(), replica: q.replica, reply };
+    if shared.commands.send(command).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": "the orchestrator is shutting down" })),
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(RESTART_WAIT, answer).await {
+        Ok(Ok(Ok(restarted))) => Json(serde_json::json!({ "tier": q.tier, "restarted": restarted })).into_response(),
+        Ok(Ok(Err(why))) => {
+            let code = if why.starts_with("no tier") || why.contains("there is no") {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            (code, Json(serde_json::json!({ "tier": q.tier, "error": why }))).into_response()
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "the restart did not complete" })))
+            .into_response(),
+    }
+}
+
+/// The cookie a browser's page carries the admin token in.
+pub const COOKIE: &str = "orchestrator_admin";
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Login {
+    token: String,
+}
+
+/// Sets the token cookie if the token is right (answers 401 otherwise).
+pub async fn login_handler(Extract(shared): Extract<Shared>, Json(login): Json<Login>) -> Response {
+    let Some(token) = &shared.access.token else {
+        return Json(serde_json::json!({ "ok": true, "needed": false })).into_response();
+    };
+    if !super::same_secret(login.token.trim().as_bytes(), token.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": "wrong token" }))).into_response();
+    }
+    let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", login.token.trim());
+    let mut resp = Json(serde_json::json!({ "ok": true })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// The token a request's cookie carries, if any.
+pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_query_is_checked_and_bounded() {
+        let q = |grep: &str, since: &str| LogsQuery {
+            grep: Some(grep.into()),
+            since: Some(since.into()),
+            tiers: Some("web, api,,".into()),
+            ..LogsQuery::default()
+        };
+        let query = logs_query(&q("GET /\\d+", "5m")).unwrap();
+        assert_eq!(query.tiers, ["web", "api"]);
+        assert!(query.since.unwrap() < SystemTime::now());
+        assert!(logs_query(&q("(unclosed", "")).unwrap_err().starts_with("grep: not a regular expression"));
+        assert!(logs_query(&q("", "yesterday")).unwrap_err().starts_with("since:"));
+        assert!(logs_query(&q(&"a".repeat(MAX_PATTERN), "")).is_ok(), "at the limit");
+        assert!(logs_query(&q(&"a".repeat(MAX_PATTERN + 1), "")).unwrap_err().contains("longer than"));
+        // A pattern whose automaton would be huge is refused, not built.
+        assert!(logs_query(&q("\\w{1000}\\w{1000}\\w{1000}", "")).is_err());
+    }
+
+    #[test]
+    fn the_token_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; orchestrator_admin=s3cret-token; b=2"));
+        assert_eq!(cookie_token(&headers), Some("s3cret-token"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("orchestrator_adminx=1"));
+        assert_eq!(cookie_token(&headers), None);
+    }
+
+    #[test]
+    fn every_asset_is_served_with_its_type_and_the_rest_is_not_found() {
+        for a in ASSETS {
+            let resp = asset(a.path);
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], a.kind);
+        }
+        assert_eq!(asset("../Cargo.toml").status(), StatusCode::NOT_FOUND);
+    }
+}
