@@ -139,7 +139,9 @@ impl Running {
         let mut child = command
             .arg("run")
             .arg(path)
-            .args(["--admin", "127.0.0.1:0", "--drain-timeout", "10s"])
+            // Port 0 unless the test names its own admin address.
+            .args(if extra.contains(&"--admin") { &[][..] } else { &["--admin", "127.0.0.1:0"][..] })
+            .args(["--drain-timeout", "10s"])
             .args(extra)
             .env("NO_COLOR", "1")
             .env("ORCH_LOG", "info")
@@ -262,6 +264,41 @@ impl Running {
             self.fail(&format!("{param} {n} not reached within {DEADLINE:?}: {status}"));
         }
         status
+    }
+
+    /// The overview `/admin/events` pushes, once one satisfies `reached`
+    /// (the figures change each second, states as they change); fails the
+    /// test if none does in time.
+    pub async fn wait_overview(&self, reached: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let req = hyper::Request::get(format!("http://{}/admin/events", self.admin))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let watch = async {
+            let resp = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
+            let mut body = resp.into_body();
+            let mut pending = String::new();
+            let mut last = serde_json::Value::Null;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| e.to_string())?;
+                let Ok(data) = frame.into_data() else { continue };
+                pending.push_str(&String::from_utf8_lossy(&data));
+                // Events end with a blank line; the overview is its `data:` line.
+                while let Some(end) = pending.find("\n\n") {
+                    let event: String = pending.drain(..end + 2).collect();
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                    last = serde_json::from_str(data).map_err(|e| format!("not JSON ({e}): {data}"))?;
+                    if reached(&last) {
+                        return Ok(last);
+                    }
+                }
+            }
+            Err(format!("the event stream ended; the last overview: {last}"))
+        };
+        match tokio::time::timeout(DEADLINE, watch).await {
+            Ok(Ok(overview)) => overview,
+            Ok(Err(e)) => self.fail(&format!("waiting for an overview: {e}")),
+            Err(_) => self.fail(&format!("no overview as expected within {DEADLINE:?}")),
+        }
     }
 
     /// Saves a new topology the way editors do: write a temporary file, then

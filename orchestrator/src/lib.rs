@@ -18,15 +18,19 @@
 //!   (`admission`), status snapshots, the state files by which the CLI finds
 //!   a running orchestrator (`running`), and the run loop: signals, reloads,
 //!   graceful shutdown;
-//! - [`logging`] — the log formats: text, or JSON lines (`--log-format json`);
+//! - [`logging`] — the log formats: text, or JSON lines (`--log-format json`),
+//!   and the ring of recent lines per tier and replica that the dashboard
+//!   and `orchestrator logs` read;
 //! - [`metrics`] — what the request path records (per link, per listener),
 //!   in per-thread shards merged when scraped;
 //! - [`reload`] — the file watcher (topology and plugin libraries) with debounce;
 //! - [`traces`] — OpenTelemetry spans of listeners, link calls and the
 //!   calls tiers handle, exported over OTLP off the request path;
 //! - [`admin`] — the admin HTTP API: status (with waits on the generation),
-//!   readiness, reload, Prometheus metrics; its guard (Host, cross-site
-//!   requests, the bearer token) and its own limits.
+//!   readiness, reload, restart, Prometheus metrics, the dashboard and what
+//!   it reads (the overview with live figures, events, logs); its guard
+//!   (Host, cross-site requests, the bearer token) and its own limits;
+//! - [`cli`] — the commands that call it: `status`, `logs`, `restart`.
 //!
 //! The pipeline runs one way: file → `topology::load` → `Topology` →
 //! `topology::diff` against the running one → `Plan` → `Supervisor` applies it.
@@ -41,6 +45,7 @@
 pub mod admin;
 #[allow(unsafe_code)]
 pub mod alloc;
+pub mod cli;
 pub mod links;
 pub mod logging;
 pub mod metrics;

@@ -123,6 +123,67 @@ enum Command {
         #[command(flatten)]
         token: AdminToken,
     },
+    /// Show a running orchestrator's tiers: replicas ready, state, restarts,
+    /// listen address, requests per second, error rate and p99 (over the
+    /// last 10 s), like `docker compose ps`.
+    Status {
+        /// The topology file whose orchestrator to ask (found as `reload`
+        /// finds it). Without it: the one running, or 127.0.0.1:9900.
+        file: Option<PathBuf>,
+        /// Address of its admin API (instead of finding it).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        token: AdminToken,
+    },
+    /// Print a running orchestrator's recent log lines (what each tier's
+    /// replicas and programs logged), coloured per tier, and with -f follow them.
+    Logs {
+        /// Only these tiers (`orchestrator` for its own lines); all without.
+        tiers: Vec<String>,
+        /// Keep printing lines as they are logged.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines logged this recently, e.g. `30s`, `5m`, `1h`.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only lines whose message matches this regular expression.
+        #[arg(long, value_name = "REGEX")]
+        grep: Option<String>,
+        /// Only the last N lines kept (each replica keeps its last 1000).
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<usize>,
+        /// Print each line as the JSON object the admin API serves.
+        #[arg(long)]
+        json: bool,
+        /// The topology file whose orchestrator to ask.
+        #[arg(long, short = 't', value_name = "FILE")]
+        topology: Option<PathBuf>,
+        /// Address of its admin API (instead of finding it).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        #[command(flatten)]
+        token: AdminToken,
+    },
+    /// Restart a tier's replicas one at a time, each new one ready before the
+    /// old one stops taking requests (no request fails, as in a reload).
+    Restart {
+        tier: String,
+        /// Only this replica.
+        #[arg(long, value_name = "N")]
+        replica: Option<u32>,
+        /// The topology file whose orchestrator to ask.
+        #[arg(long, short = 't', value_name = "FILE")]
+        topology: Option<PathBuf>,
+        /// Address of its admin API (instead of finding it).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        #[command(flatten)]
+        token: AdminToken,
+    },
     /// Check topology files; print every error, located.
     Validate {
         #[arg(required = true)]
@@ -286,10 +347,30 @@ fn main() -> ExitCode {
             };
             run(&file, opts, &plugins)
         }
-        Command::Reload { file, admin, token } => match (token.read(), which_admin(file.as_deref(), admin)) {
+        Command::Reload { file, admin, token } => match (token.read(), which_admin(file.as_deref(), admin, "reload")) {
             (Ok(token), Ok(admin)) => reload(admin, token.as_deref()),
             (Err(code), _) | (_, Err(code)) => code,
         },
+        Command::Status { file, admin, json, token } => {
+            admin_command(&token, file.as_deref(), admin, "status", |c| async move {
+                orchestrator::cli::status(&c, json).await
+            })
+        }
+        Command::Logs { tiers, follow, since, grep, tail, json, topology, admin, token } => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let req = orchestrator::cli::LogsRequest { tiers, follow, since, grep, tail, color, json };
+            admin_command(&token, topology.as_deref(), admin, "logs", |c| async move {
+                orchestrator::cli::logs(&c, &req).await
+            })
+        }
+        Command::Restart { tier, replica, topology, admin, token } => {
+            admin_command(&token, topology.as_deref(), admin, "restart", |c| async move {
+                let restarted = orchestrator::cli::restart(&c, &tier, replica).await?;
+                let list: Vec<String> = restarted.iter().map(u64::to_string).collect();
+                println!("restarted `{tier}`: replica{} {}", if list.len() == 1 { "" } else { "s" }, list.join(", "));
+                Ok(())
+            })
+        }
         Command::Validate { files, plugins } => validate(&files, &plugins),
         Command::Graph { file, format, plugins } => match load(&file, &plugins.registry()) {
             Ok(t) => {
@@ -458,7 +539,7 @@ fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
 /// given, else the one running `file`, else the only one running, else the
 /// default. Several running and none named is refused: a guess could reload
 /// the wrong application.
-fn which_admin(file: Option<&Path>, admin: Option<SocketAddr>) -> Result<SocketAddr, ExitCode> {
+fn which_admin(file: Option<&Path>, admin: Option<SocketAddr>, command: &str) -> Result<SocketAddr, ExitCode> {
     use orchestrator::runtime::running;
     if let Some(admin) = admin {
         return Ok(admin);
@@ -478,8 +559,9 @@ fn which_admin(file: Option<&Path>, admin: Option<SocketAddr>) -> Result<SocketA
         several => {
             eprintln!("error: {} orchestrators run; say which with its topology file:", several.len());
             for e in several {
+                let topology = if command == "reload" || command == "status" { "" } else { "--topology " };
                 eprintln!(
-                    "  orchestrator reload {}    # `{}`, pid {}, admin {}",
+                    "  orchestrator {command} {topology}{}    # `{}`, pid {}, admin {}",
                     e.file.display(),
                     e.name,
                     e.pid,
@@ -487,6 +569,47 @@ fn which_admin(file: Option<&Path>, admin: Option<SocketAddr>) -> Result<SocketA
                 );
             }
             Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+/// Runs a command against the admin API of the orchestrator it is for:
+/// 0 when it did what was asked, 64 when refused (an unknown tier, a bad
+/// pattern, a missing token), 1 when unreachable or when it failed.
+fn admin_command<F, Fut>(
+    token: &AdminToken,
+    file: Option<&Path>,
+    admin: Option<SocketAddr>,
+    command: &str,
+    f: F,
+) -> ExitCode
+where
+    F: FnOnce(orchestrator::cli::AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), orchestrator::cli::CliError>>,
+{
+    let token = match token.read() {
+        Ok(token) => token.map(|t| t.to_string()),
+        Err(code) => return code,
+    };
+    let addr = match which_admin(file, admin, command) {
+        Ok(addr) => addr,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(f(orchestrator::cli::AdminClient { addr, token })) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                orchestrator::cli::CliError::Refused(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_RUNTIME),
+            }
         }
     }
 }

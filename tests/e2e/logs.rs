@@ -40,5 +40,5 @@ links:
     // A program's stderr, at WARN, with its tier and replica.
     let printed = parsed.iter().find(|l| l["message"] == "to stderr").unwrap();
     assert_eq!((printed["tier"].as_str(), printed["replica"].as_u64()), (Some("printer"), Some(0)), "{printed}");
-    assert_eq!(printed["level"], "WARN", "{printed}");
+    assert_eq!((printed["level"].as_str(), printed["stream"].as_str()), (Some("WARN"), Some("stderr")), "{printed}");
 }

@@ -1,7 +1,9 @@
 //! End-to-end tests: each runs the real `orchestrator` binary.
 
+mod browser;
 mod cli;
 mod clients;
+mod dashboard;
 mod grpc;
 mod guide;
 mod hello;

@@ -28,7 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt as _};
-use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot, watch};
 
 use super::Shared;
 use crate::logging::ring::{self, Line};
@@ -99,8 +99,7 @@ pub async fn assets(Path(path): Path<String>) -> Response {
 }
 
 /// The status, its figures, and what the log ring keeps.
-fn overview(shared: &Shared) -> serde_json::Value {
-    let status = shared.status.borrow().live();
+fn overview(shared: &Shared, status: crate::runtime::Status) -> serde_json::Value {
     let limits = ring::global().limits();
     serde_json::json!({
         "status": status,
@@ -110,7 +109,8 @@ fn overview(shared: &Shared) -> serde_json::Value {
 }
 
 pub async fn overview_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
-    Json(overview(&shared))
+    let status = shared.status.borrow().live();
+    Json(overview(&shared, status))
 }
 
 fn busy() -> Response {
@@ -122,20 +122,53 @@ fn stream_permit(shared: &Shared) -> Option<OwnedSemaphorePermit> {
     shared.streams.clone().try_acquire_owned().ok()
 }
 
+/// How often an event stream looks at the replicas' states, to push a
+/// change (a replica failing, restarting, ready again) without waiting for
+/// the next tick.
+const STATE_POLL: Duration = Duration::from_millis(100);
+
+/// What a change of makes an event stream push at once: the generation,
+/// the reloads, and each replica's state.
+fn fingerprint(status: &crate::runtime::Status) -> (u64, u64, Vec<(u64, &'static str)>) {
+    let states = status.tiers.iter().flat_map(|t| &t.instances).map(|i| (i.id, i.state)).collect();
+    (status.generation, status.reloads.attempts, states)
+}
+
 pub async fn events_handler(Extract(shared): Extract<Shared>) -> Response {
     let Some(permit) = stream_permit(&shared) else { return busy() };
-    let status = shared.status.clone();
-    let first = true;
-    let events = stream::unfold((shared, status, permit, first), |(shared, mut status, permit, first)| async move {
-        if !first {
-            // A change, or the next tick for the figures; at most ten a second.
-            let _ = tokio::time::timeout(super::figures::TICK, status.changed()).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            status.borrow_and_update();
+    let mut status = shared.status.clone();
+    status.mark_changed();
+    let closing = shared.closing.clone();
+    let state = (shared, status, closing, permit, None);
+    let events = stream::unfold(state, |(shared, mut status, mut closing, permit, mut seen)| async move {
+        // A change of the status, a replica's new state, or the next tick for the figures.
+        let deadline = tokio::time::Instant::now() + super::figures::TICK;
+        loop {
+            if *closing.borrow() {
+                // The admin API is stopping: the stream ends; the page reconnects.
+                return None;
+            }
+            let wait = STATE_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            tokio::select! {
+                changed = status.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return None,
+                },
+                _ = closing.changed() => continue,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if seen.is_none() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            if seen.as_ref() != Some(&fingerprint(&status.borrow().live())) {
+                break;
+            }
         }
-        let data = overview(&shared).to_string();
-        let event = Event::default().event("overview").data(data).retry(Duration::from_secs(1));
-        Some((Ok::<_, Infallible>(event), (shared, status, permit, false)))
+        let live = status.borrow_and_update().live();
+        seen = Some(fingerprint(&live));
+        let data = overview(&shared, live);
+        let event = Event::default().event("overview").data(data.to_string()).retry(Duration::from_secs(1));
+        Some((Ok::<_, Infallible>(event), (shared, status, closing, permit, seen)))
     });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
@@ -216,7 +249,8 @@ pub async fn logs_handler(
     let live = ring.follow();
     let recent = ring.recent(&query, limit);
     let last = recent.last().map_or(0, |l| l.seq);
-    let follow = Follow { live, query: ring::Query { after: Some(last), ..query }, _permit: permit };
+    let follow =
+        Follow { live, query: ring::Query { after: Some(last), ..query }, closing: shared.closing.clone(), _permit: permit };
     if sse {
         let past = stream::iter(recent).map(|l| Ok::<_, Infallible>(line_event(&l)));
         let events = past.chain(follow.lines().map(|item| {
@@ -245,6 +279,8 @@ fn line_event(line: &Line) -> Event {
 struct Follow {
     live: broadcast::Receiver<Arc<Line>>,
     query: ring::Query,
+    /// The admin API is stopping: the stream ends.
+    closing: watch::Receiver<bool>,
     /// Held while the follower follows.
     _permit: OwnedSemaphorePermit,
 }
@@ -253,7 +289,14 @@ impl Follow {
     fn lines(self) -> impl Stream<Item = Result<Arc<Line>, u64>> + Send {
         stream::unfold(self, |mut f| async move {
             loop {
-                match f.live.recv().await {
+                if *f.closing.borrow() {
+                    return None;
+                }
+                let next = tokio::select! {
+                    next = f.live.recv() => next,
+                    _ = f.closing.changed() => continue,
+                };
+                match next {
                     Ok(line) if f.query.matches(&line) => return Some((Ok(line), f)),
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => return Some((Err(missed), f)),

@@ -81,6 +81,8 @@ struct Shared {
     streams: Arc<Semaphore>,
     figures: figures::Sampler,
     access: Access,
+    /// True once the admin API stops: streams end.
+    closing: watch::Receiver<bool>,
 }
 
 impl Admin {
@@ -99,7 +101,9 @@ impl Admin {
         let waits = Arc::new(Semaphore::new(MAX_WAITS));
         let streams = Arc::new(Semaphore::new(dashboard::MAX_STREAMS));
         let figures = figures::Sampler::start(status.clone());
-        let shared = Shared { status, commands, workers, waits, streams, figures, access: access.clone() };
+        let (stop, stop_rx) = watch::channel(false);
+        let closing = stop_rx.clone();
+        let shared = Shared { status, commands, workers, waits, streams, figures, access: access.clone(), closing };
         let app = Router::new()
             .route("/", get(dashboard::index))
             .route("/assets/{file}", get(dashboard::assets))
@@ -115,7 +119,6 @@ impl Admin {
             .route("/admin/metrics", get(metrics_handler))
             .with_state(shared)
             .layer(axum::middleware::from_fn_with_state(access, guard));
-        let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, app, stop_rx));
         Ok(Self { addr, stop, task })
     }
