@@ -173,3 +173,32 @@ async fn the_dashboard_reconnects_after_the_orchestrator_restarts() {
     run.finish(&second, 1).await;
     assert!(out_dir().join("reconnected.png").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_tiers_are_laid_out_readably() {
+    // A gateway, 7 services behind it, 6 stores behind each: 50 tiers, 49 links.
+    let mut yaml = String::from(
+        "version: 1\nname: fifty\ntiers:\n  web:\n    plugin: gateway\n    listen: 127.0.0.1:0\n    config:\n      routes:\n",
+    );
+    for s in 0..7 {
+        yaml.push_str(&format!("        - {{ path: /s{s}, link: svc{s} }}\n"));
+    }
+    let mut links = String::from("links:\n");
+    for s in 0..7 {
+        yaml.push_str(&format!("  svc{s}: {{ plugin: testkit }}\n"));
+        links.push_str(&format!("  - {{ from: web, to: svc{s}, kind: rest }}\n"));
+        for d in 0..6 {
+            yaml.push_str(&format!("  store{s}{d}: {{ plugin: testkit }}\n"));
+            links.push_str(&format!("  - {{ from: svc{s}, to: store{s}{d}, kind: rpc }}\n"));
+        }
+    }
+    yaml.push_str(&links);
+    let orch = Running::start(&yaml).await;
+    assert_eq!(orch.status().await["tiers"].as_array().unwrap().len(), 50);
+    let run = NodeRun::start(
+        "layout.test.mjs",
+        &[("ADMIN", orch.admin.to_string()), ("OUT", out_dir().display().to_string()), ("TIERS", "50".into())],
+    );
+    run.finish(&orch, 1).await;
+    assert!(out_dir().join("fifty-tiers.png").is_file());
+}

@@ -249,8 +249,12 @@ pub async fn logs_handler(
     let live = ring.follow();
     let recent = ring.recent(&query, limit);
     let last = recent.last().map_or(0, |l| l.seq);
-    let follow =
-        Follow { live, query: ring::Query { after: Some(last), ..query }, closing: shared.closing.clone(), _permit: permit };
+    let follow = Follow {
+        live,
+        query: ring::Query { after: Some(last), ..query },
+        closing: shared.closing.clone(),
+        _permit: permit,
+    };
     if sse {
         let past = stream::iter(recent).map(|l| Ok::<_, Infallible>(line_event(&l)));
         let events = past.chain(follow.lines().map(|item| {

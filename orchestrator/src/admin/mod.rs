@@ -10,10 +10,15 @@
 //!   per tier, process restarts, connections per connection worker, in the
 //!   Prometheus text format;
 //! - `POST /admin/reload` — reread the topology and apply what changed; answers
-//!   the attempt's record: 200 when applied or unchanged, 422 when it failed.
+//!   the attempt's record: 200 when applied or unchanged, 422 when it failed;
+//! - `/`, `/assets/…`, `GET /admin/overview`, `GET /admin/events`,
+//!   `GET /admin/logs`, `POST /admin/restart`, `POST /admin/login` — the
+//!   dashboard and what it reads and does ([`dashboard`]).
 //!
-//! Who may use it (see `docs/security.md`): every request but `/admin/health`
-//! and `/admin/ready` carries `Authorization: Bearer <token>` when a token is
+//! Who may use it (see `docs/security.md`): every request but `/admin/health`,
+//! `/admin/ready`, `/admin/login` and the dashboard's page and assets (which
+//! hold no data) carries `Authorization: Bearer <token>`, or the cookie
+//! `POST /admin/login` sets, when a token is
 //! set (`--admin-token-file`), which binding an address other than loopback
 //! requires. Without a token, a request whose `Host` is a name other than
 //! `localhost` is refused (a web page that rebinds its own name to 127.0.0.1
