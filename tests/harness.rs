@@ -547,6 +547,56 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
     )
 }
 
+/// Requests sent from several tasks until stopped: how many got an answer
+/// `accept`ed, and what every other got.
+pub struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Traffic {
+    /// Sends GETs to `path` on `addr` from `tasks` tasks, each answer checked
+    /// by `accept(status, body)`.
+    pub fn start(addr: SocketAddr, path: &'static str, tasks: usize, accept: fn(u16, &str) -> bool) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = client();
+        let tasks = (0..tasks)
+            .map(|_| {
+                let (http, stop) = (http.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match request(&http, "GET", addr, path, Bytes::new()).await {
+                            Ok((status, body)) if accept(status, &body) => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Any 200.
+    pub fn ok(status: u16, _body: &str) -> bool {
+        status == 200
+    }
+
+    /// Stops; the answers accepted, and the others.
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in self.tasks {
+            let (n, f) = t.await.expect("a traffic task");
+            ok += n;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
+
 /// A new HTTP client (its own connection pool).
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

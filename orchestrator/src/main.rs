@@ -159,14 +159,8 @@ enum Command {
         /// Print each line as the JSON object the admin API serves.
         #[arg(long)]
         json: bool,
-        /// The topology file whose orchestrator to ask.
-        #[arg(long, short = 't', value_name = "FILE")]
-        topology: Option<PathBuf>,
-        /// Address of its admin API (instead of finding it).
-        #[arg(long)]
-        admin: Option<SocketAddr>,
         #[command(flatten)]
-        token: AdminToken,
+        target: Target,
     },
     /// Restart a tier's replicas one at a time, each new one ready before the
     /// old one stops taking requests (no request fails, as in a reload).
@@ -175,14 +169,8 @@ enum Command {
         /// Only this replica.
         #[arg(long, value_name = "N")]
         replica: Option<u32>,
-        /// The topology file whose orchestrator to ask.
-        #[arg(long, short = 't', value_name = "FILE")]
-        topology: Option<PathBuf>,
-        /// Address of its admin API (instead of finding it).
-        #[arg(long)]
-        admin: Option<SocketAddr>,
         #[command(flatten)]
-        token: AdminToken,
+        target: Target,
     },
     /// Check topology files; print every error, located.
     Validate {
@@ -225,6 +213,19 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+}
+
+/// Which running orchestrator a command is for, when its arguments are tiers.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The topology file whose orchestrator to ask (found as `reload` finds it).
+    #[arg(long, short = 't', value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Address of its admin API (instead of finding it).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    #[command(flatten)]
+    token: AdminToken,
 }
 
 #[derive(Debug, clap::Args)]
@@ -356,14 +357,14 @@ fn main() -> ExitCode {
                 orchestrator::cli::status(&c, json).await
             })
         }
-        Command::Logs { tiers, follow, since, grep, tail, json, topology, admin, token } => {
+        Command::Logs { tiers, follow, since, grep, tail, json, target: Target { topology, admin, token } } => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             let req = orchestrator::cli::LogsRequest { tiers, follow, since, grep, tail, color, json };
             admin_command(&token, topology.as_deref(), admin, "logs", |c| async move {
                 orchestrator::cli::logs(&c, &req).await
             })
         }
-        Command::Restart { tier, replica, topology, admin, token } => {
+        Command::Restart { tier, replica, target: Target { topology, admin, token } } => {
             admin_command(&token, topology.as_deref(), admin, "restart", |c| async move {
                 let restarted = orchestrator::cli::restart(&c, &tier, replica).await?;
                 let list: Vec<String> = restarted.iter().map(u64::to_string).collect();

@@ -11,7 +11,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, renameSync, writeFileSync, mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const env = (name) => {
   const value = process.env[name];
@@ -31,11 +31,7 @@ let page;
 const problems = [];
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: env("CHROMIUM"),
-    // Root in a container: no sandbox. No background traffic: this machine has no network.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launch();
   page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("console", (m) => {

@@ -3,7 +3,7 @@
 // their names still at a readable size. Env: ADMIN, OUT, CHROMIUM, TIERS (a count).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 let browser;
 after(async () => {
@@ -11,10 +11,7 @@ after(async () => {
 });
 
 test("fifty tiers are laid out apart and readable", async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launch();
   // A laptop's screen.
   const page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
   await page.goto(`http://${process.env.ADMIN}/#/graph`);

@@ -5,7 +5,7 @@
 // "# connected"; env as in dashboard.test.mjs (ADMIN, OUT, CHROMIUM).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const ADMIN = `http://${process.env.ADMIN}`;
 let browser;
@@ -15,10 +15,7 @@ after(async () => {
 });
 
 test("the page reconnects after a restart and shows what runs now", async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
   let loads = 0;
   page.on("load", () => loads++);

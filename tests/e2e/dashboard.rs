@@ -4,13 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Instant;
 
 use integration_tests::{
-    DEADLINE, Running, TopologyFile, bin, client, orchestrator, program_pids, python_server, request, tier,
+    DEADLINE, Running, TopologyFile, Traffic, bin, client, orchestrator, program_pids, python_server, request, tier,
 };
 
 /// A gateway in front of a Python program (two replicas) that prints a line
@@ -230,33 +228,11 @@ async fn restart_replaces_every_replica_under_load_and_no_request_fails() {
     let orch = Running::start(&printer(2)).await;
     let web = orch.tier_addr("web").await;
     let before = program_pids(&orch.status().await, "printer");
-    let stop = Arc::new(AtomicBool::new(false));
-    let http = client();
-    let workers: Vec<_> = (0..32)
-        .map(|_| {
-            let (http, stop) = (http.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failures) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match request(&http, "GET", web, "/load", Default::default()).await {
-                        Ok((200, _)) => ok += 1,
-                        other => failures.push(format!("{other:?}")),
-                    }
-                }
-                (ok, failures)
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(web, "/load", 32, Traffic::ok);
     let admin = orch.admin.to_string();
     let out =
         tokio::task::spawn_blocking(move || orchestrator(&["restart", "printer", "--admin", &admin])).await.unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failures) = (0, Vec::new());
-    for w in workers {
-        let (n, f) = w.await.unwrap();
-        ok += n;
-        failures.extend(f);
-    }
+    let (ok, failures) = traffic.stop().await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "restarted `printer`: replicas 0, 1\n");
     assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);

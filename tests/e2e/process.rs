@@ -1,10 +1,7 @@
 //! Process tiers: programs in any language as tiers, wired by the same links.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use integration_tests::{
-    Running, client, go_backend, group_members, program_pids, python_server, repo_topology, request, tier,
+    Running, Traffic, client, go_backend, group_members, program_pids, python_server, repo_topology, tier,
     wait_all_gone,
 };
 use serde_json::Value;
@@ -64,41 +61,6 @@ links:
     )
 }
 
-/// Sends GETs to `path` from `n` tasks until `stop`; the failures.
-fn traffic(
-    web: std::net::SocketAddr,
-    path: &'static str,
-    n: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
-    let http = client();
-    (0..n)
-        .map(|_| {
-            let (http, stop) = (http.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match request(&http, "GET", web, path, Default::default()).await {
-                        Ok((200, _)) => ok += 1,
-                        other => failed.push(format!("{other:?}")),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect()
-}
-
-async fn finish(tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>) -> (u64, Vec<String>) {
-    let (mut ok, mut failed) = (0, Vec::new());
-    for t in tasks {
-        let (n, f) = t.await.unwrap();
-        ok += n;
-        failed.extend(f);
-    }
-    (ok, failed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_is_restarted_and_no_request_fails() {
     let bin = go_backend();
@@ -107,13 +69,11 @@ async fn a_killed_replica_is_restarted_and_no_request_fails() {
     let before = orch.status().await;
     let victim = program_pids(&before, "backend")[0];
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = traffic(web, "/backend?message=hi", 8, stop.clone());
+    let traffic = Traffic::start(web, "/backend?message=hi", 8, Traffic::ok);
     assert!(std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
     orch.wait_for_line("Replica exited (killed by SIGKILL); restart 1 in 100ms.");
     orch.wait_for_line("Replica ready on port");
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = finish(tasks).await;
+    let (ok, failed) = traffic.stop().await;
     assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
     assert!(ok > 0);
 
@@ -231,12 +191,10 @@ async fn an_env_change_rolls_the_programs_without_failing_a_request() {
     let orch = Running::start(&yaml).await;
     let web = orch.tier_addr("web").await;
     let old_pids = program_pids(&orch.status().await, "backend");
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = traffic(web, "/backend?message=hi", 8, stop.clone());
+    let traffic = Traffic::start(web, "/backend?message=hi", 8, Traffic::ok);
     orch.save(&yaml.replace("GREETING: Hello Python!", "GREETING: Hallo!"));
     let status = orch.wait_generation(2).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = finish(tasks).await;
+    let (ok, failed) = traffic.stop().await;
     assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
     assert!(ok > 0);
     let (_, body) = orch.get(web, "/backend?message=hi").await;

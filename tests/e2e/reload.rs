@@ -2,10 +2,8 @@
 //! changes nothing. Every wait is on the generation (or the attempt count).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use integration_tests::{Running, TopologyFile, client, instance_ids, repo_root, request, target_dir, tier};
+use integration_tests::{Running, TopologyFile, Traffic, instance_ids, repo_root, target_dir, tier};
 use serde_json::Value;
 
 fn hello() -> String {
@@ -196,38 +194,14 @@ async fn a_rebuilt_plugin_library_is_served_without_a_restart() {
 async fn twenty_reloads_under_load_fail_no_request() {
     let orch = Running::start(&hello()).await;
     let web = orch.tier_addr("web").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let http = client();
-    let workers: Vec<_> = (0..200)
-        .map(|_| {
-            let (http, stop) = (http.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failures) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match request(&http, "GET", web, "/api", Default::default()).await {
-                        Ok((200, body))
-                            if body.starts_with(r#"{"message":"Greeting "#) || body.contains("Hello Python!") =>
-                        {
-                            ok += 1
-                        }
-                        other => failures.push(format!("{other:?}")),
-                    }
-                }
-                (ok, failures)
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(web, "/api", 200, |status, body| {
+        status == 200 && (body.starts_with(r#"{"message":"Greeting "#) || body.contains("Hello Python!"))
+    });
     for i in 1..=20u64 {
         orch.save(&hello().replace("greeting: Hello Python!", &format!("greeting: Greeting {i}")));
         orch.wait_generation(1 + i).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failures) = (0, Vec::new());
-    for w in workers {
-        let (n, f) = w.await.unwrap();
-        ok += n;
-        failures.extend(f);
-    }
+    let (ok, failures) = traffic.stop().await;
     assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert!(ok > 200, "only {ok} requests completed");
     assert_eq!(orch.get(web, "/api").await.1, r#"{"message":"Greeting 20","data":"Hello Go!"}"#);

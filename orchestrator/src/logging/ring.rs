@@ -314,36 +314,13 @@ impl Visit for EventFields {
     }
 }
 
-/// `message` without the coloured `tier.replica |` tag a terminal's lines
-/// start with (the ring knows the tier and replica) or other ANSI codes.
-fn plain(message: String) -> String {
-    if !message.contains('\x1b') {
-        return message;
-    }
-    let mut out = String::with_capacity(message.len());
-    let mut chars = message.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\x1b' {
-            out.push(c);
-            continue;
-        }
-        if chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        } else {
-            chars.next();
-        }
-    }
-    out
-}
-
-/// Takes the `tier.replica | ` tag off the start of a tier's line.
+/// A tier's line without the coloured `tier.replica | ` tag a terminal's
+/// lines start with (the ring knows the tier and replica), or other ANSI codes.
 fn untagged(message: String, origin: &Origin) -> String {
-    let message = plain(message);
+    let message = match process::strip_ansi(&message) {
+        std::borrow::Cow::Borrowed(_) => message,
+        std::borrow::Cow::Owned(plain) => plain,
+    };
     let (Some(tier), Some(replica)) = (&origin.tier, origin.replica) else { return message };
     let tag = format!("{tier}.{replica} | ");
     match message.strip_prefix(&tag) {

@@ -314,7 +314,7 @@ fn keep_colours() -> bool {
 }
 
 /// `line` without its ANSI escape sequences (colours, cursor moves).
-fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
+pub fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
     if !line.contains('\x1b') {
         return line.into();
     }
