@@ -134,7 +134,9 @@ async fn a_programs_stderr_is_logged_as_warnings_without_its_colours() {
     let log = orch.log();
     let out = log.iter().find(|l| l.ends_with(": starting")).unwrap_or_else(|| panic!("{log:?}"));
     assert!(out.contains(" INFO "), "{out}");
-    let err = log.iter().find(|l| l.ends_with(": WARNING: it hurts")).unwrap_or_else(|| panic!("{log:?}"));
+    // At WARN, and marked as the program's stderr.
+    let err =
+        log.iter().find(|l| l.ends_with(": WARNING: it hurts stream=\"stderr\"")).unwrap_or_else(|| panic!("{log:?}"));
     assert!(err.contains(" WARN "), "{err}");
     assert!(log.iter().all(|l| !l.contains('\x1b')), "{log:?}");
 }
