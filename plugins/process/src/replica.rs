@@ -526,23 +526,24 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
             _ => None,
         };
         if let Some(reason) = give_up {
-            cx.error(format_args!("Replica stopped for good: {why}; {reason}."));
             replica.update(|r| {
                 r.state = "failed";
                 r.pid = None;
                 r.last_exit = Some(why.clone());
                 r.failed = Some(format!("{why}; {reason}"));
             });
+            cx.error(format_args!("Replica stopped for good: {why}; {reason}."));
             return;
         }
         restarts += 1;
-        cx.warn(format_args!("Replica exited ({why}); restart {restarts} in {}.", humantime::format_duration(backoff)));
+        // The status shows it before the log says it: who reads the line finds it there.
         replica.update(|r| {
             r.state = "restarting";
             r.pid = None;
             r.restarts = restarts;
             r.last_exit = Some(why.clone());
         });
+        cx.warn(format_args!("Replica exited ({why}); restart {restarts} in {}.", humantime::format_duration(backoff)));
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop_requested(&replica) => {
