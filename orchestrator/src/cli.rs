@@ -141,7 +141,7 @@ pub fn status_rows(overview: &Value) -> Vec<TierRow> {
                 plugin: tier["plugin"].as_str().unwrap_or_default().to_owned(),
                 replicas,
                 ready,
-                state: if state == "running" { "running".into() } else { state.to_owned() },
+                state: state.to_owned(),
                 restarts,
                 listen: tier["listen"].as_str().map(str::to_owned),
                 rate,
