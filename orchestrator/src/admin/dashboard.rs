@@ -30,9 +30,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot, watch};
 
-use super::Shared;
+use super::{Shared, error};
 use crate::logging::ring::{self, Line};
 use crate::runtime::Command;
+use crate::runtime::supervisor::RestartError;
 
 /// Event and log streams open at once.
 pub const MAX_STREAMS: usize = 32;
@@ -115,7 +116,7 @@ pub async fn overview_handler(Extract(shared): Extract<Shared>) -> impl IntoResp
 
 fn busy() -> Response {
     let why = format!("{MAX_STREAMS} streams are open already; close one and try again");
-    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": why }))).into_response()
+    error(StatusCode::SERVICE_UNAVAILABLE, &why)
 }
 
 fn stream_permit(shared: &Shared) -> Option<OwnedSemaphorePermit> {
@@ -184,10 +185,6 @@ pub struct LogsQuery {
     follow: bool,
 }
 
-fn bad_request(why: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": why }))).into_response()
-}
-
 fn logs_query(q: &LogsQuery) -> Result<ring::Query, String> {
     let since = match q.since.as_deref() {
         None | Some("") => None,
@@ -234,7 +231,7 @@ pub async fn logs_handler(
 ) -> Response {
     let query = match logs_query(&q) {
         Ok(query) => query,
-        Err(why) => return bad_request(why),
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
     let ring = ring::global();
@@ -321,24 +318,18 @@ pub async fn restart_handler(Extract(shared): Extract<Shared>, Query(q): Query<R
     let (reply, answer) = oneshot::channel();
     let command = Command::Restart { tier: q.tier.clone(), replica: q.replica, reply };
     if shared.commands.send(command).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": "the orchestrator is shutting down" })),
-        )
-            .into_response();
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is shutting down");
     }
     match tokio::time::timeout(RESTART_WAIT, answer).await {
         Ok(Ok(Ok(restarted))) => Json(serde_json::json!({ "tier": q.tier, "restarted": restarted })).into_response(),
-        Ok(Ok(Err(why))) => {
-            let code = if why.starts_with("no tier") || why.contains("there is no") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::CONFLICT
+        Ok(Ok(Err(e))) => {
+            let code = match e {
+                RestartError::NoSuch(_) => StatusCode::NOT_FOUND,
+                RestartError::Failed(_) => StatusCode::CONFLICT,
             };
-            (code, Json(serde_json::json!({ "tier": q.tier, "error": why }))).into_response()
+            (code, Json(serde_json::json!({ "tier": q.tier, "error": e.to_string() }))).into_response()
         }
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "the restart did not complete" })))
-            .into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "the restart did not complete"),
     }
 }
 
@@ -356,7 +347,7 @@ pub async fn login_handler(Extract(shared): Extract<Shared>, Json(login): Json<L
         return Json(serde_json::json!({ "ok": true, "needed": false })).into_response();
     };
     if !super::same_secret(login.token.trim().as_bytes(), token.as_bytes()) {
-        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": "wrong token" }))).into_response();
+        return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
     let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", login.token.trim());
     let mut resp = Json(serde_json::json!({ "ok": true })).into_response();

@@ -146,14 +146,13 @@ async fn status_handler(Extract(shared): Extract<Shared>, Query(q): Query<Status
         None => Duration::from_secs(10),
         Some(Ok(d)) => d.min(MAX_WAIT),
         Some(Err(e)) => {
-            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": format!("wait: {e}") })))
-                .into_response();
+            return error(StatusCode::BAD_REQUEST, &format!("wait: {e}"));
         }
     };
     if q.min_generation.is_some() || q.min_attempts.is_some() {
         let Ok(_waiting) = shared.waits.clone().try_acquire_owned() else {
             let why = format!("{MAX_WAITS} requests are waiting already; try again");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": why }))).into_response();
+            return error(StatusCode::SERVICE_UNAVAILABLE, &why);
         };
         let mut status = shared.status.clone();
         let reached = |s: &Status| {
@@ -184,8 +183,7 @@ async fn ready_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
 
 async fn reload_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
     let (reply, answer) = oneshot::channel();
-    let unavailable =
-        |why: &str| (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": why }))).into_response();
+    let unavailable = |why: &str| error(StatusCode::SERVICE_UNAVAILABLE, why);
     if shared
         .commands
         .send(Command::Reload { trigger: Trigger::Admin, reply: Some(reply), since: std::time::Instant::now() })
@@ -238,9 +236,14 @@ async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<boo
     let _ = tokio::time::timeout(MAX_WAIT, graceful.shutdown()).await;
 }
 
+/// An answer `{"error": why}` with `code`.
+fn error(code: StatusCode, why: &str) -> Response {
+    (code, Json(serde_json::json!({ "error": why }))).into_response()
+}
+
 /// Refuses what the module's documentation says is refused.
 async fn guard(Extract(access): Extract<Access>, req: Request, next: Next) -> Response {
-    let refuse = |code: StatusCode, why: &str| (code, Json(serde_json::json!({ "error": why }))).into_response();
+    let refuse = error;
     let path = req.uri().path();
     // The page itself holds no data: it loads, and asks for the token.
     let open = matches!(path, "/admin/health" | "/admin/ready" | "/admin/login" | "/") || path.starts_with("/assets/");

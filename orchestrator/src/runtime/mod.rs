@@ -83,7 +83,7 @@ pub enum Command {
     Reload { trigger: Trigger, reply: Option<oneshot::Sender<ReloadRecord>>, since: std::time::Instant },
     /// Restart a tier's replicas (all, or one) one at a time; answer with
     /// those restarted, or why it stopped.
-    Restart { tier: String, replica: Option<u32>, reply: oneshot::Sender<Result<Vec<u32>, String>> },
+    Restart { tier: String, replica: Option<u32>, reply: oneshot::Sender<Result<Vec<u32>, supervisor::RestartError>> },
 }
 
 /// Runs `topology` until SIGINT or SIGTERM, reloading on SIGHUP, on

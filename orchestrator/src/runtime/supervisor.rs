@@ -59,6 +59,17 @@ struct Prepared {
     bound: HashMap<TierId, Bound>,
 }
 
+/// Why a restart did not restart every replica asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// No such tier or replica here: nothing was done.
+    #[error("{0}")]
+    NoSuch(String),
+    /// A new replica did not start or become ready: the restart stopped there.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// The running topology.
 pub struct Supervisor {
     registry: Arc<Registry>,
@@ -598,23 +609,26 @@ impl Supervisor {
     /// it takes the old one's place, and the old one drains. If a new one
     /// cannot start, the restart stops there and the old ones left keep
     /// serving. Returns the replicas restarted.
-    pub async fn restart(&mut self, name: &str, replica: Option<u32>) -> Result<Vec<u32>, String> {
+    pub async fn restart(&mut self, name: &str, replica: Option<u32>) -> Result<Vec<u32>, RestartError> {
         let Some((id, tier)) = self.tiers.iter().find(|(id, _)| id.as_str() == name) else {
             let names: Vec<&str> = self.tiers.keys().map(TierId::as_str).collect();
-            return Err(format!("no tier `{name}` runs here; its tiers are: {}", names.join(", ")));
+            return Err(RestartError::NoSuch(format!(
+                "no tier `{name}` runs here; its tiers are: {}",
+                names.join(", ")
+            )));
         };
         if tier.spec.plugin == topology::PEER_PLUGIN {
-            return Err(format!("tier `{name}` runs on another host: restart it there"));
+            return Err(RestartError::NoSuch(format!("tier `{name}` runs on another host: restart it there")));
         }
         let id = id.clone();
         let count = tier.instances.len() as u32;
         let replicas: Vec<u32> = match replica {
             Some(r) if r < count => vec![r],
             Some(r) => {
-                return Err(format!(
+                return Err(RestartError::NoSuch(format!(
                     "tier `{name}` has {count} replica(s): 0 to {}; there is no {r}",
                     count.saturating_sub(1)
-                ));
+                )));
             }
             None => (0..count).collect(),
         };
@@ -636,7 +650,7 @@ impl Supervisor {
                     self.publish();
                     let done =
                         if restarted.is_empty() { String::new() } else { format!(" (restarted: {restarted:?})") };
-                    return Err(format!("{e}{done}"));
+                    return Err(RestartError::Failed(format!("{e}{done}")));
                 }
             };
             let Some(tier) = self.tiers.get_mut(&id) else { break };
