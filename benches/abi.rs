@@ -22,7 +22,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use orchestrator::links::{Endpoint, LinkTable, Route};
 use orchestrator::plugins::{BorrowedRequest, HostCtx, Instance, Registry};
-use orchestrator::runtime::workers::Workers;
+use orchestrator::serve::workers::Workers;
 use orchestrator::topology::{LinkKind, LinkSpec, QueueMode, TierId};
 use plugin_api::abi::encode_headers;
 use plugin_api::{Plugin, Request};

@@ -8,16 +8,20 @@
 //!   loader (permission checks, a sealed in-memory snapshot of each library,
 //!   a probe in a child process, then the ABI checks), and the host services
 //!   plugins call (all the host's `unsafe` lives here);
+//! - [`serve`] — the serving substrate: the worker threads that serve
+//!   connections (one single-threaded runtime each; a connection stays on
+//!   one) within one connection budget (`admission`), per-worker timers,
+//!   drain, and HTTP listeners (HTTP/1.1, h2c, or both) that hand requests
+//!   to a handler without knowing what it routes to;
 //! - [`links`] — outbound link tables, endpoints of ready replicas, round-robin
 //!   balancing, timeouts and retries, and the local listeners that let
-//!   programs outside the process call a link;
+//!   programs outside the process call a link (on `serve`);
 //! - [`runtime`] — the supervisor that owns running tiers and applies each
-//!   topology as a plan (prepare, commit, drain), tier HTTP listeners and the
-//!   worker threads that serve their connections (one single-threaded runtime
-//!   each; a connection stays on one) within one connection budget
-//!   (`admission`), status snapshots, the state files by which the CLI finds
-//!   a running orchestrator (`running`), and the run loop: signals, reloads,
-//!   graceful shutdown;
+//!   topology as a plan (prepare, commit, drain), the handlers of tier
+//!   listeners and of the peer listener (on `links` and `serve`), status
+//!   snapshots, the state files by which the CLI finds a running
+//!   orchestrator (`running`), and the run loop: signals, reloads, graceful
+//!   shutdown;
 //! - [`logging`] — the log formats: text, or JSON lines (`--log-format json`),
 //!   and the ring of recent lines per tier and replica that the dashboard
 //!   and `orchestrator logs` read;
@@ -53,5 +57,6 @@ pub mod metrics;
 pub mod plugins;
 pub mod reload;
 pub mod runtime;
+pub mod serve;
 pub mod topology;
 pub mod traces;

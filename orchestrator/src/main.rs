@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use orchestrator::plugins::Registry;
-use orchestrator::runtime::workers::{PINNING_SHARED, WorkerThreads};
 use orchestrator::runtime::{self, RunOptions};
+use orchestrator::serve::workers::{PINNING_SHARED, WorkerThreads};
 use orchestrator::topology::{self, graph};
 
 const EXIT_RUNTIME: u8 = 1;

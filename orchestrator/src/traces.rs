@@ -188,8 +188,10 @@ pub fn start(options: &TraceOptions) -> Result<(), String> {
             match exporter.export(std::mem::take(&mut batch)).await {
                 Ok(()) => COUNTS.exported.fetch_add(n, Ordering::Relaxed),
                 Err(e) => {
+                    // Counted before it is said: a reader of the line finds the count.
+                    let before = COUNTS.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
                     tracing::debug!(error = %e, spans = n, "Exporting spans failed; they are dropped.");
-                    COUNTS.dropped_export_failed.fetch_add(n, Ordering::Relaxed)
+                    before
                 }
             };
         }

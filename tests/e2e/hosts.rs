@@ -336,6 +336,24 @@ fn three_hosts_serve_one_topology_and_calls_spread_over_the_hosts_that_run_a_tie
     let (code, body) = get(&network.ns("h1"), h2_peer, "/whoami", Some(TOKEN));
     assert_eq!(code, 404, "`web` runs on h1 only: {body}");
     assert!(body.contains("tier `web` does not run on this host"), "{body}");
+    // It speaks cleartext HTTP/2 too (RPC calls cross hosts that way), under the same rules.
+    let h2c = |token: Option<&'static str>| {
+        in_ns(&network.ns("h1"), async move || {
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+            let mut req = hyper::Request::builder().uri(format!("http://{h2_peer}/_orch/peer/ready"));
+            req = req.header("orch-peer-tier", "pricing");
+            if let Some(token) = token {
+                req = req.header("authorization", format!("Bearer {token}"));
+            }
+            let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+            let resp = tokio::time::timeout(DEADLINE, client.request(req)).await.expect("in time").expect("sent");
+            (resp.version(), resp.status().as_u16())
+        })
+    };
+    assert_eq!(h2c(None), (hyper::Version::HTTP_2, 401));
+    assert_eq!(h2c(Some(TOKEN)), (hyper::Version::HTTP_2, 200));
 }
 
 #[test]
@@ -649,18 +667,31 @@ name: programs
     plugin: gateway
     host: h1
     listen: 127.0.0.1:18080
-    config: {{ routes: [{{ path: /front, link: front, strip_prefix: true }}, {{ path: /caller, link: caller, strip_prefix: true }}] }}
+    config:
+      routes:
+        - {{ path: /front, link: front, strip_prefix: true }}
+        - {{ path: /caller, link: caller, strip_prefix: true }}
+        - {{ path: /grpc, link: grpc, strip_prefix: true }}
   front: {{ plugin: testkit, host: h1 }}
   where: {{ plugin: process, host: h2, config: {{ command: [python3, where.py] }} }}
   caller: {{ plugin: process, host: h1, config: {{ command: [python3, caller.py] }} }}
   back: {{ plugin: testkit, host: h3 }}
+  grpc:
+    plugin: process
+    host: h1
+    config: {{ command: [{python}, {grpc}/caller.py], readiness: {{ http: /healthz }} }}
+  pricing: {{ plugin: pricing, host: [h2, h3] }}
 links:
   - {{ from: web, to: front, kind: rest }}
   - {{ from: web, to: caller, kind: rest }}
+  - {{ from: web, to: grpc, kind: rest }}
   - {{ from: front, to: where, kind: rest }}
   - {{ from: caller, to: back, kind: rest }}
+  - {{ from: grpc, to: pricing, kind: rpc }}
 "#,
         hosts = network.hosts_yaml(),
+        python = integration_tests::venv_python().display(),
+        grpc = integration_tests::repo_root().join("examples/python/grpc").display(),
     ));
     let dir = topology.dir.path();
     std::fs::write(dir.join("where.py"), integration_tests::python_server("import json", WHERE)).unwrap();
@@ -685,6 +716,18 @@ links:
     let (code, body) = get(&network.ns("h1"), web, "/caller/", None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["value"], "h3", "{body}");
+    // A grpcio client on h1, on one channel: its calls spread over h2 and h3,
+    // call by call (they cross hosts as streams of one HTTP/2 connection each).
+    hosts[0].wait_status("pricing reachable on both", |s| {
+        let t = integration_tests::tier(s, "pricing");
+        t["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["ready"] == true))
+    });
+    let spread = "/grpc/spread?link=pricing&method=pricing.Pricing/Quote&message=%7B%22item%22%3A%22gizmo%22%7D&n=200";
+    let (code, body) = get(&network.ns("h1"), web, spread, None);
+    assert_eq!(code, 200, "{body}");
+    let spread: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(spread["errors"], 0, "{spread}");
+    assert_eq!(spread["replicas"], serde_json::json!({ "h2/0": 100, "h3/0": 100 }), "{spread}");
 }
 
 #[test]

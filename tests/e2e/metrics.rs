@@ -335,6 +335,14 @@ links:
     orch.wait_for_line("dead-lettered");
     let (code, _) = orch.get(web, "/received/sub?min=7&wait_ms=10000").await;
     assert_eq!(code, 200);
+    // The last delivery is counted once the broker has its answer: when
+    // none is in flight any more.
+    orch.wait_overview(|o| {
+        let q = integration_tests::tier(&o["status"], "q");
+        let topic = &q["instances"][0]["detail"]["topics"]["jobs"];
+        topic["delivered"] == 5 && topic["dead_lettered"] == 1 && topic["in_flight"] == 0
+    })
+    .await;
     let text = scrape(&orch).await;
     let topic = [("tier", "q"), ("topic", "jobs")];
     let sub = [("tier", "q"), ("topic", "jobs"), ("subscriber", "sub")];

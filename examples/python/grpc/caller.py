@@ -10,6 +10,7 @@ Messages are bytes: no generated code is needed.
       (md-* parameters are sent as call metadata)
   GET /spread?link=pricing&method=...&message=...&n=300
       -> {"replicas": {"0": 100, ...}, "errors": 0}: n calls on ONE channel
+         (keys `host/replica` when the answers name their host)
   GET /healthz
 """
 
@@ -60,7 +61,11 @@ class Handler(BaseHTTPRequestHandler):
                 if result["code"] != "OK":
                     errors += 1
                     continue
-                replica = str(json.loads(result["reply"]).get("replica"))
+                reply = json.loads(result["reply"])
+                # On several hosts, a replica is a host's: `h2/0`.
+                replica = str(reply.get("replica"))
+                if "host" in reply:
+                    replica = f"{reply['host']}/{replica}"
                 replicas[replica] = replicas.get(replica, 0) + 1
             return self.answer(200, {"replicas": replicas, "errors": errors})
         self.answer(404, {"error": f"no route for {url.path}"})

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::metrics::read::{self, HistogramSnapshot};
 use crate::runtime::Status;
-use crate::runtime::workers::WorkerReport;
+use crate::serve::workers::WorkerReport;
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -46,10 +46,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::admission::{Admission, RateLimited};
 use crate::runtime::status::{State, Trigger};
-use crate::runtime::workers::Workers;
 use crate::runtime::{Command, Status};
+use crate::serve::admission::{Admission, RateLimited};
+use crate::serve::workers::Workers;
 
 /// How long a request's head may take to arrive.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

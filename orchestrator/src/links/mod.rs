@@ -7,6 +7,7 @@
 
 pub mod balance;
 pub mod http;
+pub mod inbound;
 pub mod rpc;
 mod traced;
 
@@ -24,8 +25,9 @@ use plugin_api::{LinkError, LinkErrorKind};
 
 use crate::metrics::{self, LinkKey, LinkMetrics};
 use crate::plugins::{BorrowedRequest, Instance, InstanceCall, Panicked};
-use crate::runtime::timeouts::Deadline;
-use crate::runtime::workers::Workers;
+use crate::serve::listener::{Bound, Listener, Protocol};
+use crate::serve::timeouts::Deadline;
+use crate::serve::workers::Workers;
 use crate::topology::{LinkKind, LinkSpec, QueueRole};
 
 /// One outbound link of a tier.
@@ -97,12 +99,12 @@ pub struct LinkTable {
 #[derive(Debug)]
 struct Proxy {
     url: String,
-    task: tokio::task::JoinHandle<()>,
+    listener: Listener,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.listener.abort();
     }
 }
 
@@ -122,20 +124,22 @@ impl LinkTable {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let (task, url) = match kind {
+        let bound = Bound::from_listener(tokio::net::TcpListener::from_std(listener)?)?;
+        let (table, name_) = (Arc::downgrade(self), Arc::<str>::from(name));
+        let span = tracing::info_span!("link", link = %name);
+        let (listener, url) = match kind {
             LinkKind::Rpc => {
-                (rpc::serve_link(listener, Arc::downgrade(self), name.to_owned()), format!("h2c://{addr}"))
+                let handler = rpc::RpcHandler { table, name: name_ };
+                (bound.serve(handler, Protocol::Http2, 0, &self.workers, span), format!("h2c://{addr}"))
             }
             _ => {
-                let workers = self.workers.clone();
-                let task =
-                    crate::runtime::listener::serve_link(listener, Arc::downgrade(self), name.to_owned(), workers);
-                (task, format!("http://{addr}"))
+                let handler = inbound::LinkHandler { table, name: name_ };
+                let max = inbound::LINK_MAX_BODY;
+                (bound.serve(handler, Protocol::Http1, max, &self.workers, span), format!("http://{addr}"))
             }
         };
         tracing::debug!(link = name, %url, "Link listener open.");
-        proxies.insert(name.to_owned(), Proxy { url: url.clone(), task });
+        proxies.insert(name.to_owned(), Proxy { url: url.clone(), listener });
         Ok(Some(url))
     }
 

@@ -8,26 +8,22 @@
 //! replicas — and answers with the message framed and the status in trailers.
 
 use std::convert::Infallible;
-use std::sync::Weak;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use plugin_api::abi::{NO_ANSWER, NOT_DELIVERED, encode_headers};
 use plugin_api::rpc::{CONTENT_TYPE, Code, Status, frame, unframe};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tracing::Instrument as _;
 
 use super::LinkTable;
 use crate::plugins::BorrowedRequest;
+use crate::serve::listener::Handler;
 
-/// Largest message a link listener accepts.
+/// Largest message a link listener accepts (its HTTP/2 streams are bounded
+/// too: [`crate::serve::listener::MAX_STREAMS`]).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -52,58 +48,41 @@ fn trailers_only(status: &Status) -> hyper::Response<Body> {
     resp
 }
 
-/// Serves RPC link `name` of `table` as gRPC on `listener`, until the table goes away.
-pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String) -> JoinHandle<()> {
-    let span = tracing::info_span!("link", link = %name);
-    tokio::spawn(
-        async move {
-            loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Accepting a connection failed.");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let (table, name) = (table.clone(), name.clone());
-                let service = service_fn(move |req| handle(req, table.clone(), name.clone()));
-                tokio::spawn(
-                    async move {
-                        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(e) = served {
-                            tracing::debug!(error = %e, "gRPC connection closed with an error.");
-                        }
-                    }
-                    .in_current_span(),
-                );
-            }
-        }
-        .instrument(span),
-    )
+/// A program's gRPC listener for RPC link `name` of its tier's, while the
+/// link table lives.
+#[derive(Clone)]
+pub struct RpcHandler {
+    pub table: Weak<LinkTable>,
+    pub name: Arc<str>,
 }
 
-async fn handle(
-    req: hyper::Request<Incoming>,
-    table: Weak<LinkTable>,
-    name: String,
-) -> Result<hyper::Response<Body>, Infallible> {
+impl Handler for RpcHandler {
+    type Body = Body;
+
+    fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        _max_body: u64,
+        _client: &HeaderValue,
+    ) -> impl Future<Output = hyper::Response<Body>> + Send + use<> {
+        handle(req, self.table.clone(), self.name.clone())
+    }
+}
+
+async fn handle(req: hyper::Request<Incoming>, table: Weak<LinkTable>, name: Arc<str>) -> hyper::Response<Body> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_MESSAGE + 5).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return Ok(trailers_only(&Status::new(Code::ResourceExhausted, format!("cannot read the call: {e}"))));
+            return trailers_only(&Status::new(Code::ResourceExhausted, format!("cannot read the call: {e}")));
         }
     };
     let message = match unframe(&body) {
         Ok(m) => m,
-        Err(status) => return Ok(trailers_only(&status)),
+        Err(status) => return trailers_only(&status),
     };
     let Some(route) = table.upgrade().and_then(|t| t.get(&name)) else {
-        return Ok(trailers_only(&Status::new(Code::Unavailable, format!("link `{name}` no longer exists"))));
+        return trailers_only(&Status::new(Code::Unavailable, format!("link `{name}` no longer exists")));
     };
     // Metadata passes through as headers; the message goes bare.
     let mut headers = Vec::with_capacity(256);
@@ -117,16 +96,16 @@ async fn handle(
     );
     let call = super::call(&route, &BorrowedRequest::new(b"POST", parts.uri.path().as_bytes(), &headers, message));
     let answer = match call.await {
-        Err(e) => return Ok(trailers_only(&Status::from(e))),
+        Err(e) => return trailers_only(&Status::from(e)),
         Ok(raw) if raw.status == NO_ANSWER || raw.status == NOT_DELIVERED => {
             let why = String::from_utf8_lossy(raw.body.as_bytes()).into_owned();
-            return Ok(trailers_only(&Status::new(Code::Unavailable, why)));
+            return trailers_only(&Status::new(Code::Unavailable, why));
         }
         Ok(raw) => plugin_api::Response::from_raw(raw),
     };
     let status = answer.rpc_status();
     if status.code != Code::Ok {
-        return Ok(trailers_only(&status));
+        return trailers_only(&status);
     }
     let mut trailers = HeaderMap::new();
     status_headers(&status, &mut trailers);
@@ -144,5 +123,5 @@ async fn handle(
         }
     }
     grpc_headers(resp.headers_mut());
-    Ok(resp)
+    resp
 }

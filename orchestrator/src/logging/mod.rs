@@ -59,7 +59,7 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut line = Map::new();
-        line.insert("timestamp".into(), crate::runtime::status::timestamp(std::time::SystemTime::now()).into());
+        line.insert("timestamp".into(), timestamp(std::time::SystemTime::now()).into());
         line.insert("level".into(), event.metadata().level().as_str().into());
         line.insert("target".into(), event.metadata().target().into());
         // The spans' fields, outermost first, so that inner ones win.
@@ -76,6 +76,11 @@ where
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
+}
+
+/// RFC 3339 time, to the millisecond.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]

@@ -168,16 +168,8 @@ impl Ring {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.next_seq += 1;
         let seq = inner.next_seq;
-        let line = Arc::new(Line {
-            seq,
-            time: crate::runtime::status::timestamp(at),
-            at,
-            tier: tier.clone(),
-            replica,
-            level,
-            stream,
-            message,
-        });
+        let line =
+            Arc::new(Line { seq, time: super::timestamp(at), at, tier: tier.clone(), replica, level, stream, message });
         let source = Source { tier, replica };
         if !inner.sources.contains_key(&source) && inner.sources.len() >= limits.sources {
             let quietest = inner.sources.iter().min_by_key(|(_, k)| k.last).map(|(s, _)| s.clone());

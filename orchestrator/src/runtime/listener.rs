@@ -1,107 +1,54 @@
-//! HTTP listeners for tiers with a `listen` address: every request goes to one
-//! of the tier's replicas, round robin.
+//! The handlers of the listeners a topology opens: a tier's `listen`
+//! address, where every request goes to one of the tier's replicas, round
+//! robin (through the gateway's routes when the tier is one); and the peer
+//! listener, where other hosts reach the tiers that run on this one.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
-use std::future::Future as _;
-use std::pin::Pin;
-use std::task::Poll;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, StatusCode, Uri, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use plugin_api::abi::{RawResponse, encode_headers};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::Instrument as _;
+use plugin_api::abi::encode_headers;
 
-use futures_util::future::Either;
-
-use crate::links::http::HttpRequest;
-use crate::links::{self, Endpoint, LinkTable};
+use crate::links::inbound::{encoded_headers, forward, into_hyper, is_own, link_request};
+use crate::links::{self, Endpoint};
 use crate::metrics::{self, ListenerMetrics, Rejected, RequestRecord};
 use crate::plugins::{BorrowedRequest, Instance};
-use crate::runtime::admission::{Admitted, RateLimited};
-use crate::runtime::drain::{Drain, Entered};
-use crate::runtime::gate::WakeGated;
-use crate::runtime::timeouts::{self, Deadline};
-use crate::runtime::workers::Workers;
+use crate::serve::gate::WakeGated;
+use crate::serve::listener::{Bound, Handler, Listener, Protocol, Response, json_error, normalize, read_body};
+use crate::serve::workers::Workers;
 
-type Response = hyper::Response<Full<Bytes>>;
-
-/// An address bound but not yet served: what a reload prepares before it
-/// commits, so that a bind failure changes nothing.
-#[derive(Debug)]
-pub struct Bound {
-    listener: TcpListener,
-    pub addr: SocketAddr,
+/// Starts serving tier `endpoint` on `bound`: each request goes to one of its
+/// replicas. Connections are served on `workers`.
+pub fn serve_tier(bound: Bound, endpoint: Arc<Endpoint>, max_body: u64, workers: &Workers) -> Listener {
+    let span = tracing::info_span!("listener", tier = %endpoint.tier, addr = %bound.addr);
+    let metrics = metrics::registry().listener(endpoint.tier.as_str());
+    bound.serve(TierHandler { endpoint, metrics }, Protocol::Http1, max_body, workers, span)
 }
 
-impl Bound {
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
-    }
-
-    /// Starts serving `endpoint`: each request goes to one of its replicas.
-    /// Connections are served on `workers`.
-    pub fn serve(self, endpoint: Arc<Endpoint>, max_body: u64, workers: &Workers) -> Listener {
-        let (stop, stop_rx) = watch::channel(false);
-        let max_body = Arc::new(AtomicU64::new(max_body));
-        let span = tracing::info_span!("listener", tier = %endpoint.tier, addr = %self.addr);
-        let metrics = metrics::registry().listener(endpoint.tier.as_str());
-        let serving = serve(self.listener, Target::Tier(endpoint, metrics), max_body.clone(), stop_rx, workers.clone());
-        let task = tokio::spawn(serving.instrument(span));
-        Listener { addr: self.addr, max_body, stop, task }
-    }
-}
-
-/// A listener and the task serving it. The listener and every connection
-/// outlive reloads of the tier behind it: only the replicas it routes to change.
-#[derive(Debug)]
-pub struct Listener {
-    pub addr: SocketAddr,
-    max_body: Arc<AtomicU64>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Listener {
-    /// Changes the request body limit for requests from now on.
-    pub fn set_max_body(&self, max_body: u64) {
-        self.max_body.store(max_body, Ordering::Relaxed);
-    }
-
-    /// Stops accepting, lets in-flight requests finish (at most `drain`), and
-    /// closes the connections.
-    pub async fn stop(self, drain: Duration) {
-        let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(drain + Duration::from_secs(1), &mut task).await.is_err() {
-            tracing::warn!(addr = %self.addr, "Drain timeout: closing the remaining connections.");
-            task.abort();
-        }
-    }
-}
-
-/// What a listener routes to.
+/// A tier's listener: its replicas, and the listener's metrics.
 #[derive(Clone)]
-enum Target {
-    /// A tier's replicas (a tier's `listen` address), and its listener's metrics.
-    Tier(Arc<Endpoint>, Arc<ListenerMetrics>),
-    /// A tier's outbound link, by name (a process tier's `ORCH_LINK_<NAME>_URL`).
-    Link(Weak<LinkTable>, Arc<str>),
-    /// The tiers that run here, for other hosts (the peer listener).
-    Peer(Arc<PeerInbound>),
+struct TierHandler {
+    endpoint: Arc<Endpoint>,
+    metrics: Arc<ListenerMetrics>,
+}
+
+impl Handler for TierHandler {
+    type Body = Full<Bytes>;
+
+    fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        max_body: u64,
+        client: &HeaderValue,
+    ) -> impl Future<Output = Response> + Send + use<> {
+        recorded(self.metrics.start(), req, self.endpoint.clone(), max_body, client.clone())
+    }
+
+    fn metrics(&self) -> Option<&Arc<ListenerMetrics>> {
+        Some(&self.metrics)
+    }
 }
 
 /// What the peer listener serves: the tiers that run here, to the hosts
@@ -112,149 +59,27 @@ pub struct PeerInbound {
     pub tiers: Arc<arc_swap::ArcSwap<std::collections::HashMap<String, Arc<Endpoint>>>>,
 }
 
-/// Serves the peer listener on `listener` until `stop` is set.
-pub fn serve_peer(self_: Bound, inbound: PeerInbound, workers: &Workers) -> Listener {
-    let (stop, stop_rx) = watch::channel(false);
-    let max_body = Arc::new(AtomicU64::new(LINK_MAX_BODY));
-    let span = tracing::info_span!("peer", addr = %self_.addr);
-    let serving = serve(self_.listener, Target::Peer(Arc::new(inbound)), max_body.clone(), stop_rx, workers.clone());
-    let task = tokio::spawn(serving.instrument(span));
-    Listener { addr: self_.addr, max_body, stop, task }
+#[derive(Clone)]
+struct PeerHandler(Arc<PeerInbound>);
+
+impl Handler for PeerHandler {
+    type Body = Full<Bytes>;
+
+    fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        max_body: u64,
+        _client: &HeaderValue,
+    ) -> impl Future<Output = Response> + Send + use<> {
+        handle_peer(req, self.0.clone(), max_body)
+    }
 }
 
-/// Serves link `name` of `table` on `listener`, until the table goes away.
-pub fn serve_link(listener: TcpListener, table: Weak<LinkTable>, name: String, workers: Workers) -> JoinHandle<()> {
-    let (_stop, stop_rx) = watch::channel(false);
-    let span = tracing::info_span!("link", link = %name);
-    let target = Target::Link(table, Arc::from(name));
-    tokio::spawn(
-        async move {
-            // The sender lives in this task: the listener stops when it is aborted.
-            let _stop = _stop;
-            serve(listener, target, Arc::new(AtomicU64::new(LINK_MAX_BODY)), stop_rx, workers).await;
-        }
-        .instrument(span),
-    )
-}
-
-/// Largest request body a link listener accepts.
-const LINK_MAX_BODY: u64 = 64 * 1024 * 1024;
-
-async fn serve(
-    listener: TcpListener,
-    target: Target,
-    max_body: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-    workers: Workers,
-) {
-    let drain = Drain::new();
-    let accept_warnings = RateLimited::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(timeouts::HyperTimer).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
-    // An answer's head and body in one buffer, one write: for the small
-    // messages most are, one buffer costs the kernel less than a vectored
-    // write of two, and copying the body into it costs little. (With the
-    // process plugin's requests written the same way: about 0.7 µs of CPU
-    // less per proxied request here, the program's side included.)
-    http.writev(false);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Over the budget: closed at once, before it costs more.
-                    let Some(admitted) = workers.admission().admit() else {
-                        if let Target::Tier(_, metrics) = &target {
-                            metrics.rejected(Rejected::ConnectionLimit);
-                        }
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    // Handed over as a plain socket: the worker registers it with its own runtime.
-                    let stream = match stream.into_std() {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Handing a connection to a worker failed.");
-                            continue;
-                        }
-                    };
-                    let (target, max_body, http) = (target.clone(), max_body.clone(), http.clone());
-                    let entered = drain.enter();
-                    let span = tracing::Span::current();
-                    let conn = Conn { peer, entered, _admitted: admitted };
-                    workers.spawn_connection(move || serve_connection(stream, target, max_body, http, conn, span));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead
-                    // of spinning, and say so now and then, not every time.
-                    if let Some(suppressed) = accept_warnings.ready() {
-                        tracing::warn!(error = %e, failed_since_last_warning = suppressed + 1, "Accepting a connection failed.");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    tracing::info!("Stopped accepting; draining connections.");
-    // The caller bounds how long this may take.
-    drain.shutdown().await;
-}
-
-/// What a connection holds while it is open.
-struct Conn {
-    peer: SocketAddr,
-    entered: Entered,
-    _admitted: Admitted,
-}
-
-/// Serves one connection, on the worker that runs this. The listener's span
-/// is the parent of what is logged, but is not entered on every poll: that
-/// would cost more than the rest of a small request's bookkeeping.
-async fn serve_connection(
-    stream: std::net::TcpStream,
-    target: Target,
-    max_body: Arc<AtomicU64>,
-    http: hyper::server::conn::http1::Builder,
-    conn: Conn,
-    span: tracing::Span,
-) {
-    let Conn { peer, entered, _admitted } = conn;
-    let client = client_value(peer);
-    let stream = match tokio::net::TcpStream::from_std(stream) {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!(parent: &span, error = %e, "A worker could not take a connection."),
-    };
-    let metrics = match &target {
-        Target::Tier(_, metrics) => Some(metrics.clone()),
-        Target::Link(..) | Target::Peer(_) => None,
-    };
-    if let Some(m) = &metrics {
-        m.connection(true);
-    }
-    let service = service_fn(move |req| {
-        let limit = max_body.load(Ordering::Relaxed);
-        match &target {
-            Target::Tier(endpoint, metrics) => {
-                Either::Left(recorded(metrics.start(), req, endpoint.clone(), limit, client.clone()))
-            }
-            Target::Link(table, name) => {
-                Either::Right(Either::Left(handle_link(req, table.clone(), name.clone(), limit)))
-            }
-            Target::Peer(inbound) => Either::Right(Either::Right(Box::pin(handle_peer(req, inbound.clone(), limit)))),
-        }
-    });
-    if let Err(e) = entered.watch(http.serve_connection(TokioIo::new(stream), service)).await {
-        if let Some(m) = &metrics
-            && e.is_timeout()
-        {
-            m.rejected(Rejected::HeaderTimeout);
-        }
-        tracing::debug!(parent: &span, error = %e, "Connection closed with an error.");
-    }
-    if let Some(m) = &metrics {
-        m.connection(false);
-    }
+/// Serves the peer listener on `bound`, in HTTP/1.1 or HTTP/2 as each
+/// peer opens with.
+pub fn serve_peer(bound: Bound, inbound: PeerInbound, workers: &Workers) -> Listener {
+    let span = tracing::info_span!("peer", addr = %bound.addr);
+    bound.serve(PeerHandler(Arc::new(inbound)), Protocol::Any, links::inbound::LINK_MAX_BODY, workers, span)
 }
 
 /// The span of a request tier `tier`'s listener serves, child of the trace
@@ -287,7 +112,7 @@ async fn recorded(
     endpoint: Arc<Endpoint>,
     max_body: u64,
     client: HeaderValue,
-) -> Result<Response, Infallible> {
+) -> Response {
     let resp = match crate::traces::enabled().then(|| server_span(&endpoint.tier, &mut req)).flatten() {
         None => handle(req, endpoint, max_body, client, &mut record).await,
         Some(mut span) => {
@@ -307,139 +132,7 @@ async fn recorded(
         let bytes_out = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
         record.finish(resp.status().as_u16(), bytes_out);
     }
-    Ok(resp)
-}
-
-fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-/// How long a request's body may take to arrive, from when its head did.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The request's body, within `max_body` and [`BODY_TIMEOUT`], or the error
-/// response.
-///
-/// A body that comes in one piece is kept as it came. One in many pieces is
-/// copied into one buffer as it arrives: each piece hyper hands over holds on
-/// to the whole read buffer it was cut from, so keeping thousands of
-/// one-byte pieces would hold megabytes. What is kept grows with what was
-/// received, never with what a `content-length` announced.
-async fn read_body(mut body: Incoming, max_body: u64) -> Result<Bytes, Response> {
-    use hyper::body::Body as _;
-    let due = tokio::time::Instant::now() + BODY_TIMEOUT;
-    let mut timer: Option<Deadline> = None;
-    let (mut first, mut joined): (Option<Bytes>, Option<BytesMut>) = (None, None);
-    let mut total = 0u64;
-    loop {
-        let next = std::future::poll_fn(|cx| {
-            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                return Poll::Ready(Some(frame));
-            }
-            // Armed only once the body keeps us waiting.
-            Pin::new(timer.get_or_insert_with(|| Deadline::at(due))).poll(cx).map(|()| None)
-        })
-        .await;
-        let frame = match next {
-            None => {
-                return Err(json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!("the request body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
-                ));
-            }
-            Some(None) => break,
-            Some(Some(Err(e))) => {
-                return Err(json_error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")));
-            }
-            Some(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else { continue };
-        total += data.len() as u64;
-        if total > max_body {
-            return Err(json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than this tier's limit of {max_body} bytes"),
-            ));
-        }
-        match (&mut joined, first.take()) {
-            (Some(buf), _) => buf.extend_from_slice(&data),
-            (None, None) => first = Some(data),
-            (None, Some(before)) => {
-                let mut buf = BytesMut::with_capacity(before.len() + data.len());
-                buf.extend_from_slice(&before);
-                buf.extend_from_slice(&data);
-                joined = Some(buf);
-            }
-        }
-    }
-    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
-}
-
-/// `path` with its dot segments (`.`, `..`, and `%2e` spelt ones) removed as
-/// RFC 3986 §5.2.4 says, so that what is routed is what a program will
-/// resolve (Envoy's `normalize_path`); `None` when unchanged. A path with an
-/// encoded `/` or `\\` is refused: tiers disagree on what it means.
-pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
-    if !path.contains("/.") && !path.contains('%') {
-        return Ok(None);
-    }
-    let mut decoded = String::with_capacity(path.len());
-    let mut rest = path;
-    while let Some(at) = rest.find('%') {
-        decoded.push_str(&rest[..at]);
-        let escape = rest.get(at..at + 3).unwrap_or(&rest[at..]);
-        match escape.to_ascii_lowercase().as_str() {
-            "%2e" => decoded.push('.'),
-            "%2f" | "%5c" => return Err("the path has an encoded `/` or `\\`"),
-            _ => decoded.push_str(escape),
-        }
-        rest = &rest[at + escape.len()..];
-    }
-    decoded.push_str(rest);
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, segment) in segments.iter().enumerate() {
-        match *segment {
-            "." | ".." => {
-                if *segment == ".." {
-                    out.pop();
-                }
-                // A dot segment at the end leaves a directory: `/a/b/..` is `/a/`.
-                if i == last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let normal = format!("/{}", out.join("/"));
-    Ok((normal != path).then_some(normal))
-}
-
-/// Normalizes the request's path ([`normalize_path`]); the 400 that
-/// refuses it, if it is refused.
-fn normalize(parts: &mut http::request::Parts) -> Option<Response> {
-    let path = match normalize_path(parts.uri.path()) {
-        Ok(None) => return None,
-        Ok(Some(path)) => path,
-        Err(why) => return Some(json_error(StatusCode::BAD_REQUEST, why)),
-    };
-    let uri = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    match uri.parse() {
-        Ok(uri) => {
-            parts.uri = uri;
-            None
-        }
-        Err(_) => Some(json_error(StatusCode::BAD_REQUEST, "the path is not a valid URI")),
-    }
 }
 
 /// A plugin's copy of the headers, with the `X-Forwarded-*` a reverse proxy
@@ -447,57 +140,6 @@ fn normalize(parts: &mut http::request::Parts) -> Option<Response> {
 /// orchestrator's own (see [`encoded_headers`]).
 fn encoded_headers_forwarded(headers: &http::HeaderMap, client: &HeaderValue) -> Vec<u8> {
     links::http::wire_headers_with(headers, Some(client), is_own)
-}
-
-/// The client's address as an `X-Forwarded-For` entry.
-fn client_value(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.ip().to_canonical().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// The request's headers for a handler. Headers named `orch-…` are the
-/// orchestrator's own (a queue delivery's id and attempt): a request from
-/// outside cannot pass for a delivery, so they are dropped.
-fn encoded_headers(headers: &http::HeaderMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let theirs = headers.iter().filter(|(n, _)| !is_own(n));
-    encode_headers(theirs.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())), &mut out);
-    out
-}
-
-fn is_own(name: &http::HeaderName) -> bool {
-    name.as_str().starts_with("orch-")
-}
-
-/// `req` as a link takes it ([`links::http::forward`]): the orchestrator's
-/// own headers dropped (see [`encoded_headers`]), and its URI `uri` (a path
-/// and query), or the request's own in origin form.
-fn link_request(parts: http::request::Parts, body: Bytes, uri: Option<Uri>) -> HttpRequest {
-    let mut headers = parts.headers;
-    if headers.keys().any(is_own) {
-        let own: Vec<_> = headers.keys().filter(|n| is_own(n)).cloned().collect();
-        for name in own {
-            headers.remove(name);
-        }
-    }
-    let uri = match uri {
-        Some(uri) => uri,
-        None if parts.uri.scheme().is_none() => parts.uri,
-        None => parts.uri.path_and_query().cloned().map_or(Uri::from_static("/"), Uri::from),
-    };
-    let mut req = http::Request::new(body);
-    *req.method_mut() = parts.method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    req
-}
-
-/// Sends `req` on REST link `route`, and its answer or error back.
-/// `client` as in [`links::http::forward`].
-async fn forward(route: &Arc<links::Route>, req: HttpRequest, client: Option<HeaderValue>) -> Response {
-    match WakeGated::new(std::pin::pin!(links::http::forward(route, req, client))).await {
-        Ok(resp) => resp.map(Full::new),
-        Err(e) => json_error(e.status(), &e.message),
-    }
 }
 
 /// The built-in gateway's handling of a request, done here in hyper's types:
@@ -583,34 +225,6 @@ async fn handle(
     }
 }
 
-async fn handle_link(
-    req: hyper::Request<Incoming>,
-    table: Weak<LinkTable>,
-    name: Arc<str>,
-    max_body: u64,
-) -> Result<Response, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = match read_body(body, max_body).await {
-        Ok(body) => body,
-        Err(resp) => return Ok(resp),
-    };
-    let Some(route) = table.upgrade().and_then(|t| t.get(&name)) else {
-        return Ok(json_error(StatusCode::BAD_GATEWAY, &format!("link `{name}` no longer exists")));
-    };
-    if route.carries_http() {
-        return Ok(forward(&route, link_request(parts, body, None), None).await);
-    }
-    let headers = encoded_headers(&parts.headers);
-    let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let call =
-        links::call(&route, &BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
-    drop((headers, body));
-    Ok(match WakeGated::new(std::pin::pin!(call)).await {
-        Ok(resp) => into_hyper(resp),
-        Err(e) => json_error(e.status(), &e.message),
-    })
-}
-
 /// Whether `given` (an `authorization` header) presents `token`, compared in
 /// constant time.
 fn presents(given: Option<&HeaderValue>, token: &str) -> bool {
@@ -621,15 +235,11 @@ fn presents(given: Option<&HeaderValue>, token: &str) -> bool {
 }
 
 /// A request from another host for a tier that runs here.
-async fn handle_peer(
-    req: hyper::Request<Incoming>,
-    inbound: Arc<PeerInbound>,
-    max_body: u64,
-) -> Result<Response, Infallible> {
+async fn handle_peer(req: hyper::Request<Incoming>, inbound: Arc<PeerInbound>, max_body: u64) -> Response {
     if let Some(token) = &inbound.token
         && !presents(req.headers().get(header::AUTHORIZATION), token)
     {
-        return Ok(json_error(StatusCode::UNAUTHORIZED, "the peer listener takes requests with the peer token only"));
+        return json_error(StatusCode::UNAUTHORIZED, "the peer listener takes requests with the peer token only");
     }
     let tier = req.headers().get(peer::TIER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let Some(endpoint) = inbound.tiers.load().get(&tier).cloned() else {
@@ -637,23 +247,23 @@ async fn handle_peer(
         // that has just stopped running the tier, in a move, is not an error).
         let mut resp = json_error(StatusCode::NOT_FOUND, &format!("tier `{tier}` does not run on this host"));
         resp.headers_mut().insert(peer::STATUS_HEADER, HeaderValue::from_static("not-here"));
-        return Ok(resp);
+        return resp;
     };
     if req.uri().path() == "/_orch/peer/ready" {
-        return Ok(match endpoint.pick() {
+        return match endpoint.pick() {
             Some(_) => json_error(StatusCode::OK, "ready"),
             None => json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{tier}` has no ready replica")),
-        });
+        };
     }
     let (parts, body) = req.into_parts();
     let body = match read_body(body, max_body).await {
         Ok(body) => body,
-        Err(resp) => return Ok(resp),
+        Err(resp) => return resp,
     };
     let Some(instance) = endpoint.pick() else {
         let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{tier}` has no ready replica"));
         resp.headers_mut().insert(peer::STATUS_HEADER, HeaderValue::from_static("no-ready-replica"));
-        return Ok(resp);
+        return resp;
     };
     // The caller's headers, a delivery's own among them (peers are trusted),
     // but for what addressed the request here.
@@ -667,7 +277,7 @@ async fn handle_peer(
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let call = instance.call(&BorrowedRequest::new(parts.method.as_str().as_bytes(), uri.as_bytes(), &headers, &body));
     drop((headers, body));
-    Ok(match call.await {
+    match call.await {
         // The replica did not take it: the caller may send it elsewhere.
         Ok(resp) if resp.status == plugin_api::abi::NOT_DELIVERED => {
             let mut refused = into_hyper(resp);
@@ -676,39 +286,13 @@ async fn handle_peer(
         }
         Ok(resp) => into_hyper(resp),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("tier `{tier}` failed without answering")),
-    })
-}
-
-fn into_hyper(raw: RawResponse) -> Response {
-    if raw.status == plugin_api::abi::NO_ANSWER || raw.status == plugin_api::abi::NOT_DELIVERED {
-        return json_error(StatusCode::BAD_GATEWAY, &String::from_utf8_lossy(raw.body.as_bytes()));
     }
-    links::http::from_raw(raw).map(Full::new)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_segments_are_removed_encoded_or_not() {
-        let n = |p: &str| normalize_path(p).map(|c| c.unwrap_or_else(|| p.to_owned()));
-        assert_eq!(n("/api/users"), Ok("/api/users".into()));
-        assert_eq!(normalize_path("/api/users"), Ok(None));
-        assert_eq!(n("/api/../admin"), Ok("/admin".into()));
-        assert_eq!(n("/api/%2e%2e/admin"), Ok("/admin".into()));
-        assert_eq!(n("/api/%2E%2e/admin"), Ok("/admin".into()));
-        assert_eq!(n("/static/../admin"), Ok("/admin".into()));
-        assert_eq!(n("/a/./b/../c"), Ok("/a/c".into()));
-        assert_eq!(n("/../../etc/passwd"), Ok("/etc/passwd".into()));
-        assert_eq!(n("/a/b/.."), Ok("/a/".into()));
-        assert_eq!(n("/a/b/."), Ok("/a/b/".into()));
-        assert_eq!(n("/a/.hidden/x"), Ok("/a/.hidden/x".into()));
-        assert_eq!(n("/a%20b"), Ok("/a%20b".into()));
-        assert_eq!(n("/a%2"), Ok("/a%2".into()));
-        assert!(normalize_path("/api/..%2fadmin").is_err());
-        assert!(normalize_path("/api/..%5Cadmin").is_err());
-    }
+    use crate::serve::listener::client_value;
 
     #[test]
     fn the_client_is_appended_to_x_forwarded_for() {

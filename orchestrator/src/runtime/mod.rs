@@ -1,15 +1,10 @@
 //! Running a topology: the supervisor, tier listeners, status, and the
 //! process's life from start through reloads to graceful shutdown.
 
-pub mod admission;
-mod drain;
-mod gate;
 pub mod listener;
 pub mod running;
 pub mod status;
 pub mod supervisor;
-pub mod timeouts;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::admin;
 use crate::plugins::Registry;
 use crate::reload::{self, Watched};
+use crate::serve::{admission, workers};
 use crate::topology::Topology;
 
 /// How `orchestrator run` runs.
@@ -118,7 +114,8 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     let topology = supervisor.share(topology).map_err(RunError::Placement)?;
     let mut peer = match opts.peer_listen {
         Some(addr) => {
-            let bound = listener::Bound::bind(addr).await.map_err(|source| RunError::Peer { addr, source })?;
+            let bound =
+                crate::serve::listener::Bound::bind(addr).await.map_err(|source| RunError::Peer { addr, source })?;
             let inbound = listener::PeerInbound { token: opts.peer_token.clone(), tiers: supervisor.local_tiers() };
             let served = listener::serve_peer(bound, inbound, &workers);
             tracing::info!(addr = %served.addr, "Peer listener listening.");

@@ -192,17 +192,7 @@ impl ReloadRecord {
     }
 }
 
-/// The tiers a reload changed.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Changes {
-    pub added: Vec<String>,
-    /// New instances replaced the old (a changed config, plugin or program).
-    pub replaced: Vec<String>,
-    /// `tier from→to` replicas.
-    pub scaled: Vec<String>,
-    pub removed: Vec<String>,
-    pub links_changed: bool,
-}
+pub use crate::topology::diff::Changes;
 
 /// One located error of a topology file.
 #[derive(Clone, Debug, Serialize)]
@@ -246,7 +236,4 @@ impl LocatedError {
     }
 }
 
-/// RFC 3339 time, to the millisecond.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::logging::timestamp;

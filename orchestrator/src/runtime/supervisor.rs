@@ -13,14 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 use indexmap::IndexMap;
 use tokio::sync::watch;
 
-use super::listener::{Bound, Listener};
 use super::status::{
     InstanceStatus, LinkStatus, ReloadCounts, ReloadRecord, State, Status, TierStatus, Trigger, instance_state,
     timestamp,
 };
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
-use crate::runtime::workers::Workers;
+use crate::serve::listener::{Bound, Listener};
+use crate::serve::workers::Workers;
 use crate::topology::diff::{self, Instances, Listen, Plan};
 use crate::topology::{self, LinkSpec, TierId, TierSpec, Topology};
 
@@ -511,7 +511,8 @@ impl Supervisor {
         for (id, tier_plan) in &plan.tiers {
             let Some(tier) = self.tiers.get_mut(id) else { continue };
             if let Some(bound) = prepared.bound.remove(id) {
-                let listener = bound.serve(tier.endpoint.clone(), tier.spec.max_body, &self.workers);
+                let listener =
+                    super::listener::serve_tier(bound, tier.endpoint.clone(), tier.spec.max_body, &self.workers);
                 tracing::info!(tier = %id, addr = %listener.addr, "Tier listening.");
                 closing.extend(tier.listener.replace(listener));
             } else if tier_plan.listen == Listen::Close {

@@ -69,11 +69,11 @@ impl Plan {
     }
 
     /// The tiers added, replaced, scaled and removed.
-    pub fn changes(&self) -> crate::runtime::status::Changes {
+    pub fn changes(&self) -> Changes {
         let names = |want: fn(&Instances) -> bool| -> Vec<String> {
             self.tiers.iter().filter(|(_, p)| want(&p.instances)).map(|(id, _)| id.to_string()).collect()
         };
-        crate::runtime::status::Changes {
+        Changes {
             added: names(|i| matches!(i, Instances::Start)),
             replaced: names(|i| matches!(i, Instances::Replace)),
             scaled: self
@@ -223,6 +223,18 @@ fn tier_plan(before: &TierSpec, after: &TierSpec, library_changed: bool) -> Tier
         (None, None) => Listen::Keep,
     };
     TierPlan { instances, listen, max_body_changed: before.max_body != after.max_body }
+}
+
+/// The tiers a reload changed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    /// New instances replaced the old (a changed config, plugin or program).
+    pub replaced: Vec<String>,
+    /// `tier from→to` replicas.
+    pub scaled: Vec<String>,
+    pub removed: Vec<String>,
+    pub links_changed: bool,
 }
 
 #[cfg(test)]

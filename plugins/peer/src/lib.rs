@@ -1,6 +1,8 @@
 //! The built-in `peer` plugin: a tier that runs on another host. Each
 //! replica stands for one host that runs the tier; a request goes to that
-//! host's orchestrator's peer listener (HTTP/1.1, pooled), naming the tier
+//! host's orchestrator's peer listener (REST requests and queue messages
+//! over pooled HTTP/1.1 connections, RPC calls as streams of one HTTP/2
+//! connection per address), naming the tier
 //! (`orch-peer-tier`) and carrying the peer token, and its answer comes
 //! back as the tier's.
 //!
@@ -96,7 +98,10 @@ struct Host {
     bearer: Option<http::HeaderValue>,
     addresses: Mutex<Vec<Address>>,
     next: AtomicUsize,
+    /// REST requests and queue messages: pooled HTTP/1.1 connections.
     client: Client<HttpConnector, Full<Bytes>>,
+    /// RPC calls: HTTP/2, every call a stream of one connection per address.
+    rpc: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Host {
@@ -146,7 +151,8 @@ impl Host {
         let Some(addr) = self.pick() else {
             return Response::not_delivered(&format!("every address of host {} is ejected", self.peer));
         };
-        match self.exchange(addr, self.request(addr, req)).await {
+        let rpc = req.headers.raw_starts_with("content-type", plugin_api::rpc::CONTENT_TYPE);
+        match self.exchange(addr, self.request(addr, req), rpc).await {
             Ok(answer) => {
                 let (parts, body) = answer.into_parts();
                 let mut resp = Response::new(parts.status).with_body(body);
@@ -176,14 +182,25 @@ impl Host {
         if let Some(token) = &self.bearer {
             headers.insert(hyper::header::AUTHORIZATION, token.clone());
         }
+        let rpc = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let (parts, body) = req.into_parts();
-        self.exchange(addr, hyper::Request::from_parts(parts, Full::new(body))).await
+        self.exchange(addr, hyper::Request::from_parts(parts, Full::new(body)), rpc).await
     }
 
-    /// One request to `addr`, and its whole answer; an answer that says the
-    /// request was not taken there is not delivered, and what fails ejects `addr`.
-    async fn exchange(&self, addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Result<HttpResponse, Failure> {
-        let answer = match tokio::time::timeout(TRY_TIMEOUT, self.client.request(req)).await {
+    /// One request to `addr` (over HTTP/2 if `rpc`), and its whole answer;
+    /// an answer that says the request was not taken there is not
+    /// delivered, and what fails ejects `addr`.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: hyper::Request<Full<Bytes>>,
+        rpc: bool,
+    ) -> Result<HttpResponse, Failure> {
+        let client = if rpc { &self.rpc } else { &self.client };
+        let answer = match tokio::time::timeout(TRY_TIMEOUT, client.request(req)).await {
             Err(_) => {
                 self.eject(addr, "no answer in time");
                 let why = format!("peer {addr} did not answer within {}s", TRY_TIMEOUT.as_secs());
@@ -325,7 +342,8 @@ impl Plugin for Peer {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let rpc = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         let token = cx.env("ORCH_PEER_TOKEN");
         let host = std::sync::Arc::new(Host {
             peer,
@@ -336,6 +354,7 @@ impl Plugin for Peer {
             addresses: Mutex::new(found.into_iter().map(Address::new).collect()),
             next: AtomicUsize::new(0),
             client,
+            rpc,
         });
         tokio::spawn(host.clone().watch());
         let _ = self.state.set(host);

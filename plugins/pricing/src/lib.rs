@@ -3,6 +3,8 @@
 //!
 //! - request: `{"item": "widget", "quantity": 3}`
 //! - answer: `{"item": "widget", "quantity": 3, "unit_price": 2.5, "total": 7.5, "replica": 0}`
+//!   (and `"host"`, the `ORCH_HOST` of the replica that answered, on a
+//!   placed topology)
 //! - errors: `INVALID_ARGUMENT` (unreadable request), `NOT_FOUND` (unknown
 //!   item), `UNIMPLEMENTED` (other methods).
 //!
@@ -72,13 +74,17 @@ impl Plugin for Pricing {
         let Some(unit_price) = self.prices.get(&quote.item) else {
             return Response::rpc_error(Code::NotFound, &format!("no price for `{}`", quote.item));
         };
-        let answer = json!({
+        let mut answer = json!({
             "item": quote.item,
             "quantity": quote.quantity,
             "unit_price": unit_price,
             "total": unit_price * f64::from(quote.quantity),
             "replica": cx.replica(),
         });
+        // On a placed topology, which host answered too.
+        if let Some(host) = cx.env("ORCH_HOST") {
+            answer["host"] = host.into();
+        }
         Response::rpc(answer.to_string())
     }
 }

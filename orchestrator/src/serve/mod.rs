@@ -1,0 +1,13 @@
+//! The serving substrate that `links` and `runtime` both stand on:
+//! connection workers ([`workers`]) within one connection budget
+//! ([`admission`]), per-worker timers ([`timeouts`]), draining
+//! ([`drain`]), the yield that keeps one connection from starving the others
+//! ([`gate`]), and HTTP listeners ([`listener`]) that serve a
+//! [`listener::Handler`] without knowing what it routes to.
+
+pub mod admission;
+pub mod drain;
+pub mod gate;
+pub mod listener;
+pub mod timeouts;
+pub mod workers;
