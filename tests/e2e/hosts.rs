@@ -233,6 +233,14 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Kills the orchestrator with SIGKILL, and waits for it to be gone.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -357,11 +365,11 @@ fn three_hosts_serve_one_topology_and_calls_spread_over_the_hosts_that_run_a_tie
 }
 
 #[test]
-fn a_host_cut_off_is_ejected_under_load_without_failed_requests_and_comes_back() {
+fn a_host_cut_off_or_killed_is_ejected_under_load_without_failed_requests_and_comes_back() {
     let network = Network::new(3);
     let topology = topology(&network, 1);
     let token = token_file(topology.dir.path());
-    let hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+    let mut hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
 
     let load = Load::start(&network);
     let start = Instant::now();
@@ -388,12 +396,27 @@ fn a_host_cut_off_is_ejected_under_load_without_failed_requests_and_comes_back()
     let back_up = Instant::now();
     load.wait_served(back_up, "h3", 10);
     let recovered_after = back_up.elapsed();
+    assert!(load.failed().is_empty(), "failed across the cut: {:?}", load.failed());
+
+    // The same with h3's orchestrator killed (SIGKILL: nothing closes
+    // cleanly), then started again.
+    hosts.pop().expect("h3").kill();
+    let killed = Instant::now();
+    load.wait_served(killed, "h2", 50);
+    let quiet = Instant::now();
+    load.wait_served(quiet, "h2", 20);
+    assert_eq!(load.served_since(quiet, "h3"), 0, "nothing reaches a dead host");
+    hosts.push(Host::start(&network, 3, &topology, &token));
+    let restarted = Instant::now();
+    load.wait_served(restarted, "h3", 10);
+    let back_after_restart = restarted.elapsed();
     let failed = load.stop();
 
     // GETs with `retries: 1`: what was in flight on h3 was sent again to h2.
     assert!(failed.is_empty(), "failed: {failed:?}");
     assert!(ejected_after < Duration::from_secs(2), "ejected after {ejected_after:?}");
     assert!(recovered_after < Duration::from_secs(5), "back after {recovered_after:?}");
+    assert!(back_after_restart < Duration::from_secs(5), "back after its restart in {back_after_restart:?}");
 }
 
 #[test]
@@ -582,6 +605,11 @@ impl Load {
             assert!(!left.is_zero(), "{host} did not answer {n} requests within {DEADLINE:?}");
             guard = changed.wait_timeout(guard, left).unwrap().0;
         }
+    }
+
+    /// What failed so far.
+    fn failed(&self) -> Vec<String> {
+        self.failed.lock().unwrap().clone()
     }
 
     /// Stops, and gives what failed.
