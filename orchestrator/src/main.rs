@@ -96,14 +96,25 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
         /// Serve the tiers that run here to the other hosts on this address
-        /// (HTTP/1.1), e.g. `0.0.0.0:7700`. Beyond loopback it needs
-        /// --peer-token-file.
+        /// (HTTP/1.1 and HTTP/2), e.g. `0.0.0.0:7700`. Beyond loopback it
+        /// needs --peer-token-file or mutual TLS (--peer-tls-*).
         #[arg(long, value_name = "ADDR")]
         peer_listen: Option<SocketAddr>,
         /// A file whose first line is the token hosts present to each
         /// other's peer listeners (16 characters or more); the same on every host.
         #[arg(long, value_name = "FILE")]
         peer_token_file: Option<PathBuf>,
+        /// Mutual TLS between hosts: this host's certificate (PEM, its
+        /// chain), presented to the hosts it calls and by its peer listener.
+        #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+        peer_tls_cert: Option<PathBuf>,
+        /// The key of --peer-tls-cert (PEM).
+        #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
+        peer_tls_key: Option<PathBuf>,
+        /// The certificate authority every host's certificate is signed by
+        /// (PEM); a peer without such a certificate is refused.
+        #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_key"])]
+        peer_tls_ca: Option<PathBuf>,
         /// Log lines kept per replica for the dashboard and `orchestrator
         /// logs` (also at most 1 MiB of them per replica).
         #[arg(long, default_value_t = orchestrator::logging::ring::DEFAULT_LINES, value_name = "N")]
@@ -291,6 +302,9 @@ fn main() -> ExitCode {
             host,
             peer_listen,
             peer_token_file,
+            peer_tls_cert,
+            peer_tls_key,
+            peer_tls_ca,
             log_lines,
             plugins,
         } => {
@@ -302,12 +316,28 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
+            // Absolute: the peer tiers read them, and the working directory is no anchor.
+            let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let peer_tls_files = match (peer_tls_cert, peer_tls_key, peer_tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => {
+                    Some(peer::tls::Files { cert: absolute(cert), key: absolute(key), ca: absolute(ca) })
+                }
+                _ => None,
+            };
+            let peer_tls = match peer_tls_files.as_ref().map(peer::tls::server_config).transpose() {
+                Ok(config) => config.map(std::sync::Arc::new),
+                Err(e) => {
+                    eprintln!("error: mutual TLS between hosts: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
             if let Some(addr) = peer_listen
                 && !addr.ip().is_loopback()
                 && peer_token.is_none()
+                && peer_tls.is_none()
             {
                 let why = format!(
-                    "the peer listener on {addr} would serve this host's tiers to anyone who can reach it: give it a token with --peer-token-file"
+                    "the peer listener on {addr} would serve this host's tiers to anyone who can reach it: give it a token with --peer-token-file, or mutual TLS with --peer-tls-cert, --peer-tls-key and --peer-tls-ca"
                 );
                 let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, why).print();
                 return ExitCode::from(EXIT_USAGE);
@@ -342,9 +372,14 @@ fn main() -> ExitCode {
                 max_connections,
                 admin_access: orchestrator::admin::Access { token },
                 traces: trace_options(otlp_endpoint, trace_sample),
-                placement: host.map(|host| topology::Placement { host, token: peer_token.clone() }),
+                placement: host.map(|host| topology::Placement {
+                    host,
+                    token: peer_token.clone(),
+                    tls: peer_tls_files,
+                }),
                 peer_listen,
                 peer_token,
+                peer_tls,
             };
             run(&file, opts, &plugins)
         }

@@ -154,13 +154,25 @@ impl Host {
         Self::start_as(network, i, &format!("h{i}"), topology, token_file)
     }
 
-    /// Runs host `name`'s share in namespace `i`.
+    /// Runs host `name`'s share in namespace `i`, with the token in `token_file`.
     fn start_as(
         network: &Network,
         i: usize,
         name: &str,
         topology: &TopologyFile,
         token_file: &std::path::Path,
+    ) -> Self {
+        let auth = [std::ffi::OsString::from("--peer-token-file"), token_file.into()];
+        Self::start_with(network, i, name, topology, &auth)
+    }
+
+    /// Runs host `name`'s share in namespace `i`, its peers authenticated by `auth` (flags).
+    fn start_with(
+        network: &Network,
+        i: usize,
+        name: &str,
+        topology: &TopologyFile,
+        auth: &[std::ffi::OsString],
     ) -> Self {
         let ns = network.ns(&format!("h{i}"));
         let mut child = Command::new("ip")
@@ -171,8 +183,7 @@ impl Host {
             .args(["--host", name, "--admin", "127.0.0.1:0", "--drain-timeout", "5s"])
             .arg("--peer-listen")
             .arg(format!("{}:7700", network.addr(i)))
-            .arg("--peer-token-file")
-            .arg(token_file)
+            .args(auth)
             .env("NO_COLOR", "1")
             .env("ORCH_LOG", "info")
             .stdout(Stdio::null())
@@ -420,12 +431,48 @@ fn a_host_cut_off_or_killed_is_ejected_under_load_without_failed_requests_and_co
 }
 
 #[test]
-fn a_peer_listener_beyond_loopback_without_a_token_is_refused() {
+fn a_peer_listener_beyond_loopback_without_a_token_is_refused_and_tls_files_are_checked() {
     let topology = TopologyFile::new("version: 1\nname: x\ntiers:\n  a: { plugin: testkit }\n");
     let out = integration_tests::orchestrator(&["run", topology.path_str(), "--peer-listen", "0.0.0.0:7700"]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("give it a token with --peer-token-file"), "{stderr}");
+
+    // Mutual TLS takes its three files, each readable and what it says it is.
+    let dir = topology.dir.path();
+    let files = Authority::new().issue(dir, "h1", &["h1".to_owned()]);
+    let (cert, key, ca) = (files.cert.to_str().unwrap(), files.key.to_str().unwrap(), files.ca.to_str().unwrap());
+    let run = |tls: &[&str]| {
+        let mut args = vec!["run", topology.path_str(), "--peer-listen", "127.0.0.1:0"];
+        args.extend_from_slice(tls);
+        integration_tests::orchestrator(&args)
+    };
+    let out = run(&["--peer-tls-cert", cert]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--peer-tls-key") && stderr.contains("--peer-tls-ca"), "{stderr}");
+    let out = run(&["--peer-tls-cert", key, "--peer-tls-key", key, "--peer-tls-ca", ca]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("the certificate {key} holds no certificate")), "{stderr}");
+    let missing = dir.join("no-such.crt");
+    let out = run(&["--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read the certificate authority") && stderr.contains("no-such.crt"), "{stderr}");
+    // A key that is not the certificate's.
+    let other = Authority::new().issue(dir, "other", &["other".to_owned()]);
+    let out = run(&["--peer-tls-cert", cert, "--peer-tls-key", other.key.to_str().unwrap(), "--peer-tls-ca", ca]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("the certificate {cert} and key")), "{stderr}");
+    // A file over the limit is not read whole.
+    let big = dir.join("big.crt");
+    std::fs::write(&big, vec![b'-'; peer::tls::MAX_PEM_FILE as usize + 1]).unwrap();
+    let out = run(&["--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is larger than 1048576 bytes"), "{stderr}");
 }
 
 #[test]
@@ -803,4 +850,140 @@ links:
     // One of the two cut off: the name's other address serves.
     network.link(2, false);
     assert!(served_by(&network, 20).iter().all(|h| h == "hb"));
+}
+
+/// A certificate authority, and certificates it signs.
+struct Authority {
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    pem: String,
+}
+
+impl Authority {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { key, params, pem }
+    }
+
+    /// A certificate for `names` (addresses or DNS names) and its key,
+    /// written as `{stem}.crt` and `{stem}.key` in `dir`, with the
+    /// authority as `ca.crt`: the three files of `--peer-tls-*`.
+    fn issue(&self, dir: &std::path::Path, stem: &str, names: &[String]) -> peer::tls::Files {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = rcgen::CertificateParams::new(names.to_vec()).unwrap().signed_by(&key, &issuer).unwrap();
+        let files = peer::tls::Files {
+            cert: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+            ca: dir.join(format!("{stem}-ca.crt")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::write(&files.ca, &self.pem).unwrap();
+        files
+    }
+}
+
+fn tls_flags(files: &peer::tls::Files) -> Vec<std::ffi::OsString> {
+    let mut flags = Vec::new();
+    for (flag, path) in [("--peer-tls-cert", &files.cert), ("--peer-tls-key", &files.key), ("--peer-tls-ca", &files.ca)]
+    {
+        flags.push(flag.into());
+        flags.push(path.into());
+    }
+    flags
+}
+
+/// How a TLS client fares with a peer listener: the answer's status, or
+/// why there was none.
+fn over_tls(ns: &str, addr: SocketAddr, config: rustls::ClientConfig) -> Result<u16, String> {
+    let config = Arc::new(config);
+    in_ns(ns, async move || {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::from(addr.ip());
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .uri("/_orch/peer/ready")
+                .header("host", addr.to_string())
+                .header("orch-peer-tier", "back")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send.send_request(req).await.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(DEADLINE, attempt).await.unwrap_or_else(|_| Err("no answer in time".into()))
+    })
+}
+
+#[test]
+fn hosts_with_mutual_tls_serve_each_other_and_refuse_who_has_no_certificate_of_theirs() {
+    let network = Network::new(3);
+    let topology = topology(&network, 1);
+    let dir = topology.dir.path();
+    let authority = Authority::new();
+    // No token: the certificates are the peers' credentials.
+    let hosts: Vec<Host> = (1..=3)
+        .map(|i| {
+            let files = authority.issue(dir, &format!("h{i}"), &[network.addr(i).to_string()]);
+            Host::start_with(&network, i, &format!("h{i}"), &topology, &tls_flags(&files))
+        })
+        .collect();
+    let ready = |status: &Value| {
+        let back = integration_tests::tier(status, "back");
+        back["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["ready"] == true))
+    };
+    hosts[0].wait_status("h2 and h3 reachable over TLS", ready);
+    let served = served_by(&network, 20);
+    assert!(served.iter().any(|h| h == "h2") && served.iter().any(|h| h == "h3"), "{served:?}");
+    assert_eq!(served.len(), 20);
+
+    let h2_peer: SocketAddr = format!("{}:7700", network.addr(2)).parse().unwrap();
+    let h1 = network.ns("h1");
+    // A client that trusts the listener, presenting `files`' certificate if given.
+    let client = |files: Option<&peer::tls::Files>| {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(authority.pem.as_bytes()).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        match files {
+            None => builder.with_no_client_auth(),
+            Some(files) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_file(&files.cert).unwrap()],
+                    PrivateKeyDer::from_pem_file(&files.key).unwrap(),
+                )
+                .unwrap(),
+        }
+    };
+    // A peer with a certificate of the authority's is served.
+    let member = authority.issue(dir, "member", &["member".to_owned()]);
+    assert_eq!(over_tls(&h1, h2_peer, client(Some(&member))), Ok(200));
+    // One whose certificate another authority signed is refused in the handshake.
+    let stranger = Authority::new().issue(dir, "stranger", &["stranger".to_owned()]);
+    let refused = over_tls(&h1, h2_peer, client(Some(&stranger)));
+    assert!(refused.is_err(), "a stranger's certificate was taken: {refused:?}");
+    // So is one without a certificate.
+    let refused = over_tls(&h1, h2_peer, client(None));
+    assert!(refused.is_err(), "a client without a certificate was served: {refused:?}");
+    // And plain HTTP gets no answer.
+    let answer = in_ns(&h1, async move || {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(h2_peer).await.unwrap();
+        tcp.write_all(b"GET /_orch/peer/ready HTTP/1.1\r\nhost: x\r\norch-peer-tier: back\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer)).await.expect("closed in time");
+        answer
+    });
+    assert!(!answer.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&answer));
 }

@@ -76,10 +76,16 @@ impl Handler for PeerHandler {
 }
 
 /// Serves the peer listener on `bound`, in HTTP/1.1 or HTTP/2 as each
-/// peer opens with.
-pub fn serve_peer(bound: Bound, inbound: PeerInbound, workers: &Workers) -> Listener {
+/// peer opens with, over mutual TLS when `tls` is set.
+pub fn serve_peer(
+    bound: Bound,
+    inbound: PeerInbound,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    workers: &Workers,
+) -> Listener {
     let span = tracing::info_span!("peer", addr = %bound.addr);
-    bound.serve(PeerHandler(Arc::new(inbound)), Protocol::Any, links::inbound::LINK_MAX_BODY, workers, span)
+    let protocol = Protocol::Any { tls };
+    bound.serve(PeerHandler(Arc::new(inbound)), protocol, links::inbound::LINK_MAX_BODY, workers, span)
 }
 
 /// The span of a request tier `tier`'s listener serves, child of the trace

@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub peer_listen: Option<SocketAddr>,
     /// The token the peer listener asks of them.
     pub peer_token: Option<String>,
+    /// Mutual TLS on the peer listener: a certificate signed by the
+    /// authority asked of every peer.
+    pub peer_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Why `run` failed.
@@ -117,7 +120,7 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
             let bound =
                 crate::serve::listener::Bound::bind(addr).await.map_err(|source| RunError::Peer { addr, source })?;
             let inbound = listener::PeerInbound { token: opts.peer_token.clone(), tiers: supervisor.local_tiers() };
-            let served = listener::serve_peer(bound, inbound, &workers);
+            let served = listener::serve_peer(bound, inbound, opts.peer_tls.clone(), &workers);
             tracing::info!(addr = %served.addr, "Peer listener listening.");
             Some(served)
         }

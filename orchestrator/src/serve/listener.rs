@@ -63,9 +63,9 @@ pub enum Protocol {
     Http1,
     /// Cleartext HTTP/2 (a program's gRPC link listener).
     Http2,
-    /// HTTP/1.1 and cleartext HTTP/2, as each client opens with (the peer
-    /// listener).
-    Any,
+    /// HTTP/1.1 and HTTP/2, as each client opens with, over TLS when `tls`
+    /// is set (the peer listener).
+    Any { tls: Option<std::sync::Arc<rustls::ServerConfig>> },
 }
 
 /// An address bound but not yet served: what a reload prepares before it
@@ -228,6 +228,8 @@ fn any() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
 
 /// Streams one HTTP/2 connection may have open at once.
 pub const MAX_STREAMS: u32 = 256;
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection closed with an error.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +238,8 @@ enum ConnError {
     Http(#[from] hyper::Error),
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ConnError {
@@ -243,6 +247,7 @@ impl ConnError {
         match self {
             Self::Http(e) => e.is_timeout(),
             Self::Other(e) => e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout),
+            Self::Tls(_) => false,
         }
     }
 }
@@ -282,8 +287,17 @@ async fn serve_connection<H: Handler>(
             http.timer(timeouts::HyperTimer).max_concurrent_streams(MAX_STREAMS);
             entered.watch(http.serve_connection(TokioIo::new(stream), service)).await.map_err(Into::into)
         }
-        Protocol::Any => {
+        Protocol::Any { tls: None } => {
             entered.watch(any().serve_connection(TokioIo::new(stream), service)).await.map_err(ConnError::Other)
+        }
+        Protocol::Any { tls: Some(tls) } => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    entered.watch(any().serve_connection(TokioIo::new(stream), service)).await.map_err(ConnError::Other)
+                }
+                Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+                Err(_) => Err(ConnError::Tls("the handshake took too long".to_owned())),
+            }
         }
     };
     if let Err(e) = served {

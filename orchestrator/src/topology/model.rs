@@ -55,6 +55,9 @@ pub struct Placement {
     pub host: String,
     /// The token peers present, and that this host presents to them.
     pub token: Option<String>,
+    /// Mutual TLS between hosts: this host's certificate, key and the
+    /// authority (absolute paths).
+    pub tls: Option<peer::tls::Files>,
 }
 
 impl Topology {
@@ -83,6 +86,13 @@ impl Topology {
             spec.replicas = u32::try_from(peers.len()).unwrap_or(1).max(1);
             spec.listen = None;
             spec.env = placement.token.iter().map(|t| ("ORCH_PEER_TOKEN".to_owned(), t.clone())).collect();
+            if let Some(tls) = &placement.tls {
+                for (name, path) in
+                    [(peer::tls::CERT_ENV, &tls.cert), (peer::tls::KEY_ENV, &tls.key), (peer::tls::CA_ENV, &tls.ca)]
+                {
+                    spec.env.insert(name.to_owned(), path.display().to_string());
+                }
+            }
         }
         Ok(self)
     }

@@ -19,7 +19,8 @@
 //!
 //! Configuration (written by the orchestrator, not by users): `tier`, and
 //! `peers`, one `address:port` per replica. The token is the tier's
-//! `ORCH_PEER_TOKEN`.
+//! `ORCH_PEER_TOKEN`; with mutual TLS ([`tls`]), the files are its
+//! `ORCH_PEER_TLS_CERT`, `ORCH_PEER_TLS_KEY` and `ORCH_PEER_TLS_CA`.
 
 #![deny(unsafe_code)]
 
@@ -30,11 +31,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use plugin_api::prelude::*;
 use plugin_api::serde_json::{self, json};
+
+pub mod tls;
 
 /// The header naming the tier a peer request is for.
 pub const TIER_HEADER: &str = "orch-peer-tier";
@@ -98,10 +102,12 @@ struct Host {
     bearer: Option<http::HeaderValue>,
     addresses: Mutex<Vec<Address>>,
     next: AtomicUsize,
+    /// `http`, or `https` with mutual TLS.
+    scheme: &'static str,
     /// REST requests and queue messages: pooled HTTP/1.1 connections.
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// RPC calls: HTTP/2, every call a stream of one connection per address.
-    rpc: Client<HttpConnector, Full<Bytes>>,
+    rpc: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Host {
@@ -136,7 +142,8 @@ impl Host {
     }
 
     fn request(&self, addr: SocketAddr, req: &Request) -> hyper::Request<Full<Bytes>> {
-        let mut builder = hyper::Request::builder().method(req.method.clone()).uri(format!("http://{addr}{}", req.uri));
+        let mut builder =
+            hyper::Request::builder().method(req.method.clone()).uri(format!("{}://{addr}{}", self.scheme, req.uri));
         for (name, value) in req.headers.map() {
             builder = builder.header(name, value);
         }
@@ -176,7 +183,7 @@ impl Host {
         };
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         *req.uri_mut() =
-            format!("http://{addr}{path}").parse().map_err(|_| Failure::NotDelivered("a bad URI".into()))?;
+            format!("{}://{addr}{path}", self.scheme).parse().map_err(|_| Failure::NotDelivered("a bad URI".into()))?;
         let headers = req.headers_mut();
         headers.insert(TIER_HEADER, self.tier_value.clone());
         if let Some(token) = &self.bearer {
@@ -284,8 +291,9 @@ impl Host {
 
     /// Asks the peer whether its tier has a ready replica.
     async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
-        let mut builder =
-            hyper::Request::builder().uri(format!("http://{addr}/_orch/peer/ready")).header(TIER_HEADER, &self.tier);
+        let mut builder = hyper::Request::builder()
+            .uri(format!("{}://{addr}/_orch/peer/ready", self.scheme))
+            .header(TIER_HEADER, &self.tier);
         if let Some(token) = &self.token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -342,8 +350,32 @@ impl Plugin for Peer {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
-        let rpc = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        // The names TLS files are given by: all three or none.
+        let files = match (cx.env(tls::CERT_ENV), cx.env(tls::KEY_ENV), cx.env(tls::CA_ENV)) {
+            (Some(cert), Some(key), Some(ca)) => Some(tls::Files { cert: cert.into(), key: key.into(), ca: ca.into() }),
+            _ => None,
+        };
+        let (config, scheme) = match &files {
+            Some(files) => (tls::client_config(files)?, "https"),
+            None => (tls::plain_config(), "http"),
+        };
+        // The host's certificate is checked for the name (or address) the topology gives it.
+        let name = peer.rsplit_once(':').map_or(peer.as_str(), |(host, _)| host);
+        let name = rustls_pki_types::ServerName::try_from(name.trim_start_matches('[').trim_end_matches(']'))
+            .map_err(|e| format!("peer {peer}: not a name a certificate can be checked for: {e}"))?
+            .to_owned();
+        connector.enforce_http(false);
+        let https = |alpn_h2: bool| {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config.clone()).https_or_http();
+            let builder = builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name.clone()));
+            if alpn_h2 {
+                builder.enable_http2().wrap_connector(connector.clone())
+            } else {
+                builder.enable_http1().wrap_connector(connector.clone())
+            }
+        };
+        let client = Client::builder(TokioExecutor::new()).build(https(false));
+        let rpc = Client::builder(TokioExecutor::new()).http2_only(true).build(https(true));
         let token = cx.env("ORCH_PEER_TOKEN");
         let host = std::sync::Arc::new(Host {
             peer,
@@ -353,6 +385,7 @@ impl Plugin for Peer {
             token,
             addresses: Mutex::new(found.into_iter().map(Address::new).collect()),
             next: AtomicUsize::new(0),
+            scheme,
             client,
             rpc,
         });
