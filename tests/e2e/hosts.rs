@@ -186,6 +186,8 @@ impl Host {
             .args(auth)
             .env("NO_COLOR", "1")
             .env("ORCH_LOG", "info")
+            // Which machine (namespace) a program runs on, when several run one host's share.
+            .env("ORCH_TEST_MACHINE", format!("h{i}"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -850,6 +852,73 @@ links:
     // One of the two cut off: the name's other address serves.
     network.link(2, false);
     assert!(served_by(&network, 20).iter().all(|h| h == "hb"));
+}
+
+/// Answers `{"machine": $ORCH_TEST_MACHINE}`: the namespace it runs in.
+const MACHINE: &str = r#"    def do_GET(self):
+        self.reply(200, {"content-type": "application/json"}, json.dumps({"machine": os.environ["ORCH_TEST_MACHINE"]}).encode())
+"#;
+
+#[test]
+fn hosts_are_weighted_by_their_ready_replicas() {
+    let network = Network::new(4);
+    // Host `hb` is two machines (h2 and h3, one DNS name); host h4 is one.
+    // With 2 replicas on each machine, hb has 4 ready and h4 2: weighted,
+    // each machine gets a third of the calls (evenly per host, h4 would get half).
+    network.hosts_file(1, &format!("{} backs\n{} backs\n", network.addr(2), network.addr(3)));
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: weighted
+hosts:
+  h1: {{ peer: "{a1}:7700" }}
+  hb: {{ peer: "backs:7700" }}
+  h4: {{ peer: "{a4}:7700" }}
+tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /, link: back }}] }}
+  back: {{ plugin: process, host: [hb, h4], replicas: 2, config: {{ command: [python3, machine.py] }} }}
+links:
+  - {{ from: web, to: back, kind: rest, retries: 1 }}
+"#,
+        a1 = network.addr(1),
+        a4 = network.addr(4),
+    ));
+    let dir = topology.dir.path();
+    std::fs::write(dir.join("machine.py"), integration_tests::python_server("import json", MACHINE)).unwrap();
+    let token = token_file(dir);
+    let hosts = [
+        Host::start(&network, 1, &topology, &token),
+        Host::start_as(&network, 2, "hb", &topology, &token),
+        Host::start_as(&network, 3, "hb", &topology, &token),
+        Host::start_as(&network, 4, "h4", &topology, &token),
+    ];
+    let weights = |s: &Value| -> Vec<u64> {
+        let back = integration_tests::tier(s, "back");
+        back["instances"].as_array().map_or(Vec::new(), |i| {
+            i.iter().map(|i| if i["ready"] == true { i["detail"]["weight"].as_u64().unwrap_or(0) } else { 0 }).collect()
+        })
+    };
+    hosts[0].wait_status("hb weighted 4 and h4 2", |s| weights(s) == [4, 2]);
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    let machines = in_ns(&network.ns("h1"), async move || {
+        let client = integration_tests::client();
+        let mut machines = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..300 {
+            let (code, body) = integration_tests::request(&client, "GET", web, "/", Default::default()).await.unwrap();
+            assert_eq!(code, 200, "{body}");
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            *machines.entry(answer["machine"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        }
+        machines
+    });
+    for machine in ["h2", "h3", "h4"] {
+        let n = machines.get(machine).copied().unwrap_or(0);
+        assert!((80..=120).contains(&n), "{machine} took {n} of 300, not about a third: {machines:?}");
+    }
 }
 
 /// A certificate authority, and certificates it signs.

@@ -1,7 +1,7 @@
 //! The replicas a link can route to, and how one is picked.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -14,6 +14,9 @@ pub struct Endpoint {
     pub tier: TierId,
     replicas: ArcSwap<Vec<Arc<Instance>>>,
     next: AtomicUsize,
+    /// The replicas stand for other hosts (`peer`): each is weighted by the
+    /// ready replicas its host reports.
+    weighted: AtomicBool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -24,12 +27,44 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     pub fn new(tier: TierId) -> Self {
-        Self { tier, replicas: ArcSwap::from_pointee(Vec::new()), next: AtomicUsize::new(0) }
+        let replicas = ArcSwap::from_pointee(Vec::new());
+        Self { tier, replicas, next: AtomicUsize::new(0), weighted: AtomicBool::new(false) }
     }
 
     /// Replaces the routable replicas.
     pub fn set(&self, replicas: Vec<Arc<Instance>>) {
+        self.weighted.store(replicas.iter().any(|r| r.as_peer().is_some()), Ordering::Relaxed);
         self.replicas.store(Arc::new(replicas));
+    }
+
+    /// How many replicas are ready.
+    pub fn ready_count(&self) -> usize {
+        self.replicas.load().iter().filter(|r| r.is_ready()).count()
+    }
+
+    /// A ready replica other than `skip`, each as likely as its weight: the
+    /// ready replicas of the host a `peer` replica stands for (1 for
+    /// others). Weighted round robin: of every `total` picks, a replica
+    /// gets its weight's worth.
+    fn pick_weighted(&self, replicas: &[Arc<Instance>], skip: Option<&Arc<Instance>>) -> Option<Arc<Instance>> {
+        let weight = |r: &Arc<Instance>| -> u64 {
+            if skip.is_some_and(|s| Arc::ptr_eq(r, s)) || !r.is_ready() {
+                return 0;
+            }
+            r.as_peer().map_or(1, |p| u64::from(p.weight()))
+        };
+        let weights: Vec<u64> = replicas.iter().map(weight).collect();
+        let total: u64 = weights.iter().sum();
+        if total > 0 {
+            let mut slot = self.next.fetch_add(1, Ordering::Relaxed) as u64 % total;
+            for (r, w) in replicas.iter().zip(&weights) {
+                if slot < *w {
+                    return Some(r.clone());
+                }
+                slot -= w;
+            }
+        }
+        replicas.iter().find(|r| r.is_ready()).cloned()
     }
 
     fn len(&self) -> usize {
@@ -40,6 +75,9 @@ impl Endpoint {
     pub fn pick_other(&self, failed: Option<&Arc<Instance>>) -> Option<Arc<Instance>> {
         let Some(failed) = failed else { return self.pick() };
         let replicas = self.replicas.load();
+        if self.weighted.load(Ordering::Relaxed) {
+            return self.pick_weighted(&replicas, Some(failed));
+        }
         let n = replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
@@ -55,6 +93,9 @@ impl Endpoint {
         let n = replicas.len();
         if n == 1 {
             return replicas[0].is_ready().then(|| replicas[0].clone());
+        }
+        if self.weighted.load(Ordering::Relaxed) {
+            return self.pick_weighted(&replicas, None);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|i| &replicas[(start + i) % n]).find(|r| r.is_ready()).cloned()

@@ -256,10 +256,14 @@ async fn handle_peer(req: hyper::Request<Incoming>, inbound: Arc<PeerInbound>, m
         return resp;
     };
     if req.uri().path() == "/_orch/peer/ready" {
-        return match endpoint.pick() {
-            Some(_) => json_error(StatusCode::OK, "ready"),
-            None => json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{tier}` has no ready replica")),
+        // How many replicas are ready here: what callers weight this host by.
+        let ready = endpoint.ready_count();
+        let mut resp = match ready {
+            0 => json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("tier `{tier}` has no ready replica")),
+            n => json_error(StatusCode::OK, &format!("{n} ready")),
         };
+        resp.headers_mut().insert(peer::READY_HEADER, HeaderValue::from(ready));
+        return resp;
     }
     let (parts, body) = req.into_parts();
     let body = match read_body(body, max_body).await {

@@ -42,6 +42,10 @@ pub mod tls;
 
 /// The header naming the tier a peer request is for.
 pub const TIER_HEADER: &str = "orch-peer-tier";
+/// The header of a probe's answer: how many replicas of the tier are ready there.
+pub const READY_HEADER: &str = "orch-peer-ready";
+/// The most ready replicas a host is weighted by.
+pub const MAX_WEIGHT: u32 = 1024;
 /// The header a peer listener sets when the tier has no ready replica there.
 pub const STATUS_HEADER: &str = "orch-peer-status";
 /// How long connecting to a peer may take.
@@ -76,6 +80,8 @@ struct Address {
     ejected_until: Option<Instant>,
     backoff: Duration,
     last_error: Option<String>,
+    /// Its ready replicas of the tier, as its last probe said.
+    ready: u32,
 }
 
 /// A request with its whole body, in hyper's types.
@@ -122,6 +128,13 @@ impl Host {
         self.addresses.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|a| a.ejected_until.is_none())
     }
 
+    /// The ready replicas of the addresses in the rotation (at least 1).
+    fn weight(&self) -> u32 {
+        let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let sum: u32 = addresses.iter().filter(|a| a.ejected_until.is_none()).map(|a| a.ready).sum();
+        sum.clamp(1, MAX_WEIGHT)
+    }
+
     fn eject(&self, addr: SocketAddr, why: &str) {
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = addresses.iter_mut().find(|a| a.addr == addr) {
@@ -133,11 +146,12 @@ impl Host {
         }
     }
 
-    fn restore(&self, addr: SocketAddr) {
+    fn restore(&self, addr: SocketAddr, ready: u32) {
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = addresses.iter_mut().find(|a| a.addr == addr) {
             a.ejected_until = None;
             a.backoff = MIN_EJECTION / 2;
+            a.ready = ready;
         }
     }
 
@@ -282,15 +296,16 @@ impl Host {
             let probes = due.iter().map(|addr| async move { (*addr, host.probe(*addr).await) });
             for (addr, result) in futures_util::future::join_all(probes).await {
                 match result {
-                    Ok(()) => self.restore(addr),
+                    Ok(ready) => self.restore(addr, ready),
                     Err(why) => self.eject(addr, &why),
                 }
             }
         }
     }
 
-    /// Asks the peer whether its tier has a ready replica.
-    async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
+    /// Asks the peer how many replicas of its tier are ready (1 if it does
+    /// not say); an error if none is.
+    async fn probe(&self, addr: SocketAddr) -> Result<u32, String> {
         let mut builder = hyper::Request::builder()
             .uri(format!("{}://{addr}/_orch/peer/ready", self.scheme))
             .header(TIER_HEADER, &self.tier);
@@ -299,7 +314,10 @@ impl Host {
         }
         let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
         match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
-            Ok(Ok(answer)) if answer.status().is_success() => Ok(()),
+            Ok(Ok(answer)) if answer.status().is_success() => {
+                let ready = answer.headers().get(READY_HEADER).and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+                Ok(ready.unwrap_or(1).clamp(1, MAX_WEIGHT))
+            }
             Ok(Ok(answer)) => Err(format!("its probe answered {}", answer.status())),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("its probe got no answer in time".to_owned()),
@@ -309,11 +327,17 @@ impl Host {
 
 impl Address {
     fn new(addr: SocketAddr) -> Self {
-        Self { addr, ejected_until: None, backoff: MIN_EJECTION / 2, last_error: None }
+        Self { addr, ejected_until: None, backoff: MIN_EJECTION / 2, last_error: None, ready: 1 }
     }
 }
 
 impl Peer {
+    /// What links weight this replica by: the ready replicas of the tier on
+    /// its host, as the host's probes last said (1 until a probe has).
+    pub fn weight(&self) -> u32 {
+        self.state.get().map_or(1, |h| h.weight())
+    }
+
     /// Sends a REST request for the tier in hyper's types, as `handle` does
     /// a plugin request: for a host this plugin is linked into, which would
     /// otherwise copy it into the plugin API's types and the answer back.
@@ -413,6 +437,8 @@ impl Plugin for Peer {
 
     fn status(&self) -> serde_json::Value {
         let Some(host) = self.state.get() else { return serde_json::Value::Null };
+        // Before the lock below: it takes the same one.
+        let weight = host.weight();
         let addresses = host.addresses.lock().unwrap_or_else(|e| e.into_inner());
         let peers: Vec<serde_json::Value> = addresses
             .iter()
@@ -420,11 +446,12 @@ impl Plugin for Peer {
                 json!({
                     "address": a.addr.to_string(),
                     "state": if a.ejected_until.is_some() { "ejected" } else { "ready" },
+                    "ready_replicas": a.ready,
                     "last_error": a.last_error,
                 })
             })
             .collect();
-        json!({ "remote": true, "host": host.peer, "peers": peers })
+        json!({ "remote": true, "host": host.peer, "weight": weight, "peers": peers })
     }
 }
 
