@@ -854,6 +854,69 @@ links:
     assert!(served_by(&network, 20).iter().all(|h| h == "hb"));
 }
 
+#[test]
+fn a_call_across_hosts_is_one_trace_and_is_measured_by_its_caller() {
+    let network = Network::new(2);
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: traced
+{hosts}tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /, link: front }}] }}
+  front: {{ plugin: testkit, host: h1 }}
+  back: {{ plugin: testkit, host: h2 }}
+links:
+  - {{ from: web, to: front, kind: rest }}
+  - {{ from: front, to: back, kind: rest }}
+"#,
+        hosts = network.hosts_yaml(),
+    ));
+    let token = token_file(topology.dir.path());
+    // A receiver in each namespace, each host exporting to its own.
+    let collectors = [
+        crate::traces::Collector::start_in(Some(&network.ns("h1"))),
+        crate::traces::Collector::start_in(Some(&network.ns("h2"))),
+    ];
+    let hosts: Vec<Host> = (1..=2)
+        .map(|i| {
+            let mut auth = vec![std::ffi::OsString::from("--peer-token-file"), token.clone().into()];
+            auth.extend(["--otlp-endpoint".into(), collectors[i - 1].url.clone().into()]);
+            Host::start_with(&network, i, &format!("h{i}"), &topology, &auth)
+        })
+        .collect();
+    hosts[0].wait_status("back reachable", |s| integration_tests::tier(s, "back")["instances"][0]["ready"] == true);
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    let (code, body) = get(&network.ns("h1"), web, "/call/back/whoami", None);
+    assert_eq!(code, 200, "{body}");
+
+    // h1: the request, the call to `front`, front's handling and its call to `back`.
+    let on_h1 = collectors[0]
+        .wait_for(|got| ["web GET", "front → back"].iter().all(|name| got.iter().any(|s| s["name"] == *name)));
+    let root = on_h1.iter().find(|s| s["name"] == "web GET").expect("the request's span");
+    let trace = root["trace_id"].as_str().unwrap();
+    let call = on_h1.iter().find(|s| s["name"] == "front → back").unwrap();
+    assert_eq!(call["trace_id"], trace, "{on_h1:#?}");
+    // h2: back's handling, in the same trace, under a span of h1's.
+    let on_h2 = collectors[1].wait_for(|got| got.iter().any(|s| s["trace_id"] == trace));
+    let handled = on_h2.iter().find(|s| s["trace_id"] == trace).unwrap();
+    let h1_spans: Vec<&Value> = on_h1.iter().map(|s| &s["span_id"]).collect();
+    assert!(h1_spans.contains(&&handled["parent_span_id"]), "h2's span is not under h1's: {handled} / {on_h1:#?}");
+
+    // The caller measures the link, as for a local one.
+    let (code, text) = get(&network.ns("h1"), hosts[0].admin, "/admin/metrics", None);
+    assert_eq!(code, 200);
+    let calls = crate::metrics::value(
+        &text,
+        "orchestrator_link_requests_total",
+        &[("from", "front"), ("to", "back"), ("outcome", "2xx")],
+    );
+    assert_eq!(calls, Some(1.0), "{text}");
+}
+
 /// Answers `{"machine": $ORCH_TEST_MACHINE}`: the namespace it runs in.
 const MACHINE: &str = r#"    def do_GET(self):
         self.reply(200, {"content-type": "application/json"}, json.dumps({"machine": os.environ["ORCH_TEST_MACHINE"]}).encode())

@@ -10,15 +10,28 @@ use integration_tests::{Running, TopologyFile};
 use serde_json::Value;
 
 /// The OTLP/HTTP receiver, stopped (by its PID) when dropped.
-struct Collector {
+pub struct Collector {
     child: std::process::Child,
-    url: String,
+    pub url: String,
     spans: Receiver<Value>,
 }
 
 impl Collector {
-    fn start() -> Self {
-        let mut child = std::process::Command::new(integration_tests::venv_python())
+    pub fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// The receiver, on the loopback of network namespace `ns` if given.
+    pub fn start_in(ns: Option<&str>) -> Self {
+        let mut command = match ns {
+            Some(ns) => {
+                let mut ip = std::process::Command::new("ip");
+                ip.args(["netns", "exec", ns]).arg(integration_tests::venv_python());
+                ip
+            }
+            None => std::process::Command::new(integration_tests::venv_python()),
+        };
+        let mut child = command
             .arg(integration_tests::repo_root().join("tests/otlp/receiver.py"))
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -36,7 +49,7 @@ impl Collector {
     }
 
     /// Spans received until `done` says the set is complete, within 20 s.
-    fn wait_for(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_for(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut got = Vec::new();
         while !done(&got) {

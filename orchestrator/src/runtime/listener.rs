@@ -241,7 +241,7 @@ fn presents(given: Option<&HeaderValue>, token: &str) -> bool {
 }
 
 /// A request from another host for a tier that runs here.
-async fn handle_peer(req: hyper::Request<Incoming>, inbound: Arc<PeerInbound>, max_body: u64) -> Response {
+async fn handle_peer(mut req: hyper::Request<Incoming>, inbound: Arc<PeerInbound>, max_body: u64) -> Response {
     if let Some(token) = &inbound.token
         && !presents(req.headers().get(header::AUTHORIZATION), token)
     {
@@ -265,6 +265,27 @@ async fn handle_peer(req: hyper::Request<Incoming>, inbound: Arc<PeerInbound>, m
         resp.headers_mut().insert(peer::READY_HEADER, HeaderValue::from(ready));
         return resp;
     }
+    // Traced as a tier listener's request is: the span of the caller's
+    // attempt (on the calling host) is its parent.
+    let Some(mut span) = crate::traces::enabled().then(|| server_span(&endpoint.tier, &mut req)).flatten() else {
+        return handle_peer_call(req, endpoint, tier, max_body).await;
+    };
+    let trace = Some(span.context().trace_id());
+    let resp = Box::pin(crate::traces::in_trace(trace, handle_peer_call(req, endpoint, tier, max_body))).await;
+    span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
+    if resp.status().is_server_error() {
+        span.fail(format!("answered {}", resp.status()));
+    }
+    resp
+}
+
+/// Hands a peer's request for `tier` to one of its replicas here.
+async fn handle_peer_call(
+    req: hyper::Request<Incoming>,
+    endpoint: Arc<Endpoint>,
+    tier: String,
+    max_body: u64,
+) -> Response {
     let (parts, body) = req.into_parts();
     let body = match read_body(body, max_body).await {
         Ok(body) => body,
