@@ -1119,3 +1119,59 @@ fn hosts_with_mutual_tls_serve_each_other_and_refuse_who_has_no_certificate_of_t
     });
     assert!(!answer.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&answer));
 }
+
+/// The peer listener's address, as a running orchestrator logged it (before it was ready).
+fn peer_listener(orch: &integration_tests::Running) -> SocketAddr {
+    let log = orch.log();
+    let line = log.iter().find(|l| l.contains("Peer listener listening.")).expect("the peer listener's line");
+    line.split("addr=").nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// The settings a server announces first on a cleartext HTTP/2 connection
+/// to `addr`: (identifier, value) pairs.
+async fn announced_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The client's preface, then an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(DEADLINE, tcp.read_exact(&mut head)).await.expect("in time").unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS: {head:?}");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|c| (u16::from_be_bytes([c[0], c[1]]), u32::from_be_bytes([c[2], c[3], c[4], c[5]])))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_listener_bounds_streams_per_connection_and_tls_handshakes() {
+    let topology = TopologyFile::new("version: 1\nname: bounds\ntiers:\n  a: { plugin: testkit }\n");
+    // Cleartext: HTTP/2 streams per connection, as the SETTINGS frame announces them.
+    let orch = integration_tests::Running::start_with(topology, &["--peer-listen", "127.0.0.1:0"]).await;
+    let addr = peer_listener(&orch);
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let settings = announced_settings(addr).await;
+    assert!(settings.contains(&(MAX_CONCURRENT_STREAMS, 256)), "{settings:?}");
+
+    // TLS: a client that connects and says nothing is let go after 10 s, not before.
+    let topology = TopologyFile::new("version: 1\nname: bounds\ntiers:\n  a: { plugin: testkit }\n");
+    let files = Authority::new().issue(topology.dir.path(), "here", &["127.0.0.1".to_owned()]);
+    let tls: Vec<String> = tls_flags(&files).iter().map(|f| f.to_string_lossy().into_owned()).collect();
+    let mut args = vec!["--peer-listen", "127.0.0.1:0"];
+    args.extend(tls.iter().map(String::as_str));
+    let orch = integration_tests::Running::start_with(topology, &args).await;
+    let addr = peer_listener(&orch);
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(&mut silent, &mut buf)).await;
+    let closed_after = opened.elapsed();
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, not answered: {read:?}");
+    assert!(
+        closed_after >= Duration::from_secs(10) && closed_after < Duration::from_secs(15),
+        "closed after {closed_after:?}"
+    );
+}
