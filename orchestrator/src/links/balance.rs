@@ -53,12 +53,13 @@ impl Endpoint {
             }
             r.as_peer().map_or(1, |p| u64::from(p.weight()))
         };
-        let weights: Vec<u64> = replicas.iter().map(weight).collect();
-        let total: u64 = weights.iter().sum();
+        let total: u64 = replicas.iter().map(weight).sum();
         if total > 0 {
+            // Weights read again: one that changed since falls to the end below.
             let mut slot = self.next.fetch_add(1, Ordering::Relaxed) as u64 % total;
-            for (r, w) in replicas.iter().zip(&weights) {
-                if slot < *w {
+            for r in replicas.iter() {
+                let w = weight(r);
+                if slot < w {
                     return Some(r.clone());
                 }
                 slot -= w;

@@ -110,6 +110,15 @@ fn server_span(tier: &crate::topology::TierId, req: &mut hyper::Request<Incoming
     Some(span)
 }
 
+/// Records on a listener's span what it answered: the status, and a
+/// failure for a 5xx.
+fn answered(span: &mut crate::traces::Span, resp: &Response) {
+    span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
+    if resp.status().is_server_error() {
+        span.fail(format!("answered {}", resp.status()));
+    }
+}
+
 /// [`handle`]s a request on a tier listener, and records it in the
 /// listener's metrics (`record`, when recording is on).
 async fn recorded(
@@ -127,10 +136,7 @@ async fn recorded(
             let handling =
                 Box::pin(crate::traces::in_trace(trace, handle(req, endpoint, max_body, client, &mut record)));
             let resp = handling.await;
-            span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
-            if resp.status().is_server_error() {
-                span.fail(format!("answered {}", resp.status()));
-            }
+            answered(&mut span, &resp);
             resp
         }
     };
@@ -272,10 +278,7 @@ async fn handle_peer(mut req: hyper::Request<Incoming>, inbound: Arc<PeerInbound
     };
     let trace = Some(span.context().trace_id());
     let resp = Box::pin(crate::traces::in_trace(trace, handle_peer_call(req, endpoint, tier, max_body))).await;
-    span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
-    if resp.status().is_server_error() {
-        span.fail(format!("answered {}", resp.status()));
-    }
+    answered(&mut span, &resp);
     resp
 }
 

@@ -104,7 +104,7 @@ struct Host {
     peer: String,
     tier: String,
     tier_value: http::HeaderValue,
-    token: Option<String>,
+    /// `Bearer <the peer token>`, if there is one.
     bearer: Option<http::HeaderValue>,
     addresses: Mutex<Vec<Address>>,
     next: AtomicUsize,
@@ -162,8 +162,8 @@ impl Host {
             builder = builder.header(name, value);
         }
         builder = builder.header(TIER_HEADER, &self.tier);
-        if let Some(token) = &self.token {
-            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(bearer) = &self.bearer {
+            builder = builder.header(hyper::header::AUTHORIZATION, bearer);
         }
         builder.body(Full::new(Bytes::copy_from_slice(req.body.as_bytes()))).unwrap_or_default()
     }
@@ -203,10 +203,8 @@ impl Host {
         if let Some(token) = &self.bearer {
             headers.insert(hyper::header::AUTHORIZATION, token.clone());
         }
-        let rpc = req
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = plugin_api::rpc::CONTENT_TYPE.as_bytes();
+        let rpc = req.headers().get(hyper::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(grpc));
         let (parts, body) = req.into_parts();
         self.exchange(addr, hyper::Request::from_parts(parts, Full::new(body)), rpc).await
     }
@@ -309,8 +307,8 @@ impl Host {
         let mut builder = hyper::Request::builder()
             .uri(format!("{}://{addr}/_orch/peer/ready", self.scheme))
             .header(TIER_HEADER, &self.tier);
-        if let Some(token) = &self.token {
-            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(bearer) = &self.bearer {
+            builder = builder.header(hyper::header::AUTHORIZATION, bearer);
         }
         let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
         match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
@@ -405,8 +403,10 @@ impl Plugin for Peer {
             peer,
             tier: self.tier.clone(),
             tier_value: http::HeaderValue::from_str(&self.tier).map_err(|_| "a tier name that is no header value")?,
-            bearer: token.as_ref().and_then(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).ok()),
-            token,
+            bearer: token
+                .map(|t| http::HeaderValue::from_str(&format!("Bearer {t}")))
+                .transpose()
+                .map_err(|_| "the peer token is not a header value")?,
             addresses: Mutex::new(found.into_iter().map(Address::new).collect()),
             next: AtomicUsize::new(0),
             scheme,
