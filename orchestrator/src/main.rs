@@ -93,8 +93,28 @@ enum Command {
         /// Run this host's share of a topology placed on several hosts (a
         /// name under its `hosts:`); the tiers of the others are reached
         /// through their peer listeners.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "only")]
         host: Option<String>,
+        /// Run only these tiers (comma-separated), one replica each, and
+        /// reach every other tier at --peer-address: what each Kubernetes
+        /// pod runs (`orchestrator export kubernetes`). The topology's
+        /// `hosts:`, if any, is not used.
+        #[arg(long, value_name = "TIER,...", value_delimiter = ',', requires = "peer_address")]
+        only: Vec<String>,
+        /// With --only: where the other tiers' peer listeners are, `{tier}`
+        /// standing for a tier's name, e.g. `{tier}-peer:7700` (a DNS name
+        /// stands for every address it resolves to: a headless Service).
+        #[arg(long, value_name = "ADDR", requires = "only", value_parser = peer_address)]
+        peer_address: Option<String>,
+        /// With --only: serve the tiers' `listen` addresses on this IP
+        /// instead, their ports unchanged (`0.0.0.0` in a container, whose
+        /// loopback nobody else reaches).
+        #[arg(long, value_name = "IP", requires = "only")]
+        listen_ip: Option<std::net::IpAddr>,
+        /// With --only: where durable state is kept (a durable queue tier's
+        /// messages), instead of beside the topology file.
+        #[arg(long, value_name = "DIR", requires = "only")]
+        data_dir: Option<PathBuf>,
         /// Serve the tiers that run here to the other hosts on this address
         /// (HTTP/1.1 and HTTP/2), e.g. `0.0.0.0:7700`. Beyond loopback it
         /// needs --peer-token-file or mutual TLS (--peer-tls-*).
@@ -208,6 +228,9 @@ enum Command {
     },
     /// Print the JSON Schema of the topology file, for editors.
     Schema,
+    /// Translate a topology for another platform.
+    #[command(subcommand)]
+    Export(ExportTarget),
     /// Load one plugin library and report its declaration (what the
     /// orchestrator runs in a child process before loading a library itself).
     #[command(name = "probe-plugin", hide = true)]
@@ -223,6 +246,39 @@ enum Command {
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportTarget {
+    /// Kubernetes manifests (a Kustomize directory, or one stream) and a
+    /// report of how each part of the topology was translated.
+    Kubernetes {
+        /// The topology file.
+        file: PathBuf,
+        /// A directory to write the manifests, kustomization.yaml and the
+        /// report to (created; tokens under secrets/ are kept if there), or
+        /// `-` for one stream of documents on stdout.
+        #[arg(short, long, default_value = "-", value_name = "DIR|-")]
+        output: PathBuf,
+        /// Namespace of every resource.
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        /// The orchestrator's image (default: what the Containerfile builds).
+        #[arg(long)]
+        image: Option<String>,
+        /// The cluster's version (1.29 to 1.37).
+        #[arg(long, default_value = "1.37", value_name = "1.N", value_parser = orchestrator::export::kubernetes::parse_version)]
+        kubernetes_version: (u32, u32),
+        /// Where the image's file tree has the topology's directory: a
+        /// process tier's `workdir` resolves against it.
+        #[arg(long, value_name = "DIR")]
+        mount_path: Option<String>,
+        /// How long in-flight requests may take to finish when a pod stops.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+        #[command(flatten)]
+        plugins: PluginDirs,
     },
 }
 
@@ -300,6 +356,10 @@ fn main() -> ExitCode {
             otlp_endpoint,
             trace_sample,
             host,
+            only,
+            peer_address,
+            listen_ip,
+            data_dir,
             peer_listen,
             peer_token_file,
             peer_tls_cert,
@@ -372,10 +432,17 @@ fn main() -> ExitCode {
                 max_connections,
                 admin_access: orchestrator::admin::Access { token },
                 traces: trace_options(otlp_endpoint, trace_sample),
-                placement: host.map(|host| topology::Placement {
-                    host,
+                placement: match (host, peer_address) {
+                    (Some(host), _) => Some(topology::Share::Host(host)),
+                    (None, Some(peer_address)) => Some(topology::Share::Tiers { tiers: only, peer_address }),
+                    (None, None) => None,
+                }
+                .map(|share| topology::Placement {
+                    share,
                     token: peer_token.clone(),
                     tls: peer_tls_files,
+                    listen_ip,
+                    data_dir: data_dir.map(absolute),
                 }),
                 peer_listen,
                 peer_token,
@@ -416,6 +483,25 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Plugins { topology, plugins } => list_plugins(topology.as_deref(), &plugins),
+        Command::Export(ExportTarget::Kubernetes {
+            file,
+            output,
+            namespace,
+            image,
+            kubernetes_version,
+            mount_path,
+            drain_timeout,
+            plugins,
+        }) => {
+            let opts = orchestrator::export::kubernetes::Options {
+                namespace,
+                image,
+                mount_path,
+                version: kubernetes_version,
+                drain_timeout,
+            };
+            export_kubernetes(&file, &output, &opts, &plugins)
+        }
         Command::Schema => {
             println!("{}", topology::raw::json_schema());
             ExitCode::SUCCESS
@@ -490,6 +576,66 @@ fn load(file: &Path, registry: &Registry) -> Result<topology::Topology, ExitCode
     }
 }
 
+fn export_kubernetes(
+    file: &Path,
+    output: &Path,
+    opts: &orchestrator::export::kubernetes::Options,
+    plugins: &PluginDirs,
+) -> ExitCode {
+    use orchestrator::export::kubernetes;
+    let t = match load(file, &plugins.registry()) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let source = match topology::read(file, topology::max_file_bytes()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let export = match kubernetes::export(&t, &source, opts) {
+        Ok(e) => e,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {}: {e}", file.display());
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for note in &export.report {
+        eprintln!("{note}");
+    }
+    if output == Path::new("-") {
+        print!("{}", kubernetes::stream(&export));
+        eprintln!(
+            "The pods need Secret {} (keys {}, {}, each a token of 16 characters or more), which a stream does not carry: kubectl create secret generic {} --from-file={}=FILE --from-file={}=FILE",
+            export.secret,
+            kubernetes::PEER_TOKEN,
+            kubernetes::ADMIN_TOKEN,
+            export.secret,
+            kubernetes::PEER_TOKEN,
+            kubernetes::ADMIN_TOKEN
+        );
+        return ExitCode::SUCCESS;
+    }
+    match orchestrator::export::write_dir(output, &export) {
+        Ok(written) => {
+            eprintln!(
+                "Wrote {} files to {}; deploy with: kubectl apply -k {}",
+                written,
+                output.display(),
+                output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", output.display());
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
     let registry = plugins.registry();
     let mut worst = ExitCode::SUCCESS;
@@ -522,13 +668,28 @@ fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
     worst
 }
 
+/// `--peer-address`: `{tier}` somewhere before a `:port`.
+fn peer_address(s: &str) -> Result<String, String> {
+    let port = s.rsplit_once(':').map(|(_, p)| p);
+    if !s.contains(topology::model::TIER_PLACEHOLDER) {
+        return Err(format!(
+            "`{s}` does not say where a tier is: write `{{tier}}` for its name, e.g. `{{tier}}-peer:7700`"
+        ));
+    }
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p > 0 => Ok(s.to_owned()),
+        _ => Err(format!("`{s}` has no port: write it as NAME:PORT, e.g. `{{tier}}-peer:7700`")),
+    }
+}
+
 fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
     let registry = Arc::new(plugins.registry());
     let topology = match load(file, &registry) {
         Ok(t) => t,
         Err(code) => return code,
     };
-    match (&opts.placement, topology.hosts.is_empty()) {
+    let share = opts.placement.as_ref().map(|p| &p.share);
+    match (share, topology.hosts.is_empty()) {
         (None, false) => {
             let hosts: Vec<&str> = topology.hosts.keys().map(String::as_str).collect();
             eprintln!(
@@ -538,19 +699,30 @@ fn run(file: &Path, opts: RunOptions, plugins: &PluginDirs) -> ExitCode {
             );
             return ExitCode::from(EXIT_USAGE);
         }
-        (Some(p), true) => {
-            eprintln!("error: --host {}: {} places no tier (it has no `hosts:`)", p.host, file.display());
+        (Some(topology::Share::Host(host)), true) => {
+            eprintln!("error: --host {host}: {} places no tier (it has no `hosts:`)", file.display());
             return ExitCode::from(EXIT_USAGE);
         }
-        (Some(p), false) if !topology.hosts.contains_key(&p.host) => {
+        (Some(topology::Share::Host(host)), false) if !topology.hosts.contains_key(host) => {
             let hosts: Vec<&str> = topology.hosts.keys().map(String::as_str).collect();
-            eprintln!(
-                "error: --host {}: {} has no such host; its hosts are: {}",
-                p.host,
-                file.display(),
-                hosts.join(", ")
-            );
+            eprintln!("error: --host {host}: {} has no such host; its hosts are: {}", file.display(), hosts.join(", "));
             return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(topology::Share::Tiers { tiers, .. }), _) => {
+            if let Some(unknown) = tiers.iter().find(|t| !topology.tiers.contains_key(&topology::TierId::new(t))) {
+                let known: Vec<&str> = topology.tiers.keys().map(topology::TierId::as_str).collect();
+                eprintln!(
+                    "error: --only {unknown}: {} has no such tier; its tiers are: {}",
+                    file.display(),
+                    known.join(", ")
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if !topology.hosts.is_empty() {
+                tracing::warn!(
+                    "--only: the topology's `hosts:` is not used; the other tiers are reached at --peer-address."
+                );
+            }
         }
         _ => {}
     }

@@ -48,36 +48,94 @@ pub struct Topology {
     pub hosts: IndexMap<String, String>,
 }
 
-/// Which host's share of a placed topology this orchestrator runs.
+/// Which share of a topology this orchestrator runs.
 #[derive(Clone, Debug)]
 pub struct Placement {
-    /// A name under the topology's `hosts:`.
-    pub host: String,
+    pub share: Share,
     /// The token peers present, and that this host presents to them.
     pub token: Option<String>,
     /// Mutual TLS between hosts: this host's certificate, key and the
     /// authority (absolute paths).
     pub tls: Option<peer::tls::Files>,
+    /// Serve the local tiers' `listen` addresses on this address instead
+    /// (their ports unchanged): `0.0.0.0` in a container.
+    pub listen_ip: Option<std::net::IpAddr>,
+    /// Where the local tiers keep durable state (`ORCH_DATA_DIR`), instead
+    /// of beside the topology file.
+    pub data_dir: Option<PathBuf>,
 }
 
+/// The environment variable that tells a tier where to keep durable state.
+pub const DATA_DIR_ENV: &str = "ORCH_DATA_DIR";
+
+/// How the tiers that run here are chosen.
+#[derive(Clone, Debug)]
+pub enum Share {
+    /// Those placed on this host (a name under the topology's `hosts:`).
+    Host(String),
+    /// These tiers, one replica each (a platform such as Kubernetes runs
+    /// the replicas, each as a process of its own); every other tier is
+    /// reached at `peer_address` with `{tier}` replaced by its name, and the
+    /// topology's own `hosts:` is not used.
+    Tiers { tiers: Vec<String>, peer_address: String },
+}
+
+/// The placeholder in `--peer-address` that stands for a tier's name.
+pub const TIER_PLACEHOLDER: &str = "{tier}";
+
 impl Topology {
-    /// Host `placement.host`'s share: its tiers as they are; each tier placed
-    /// only on other hosts becomes a tier of the built-in `peer` plugin, one
-    /// replica per host that runs it, which reaches it through that host's
-    /// peer listener. Links do not change. A topology without `hosts:` is
-    /// returned as it is.
+    /// This orchestrator's share: the tiers that run here as they are; each
+    /// other tier becomes a tier of the built-in `peer` plugin, one replica
+    /// per host that runs it, which reaches it through that host's peer
+    /// listener. Links do not change. A topology without `hosts:` is
+    /// returned as it is for a [`Share::Host`].
     pub fn share(mut self, placement: &Placement) -> Result<Topology, String> {
-        if self.hosts.is_empty() {
-            return Ok(self);
+        match &placement.share {
+            Share::Host(host) => {
+                if self.hosts.is_empty() {
+                    return Ok(self);
+                }
+                if !self.hosts.contains_key(host) {
+                    let known: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
+                    return Err(format!("this topology has no host `{host}`; its hosts are: {}", known.join(", ")));
+                }
+            }
+            Share::Tiers { tiers, peer_address } => {
+                if let Some(unknown) = tiers.iter().find(|t| !self.tiers.contains_key(&TierId::new(t))) {
+                    let known: Vec<&str> = self.tiers.keys().map(TierId::as_str).collect();
+                    return Err(format!("this topology has no tier `{unknown}`; its tiers are: {}", known.join(", ")));
+                }
+                self.hosts = self
+                    .tiers
+                    .keys()
+                    .map(|t| (t.to_string(), peer_address.replace(TIER_PLACEHOLDER, t.as_str())))
+                    .collect();
+                for spec in self.tiers.values_mut() {
+                    spec.hosts = vec![spec.id.to_string()];
+                    if tiers.iter().any(|t| t == spec.id.as_str()) {
+                        spec.replicas = 1;
+                    }
+                }
+            }
         }
-        if !self.hosts.contains_key(&placement.host) {
-            let known: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
-            return Err(format!("this topology has no host `{}`; its hosts are: {}", placement.host, known.join(", ")));
-        }
+        let here = |spec: &TierSpec| match &placement.share {
+            Share::Host(host) => spec.hosts.is_empty() || spec.hosts.contains(host),
+            Share::Tiers { tiers, .. } => tiers.iter().any(|t| t == spec.id.as_str()),
+        };
         for spec in self.tiers.values_mut() {
-            if spec.hosts.is_empty() || spec.hosts.contains(&placement.host) {
+            if here(spec) {
                 // A tier (and its program) can tell which host it runs on.
-                spec.env.entry("ORCH_HOST".to_owned()).or_insert_with(|| placement.host.clone());
+                let host = match &placement.share {
+                    Share::Host(host) => host.clone(),
+                    Share::Tiers { .. } => this_machine(),
+                };
+                spec.env.entry("ORCH_HOST".to_owned()).or_insert(host);
+                if let Some(ip) = placement.listen_ip {
+                    spec.listen = spec.listen.map(|a| std::net::SocketAddr::new(ip, a.port()));
+                }
+                if let Some(dir) = &placement.data_dir {
+                    spec.env.insert(DATA_DIR_ENV.to_owned(), dir.display().to_string());
+                }
                 continue;
             }
             let peers: Vec<&str> = spec.hosts.iter().filter_map(|h| self.hosts.get(h).map(String::as_str)).collect();
@@ -115,6 +173,11 @@ pub fn base_dir(file: &std::path::Path) -> PathBuf {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// This machine's host name (a Kubernetes pod's name), or `localhost`.
+fn this_machine() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// `dir` joined to `path`, written tidily: `.` components left out, and a

@@ -170,7 +170,10 @@ impl Plugin for QueuePlugin {
             issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect::<Vec<_>>().join("; ")
         })?;
         let tier = cx.tier();
-        let data_file = settings.data_file(&cx.base_dir(), &tier);
+        // `ORCH_DATA_DIR` (`run --data-dir`, as in a Kubernetes pod) stands
+        // in for the topology file's directory, which may be read-only.
+        let base = cx.env("ORCH_DATA_DIR").map_or_else(|| cx.base_dir(), std::path::PathBuf::from);
+        let data_file = settings.data_file(&base, &tier);
         let (broker, warning) = Broker::attach(&tier, settings, &data_file)?;
         if let Some(warning) = warning {
             cx.warn(format_args!("`durable`/`data_dir` changed: {warning}."));
