@@ -50,6 +50,7 @@ pub mod admin;
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod cli;
+pub mod export;
 pub mod links;
 pub mod logging;
 pub mod metrics;
