@@ -1,0 +1,820 @@
+//! `orchestrator export kubernetes`, proven without a cluster, two ways.
+//!
+//! 1. **Valid**: every manifest of every topology in `topologies/` passes
+//!    `kubernetes-validate --strict` for the oldest and newest Kubernetes
+//!    versions claimed, and matches its golden file (`tests/golden/kubernetes/`,
+//!    rewritten by `ORCH_UPDATE_GOLDEN=1`); each NetworkPolicy admits exactly
+//!    the tiers the topology's links say call it.
+//! 2. **They run**, on a simulated cluster: [`Cluster`] plays the kubelet and
+//!    the cluster DNS for the manifests. What it simulates, and how:
+//!    - a pod: a network namespace with an address of its own on one bridge,
+//!      its host name the pod's name (a UTS namespace);
+//!    - a container: the manifest's `command`, `args`, `env` and
+//!      `workingDir`, run in the pod's namespaces, with its `volumeMounts`
+//!      bind-mounted (a mount namespace of its own); the image's files are
+//!      this build (`target/debug` at `/opt/orchestrator/bin`) over the
+//!      machine's own;
+//!    - a ConfigMap or Secret volume: a directory written as the kubelet's
+//!      atomic writer writes it (a `..<timestamp>` directory, `..data`
+//!      linking to it, each key linking through `..data`), and an update as it
+//!      makes it (a new directory, `..data` replaced by a rename); the Secret
+//!      comes from the kustomization's `secretGenerator` files;
+//!    - cluster DNS: each Service's name in every pod's `/etc/hosts`
+//!      (`/etc/netns/<ns>/hosts`), resolving to the addresses of the pods its
+//!      selector picks (a headless Service's answer);
+//!    - readiness: the manifest's readiness probe, polled at its path and
+//!      port, as the kubelet does.
+//!
+//!    What only a real cluster would show: scheduling and resources, the
+//!    image itself (the image test runs that), the security context (the
+//!    harness runs containers as root, on a writable root), kube-proxy (a
+//!    ClusterIP Service: the test sends to the pods behind it), NetworkPolicy
+//!    enforcement (a CNI's; checked statically here), probes' effect on
+//!    restarts, rolling updates, and PersistentVolumeClaims (a directory).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use integration_tests::repo_root;
+use serde_json::Value;
+
+use crate::netns::{Network, in_ns};
+
+/// Pods start, find each other and become ready within this.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The manifests `export kubernetes` wrote into a directory.
+struct Exported {
+    dir: tempfile::TempDir,
+    /// `(file, resource)`, in the kustomization's order.
+    resources: Vec<(String, Value)>,
+    kustomization: Value,
+    /// What the command printed on stderr: the report.
+    stderr: String,
+}
+
+impl Exported {
+    fn of(kind: &str, name: &str) -> impl Fn(&&(String, Value)) -> bool {
+        let (kind, name) = (kind.to_owned(), name.to_owned());
+        move |(_, r)| r["kind"] == kind.as_str() && r["metadata"]["name"] == name.as_str()
+    }
+
+    fn get(&self, kind: &str, name: &str) -> &Value {
+        &self.resources.iter().find(Self::of(kind, name)).unwrap_or_else(|| panic!("no {kind} {name}")).1
+    }
+
+    fn all(&self, kind: &str) -> impl Iterator<Item = &Value> {
+        let kind = kind.to_owned();
+        self.resources.iter().map(|(_, r)| r).filter(move |r| r["kind"] == kind.as_str())
+    }
+}
+
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+}
+
+/// `orchestrator export kubernetes TOPOLOGY -o DIR EXTRA…`, run from the
+/// repository root (the report names the file as it was given).
+fn export(topology: &str, extra: &[&str]) -> Exported {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(integration_tests::bin())
+        .current_dir(repo_root())
+        .args(["export", "kubernetes", topology, "-o"])
+        .arg(dir.path())
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "export {topology}: {stderr}");
+    let kustomization = yaml(&std::fs::read_to_string(dir.path().join("kustomization.yaml")).unwrap());
+    let resources = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let file = f.as_str().unwrap().to_owned();
+            let text = std::fs::read_to_string(dir.path().join(&file)).unwrap();
+            (file, yaml(&text))
+        })
+        .collect();
+    Exported { dir, resources, kustomization, stderr }
+}
+
+/// The topologies in `topologies/`, as `topologies/NAME.yaml`.
+fn repo_topologies() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(repo_root().join("topologies"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .map(|n| format!("topologies/{n}"))
+        .collect();
+    out.sort();
+    out
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let path = repo_root().join(".venv/bin/kubernetes-validate");
+    assert!(path.exists(), "{} is missing: run scripts/setup-tools", path.display());
+    path
+}
+
+#[test]
+fn every_repository_topology_exports_to_manifests_valid_for_the_oldest_and_newest_kubernetes_claimed() {
+    for topology in repo_topologies() {
+        let exported = export(&topology, &[]);
+        let files: Vec<PathBuf> = exported.resources.iter().map(|(f, _)| exported.dir.path().join(f)).collect();
+        assert!(files.len() >= 4, "{topology}: {files:?}");
+        for version in ["1.29.0", "1.37.0"] {
+            let out = Command::new(kubernetes_validate())
+                .args(["--strict", "--quiet", "-k", version])
+                .args(&files)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{topology} under Kubernetes {version} --strict:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A check that cannot fail proves nothing: the same validator refuses a typo.
+        let typo = exported.dir.path().join("typo.yaml");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        std::fs::write(&typo, text.replacen("metadata:", "metadatas:", 1)).unwrap();
+        let out = Command::new(kubernetes_validate())
+            .args(["--strict", "--quiet", "-k", "1.29.0"])
+            .arg(&typo)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a misspelt field passed");
+    }
+}
+
+/// Golden files: the manifests, kustomization and report of every
+/// repository topology, reviewed like code. `ORCH_UPDATE_GOLDEN=1` rewrites them.
+#[test]
+fn exported_manifests_match_their_golden_files() {
+    let update = std::env::var_os("ORCH_UPDATE_GOLDEN").is_some();
+    let mut stale = Vec::new();
+    for topology in repo_topologies() {
+        let name = Path::new(&topology).file_stem().unwrap().to_string_lossy().into_owned();
+        let golden = repo_root().join("tests/golden/kubernetes").join(&name);
+        let exported = export(&topology, &[]);
+        let mut files: Vec<String> = exported.resources.iter().map(|(f, _)| f.clone()).collect();
+        files.extend(["kustomization.yaml".to_owned(), "translation-report.txt".to_owned()]);
+        if update {
+            let _ = std::fs::remove_dir_all(&golden);
+            std::fs::create_dir_all(&golden).unwrap();
+        }
+        for file in &files {
+            let got = std::fs::read_to_string(exported.dir.path().join(file)).unwrap();
+            if update {
+                std::fs::write(golden.join(file), &got).unwrap();
+                continue;
+            }
+            match std::fs::read_to_string(golden.join(file)) {
+                Ok(want) if want == got => {}
+                Ok(_) => stale.push(format!("{name}/{file} differs")),
+                Err(_) => stale.push(format!("{name}/{file} is missing")),
+            }
+        }
+        if !update {
+            let on_disk = std::fs::read_dir(&golden).map(|d| d.count()).unwrap_or(0);
+            if on_disk != files.len() {
+                stale.push(format!("{name}: {on_disk} golden files for {} exported", files.len()));
+            }
+        }
+    }
+    assert!(stale.is_empty(), "golden files out of date (ORCH_UPDATE_GOLDEN=1 rewrites them):\n{}", stale.join("\n"));
+}
+
+/// The pods a selector picks: `matchLabels` against each workload's pod labels.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector.as_object().is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &labels[k] == v))
+}
+
+/// The tier of the workload whose pods `selector` picks.
+fn tier_selected(exported: &Exported, selector: &Value) -> Vec<String> {
+    let mut out: Vec<String> = ["Deployment", "StatefulSet"]
+        .iter()
+        .flat_map(|k| exported.all(k))
+        .filter(|w| selects(selector, &w["spec"]["template"]["metadata"]["labels"]))
+        .map(|w| w["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn network_policies_admit_exactly_the_tiers_whose_links_call_them() {
+    for topology in repo_topologies() {
+        let exported = export(&topology, &[]);
+        // The topology read here, not by the exporter: who calls whom.
+        let source = yaml(&std::fs::read_to_string(repo_root().join(&topology)).unwrap());
+        let tiers = source["tiers"].as_object().unwrap();
+        for (tier, spec) in tiers {
+            let mut callers: Vec<String> = source["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["to"] == tier.as_str() && l["from"] != tier.as_str())
+                .map(|l| l["from"].as_str().unwrap().to_owned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            callers.sort();
+            let policy = exported.get("NetworkPolicy", &format!("{tier}-ingress"));
+            assert_eq!(tier_selected(&exported, &policy["spec"]["podSelector"]["matchLabels"]), vec![tier.clone()]);
+            assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]), "{topology} {tier}");
+            let mut from_peers = Vec::new();
+            let mut open_ports = Vec::new();
+            for rule in policy["spec"]["ingress"].as_array().unwrap() {
+                let ports: Vec<u64> =
+                    rule["ports"].as_array().unwrap().iter().map(|p| p["port"].as_u64().unwrap()).collect();
+                match rule.get("from") {
+                    Some(from) => {
+                        assert_eq!(
+                            ports,
+                            vec![7700],
+                            "{topology} {tier}: a rule with sources opens the peer port only"
+                        );
+                        for source in from.as_array().unwrap() {
+                            from_peers.extend(tier_selected(&exported, &source["podSelector"]["matchLabels"]));
+                        }
+                    }
+                    None => open_ports.extend(ports),
+                }
+            }
+            from_peers.sort();
+            assert_eq!(from_peers, callers, "{topology}: who may reach `{tier}`'s peer port");
+            let listen: Vec<u64> =
+                spec["listen"].as_str().map(|l| l.rsplit_once(':').unwrap().1.parse().unwrap()).into_iter().collect();
+            assert_eq!(open_ports, listen, "{topology}: `{tier}` is open to anyone on its listen port only");
+        }
+    }
+}
+
+#[test]
+fn what_cannot_be_exported_is_refused_with_the_reason_and_writes_nothing() {
+    let bad = integration_tests::TopologyFile::new(
+        "version: 1\nname: t\ntiers:\n  Web_1: { plugin: gateway, listen: \"127.0.0.1:0\", config: { routes: [] } }\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(integration_tests::bin())
+        .args(["export", "kubernetes", bad.path_str(), "-o"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("tier `Web_1` cannot be a Kubernetes name"), "{stderr}");
+    assert!(stderr.contains("listens on port 0"), "{stderr}");
+    assert!(!out_dir.exists(), "nothing is written");
+    let hello = repo_root().join("topologies/hello.yaml");
+    let out = integration_tests::orchestrator(&[
+        "export",
+        "kubernetes",
+        hello.to_str().unwrap(),
+        "--kubernetes-version",
+        "1.20",
+    ]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one from 1.29 to 1.37"));
+}
+
+#[test]
+fn the_report_says_how_each_part_was_translated_and_a_stream_needs_its_secret_made() {
+    let exported = export("topologies/orders.yaml", &[]);
+    let report = &exported.stderr;
+    for line in [
+        "topologies/orders.yaml:23:3 tiers.orders: mapped: queue tier `orders` → StatefulSet orders of one pod",
+        "topologies/orders.yaml:16:5 tiers.web.listen: mapped: listen port 8080 → Service web",
+        "topologies/orders.yaml:30:3 tiers.worker: mapped: tier `worker` → Deployment worker, 2 replica(s)",
+        "tiers.audit.config: not translated:",
+        "defaulted: resources → requests cpu 50m memory 64Mi",
+    ] {
+        assert!(report.contains(line), "no `{line}` in:\n{report}");
+    }
+    // The tokens: files of their own, kept across exports, never in the ConfigMap.
+    let secrets = exported.dir.path().join("secrets");
+    let token = std::fs::read_to_string(secrets.join("peer-token")).unwrap();
+    assert!(token.trim().len() >= 32, "{token}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(secrets.join("peer-token")).unwrap().permissions().mode() & 0o777, 0o600);
+    let configmap = exported.get("ConfigMap", "orders-topology");
+    assert!(!configmap.to_string().contains(token.trim()));
+    assert_eq!(
+        configmap["data"]["orders.yaml"],
+        std::fs::read_to_string(repo_root().join("topologies/orders.yaml")).unwrap()
+    );
+    let again = Command::new(integration_tests::bin())
+        .current_dir(repo_root())
+        .args(["export", "kubernetes", "topologies/orders.yaml", "-o"])
+        .arg(exported.dir.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(std::fs::read_to_string(secrets.join("peer-token")).unwrap(), token, "a re-export keeps the tokens");
+    // `-o -`: one stream of documents, and how to make the Secret it does not carry.
+    let hello = repo_root().join("topologies/hello.yaml");
+    let out = integration_tests::orchestrator(&["export", "kubernetes", hello.to_str().unwrap(), "-o", "-"]);
+    assert!(out.status.success());
+    let stream = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<Value> = stream.split("\n---\n").map(|d| yaml(d.trim_start_matches("---\n"))).collect();
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, BTreeSet::from(["ConfigMap", "Deployment", "NetworkPolicy", "Service"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kubectl create secret generic hello-tokens"));
+}
+
+/// One container's process, its stderr kept.
+struct Process {
+    child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A pod of the simulated cluster.
+struct Pod {
+    name: String,
+    /// The workload's name: its tier.
+    workload: String,
+    labels: Value,
+    ns: String,
+    ip: String,
+    spec: Value,
+    /// Volume name → the directory standing for it.
+    volumes: BTreeMap<String, PathBuf>,
+    containers: Vec<Process>,
+}
+
+/// The kubelet and the cluster DNS, simulated (see the module's docs).
+struct Cluster {
+    pods: Vec<Pod>,
+    network: Network,
+    /// The namespace the test sends from (no pod runs there).
+    client: String,
+    root: tempfile::TempDir,
+    /// ConfigMaps and Secrets: name → key → content.
+    sources: BTreeMap<String, BTreeMap<String, String>>,
+    writes: u64,
+    admin_token: String,
+}
+
+impl Cluster {
+    fn start(exported: &Exported) -> Self {
+        let mut sources: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for cm in exported.all("ConfigMap") {
+            let data = cm["data"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()));
+            sources.insert(cm["metadata"]["name"].as_str().unwrap().to_owned(), data.collect());
+        }
+        for generator in exported.kustomization["secretGenerator"].as_array().into_iter().flatten() {
+            let mut data = BTreeMap::new();
+            for file in generator["files"].as_array().unwrap() {
+                let (key, path) = file.as_str().unwrap().split_once('=').unwrap();
+                data.insert(key.to_owned(), std::fs::read_to_string(exported.dir.path().join(path)).unwrap());
+            }
+            sources.insert(generator["name"].as_str().unwrap().to_owned(), data);
+        }
+        let admin_token = sources.values().find_map(|d| d.get("admin-token")).unwrap().trim().to_owned();
+        let mut pods = Vec::new();
+        for workload in ["Deployment", "StatefulSet"].iter().flat_map(|k| exported.all(k)) {
+            let name = workload["metadata"]["name"].as_str().unwrap();
+            for r in 0..workload["spec"]["replicas"].as_u64().unwrap() {
+                let pod_name =
+                    if workload["kind"] == "StatefulSet" { format!("{name}-{r}") } else { format!("{name}-pod{r}") };
+                pods.push(Pod {
+                    name: pod_name,
+                    workload: name.to_owned(),
+                    labels: workload["spec"]["template"]["metadata"]["labels"].clone(),
+                    ns: String::new(),
+                    ip: String::new(),
+                    spec: workload["spec"]["template"]["spec"].clone(),
+                    volumes: BTreeMap::new(),
+                    containers: Vec::new(),
+                });
+            }
+        }
+        let network = Network::new(pods.len() + 1);
+        for (i, pod) in pods.iter_mut().enumerate() {
+            pod.ns = network.ns(&format!("h{}", i + 1));
+            pod.ip = network.addr(i + 1);
+        }
+        let client = network.ns(&format!("h{}", pods.len() + 1));
+        let mut cluster =
+            Self { pods, network, client, root: tempfile::tempdir().unwrap(), sources, writes: 0, admin_token };
+        cluster.dns(exported);
+        for i in 0..cluster.pods.len() {
+            cluster.volumes(i);
+            cluster.run_containers(i);
+        }
+        cluster
+    }
+
+    /// Every Service's name, in every pod's hosts file (and the client's):
+    /// the addresses of the pods its selector picks.
+    fn dns(&self, exported: &Exported) {
+        let mut lines = String::new();
+        for service in exported.all("Service") {
+            let name = service["metadata"]["name"].as_str().unwrap();
+            for pod in self.pods.iter().filter(|p| selects(&service["spec"]["selector"], &p.labels)) {
+                lines.push_str(&format!("{} {name} {name}.default.svc.cluster.local\n", pod.ip));
+            }
+        }
+        for i in 1..=self.pods.len() + 1 {
+            let own = self.pods.get(i - 1).map(|p| format!("{} {}\n", p.ip, p.name)).unwrap_or_default();
+            self.network.hosts_file(i, &format!("{own}{lines}"));
+        }
+    }
+
+    /// The directories standing for pod `i`'s volumes.
+    fn volumes(&mut self, i: usize) {
+        let dir = self.root.path().join(&self.pods[i].name);
+        let volumes: Vec<Value> = self.pods[i].spec["volumes"].as_array().cloned().unwrap_or_default();
+        for v in volumes {
+            let name = v["name"].as_str().unwrap().to_owned();
+            let path = dir.join(&name);
+            std::fs::create_dir_all(&path).unwrap();
+            let source = v["configMap"]["name"].as_str().or(v["secret"]["secretName"].as_str());
+            if let Some(source) = source {
+                let data = self.sources[source].clone();
+                self.write_atomically(&path, &data);
+            } else {
+                assert!(v.get("emptyDir").is_some(), "volume kind not simulated: {v}");
+            }
+            self.pods[i].volumes.insert(name, path);
+        }
+        // A StatefulSet's claims: a directory each.
+        for claim in
+            self.pods[i].spec.get("volumeClaimTemplates").and_then(Value::as_array).cloned().unwrap_or_default()
+        {
+            let name = claim["metadata"]["name"].as_str().unwrap().to_owned();
+            let path = dir.join(&name);
+            std::fs::create_dir_all(&path).unwrap();
+            self.pods[i].volumes.insert(name, path);
+        }
+    }
+
+    /// Writes `data` into volume directory `dir` as the kubelet's atomic
+    /// writer does: the files in a new `..<timestamp>` directory, `..data`
+    /// switched to it by a rename, each key a link through `..data`, and
+    /// the previous directory removed.
+    fn write_atomically(&mut self, dir: &Path, data: &BTreeMap<String, String>) {
+        self.writes += 1;
+        let stamp = format!("..2026_12_02_00_00_00.{:09}", self.writes);
+        let new = dir.join(&stamp);
+        std::fs::create_dir(&new).unwrap();
+        for (key, value) in data {
+            std::fs::write(new.join(key), value).unwrap();
+        }
+        let old = std::fs::read_link(dir.join("..data")).ok();
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        for key in data.keys() {
+            let link = dir.join(key);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{key}"), &link).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(dir.join(old)).unwrap();
+        }
+    }
+
+    /// Starts pod `i`'s containers: each the manifest's command, args, env
+    /// and working directory, its mounts bound in a mount namespace of its own.
+    fn run_containers(&mut self, i: usize) {
+        let pod = &self.pods[i];
+        let bin = integration_tests::bin();
+        let image = bin.parent().unwrap();
+        let mut started = Vec::new();
+        for c in pod.spec["containers"].as_array().unwrap() {
+            let sq = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+            let mut script = vec![
+                "set -e".to_owned(),
+                "mount -t tmpfs tmpfs /opt".to_owned(),
+                "mkdir -p /opt/orchestrator/bin".to_owned(),
+                format!("mount --bind {} /opt/orchestrator/bin", sq(image.to_str().unwrap())),
+                format!("hostname {}", sq(&pod.name)),
+            ];
+            for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                let target = m["mountPath"].as_str().unwrap();
+                let source = &pod.volumes[m["name"].as_str().unwrap()];
+                script.push(format!("mkdir -p {}", sq(target)));
+                script.push(format!("mount --bind {} {}", sq(source.to_str().unwrap()), sq(target)));
+                if m["readOnly"] == true {
+                    script.push(format!("mount -o remount,bind,ro {}", sq(target)));
+                }
+            }
+            if let Some(dir) = c["workingDir"].as_str() {
+                script.push(format!("cd {}", sq(dir)));
+            }
+            let mut exec = vec![
+                "exec env -i".to_owned(),
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+                sq(&format!("HOSTNAME={}", pod.name)),
+                "ORCH_LOG=info".to_owned(),
+                "NO_COLOR=1".to_owned(),
+            ];
+            for e in c["env"].as_array().into_iter().flatten() {
+                let value = e["value"].as_str().unwrap_or_else(|| panic!("env not simulated: {e}"));
+                exec.push(sq(&format!("{}={value}", e["name"].as_str().unwrap())));
+            }
+            for arg in c["command"].as_array().unwrap().iter().chain(c["args"].as_array().into_iter().flatten()) {
+                exec.push(sq(arg.as_str().unwrap()));
+            }
+            script.push(exec.join(" "));
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &pod.ns, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c"])
+                .arg(script.join("\n"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a container");
+            let stderr = child.stderr.take().unwrap();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let (tx, lines) = channel();
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+            started.push(Process { child, lines, log });
+        }
+        self.pods[i].containers = started;
+    }
+
+    /// `GET path` at pod `pod`'s named or numbered container `port`, as the
+    /// kubelet probes it (from outside the pod).
+    fn probe(&self, pod: &Pod, probe: &Value) -> bool {
+        let port = &probe["httpGet"]["port"];
+        let port = match port.as_u64() {
+            Some(p) => p,
+            None => pod.spec["containers"][0]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == *port)
+                .and_then(|p| p["containerPort"].as_u64())
+                .unwrap(),
+        };
+        let addr: SocketAddr = format!("{}:{port}", pod.ip).parse().unwrap();
+        let path = probe["httpGet"]["path"].as_str().unwrap().to_owned();
+        in_ns(&self.client, async move || {
+            let req =
+                hyper::Request::get(format!("http://{addr}{path}")).body(http_body_util::Full::default()).unwrap();
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), integration_tests::client().request(req)).await,
+                Ok(Ok(resp)) if resp.status().is_success()
+            )
+        })
+    }
+
+    /// Waits until every pod passes its readiness probe; a container that
+    /// exits meanwhile fails the test with its log.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        for i in 0..self.pods.len() {
+            let probe = self.pods[i].spec["containers"][0]["readinessProbe"].clone();
+            // The probe's period, shortened: the kubelet polls, and so does this.
+            let period =
+                Duration::from_secs(probe["periodSeconds"].as_u64().unwrap_or(10)).min(Duration::from_millis(200));
+            while !self.probe(&self.pods[i], &probe) {
+                let exited = self.pods[i].containers.iter_mut().find_map(|c| c.child.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    panic!("pod {} exited ({status}):\n{}", self.pods[i].name, self.logs(&self.pods[i]));
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "pod {} not ready within {READY_WITHIN:?}:\n{}",
+                        self.pods[i].name,
+                        self.logs(&self.pods[i])
+                    );
+                }
+                std::thread::sleep(period);
+            }
+        }
+    }
+
+    fn logs(&self, pod: &Pod) -> String {
+        pod.containers.iter().map(|c| c.log.lock().unwrap().join("\n")).collect::<Vec<_>>().join("\n--\n")
+    }
+
+    fn pods_of(&self, workload: &str) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().filter(move |p| p.workload == workload)
+    }
+
+    /// Waits for a line containing `needle` from any pod of `workload`
+    /// (logged before this call, or after).
+    fn wait_for_line(&self, workload: &str, needle: &str) -> String {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            for pod in self.pods_of(workload) {
+                for c in &pod.containers {
+                    if let Some(line) = c.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                        return line.clone();
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no `{needle}` from {workload}");
+            // Wait for the next line of any of them.
+            for pod in self.pods_of(workload) {
+                for c in &pod.containers {
+                    if let Err(RecvTimeoutError::Disconnected) = c.lines.recv_timeout(Duration::from_millis(20)) {
+                        panic!("{} exited:\n{}", pod.name, self.logs(pod));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `method path` with `body` to `addr`, from the client namespace; the
+    /// admin token is presented to an admin port.
+    fn send(&self, method: &str, addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+        let token = (addr.port() == 9900).then(|| self.admin_token.clone());
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+        in_ns(&self.client, async move || {
+            let mut req = hyper::Request::builder().method(method.as_str()).uri(format!("http://{addr}{path}"));
+            if let Some(token) = token {
+                req = req.header("authorization", format!("Bearer {token}"));
+            }
+            let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(20), integration_tests::client().request(req))
+                .await
+                .expect("answered in time")
+                .expect("sent");
+            let code = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+            (code, String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    fn admin(&self, pod: &Pod) -> SocketAddr {
+        format!("{}:9900", pod.ip).parse().unwrap()
+    }
+
+    fn status(&self, pod: &Pod, query: &str) -> Value {
+        let (code, body) = self.send("GET", self.admin(pod), &format!("/admin/status{query}"), "");
+        assert_eq!(code, 200, "{}: {body}", pod.name);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Updates ConfigMap `name` (key `key` to `text`) in every pod that
+    /// mounts it, as the kubelet does: an atomic swap of `..data`.
+    fn update_configmap(&mut self, name: &str, key: &str, text: &str) {
+        self.sources.get_mut(name).unwrap().insert(key.to_owned(), text.to_owned());
+        let data = self.sources[name].clone();
+        let mut dirs = Vec::new();
+        for pod in &self.pods {
+            for v in pod.spec["volumes"].as_array().into_iter().flatten() {
+                if v["configMap"]["name"] == name {
+                    dirs.push(pod.volumes[v["name"].as_str().unwrap()].clone());
+                }
+            }
+        }
+        for dir in dirs {
+            self.write_atomically(&dir, &data);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops every container by its PID (SIGTERM: it drains), and waits.
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            for c in &pod.containers {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for pod in &mut self.pods {
+            for c in &mut pod.containers {
+                while c.child.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        let _ = c.child.kill();
+                        let _ = c.child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+/// The pod address and `listen` port of a Service's pods (kube-proxy is
+/// not simulated: the test sends to the pods behind the Service).
+fn service_pods(cluster: &Cluster, exported: &Exported, service: &str) -> Vec<SocketAddr> {
+    let svc = exported.get("Service", service);
+    let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
+    cluster
+        .pods
+        .iter()
+        .filter(|p| selects(&svc["spec"]["selector"], &p.labels))
+        .map(|p| format!("{}:{port}", p.ip).parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_hello_topology_runs_from_its_manifests_and_a_configmap_update_reloads_every_pod() {
+    let exported = export("topologies/hello.yaml", &["--drain-timeout", "2s"]);
+    let mut cluster = Cluster::start(&exported);
+    cluster.wait_ready();
+    assert_eq!(cluster.pods_of("backend").count(), 3, "a Deployment replica per pod");
+    let web = service_pods(&cluster, &exported, "web")[0];
+    for _ in 0..30 {
+        let (code, body) = cluster.send("GET", web, "/api", "");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("Hello Python!"), "{body}");
+    }
+    // The frontend pod reaches the backend through its headless Service:
+    // every backend pod, each one ready.
+    let frontend = cluster.pods_of("frontend").next().unwrap();
+    let status = cluster.status(frontend, "");
+    let peers = integration_tests::tier(&status, "backend")["instances"][0]["detail"]["peers"].clone();
+    let mut addresses: Vec<String> =
+        peers.as_array().unwrap().iter().map(|p| p["address"].as_str().unwrap().to_owned()).collect();
+    addresses.sort();
+    let mut want: Vec<String> = cluster.pods_of("backend").map(|p| format!("{}:7700", p.ip)).collect();
+    want.sort();
+    assert_eq!(addresses, want, "{peers}");
+
+    // Each pod's reload attempts and generation now; then the ConfigMap
+    // changes as `kubectl apply` would change it.
+    let before: Vec<(String, u64, u64)> = cluster
+        .pods
+        .iter()
+        .map(|p| {
+            let status = cluster.status(p, "");
+            (p.name.clone(), status["reloads"]["attempts"].as_u64().unwrap(), status["generation"].as_u64().unwrap())
+        })
+        .collect();
+    let source = exported.get("ConfigMap", "hello-topology")["data"]["hello.yaml"].as_str().unwrap().to_owned();
+    let changed = source.replace("greeting: Hello Python!", "greeting: Hello Kubernetes!");
+    assert_ne!(changed, source);
+    cluster.update_configmap("hello-topology", "hello.yaml", &changed);
+    // Every pod rereads the file; the backend's pods apply the change, the
+    // others find nothing of theirs changed.
+    for (pod, attempts, generation) in before {
+        let pod = cluster.pods.iter().find(|p| p.name == pod).unwrap();
+        let status = cluster.status(pod, &format!("?min_attempts={}&wait=15s", attempts + 1));
+        let last = &status["last_reload"];
+        assert_eq!(last["trigger"], "file", "{}: {status}", pod.name);
+        if pod.workload == "backend" {
+            assert_eq!(last["outcome"], "applied", "{}: {last}", pod.name);
+            assert_eq!(status["generation"].as_u64().unwrap(), generation + 1, "{}", pod.name);
+        } else {
+            assert_eq!(last["outcome"], "unchanged", "{}: {last}", pod.name);
+        }
+    }
+    let (code, body) = cluster.send("GET", web, "/api", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Hello Kubernetes!"), "{body}");
+}
+
+#[test]
+fn the_orders_topology_runs_from_its_manifests_queue_program_and_all() {
+    // The Python tier's program is found as on one machine: relative to the
+    // topology's directory, which the ConfigMap stands in for (the image's
+    // tree is this repository's).
+    integration_tests::venv_python();
+    let mount = repo_root().join("topologies");
+    let exported =
+        export("topologies/orders.yaml", &["--drain-timeout", "2s", "--mount-path", mount.to_str().unwrap()]);
+    let mut cluster = Cluster::start(&exported);
+    cluster.wait_ready();
+    let web = service_pods(&cluster, &exported, "web")[0];
+    let mut ids = Vec::new();
+    for i in 1..=6 {
+        let (code, body) =
+            cluster.send("POST", web, "/api/orders", &format!("{{\"item\": \"widget-{i}\", \"quantity\": {i}}}"));
+        assert_eq!(code, 202, "{body}");
+        ids.push(serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    // Point-to-point: the worker pods share them; pub/sub: the audit program gets each.
+    for id in &ids {
+        cluster.wait_for_line("worker", &format!("Processed order {id}"));
+    }
+    for id in &ids {
+        cluster.wait_for_line("audit", &format!("audit: order {id} recorded"));
+    }
+    let (code, body) = cluster.send("GET", web, "/audit", "");
+    assert_eq!(code, 200, "{body}");
+    for id in &ids {
+        assert!(body.contains(id.as_str()), "{id} not in {body}");
+    }
+}
