@@ -8,6 +8,7 @@ mod grpc;
 mod guide;
 mod hello;
 mod hosts;
+mod image;
 mod inputs;
 mod kubernetes;
 mod libraries;
