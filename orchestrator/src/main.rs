@@ -115,6 +115,16 @@ enum Command {
         /// messages), instead of beside the topology file.
         #[arg(long, value_name = "DIR", requires = "only")]
         data_dir: Option<PathBuf>,
+        /// With --only: a process tier's program is not started here; it
+        /// runs beside this orchestrator (another container of the pod, which
+        /// the kubelet starts and restarts) and serves on 127.0.0.1:PORT,
+        /// where it is probed and routed to.
+        #[arg(long, value_name = "PORT", requires = "only")]
+        program_port: Option<u16>,
+        /// With --only: open link NAME's local listener (the program's
+        /// ORCH_LINK_<NAME>_URL or _ADDR) on 127.0.0.1:PORT (repeatable).
+        #[arg(long, value_name = "NAME=PORT", requires = "only", value_parser = link_port)]
+        link_port: Vec<(String, u16)>,
         /// Serve the tiers that run here to the other hosts on this address
         /// (HTTP/1.1 and HTTP/2), e.g. `0.0.0.0:7700`. Beyond loopback it
         /// needs --peer-token-file or mutual TLS (--peer-tls-*).
@@ -360,6 +370,8 @@ fn main() -> ExitCode {
             peer_address,
             listen_ip,
             data_dir,
+            program_port,
+            link_port,
             peer_listen,
             peer_token_file,
             peer_tls_cert,
@@ -443,6 +455,8 @@ fn main() -> ExitCode {
                     tls: peer_tls_files,
                     listen_ip,
                     data_dir: data_dir.map(absolute),
+                    program_port,
+                    link_ports: link_port.into_iter().collect(),
                 }),
                 peer_listen,
                 peer_token,
@@ -666,6 +680,17 @@ fn validate(files: &[PathBuf], plugins: &PluginDirs) -> ExitCode {
         }
     }
     worst
+}
+
+/// `--link-port NAME=PORT`.
+fn link_port(s: &str) -> Result<(String, u16), String> {
+    match s.split_once('=') {
+        Some((name, port)) if !name.is_empty() => match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok((name.to_owned(), p)),
+            _ => Err(format!("`{port}` is not a port (1 to 65535)")),
+        },
+        _ => Err(format!("`{s}` is not NAME=PORT, e.g. `pricing=7801`")),
+    }
 }
 
 /// `--peer-address`: `{tier}` somewhere before a `:port`.

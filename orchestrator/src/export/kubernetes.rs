@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::topology::node::{KeyPath, Node};
-use crate::topology::{TierId, TierSpec, Topology};
+use crate::topology::{LinkKind, QueueMode, QueueRole, TierId, TierSpec, Topology};
 
 /// The port of every pod's peer listener.
 pub const PEER_PORT: u16 = 7700;
@@ -32,6 +32,11 @@ pub const DEFAULT_MOUNT_PATH: &str = "/opt/orchestrator/topology";
 pub const SECRETS_PATH: &str = "/opt/orchestrator/secrets";
 /// Where a durable broker keeps its messages (its PersistentVolumeClaim).
 pub const DATA_PATH: &str = "/opt/orchestrator/data";
+/// Where a process tier's program, in a container of its own beside the
+/// orchestrator, serves (its `PORT`).
+pub const PROGRAM_PORT: u16 = 7800;
+/// The first of the loopback ports its links' local listeners take.
+const FIRST_LINK_PORT: u16 = 7801;
 /// The Kubernetes versions the manifests are checked against in CI.
 pub const OLDEST: (u32, u32) = (1, 29);
 pub const NEWEST: (u32, u32) = (1, 37);
@@ -201,7 +206,11 @@ impl<'a> Exporter<'a> {
     fn at(&self, path: &str) -> String {
         let file = self.topology.file.display();
         let key = KeyPath::root().join_str(path);
-        match self.root.as_ref().and_then(|r| r.locate_key(&key).or_else(|| r.locate(&key))) {
+        // A key where there is one (`tiers.web`), else the value (`links[2]`).
+        let found = self.root.as_ref().and_then(|r| {
+            if path.ends_with(']') { r.locate(&key) } else { r.locate_key(&key).or_else(|| r.locate(&key)) }
+        });
+        match found {
             Some(loc) => format!("{file}:{}:{} {path}", loc.line, loc.column),
             None => format!("{file} {path}"),
         }
@@ -268,6 +277,31 @@ impl<'a> Exporter<'a> {
         let ids: Vec<TierId> = self.topology.tiers.keys().cloned().collect();
         for id in ids {
             self.tier(&id, &configmap, &secret);
+        }
+        let links: Vec<String> = self
+            .topology
+            .links
+            .iter()
+            .map(|l| {
+                let kind = match (l.kind, l.queue_role, l.mode) {
+                    (LinkKind::Queue, Some(QueueRole::Deliver), QueueMode::PointToPoint) => "queue, point-to-point".to_owned(),
+                    (LinkKind::Queue, Some(QueueRole::Deliver), QueueMode::PubSub) => "queue, pubsub".to_owned(),
+                    (LinkKind::Queue, _, _) => "queue, publish".to_owned(),
+                    (LinkKind::Rest, ..) => "rest".to_owned(),
+                    (LinkKind::Rpc, ..) => "rpc".to_owned(),
+                };
+                let topic = l.topic.as_ref().map(|t| format!(", topic {t}")).unwrap_or_default();
+                format!(
+                    "{} → {} ({kind}{topic}): as it is, between the pods' peer listeners (the caller balances over the callee's pods; timeout {} and retries {} as written)",
+                    l.from,
+                    l.to,
+                    humantime::format_duration(l.timeout),
+                    l.retries
+                )
+            })
+            .collect();
+        for (i, text) in links.into_iter().enumerate() {
+            self.note(NoteKind::Mapped, &format!("links[{i}]"), text);
         }
         let mut resources: Vec<String> = self.manifests.iter().map(|m| m.file.clone()).collect();
         resources.sort();
@@ -345,6 +379,13 @@ impl<'a> Exporter<'a> {
         if durable {
             args.extend(["--data-dir".to_owned(), DATA_PATH.to_owned()]);
         }
+        let program = self.program_container(id);
+        if let Some((_, link_ports)) = &program {
+            args.extend(["--program-port".to_owned(), PROGRAM_PORT.to_string()]);
+            for (name, port) in link_ports {
+                args.extend(["--link-port".to_owned(), format!("{name}={port}")]);
+            }
+        }
         let startup = startup_timeout(spec);
         let probe = |path: &str, period: u64, failures: u64| {
             json!({
@@ -391,10 +432,12 @@ impl<'a> Exporter<'a> {
             { "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "16Mi" } },
         ]);
         let grace = self.opts.drain_timeout.as_secs() + 5;
+        let mut containers = vec![container];
+        containers.extend(program.map(|(c, _)| c));
         let pod = json!({
             "metadata": { "labels": self.selector(id) },
             "spec": {
-                "containers": [container],
+                "containers": containers,
                 "volumes": volumes,
                 "terminationGracePeriodSeconds": grace,
                 "automountServiceAccountToken": false,
@@ -581,23 +624,126 @@ impl<'a> Exporter<'a> {
         if spec.plugin != "process" {
             return;
         }
+        let path = format!("tiers.{id}");
         let program = spec.config.get("command").and_then(|c| c.get(0)).and_then(Value::as_str).unwrap_or("");
-        let workdir = spec.config.get("workdir").and_then(Value::as_str).unwrap_or(".");
-        let dir = crate::topology::model::join_tidy(std::path::Path::new(self.mount_path()), workdir);
-        self.note(
-            NoteKind::Mapped,
-            &format!("tiers.{id}.config.command"),
-            format!(
-                "process tier `{id}`: the orchestrator starts `{program}` in its own container, in {}: the image must carry the program and what it needs",
-                dir.display()
-            ),
-        );
-        self.note(
-            NoteKind::NotTranslated,
-            &format!("tiers.{id}.config"),
-            "a program in an image of its own beside the orchestrator (a second container) is not generated yet",
-        );
+        if let Some(image) = &spec.image {
+            self.note(
+                NoteKind::Mapped,
+                &format!("{path}.image"),
+                format!(
+                    "process tier `{id}`: `{program}` runs in container `program` ({image}) beside the orchestrator, which probes it and routes to it on 127.0.0.1:{PROGRAM_PORT} (its PORT) and does not start it: the kubelet does, and restarts it"
+                ),
+            );
+            match spec.config.get("workdir").and_then(Value::as_str) {
+                Some(dir) if dir.starts_with('/') => {}
+                Some(dir) => self.note(
+                    NoteKind::NotTranslated,
+                    &format!("{path}.config.workdir"),
+                    format!(
+                        "`{dir}` is relative to the topology file: the program starts in its image's working directory"
+                    ),
+                ),
+                None => {}
+            }
+            for key in ["restart", "max_restarts", "backoff", "max_backoff"] {
+                if spec.config.get(key).is_some() {
+                    self.note(
+                        NoteKind::NotTranslated,
+                        &format!("{path}.config.{key}"),
+                        "the kubelet restarts the program container always, with its own back-off",
+                    );
+                }
+            }
+            if spec.config.pointer("/readiness/exec").is_some() {
+                self.note(
+                    NoteKind::Mapped,
+                    &format!("{path}.config.readiness"),
+                    "an exec readiness probe would run in the orchestrator's container: a TCP connection to the program stands for it",
+                );
+            }
+        } else {
+            let workdir = spec.config.get("workdir").and_then(Value::as_str).unwrap_or(".");
+            let dir = crate::topology::model::join_tidy(std::path::Path::new(self.mount_path()), workdir);
+            self.note(
+                NoteKind::Mapped,
+                &format!("{path}.config.command"),
+                format!(
+                    "process tier `{id}`: the orchestrator starts `{program}` in its own container, in {}: the image must carry the program and what it needs (an `image:` for the tier runs it in a container of its own)",
+                    dir.display()
+                ),
+            );
+        }
     }
+
+    /// A process tier's program in a container of its own (the tier has an
+    /// `image:`), and the loopback ports its links' local listeners take.
+    fn program_container(&self, id: &TierId) -> Option<(Value, Vec<(String, u16)>)> {
+        let spec = &self.topology.tiers[id];
+        let image = spec.image.as_ref().filter(|_| spec.plugin == "process")?;
+        let mut env: BTreeMap<String, String> = spec.env.clone();
+        if let Some(own) = spec.config.get("env").and_then(Value::as_object) {
+            for (k, v) in own {
+                env.insert(k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            }
+        }
+        env.insert("PORT".to_owned(), PROGRAM_PORT.to_string());
+        env.insert("ORCH_TIER".to_owned(), id.to_string());
+        env.insert("ORCH_REPLICA".to_owned(), "0".to_owned());
+        let mut link_ports = Vec::new();
+        for (i, link) in self.topology.links_from(id).enumerate() {
+            let port = FIRST_LINK_PORT.saturating_add(u16::try_from(i).unwrap_or(u16::MAX));
+            let (suffix, value) = match link.kind {
+                crate::topology::LinkKind::Rpc => ("ADDR", format!("127.0.0.1:{port}")),
+                _ => ("URL", format!("http://127.0.0.1:{port}")),
+            };
+            env.insert(process::link_var(&link.name, suffix), value);
+            link_ports.push((link.name.clone(), port));
+        }
+        let mut env: Vec<Value> =
+            env.into_iter().map(|(name, value)| json!({ "name": name, "value": value })).collect();
+        env.push(json!({ "name": "ORCH_HOST", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }));
+        let mut container = json!({
+            "name": "program",
+            "image": image,
+            "command": spec.config.get("command").cloned().unwrap_or(json!([])),
+            "env": env,
+            "ports": [{ "name": "program", "containerPort": PROGRAM_PORT, "protocol": "TCP" }],
+            "resources": { "requests": { "cpu": REQUESTS.0, "memory": REQUESTS.1 } },
+            "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } },
+        });
+        if let Some(dir) = spec.config.get("workdir").and_then(Value::as_str).filter(|d| d.starts_with('/')) {
+            container["workingDir"] = json!(dir);
+        }
+        if let Some(liveness) = spec.config.get("liveness") {
+            container["livenessProbe"] = liveness_probe(liveness);
+        }
+        Some((container, link_ports))
+    }
+}
+
+/// The kubelet's form of a process tier's liveness probe (what restarts
+/// the program is the kubelet).
+fn liveness_probe(probe: &Value) -> Value {
+    let seconds = |key: &str, default: u64| {
+        probe
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .map_or(default, |d| d.as_secs().max(1))
+    };
+    let mut out = json!({
+        "periodSeconds": seconds("interval", 10),
+        "timeoutSeconds": seconds("timeout", 1),
+        "failureThreshold": probe.get("failure_threshold").and_then(Value::as_u64).unwrap_or(3),
+    });
+    if let Some(path) = probe.get("http").and_then(Value::as_str) {
+        out["httpGet"] = json!({ "path": path, "port": "program" });
+    } else if let Some(cmd) = probe.get("exec") {
+        out["exec"] = json!({ "command": cmd });
+    } else {
+        out["tcpSocket"] = json!({ "port": "program" });
+    }
+    out
 }
 
 /// The headless Service of tier `id`'s peer listeners.

@@ -92,6 +92,9 @@ pub struct LinkTable {
     /// Local HTTP listeners forwarding to a link, for programs outside the
     /// process (process tiers). Closed when the table (the tier) goes away.
     proxies: Mutex<HashMap<String, Proxy>>,
+    /// Link name → the loopback port its local listener must have (a
+    /// program in another container was told it); others take a free one.
+    ports: HashMap<String, u16>,
     /// Where the connections to those listeners are served.
     workers: Workers,
 }
@@ -110,7 +113,13 @@ impl Drop for Proxy {
 
 impl LinkTable {
     pub fn new(routes: HashMap<String, Arc<Route>>, workers: Workers) -> Self {
-        Self { routes: ArcSwap::from_pointee(routes), proxies: Mutex::default(), workers }
+        Self { routes: ArcSwap::from_pointee(routes), proxies: Mutex::default(), ports: HashMap::new(), workers }
+    }
+
+    /// Opens the local listeners of the links `ports` names on those ports.
+    pub fn with_ports(mut self, ports: HashMap<String, u16>) -> Self {
+        self.ports = ports;
+        self
     }
 
     /// The URL of this tier's local listener for link `name`, opened on first
@@ -121,7 +130,8 @@ impl LinkTable {
         if let Some(proxy) = proxies.get(name) {
             return Ok(Some(proxy.url.clone()));
         }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = self.ports.get(name).copied().unwrap_or(0);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let bound = Bound::from_listener(tokio::net::TcpListener::from_std(listener)?)?;

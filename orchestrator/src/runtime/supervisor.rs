@@ -360,7 +360,8 @@ impl Supervisor {
                 let (links, replicas) = match &tier_plan.instances {
                     Instances::Start => {
                         let endpoint = Arc::new(Endpoint::new(id.clone()));
-                        let links = Arc::new(LinkTable::new(HashMap::new(), self.workers.clone()));
+                        let ports = self.placement.as_ref().map(|p| p.link_ports.clone()).unwrap_or_default();
+                        let links = Arc::new(LinkTable::new(HashMap::new(), self.workers.clone()).with_ports(ports));
                         prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
                         (links, 0..spec.replicas)
                     }

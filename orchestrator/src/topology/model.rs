@@ -63,7 +63,19 @@ pub struct Placement {
     /// Where the local tiers keep durable state (`ORCH_DATA_DIR`), instead
     /// of beside the topology file.
     pub data_dir: Option<PathBuf>,
+    /// A local process tier's program runs beside this orchestrator (in
+    /// another container of its pod, which the kubelet starts and restarts)
+    /// and serves on `127.0.0.1:` this port: it is probed and routed to,
+    /// not started (`ORCH_PROGRAM_PORT`).
+    pub program_port: Option<u16>,
+    /// Link name → the loopback port of its local listener (the
+    /// `ORCH_LINK_<NAME>_URL` a program beside this orchestrator was given).
+    pub link_ports: std::collections::HashMap<String, u16>,
 }
+
+/// The environment variable that tells a process tier its program runs
+/// beside the orchestrator, on this port.
+pub const PROGRAM_PORT_ENV: &str = "ORCH_PROGRAM_PORT";
 
 /// The environment variable that tells a tier where to keep durable state.
 pub const DATA_DIR_ENV: &str = "ORCH_DATA_DIR";
@@ -135,6 +147,11 @@ impl Topology {
                 }
                 if let Some(dir) = &placement.data_dir {
                     spec.env.insert(DATA_DIR_ENV.to_owned(), dir.display().to_string());
+                }
+                if let Some(port) = placement.program_port
+                    && spec.plugin == "process"
+                {
+                    spec.env.insert(PROGRAM_PORT_ENV.to_owned(), port.to_string());
                 }
                 continue;
             }
@@ -219,6 +236,8 @@ pub struct TierSpec {
     pub env: BTreeMap<String, String>,
     /// The hosts that run it (names under `hosts:`); empty without placement.
     pub hosts: Vec<String>,
+    /// A process tier's program's container image, for `export kubernetes`.
+    pub image: Option<String>,
 }
 
 /// How a queue link delivers.

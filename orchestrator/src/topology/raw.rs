@@ -77,6 +77,11 @@ pub struct RawTier {
     /// The host (a name under `hosts:`), or hosts, that run this tier.
     #[serde(default)]
     pub host: Option<RawPlacement>,
+    /// Process tiers: the container image their program runs in on
+    /// Kubernetes (`orchestrator export kubernetes`), beside the
+    /// orchestrator in each pod. `run` does not use it.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A value that stands for text: a string, or a number or boolean taken as

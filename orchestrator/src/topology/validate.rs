@@ -302,6 +302,7 @@ impl Validator<'_> {
         let tiers = self.tiers(&plugin_dirs);
         let (links, declared) = self.links(&tiers);
         self.listen_conflicts(&tiers);
+        self.images(&tiers);
         self.plugin_configs(&tiers, &declared, &plugin_dirs);
 
         let hosts = self.placement(&tiers);
@@ -431,6 +432,7 @@ impl Validator<'_> {
                     config: None,
                     env: IndexMap::new(),
                     host: None,
+                    image: None,
                 };
                 out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None, broken: true });
                 continue;
@@ -691,6 +693,27 @@ impl Validator<'_> {
         (out, declared)
     }
 
+    /// `image:`: a process tier's, a reference without spaces.
+    fn images(&mut self, tiers: &IndexMap<TierId, TierDraft>) {
+        for (id, draft) in tiers {
+            let Some(image) = &draft.raw.image else { continue };
+            let path = draft.path.key("image");
+            if draft.raw.plugin != "process" {
+                self.error(
+                    &path,
+                    format!("tier `{id}` is not a process tier: only a program runs in an image of its own"),
+                )
+                .hint = Some(
+                    "remove `image`; the orchestrator's own image (`export kubernetes --image`) runs the other tiers"
+                        .into(),
+                );
+            } else if image.is_empty() || image.len() > 255 || image.contains(char::is_whitespace) {
+                self.error(&path, format!("`{image}` is not an image reference")).hint =
+                    Some("write it as `registry/name:tag`, e.g. `ghcr.io/acme/audit:1.4`".into());
+            }
+        }
+    }
+
     fn listen_conflicts(&mut self, tiers: &IndexMap<TierId, TierDraft>) {
         let mut seen: HashMap<SocketAddr, TierId> = HashMap::new();
         for (id, draft) in tiers {
@@ -774,6 +797,7 @@ impl Validator<'_> {
                 Some(super::raw::RawPlacement::One(h)) => vec![h],
                 Some(super::raw::RawPlacement::Many(hs)) => hs,
             },
+            image: raw.image,
         })
     }
 }
@@ -1085,5 +1109,19 @@ mod tests {
     fn suggestions_need_a_close_match() {
         assert_eq!(did_you_mean("backnd", ["backend", "frontend"]).as_deref(), Some("did you mean `backend`?"));
         assert_eq!(did_you_mean("zzz", ["backend", "frontend"]), None);
+    }
+
+    #[test]
+    fn only_a_process_tier_has_an_image_and_it_is_one_word() {
+        let e = errors(
+            "version: 1\nname: t\ntiers:\n  a: { plugin: gateway, image: x:1, config: { routes: [] } }\n  b: { plugin: process, image: \"my image\", config: { command: [x] } }\n",
+        );
+        let found: Vec<(&str, u32, u32)> = e.iter().map(|d| (d.0.as_str(), d.1, d.2)).collect();
+        assert_eq!(found, [("tiers.a.image", 4, 32), ("tiers.b.image", 5, 32)], "{e:?}");
+        assert!(e[0].3.contains("not a process tier"), "{e:?}");
+        assert!(e[1].3.contains("not an image reference"), "{e:?}");
+        let ok = check("version: 1\nname: t\ntiers:\n  b: { plugin: process, image: ghcr.io/acme/b:1, config: { command: [x] } }\n")
+            .unwrap();
+        assert_eq!(ok.tiers[&TierId::new("b")].image.as_deref(), Some("ghcr.io/acme/b:1"));
     }
 }

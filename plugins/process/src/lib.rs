@@ -43,7 +43,7 @@ pub use forward::{Failure, HttpRequest, HttpResponse};
 use plugin_api::prelude::*;
 use plugin_api::serde_json;
 use replica::Replica;
-pub use replica::{command_exists, strip_ansi};
+pub use replica::{PROGRAM_PORT_ENV, command_exists, link_var, strip_ansi};
 
 impl Plugin for Process {
     /// REST over HTTP/1.1, and RPC as gRPC over HTTP/2, to the program's `PORT`.

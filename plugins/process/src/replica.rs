@@ -62,7 +62,9 @@ pub struct Replica {
 impl Replica {
     /// Starts supervising the program in the background.
     pub fn start(settings: Settings, cx: Context) -> Arc<Self> {
-        let port = free_port();
+        // A program beside the orchestrator (`run --program-port`) serves on the port it was given.
+        let beside = cx.env(PROGRAM_PORT_ENV).and_then(|p| p.parse::<u16>().ok());
+        let port = beside.unwrap_or_else(free_port);
         let replica = Arc::new(Self {
             port,
             ready: AtomicBool::new(false),
@@ -75,7 +77,10 @@ impl Replica {
             grpc: GrpcForwarder::new(port),
             task: Mutex::new(None),
         });
-        let task = tokio::spawn(supervise(replica.clone(), settings, cx));
+        let task = match beside {
+            Some(_) => tokio::spawn(attend(replica.clone(), settings, cx)),
+            None => tokio::spawn(supervise(replica.clone(), settings, cx)),
+        };
         *replica.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         replica
     }
@@ -552,6 +557,71 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
             }
         }
         backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+/// The environment variable naming the port of a program that runs beside
+/// the orchestrator (set by `run --program-port`).
+pub const PROGRAM_PORT_ENV: &str = "ORCH_PROGRAM_PORT";
+
+/// A program that runs beside the orchestrator (another container of its
+/// pod): the kubelet starts, restarts and stops it, so this only opens its
+/// links' local listeners (at the ports it was told), probes it, and keeps
+/// the replica ready while the readiness probe passes. An `exec` probe
+/// would run here, not beside the program: a TCP connection stands for it.
+async fn attend(replica: Arc<Replica>, settings: Settings, cx: Context) {
+    let _links = environment(&settings, &cx, replica.port);
+    let port = replica.port;
+    let readiness = match &settings.readiness.kind {
+        crate::config::ProbeKind::Exec(_) => {
+            crate::config::Probe { kind: crate::config::ProbeKind::Tcp, ..settings.readiness.clone() }
+        }
+        _ => settings.readiness.clone(),
+    };
+    replica.update(|r| r.state = "starting");
+    cx.info(format_args!("The program runs beside this orchestrator: probing it on 127.0.0.1:{port}."));
+    let started = Instant::now();
+    let (mut warned, mut failures) = (false, 0u32);
+    loop {
+        match probe::check(&readiness, port).await {
+            Ok(()) => {
+                failures = 0;
+                if !replica.is_ready() {
+                    cx.info(format_args!("Replica ready on port {port} (beside this orchestrator)."));
+                    replica.ready.store(true, Ordering::Release);
+                    replica.update(|r| {
+                        r.state = "ready";
+                        r.last_probe_error = None;
+                    });
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                replica.update(|r| {
+                    r.last_probe_error = Some(e.clone());
+                    r.probe_failures += 1;
+                });
+                if replica.is_ready() && failures >= readiness.failure_threshold {
+                    replica.ready.store(false, Ordering::Release);
+                    replica.update(|r| r.state = "starting");
+                    cx.warn(format_args!("The program beside this orchestrator failed {failures} probes ({e}): not ready until it passes one."));
+                }
+                if !warned && !replica.is_ready() && started.elapsed() >= SLOW_START {
+                    warned = true;
+                    cx.warn(format_args!(
+                        "The program beside this orchestrator is not ready after {}s (last probe: {e}); still waiting.",
+                        SLOW_START.as_secs()
+                    ));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(readiness.interval) => {}
+            _ = stop_requested(&replica) => {
+                replica.update(|r| r.state = "stopped");
+                return;
+            }
+        }
     }
 }
 
