@@ -896,3 +896,42 @@ fn the_orders_topology_runs_from_its_manifests_its_program_started_by_the_orches
 fn volumes_root() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("k8s-volumes").tempdir_in(integration_tests::target_dir()).unwrap()
 }
+
+#[test]
+fn a_program_beside_its_orchestrator_calls_its_links_at_the_ports_its_manifest_gives() {
+    // python-go: the Flask frontend in a container of its own (an `image:`)
+    // calls the Go backend through ORCH_LINK_BACKEND_URL, the loopback port
+    // its manifest names, which the orchestrator beside it listens on; the
+    // backend's program is started by its pods' orchestrators.
+    integration_tests::venv_python();
+    let backend = integration_tests::go_backend();
+    let root = repo_root();
+    let yaml = std::fs::read_to_string(root.join("topologies/python-go.yaml"))
+        .unwrap()
+        .replace(
+            "    plugin: process\n    config:\n      command: [.venv/bin/python",
+            "    plugin: process\n    image: localhost/frontend:1\n    config:\n      command: [.venv/bin/python",
+        )
+        .replace("command: [go, run, .]", &format!("command: [{}]", backend.display()))
+        .replace("workdir: ../examples/go/backend", &format!("workdir: {}/examples/go/backend", root.display()))
+        .replace("workdir: ..", &format!("workdir: {}", root.display()));
+    assert!(yaml.contains("image: localhost/frontend:1"), "{yaml}");
+    let topology = integration_tests::TopologyFile::new(&yaml);
+    let exported =
+        export(topology.path_str(), &["--drain-timeout", "2s", "--mount-path", topology.dir.path().to_str().unwrap()]);
+    let frontend = exported.get("Deployment", "frontend");
+    let containers = frontend["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let env = &containers[1]["env"];
+    let url = env.as_array().unwrap().iter().find(|e| e["name"] == "ORCH_LINK_BACKEND_URL").unwrap()["value"].clone();
+    assert_eq!(url, "http://127.0.0.1:7801");
+    let args: Vec<&str> = containers[0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.windows(2).any(|w| w == ["--link-port", "backend=7801"]), "{args:?}");
+    let mut cluster = Cluster::start(&exported);
+    cluster.wait_ready();
+    let web = service_pods(&cluster, &exported, "web")[0];
+    for _ in 0..10 {
+        let (code, body) = cluster.send("GET", web, "/api", "");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("Hello Python!"), "{body}");
+    }
+}
