@@ -46,6 +46,11 @@ pub const DATA_VOLUME: &str = "1Gi";
 const REQUESTS: (&str, &str) = ("50m", "64Mi");
 /// A pod is given this long to start when its tier says nothing.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a ConfigMap holds (the API server's limit): the topology file.
+pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
+/// The most outbound links a program in an image of its own may have (each
+/// takes a loopback port from 7801).
+pub const MAX_PROGRAM_LINKS: usize = 1000;
 /// Longest Kubernetes name (a DNS label).
 const MAX_NAME: usize = 63;
 /// The files of the tokens' Secret.
@@ -169,6 +174,20 @@ impl<'a> Exporter<'a> {
             {
                 errors.push(format!(
                     "tier `{id}` listens on port 0 (a free port), which no Service can name: give it a port"
+                ));
+            }
+        }
+        if source.len() > MAX_CONFIGMAP_BYTES {
+            errors.push(format!(
+                "the file is {} bytes, and a ConfigMap holds at most {MAX_CONFIGMAP_BYTES} (1 MiB): make it smaller",
+                source.len()
+            ));
+        }
+        for (id, spec) in &topology.tiers {
+            let links = topology.links_from(id).count();
+            if spec.image.is_some() && links > MAX_PROGRAM_LINKS {
+                errors.push(format!(
+                    "tier `{id}` has {links} links, and a program in an image of its own at most {MAX_PROGRAM_LINKS}"
                 ));
             }
         }
