@@ -631,6 +631,20 @@ fn export_kubernetes(
             kubernetes::PEER_TOKEN,
             kubernetes::ADMIN_TOKEN
         );
+        if let Some(env) = &export.env_secret {
+            let base = t.base_dir();
+            let files: Vec<String> = env
+                .keys
+                .iter()
+                .map(|(key, (path, _))| format!("--from-file={key}={}", base.join(path).display()))
+                .collect();
+            eprintln!(
+                "and Secret {} (the env values read from files): kubectl create secret generic {} {}",
+                env.name,
+                env.name,
+                files.join(" ")
+            );
+        }
         return ExitCode::SUCCESS;
     }
     match orchestrator::export::write_dir(output, &export) {

@@ -444,12 +444,9 @@ impl Cluster {
             let name = v["name"].as_str().unwrap().to_owned();
             let path = dir.join(&name);
             std::fs::create_dir_all(&path).unwrap();
-            let source = v["configMap"]["name"].as_str().or(v["secret"]["secretName"].as_str());
-            if let Some(source) = source {
-                let data = self.sources[source].clone();
-                self.write_atomically(&path, &data);
-            } else {
-                assert!(v.get("emptyDir").is_some(), "volume kind not simulated: {v}");
+            match self.volume_data(&v) {
+                Some(data) => self.write_atomically(&path, &data),
+                None => assert!(v.get("emptyDir").is_some(), "volume kind not simulated: {v}"),
             }
             self.pods[i].volumes.insert(name, path);
         }
@@ -464,26 +461,61 @@ impl Cluster {
         }
     }
 
+    /// What a ConfigMap, Secret or projected volume holds: path → content
+    /// (its `items`, or every key under its own name).
+    fn volume_data(&self, v: &Value) -> Option<BTreeMap<String, String>> {
+        let one = |source: &Value, name: &str| -> BTreeMap<String, String> {
+            let data = &self.sources[name];
+            match source["items"].as_array() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| (i["path"].as_str().unwrap().to_owned(), data[i["key"].as_str().unwrap()].clone()))
+                    .collect(),
+                None => data.clone(),
+            }
+        };
+        if let Some(name) = v["configMap"]["name"].as_str() {
+            return Some(one(&v["configMap"], name));
+        }
+        if let Some(name) = v["secret"]["secretName"].as_str() {
+            return Some(one(&v["secret"], name));
+        }
+        let sources = v["projected"]["sources"].as_array()?;
+        let mut out = BTreeMap::new();
+        for source in sources {
+            let (s, name) = match (source.get("configMap"), source.get("secret")) {
+                (Some(c), _) => (c, c["name"].as_str().unwrap()),
+                (_, Some(s)) => (s, s["name"].as_str().unwrap()),
+                _ => panic!("projected source not simulated: {source}"),
+            };
+            out.extend(one(s, name));
+        }
+        Some(out)
+    }
+
     /// Writes `data` into volume directory `dir` as the kubelet's atomic
     /// writer does: the files in a new `..<timestamp>` directory, `..data`
-    /// switched to it by a rename, each key a link through `..data`, and
-    /// the previous directory removed.
+    /// switched to it by a rename, each top-level name a link through
+    /// `..data`, and the previous directory removed.
     fn write_atomically(&mut self, dir: &Path, data: &BTreeMap<String, String>) {
         self.writes += 1;
         let stamp = format!("..2026_12_02_00_00_00.{:09}", self.writes);
         let new = dir.join(&stamp);
         std::fs::create_dir(&new).unwrap();
-        for (key, value) in data {
-            std::fs::write(new.join(key), value).unwrap();
+        for (path, value) in data {
+            let file = new.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, value).unwrap();
         }
         let old = std::fs::read_link(dir.join("..data")).ok();
         let tmp = dir.join("..data_tmp");
         std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
         std::fs::rename(&tmp, dir.join("..data")).unwrap();
-        for key in data.keys() {
-            let link = dir.join(key);
+        let top: BTreeSet<&str> = data.keys().map(|p| p.split('/').next().unwrap()).collect();
+        for name in top {
+            let link = dir.join(name);
             if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(format!("..data/{key}"), &link).unwrap();
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
             }
         }
         if let Some(old) = old {
@@ -537,9 +569,13 @@ impl Cluster {
                 "NO_COLOR=1".to_owned(),
             ];
             for e in c["env"].as_array().into_iter().flatten() {
+                let secret = &e["valueFrom"]["secretKeyRef"];
                 let value = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
                     (Some(v), _) => v.to_owned(),
                     (None, Some("metadata.name")) => pod.name.clone(),
+                    _ if secret.is_object() => {
+                        self.sources[secret["name"].as_str().unwrap()][secret["key"].as_str().unwrap()].clone()
+                    }
                     _ => panic!("env not simulated: {e}"),
                 };
                 exec.push(sq(&format!("{}={value}", e["name"].as_str().unwrap())));
@@ -719,16 +755,21 @@ impl Cluster {
     /// mounts it, as the kubelet does: an atomic swap of `..data`.
     fn update_configmap(&mut self, name: &str, key: &str, text: &str) {
         self.sources.get_mut(name).unwrap().insert(key.to_owned(), text.to_owned());
-        let data = self.sources[name].clone();
-        let mut dirs = Vec::new();
+        let mut writes = Vec::new();
         for pod in &self.pods {
             for v in pod.spec["volumes"].as_array().into_iter().flatten() {
-                if v["configMap"]["name"] == name {
-                    dirs.push(pod.volumes[v["name"].as_str().unwrap()].clone());
+                let named = v["configMap"]["name"] == name
+                    || v["projected"]["sources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s["configMap"]["name"] == name);
+                if named {
+                    writes.push((pod.volumes[v["name"].as_str().unwrap()].clone(), self.volume_data(v).unwrap()));
                 }
             }
         }
-        for dir in dirs {
+        for (dir, data) in writes {
             self.write_atomically(&dir, &data);
         }
     }
@@ -898,11 +939,13 @@ fn volumes_root() -> tempfile::TempDir {
 }
 
 #[test]
-fn a_program_beside_its_orchestrator_calls_its_links_at_the_ports_its_manifest_gives() {
+fn a_program_beside_its_orchestrator_calls_its_links_at_the_ports_its_manifest_gives_and_secrets_stay_secret() {
     // python-go: the Flask frontend in a container of its own (an `image:`)
     // calls the Go backend through ORCH_LINK_BACKEND_URL, the loopback port
     // its manifest names, which the orchestrator beside it listens on; the
-    // backend's program is started by its pods' orchestrators.
+    // backend's program is started by its pods' orchestrators. The
+    // backend's greeting and the frontend's key are read from files: on
+    // Kubernetes, a Secret, never the ConfigMap.
     integration_tests::venv_python();
     let backend = integration_tests::go_backend();
     let root = repo_root();
@@ -910,20 +953,32 @@ fn a_program_beside_its_orchestrator_calls_its_links_at_the_ports_its_manifest_g
         .unwrap()
         .replace(
             "    plugin: process\n    config:\n      command: [.venv/bin/python",
-            "    plugin: process\n    image: localhost/frontend:1\n    config:\n      command: [.venv/bin/python",
+            "    plugin: process\n    image: localhost/frontend:1\n    env: { API_KEY: { file: secrets/api-key } }\n    config:\n      command: [.venv/bin/python",
         )
+        .replace("env: { GREETING: Hello Python! }", "env: { GREETING: { file: greeting.txt } }")
         .replace("command: [go, run, .]", &format!("command: [{}]", backend.display()))
         .replace("workdir: ../examples/go/backend", &format!("workdir: {}/examples/go/backend", root.display()))
         .replace("workdir: ..", &format!("workdir: {}", root.display()));
-    assert!(yaml.contains("image: localhost/frontend:1"), "{yaml}");
+    assert!(yaml.contains("image: localhost/frontend:1") && yaml.contains("file: greeting.txt"), "{yaml}");
     let topology = integration_tests::TopologyFile::new(&yaml);
+    std::fs::write(topology.dir.path().join("greeting.txt"), "Hello from a Secret!\n").unwrap();
+    std::fs::create_dir(topology.dir.path().join("secrets")).unwrap();
+    std::fs::write(topology.dir.path().join("secrets/api-key"), "k-0123456789\n").unwrap();
     let exported =
         export(topology.path_str(), &["--drain-timeout", "2s", "--mount-path", topology.dir.path().to_str().unwrap()]);
+    let configmap = exported.get("ConfigMap", "python-go-topology").to_string();
+    assert!(!configmap.contains("Hello from a Secret") && !configmap.contains("k-0123456789"));
+    let generated = std::fs::read_to_string(exported.dir.path().join("secrets/env/greeting.txt")).unwrap();
+    assert_eq!(generated, "Hello from a Secret!\n");
     let frontend = exported.get("Deployment", "frontend");
     let containers = frontend["spec"]["template"]["spec"]["containers"].as_array().unwrap();
-    let env = &containers[1]["env"];
-    let url = env.as_array().unwrap().iter().find(|e| e["name"] == "ORCH_LINK_BACKEND_URL").unwrap()["value"].clone();
-    assert_eq!(url, "http://127.0.0.1:7801");
+    let env = containers[1]["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).unwrap().clone();
+    assert_eq!(var("ORCH_LINK_BACKEND_URL")["value"], "http://127.0.0.1:7801");
+    assert_eq!(
+        var("API_KEY")["valueFrom"]["secretKeyRef"],
+        serde_json::json!({ "name": "python-go-env", "key": "secrets.api-key" })
+    );
     let args: Vec<&str> = containers[0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(args.windows(2).any(|w| w == ["--link-port", "backend=7801"]), "{args:?}");
     let mut cluster = Cluster::start(&exported);
@@ -932,6 +987,6 @@ fn a_program_beside_its_orchestrator_calls_its_links_at_the_ports_its_manifest_g
     for _ in 0..10 {
         let (code, body) = cluster.send("GET", web, "/api", "");
         assert_eq!(code, 200, "{body}");
-        assert!(body.contains("Hello Python!"), "{body}");
+        assert!(body.contains("Hello from a Secret!"), "{body}");
     }
 }

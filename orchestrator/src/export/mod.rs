@@ -29,6 +29,17 @@ pub fn write_dir(dir: &Path, export: &kubernetes::Export) -> std::io::Result<usi
     std::fs::create_dir_all(&secrets)?;
     set_mode(&secrets, 0o700)?;
     write_atomically(&secrets.join(".gitignore"), b"# Tokens: never commit them.\n*\n", 0o644)?;
+    // The `env` values read from files: rewritten at each export from the
+    // files the topology names (those are what the user keeps).
+    if let Some(env) = &export.env_secret {
+        let dir = secrets.join("env");
+        std::fs::create_dir_all(&dir)?;
+        set_mode(&dir, 0o700)?;
+        for (key, (_, value)) in &env.keys {
+            write_atomically(&dir.join(key), format!("{value}\n").as_bytes(), 0o600)?;
+            written += 1;
+        }
+    }
     for name in [kubernetes::PEER_TOKEN, kubernetes::ADMIN_TOKEN] {
         let path = secrets.join(name);
         if !path.exists() {

@@ -238,6 +238,9 @@ pub struct TierSpec {
     pub hosts: Vec<String>,
     /// A process tier's program's container image, for `export kubernetes`.
     pub image: Option<String>,
+    /// The `env` values read from files: name → the path as written
+    /// (relative to the topology file). Their content is in `env`.
+    pub env_files: BTreeMap<String, String>,
 }
 
 /// How a queue link delivers.
@@ -312,6 +315,8 @@ pub mod limits {
     pub const MAX_RETRIES: u32 = 10;
     pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
     pub const MAX_CONCURRENCY: u32 = 1024;
+    /// Largest file an `env` value is read from.
+    pub const MAX_ENV_FILE: u64 = 64 * 1024;
     /// The plugin that makes a tier a message broker.
     pub const BROKER_PLUGIN: &str = "queue";
 }

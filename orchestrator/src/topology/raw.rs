@@ -71,9 +71,12 @@ pub struct RawTier {
     #[serde(default)]
     pub config: Option<serde_json::Value>,
     /// Environment variables for the tier. Numbers and booleans are taken
-    /// as the text they are written as (`WORKERS: 4` is `"4"`), as Compose does.
+    /// as the text they are written as (`WORKERS: 4` is `"4"`), as Compose does;
+    /// `{ file: PATH }` is the content of a file (relative to this file, at
+    /// most 64 KiB, one final newline dropped): a secret, kept out of the
+    /// topology (and on Kubernetes, in a Secret).
     #[serde(default)]
-    pub env: IndexMap<String, RawScalar>,
+    pub env: IndexMap<String, RawEnvValue>,
     /// The host (a name under `hosts:`), or hosts, that run this tier.
     #[serde(default)]
     pub host: Option<RawPlacement>,
@@ -82,6 +85,24 @@ pub struct RawTier {
     /// orchestrator in each pod. `run` does not use it.
     #[serde(default)]
     pub image: Option<String>,
+}
+
+/// An environment variable's value: text, or a file's content.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "EnvValue")]
+pub enum RawEnvValue {
+    Scalar(RawScalar),
+    File(RawFileRef),
+}
+
+/// The content of a file, as a value.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "FileRef")]
+pub struct RawFileRef {
+    /// The file, relative to the topology file (under its directory, to be exported).
+    pub file: String,
 }
 
 /// A value that stands for text: a string, or a number or boolean taken as

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::model::{LinkKind, LinkSpec, QueueMode, QueueRole, TierId, TierSpec, Topology, limits};
 use super::node::{KeyPath, Node, Seg, Value};
-use super::raw::{RawDuration, RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS};
+use super::raw::{
+    RawDuration, RawEnvValue, RawFileRef, RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS,
+};
 use crate::plugins::{LoadError, Registry};
 
 /// Parses and validates topology `source` read from `file`.
@@ -784,6 +786,41 @@ impl Validator<'_> {
                 }
             },
         };
+        let mut env = BTreeMap::new();
+        let mut env_files = BTreeMap::new();
+        let mut unreadable = false;
+        for (key, value) in raw.env {
+            match value {
+                RawEnvValue::Scalar(v) => {
+                    env.insert(key, v.into_text());
+                }
+                RawEnvValue::File(RawFileRef { file }) => {
+                    let path = super::model::join_tidy(&self.base, &file);
+                    match super::read(&path, limits::MAX_ENV_FILE) {
+                        Ok(text) => {
+                            let text =
+                                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+                            env.insert(key.clone(), text.to_owned());
+                            env_files.insert(key, file);
+                        }
+                        Err(e) => {
+                            unreadable = true;
+                            let why = match e {
+                                super::Error::TooLarge { limit, .. } => {
+                                    format!("cannot read {}: it is larger than {limit} bytes", path.display())
+                                }
+                                e => e.to_string(),
+                            };
+                            self.error(&draft.path.key("env").key(&key), why).hint =
+                                Some("the path is relative to the topology file".into());
+                        }
+                    }
+                }
+            }
+        }
+        if unreadable {
+            return None;
+        }
         Some(TierSpec {
             id: id.clone(),
             plugin: raw.plugin,
@@ -791,13 +828,14 @@ impl Validator<'_> {
             listen: raw.listen.and_then(|l| l.parse().ok()),
             max_body,
             config: raw.config.unwrap_or_else(|| serde_json::json!({})),
-            env: raw.env.into_iter().map(|(k, v)| (k, v.into_text())).collect::<BTreeMap<_, _>>(),
+            env,
             hosts: match raw.host {
                 None => Vec::new(),
                 Some(super::raw::RawPlacement::One(h)) => vec![h],
                 Some(super::raw::RawPlacement::Many(hs)) => hs,
             },
             image: raw.image,
+            env_files,
         })
     }
 }
@@ -1123,5 +1161,29 @@ mod tests {
         let ok = check("version: 1\nname: t\ntiers:\n  b: { plugin: process, image: ghcr.io/acme/b:1, config: { command: [x] } }\n")
             .unwrap();
         assert_eq!(ok.tiers[&TierId::new("b")].image.as_deref(), Some("ghcr.io/acme/b:1"));
+    }
+
+    #[test]
+    fn an_env_value_from_a_file_is_its_content_up_to_64_kib_and_a_missing_one_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let at_limit = dir.path().join("at-limit");
+        std::fs::write(&at_limit, format!("{}\n", "k".repeat(64 * 1024 - 1))).unwrap();
+        let over = dir.path().join("over");
+        std::fs::write(&over, "k".repeat(64 * 1024 + 1)).unwrap();
+        let yaml = |file: &std::path::Path| {
+            format!(
+                "version: 1\nname: t\ntiers:\n  a:\n    plugin: gateway\n    config: {{ routes: [] }}\n    env: {{ KEY: {{ file: {} }} }}\n",
+                file.display()
+            )
+        };
+        let ok = check(&yaml(&at_limit)).unwrap();
+        let a = &ok.tiers[&TierId::new("a")];
+        assert_eq!(a.env["KEY"].len(), 64 * 1024 - 1, "the final newline is not part of it");
+        assert_eq!(a.env_files["KEY"], at_limit.display().to_string());
+        let e = errors(&yaml(&over));
+        assert_eq!((e[0].0.as_str(), e[0].1), ("tiers.a.env.KEY", 7), "{e:?}");
+        assert!(e[0].3.contains("larger than 65536 bytes"), "{e:?}");
+        let e = errors(&yaml(&dir.path().join("missing")));
+        assert!(e[0].3.contains("No such file"), "{e:?}");
     }
 }
