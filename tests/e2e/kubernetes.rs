@@ -13,7 +13,8 @@
 //!      `workingDir`, run in the pod's namespaces, with its `volumeMounts`
 //!      bind-mounted (a mount namespace of its own); the image's files are
 //!      this build (`target/debug` at `/opt/orchestrator/bin`) over the
-//!      machine's own;
+//!      machine's own (a volume over a directory the repository lives in,
+//!      such as `/tmp` for a clone there, is left out: no image has it);
 //!    - a ConfigMap or Secret volume: a directory written as the kubelet's
 //!      atomic writer writes it (a `..<timestamp>` directory, `..data`
 //!      linking to it, each key linking through `..data`), and an update as it
@@ -544,6 +545,13 @@ impl Cluster {
             mounts.sort_by_key(|m| Path::new(m["mountPath"].as_str().unwrap()).components().count());
             for m in mounts {
                 let target = m["mountPath"].as_str().unwrap();
+                // The image's tree is this machine's: a volume over a
+                // directory this repository (or its build) lives in would
+                // hide it, which no real image does (a CI clone under /tmp,
+                // and the pod's /tmp volume). That volume stays the machine's.
+                if repo_root().starts_with(target) || integration_tests::target_dir().starts_with(target) {
+                    continue;
+                }
                 let source = &pod.volumes[m["name"].as_str().unwrap()];
                 script.push(format!("mkdir -p {}", sq(target)));
                 script.push(format!("mount --bind {} {}", sq(source.to_str().unwrap()), sq(target)));
@@ -932,8 +940,8 @@ fn the_orders_topology_runs_from_its_manifests_its_program_started_by_the_orches
     orders_flow(&exported);
 }
 
-/// Where the volumes' directories live: not under /tmp, which a pod's
-/// `/tmp` volume covers.
+/// Where the volumes' directories live: beside the build, not in the
+/// machine's /tmp, which a pod's `/tmp` volume covers.
 fn volumes_root() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("k8s-volumes").tempdir_in(integration_tests::target_dir()).unwrap()
 }
