@@ -17,6 +17,79 @@ pub enum OnFull {
     Reject,
 }
 
+/// Where the tier's topics live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(crate = "plugin_api::serde", rename_all = "lowercase")]
+pub enum Backend {
+    /// In this orchestrator (the default).
+    #[default]
+    Embedded,
+    /// On a NATS JetStream stream (`url`/`urls`).
+    Nats,
+}
+
+/// A JetStream stream's storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(crate = "plugin_api::serde", rename_all = "lowercase")]
+pub enum NatsStorage {
+    #[default]
+    File,
+    Memory,
+}
+
+/// `stream:` of a `backend: nats` tier.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(crate = "plugin_api::serde", default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// The stream's name (default `orch-<tier>`); its subjects are `<name>.<topic>`.
+    pub name: Option<String>,
+    pub storage: NatsStorage,
+    /// Copies kept by a NATS cluster (1 to 5).
+    pub replicas: usize,
+    /// Messages older than this are dropped (default: kept until acknowledged).
+    pub max_age: Option<String>,
+    pub max_bytes: Option<i64>,
+    pub max_messages: Option<i64>,
+    /// How long a message id is remembered, so that a publish retried with it is stored once.
+    pub duplicate_window: String,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            storage: NatsStorage::File,
+            replicas: 1,
+            max_age: None,
+            max_bytes: None,
+            max_messages: None,
+            duplicate_window: "2m".into(),
+        }
+    }
+}
+
+/// What `backend: nats` connects with, checked and read.
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    pub servers: Vec<String>,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub nkey: Option<String>,
+    pub stream: Option<String>,
+    pub storage: NatsStorage,
+    pub replicas: usize,
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<i64>,
+    pub max_messages: Option<i64>,
+    pub duplicate_window: Duration,
+    pub ack_wait: Duration,
+}
+
+/// Largest credentials file read (token, password, nkey seed).
+pub const MAX_SECRET_FILE: u64 = 4096;
+
 /// The broker's configuration; `topics` overrides the defaults per topic.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(crate = "plugin_api::serde", default, deny_unknown_fields)]
@@ -37,6 +110,20 @@ pub struct Queue {
     /// (default `.orchestrator/<tier>.redb`).
     pub data_dir: Option<String>,
     pub topics: BTreeMap<String, TopicConfig>,
+    /// `embedded` (default) or `nats`.
+    pub backend: Backend,
+    /// `backend: nats`: the server (`nats://host:4222`), or `urls` for a cluster.
+    pub url: Option<String>,
+    pub urls: Vec<String>,
+    /// Credentials, each read from a file (relative to the topology file).
+    pub token_file: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    pub creds_file: Option<String>,
+    pub nkey_file: Option<String>,
+    pub stream: StreamConfig,
+    /// How long a delivery may go unacknowledged before JetStream hands it out again.
+    pub ack_wait: String,
 }
 
 impl Default for Queue {
@@ -51,6 +138,16 @@ impl Default for Queue {
             durable: false,
             data_dir: None,
             topics: BTreeMap::new(),
+            backend: Backend::Embedded,
+            url: None,
+            urls: Vec::new(),
+            token_file: None,
+            user: None,
+            password_file: None,
+            creds_file: None,
+            nkey_file: None,
+            stream: StreamConfig::default(),
+            ack_wait: "30s".into(),
         }
     }
 }
@@ -129,7 +226,134 @@ impl Settings {
                 );
             }
         }
+        let nats_keys = [
+            ("url", config.url.is_some()),
+            ("urls", !config.urls.is_empty()),
+            ("token_file", config.token_file.is_some()),
+            ("user", config.user.is_some()),
+            ("password_file", config.password_file.is_some()),
+            ("creds_file", config.creds_file.is_some()),
+            ("nkey_file", config.nkey_file.is_some()),
+        ];
+        match config.backend {
+            Backend::Embedded => {
+                for (key, _) in nats_keys.iter().filter(|(_, set)| *set) {
+                    issues.push(
+                        ConfigIssue::new(*key, format!("`{key}` is for `backend: nats`"))
+                            .with_hint("add `backend: nats`, or remove it"),
+                    );
+                }
+            }
+            Backend::Nats => {
+                if config.url.is_none() && config.urls.is_empty() {
+                    issues.push(
+                        ConfigIssue::new("url", "`backend: nats` needs the server's `url` (or `urls`)")
+                            .with_hint("e.g. `url: nats://127.0.0.1:4222`"),
+                    );
+                }
+                if config.url.is_some() && !config.urls.is_empty() {
+                    issues.push(ConfigIssue::new("urls", "give `url` or `urls`, not both"));
+                }
+                for (i, url) in config.url.iter().chain(&config.urls).enumerate() {
+                    let key = if config.url.is_some() { "url".to_owned() } else { format!("urls[{i}]") };
+                    let rest = url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://")).unwrap_or(url);
+                    if rest.is_empty() || rest.contains(char::is_whitespace) || !rest.contains(':') {
+                        issues.push(
+                            ConfigIssue::new(key, format!("`{url}` is not a NATS server address"))
+                                .with_hint("e.g. `nats://127.0.0.1:4222`"),
+                        );
+                    }
+                }
+                if config.durable || config.data_dir.is_some() {
+                    let key = if config.durable { "durable" } else { "data_dir" };
+                    issues.push(
+                        ConfigIssue::new(key, "the embedded broker's; JetStream keeps messages itself")
+                            .with_hint("choose `stream: { storage: file }` (the default) or `memory`"),
+                    );
+                }
+                for (name, topic) in &config.topics {
+                    if topic.capacity.is_some() {
+                        issues.push(
+                            ConfigIssue::new(
+                                format!("topics.{name}.capacity"),
+                                "one capacity for every topic on JetStream (the stream's messages per subject)",
+                            )
+                            .with_hint("set `capacity` for the tier"),
+                        );
+                    }
+                }
+                if config.user.is_some() != config.password_file.is_some() {
+                    issues.push(ConfigIssue::new("password_file", "`user` and `password_file` go together"));
+                }
+                if !(1..=5).contains(&config.stream.replicas) {
+                    issues.push(ConfigIssue::new("stream.replicas", "a stream has 1 to 5 replicas"));
+                }
+                if let Some(name) = &config.stream.name
+                    && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                {
+                    issues.push(ConfigIssue::new(
+                        "stream.name",
+                        format!("`{name}` is not a stream name: letters, digits, `-` and `_`"),
+                    ));
+                }
+                let durations = [
+                    ("stream.max_age", config.stream.max_age.as_deref()),
+                    ("stream.duplicate_window", Some(config.stream.duplicate_window.as_str())),
+                    ("ack_wait", Some(config.ack_wait.as_str())),
+                ];
+                for (key, text) in durations {
+                    let Some(text) = text else { continue };
+                    match humantime::parse_duration(text) {
+                        Ok(d) if d > Duration::ZERO => {}
+                        _ => issues.push(
+                            ConfigIssue::new(key, format!("`{text}` is not a duration greater than zero"))
+                                .with_hint("e.g. `30s` or `24h`"),
+                        ),
+                    }
+                }
+            }
+        }
         if issues.is_empty() { Ok(Self { config, backoff, backoff_max }) } else { Err(issues) }
+    }
+
+    /// `backend: nats`'s settings, its credentials read from their files
+    /// (relative to `base`, the topology's directory); `None` for the
+    /// embedded broker.
+    pub fn nats(&self, base: &std::path::Path) -> Result<Option<NatsSettings>, String> {
+        let c = &self.config;
+        if c.backend != Backend::Nats {
+            return Ok(None);
+        }
+        let read = |key: &str, file: &Option<String>| -> Result<Option<String>, String> {
+            let Some(file) = file else { return Ok(None) };
+            let path = base.join(file);
+            let meta = std::fs::metadata(&path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+            if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+                return Err(format!(
+                    "{key}: {} is not a regular file of at most {MAX_SECRET_FILE} bytes",
+                    path.display()
+                ));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+            Ok(Some(text.lines().next().unwrap_or_default().trim().to_owned()))
+        };
+        let parse = |t: &str| humantime::parse_duration(t).unwrap_or(Duration::from_secs(30));
+        Ok(Some(NatsSettings {
+            servers: c.url.iter().chain(&c.urls).cloned().collect(),
+            token: read("token_file", &c.token_file)?,
+            user: c.user.clone(),
+            password: read("password_file", &c.password_file)?,
+            creds_file: c.creds_file.as_ref().map(|f| base.join(f)),
+            nkey: read("nkey_file", &c.nkey_file)?,
+            stream: c.stream.name.clone(),
+            storage: c.stream.storage,
+            replicas: c.stream.replicas,
+            max_age: c.stream.max_age.as_deref().map(parse),
+            max_bytes: c.stream.max_bytes,
+            max_messages: c.stream.max_messages,
+            duplicate_window: parse(&c.stream.duplicate_window),
+            ack_wait: parse(&c.ack_wait),
+        }))
     }
 
     /// The settings of topic `name`.

@@ -29,6 +29,7 @@
 
 mod broker;
 mod config;
+mod nats;
 mod store;
 
 use std::collections::VecDeque;
@@ -72,6 +73,9 @@ pub struct QueuePlugin {
     config: Queue,
     #[serde(skip)]
     running: OnceLock<Running>,
+    /// `backend: nats`: the tier on JetStream instead.
+    #[serde(skip)]
+    nats: OnceLock<nats::Running>,
 }
 
 /// A subscription: one outbound queue link.
@@ -112,9 +116,10 @@ impl Plugin for QueuePlugin {
 
     /// A publish: `POST /<topic>` (the host sets the path from the link).
     async fn handle(&self, mut req: Request, _cx: Context) -> Response {
-        let Some(running) = self.running.get() else {
+        let (running, on_nats) = (self.running.get(), self.nats.get());
+        if running.is_none() && on_nats.is_none() {
             return Response::not_delivered("the broker is starting");
-        };
+        }
         if req.method != plugin_api::Method::POST {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "publish a message with POST")
                 .with_header("allow", "POST");
@@ -127,16 +132,25 @@ impl Plugin for QueuePlugin {
         let batch = req.headers.find_raw(PUBLISH_BATCH).is_some();
         let single;
         let mut many = Vec::new();
+        // A publisher's own ids (`orch-message-id`): JetStream stores a
+        // message published twice with one id once.
+        let mut given = Vec::new();
+        let given_id =
+            |h: &plugin_api::Headers| h.find_raw(MESSAGE_ID).map(|v| String::from_utf8_lossy(v).into_owned());
         let messages = if batch {
             let body = body.into_bytes();
             for entry in batch_entries(&body) {
                 match entry {
-                    Ok((headers, message)) => many.push((carried(&headers), message)),
+                    Ok((headers, message)) => {
+                        given.push(given_id(&headers));
+                        many.push((carried(&headers), message));
+                    }
                     Err(why) => return Response::error(StatusCode::BAD_REQUEST, &why),
                 }
             }
             &many[..]
         } else {
+            given.push(given_id(&req.headers));
             single = (carried(&req.headers), body.into_bytes());
             std::slice::from_ref(&single)
         };
@@ -148,6 +162,18 @@ impl Plugin for QueuePlugin {
                 &format!("a message is {} bytes; this broker takes at most {limit}", big.len()),
             );
         }
+        let Some(running) = running else {
+            let Some(on_nats) = on_nats else { return Response::not_delivered("the broker is starting") };
+            let messages: Vec<_> =
+                messages.iter().zip(given).map(|((carried, body), id)| (id, carried.clone(), body.clone())).collect();
+            return match on_nats.publish(topic, &messages).await {
+                Ok(ids) => accepted_ids(&ids, batch, topic),
+                Err(nats::PublishError::Full(why)) => {
+                    Response::error(StatusCode::SERVICE_UNAVAILABLE, &why).with_header("retry-after", "1")
+                }
+                Err(nats::PublishError::Failed(why)) => Response::error(StatusCode::SERVICE_UNAVAILABLE, &why),
+            };
+        };
         match running.broker.publish(topic, messages).await {
             Ok(first) => accepted(&first, messages.len(), batch, topic),
             Err(broker::PublishError::Full(why)) => {
@@ -159,17 +185,26 @@ impl Plugin for QueuePlugin {
     }
 
     fn is_ready(&self) -> bool {
-        self.running.get().is_some()
+        self.running.get().is_some() || self.nats.get().is_some()
     }
 
     async fn wait_ready(&self, cx: Context) -> Result<(), String> {
-        if self.running.get().is_some() {
+        if self.is_ready() {
             return Ok(());
         }
         let settings = Settings::new(self.config.clone()).map_err(|issues| {
             issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect::<Vec<_>>().join("; ")
         })?;
         let tier = cx.tier();
+        if let Some(on_nats) = settings.nats(&cx.base_dir())? {
+            let subscriptions: Vec<Subscription> =
+                cx.link_infos().iter().filter(|l| l.kind == LinkKind::Queue).filter_map(Subscription::of).collect();
+            let running = nats::start(&tier, settings, on_nats, subscriptions, cx.clone()).await?;
+            if self.nats.set(running).is_err() {
+                return Err("the broker was started twice".to_owned());
+            }
+            return Ok(());
+        }
         // `ORCH_DATA_DIR` (`run --data-dir`, as in a Kubernetes pod) stands
         // in for the topology file's directory, which may be read-only.
         let base = cx.env("ORCH_DATA_DIR").map_or_else(|| cx.base_dir(), std::path::PathBuf::from);
@@ -206,12 +241,18 @@ impl Plugin for QueuePlugin {
     }
 
     fn status(&self) -> serde_json::Value {
+        if let Some(on_nats) = self.nats.get() {
+            return on_nats.status();
+        }
         self.running.get().map_or(serde_json::Value::Null, |r| r.broker.status())
     }
 
     /// Finishes the deliveries in flight; the queued messages stay with the
     /// tier's broker for the next instance.
     async fn stop(&self, _cx: Context) {
+        if let Some(on_nats) = self.nats.get() {
+            on_nats.stop().await;
+        }
         let Some(running) = self.running.get() else { return };
         let _ = running.stop.send(true);
         let workers: Vec<_> = running.workers.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
@@ -408,6 +449,19 @@ fn accepted(first: &broker::MessageId, count: usize, batch: bool, topic: &str) -
     let mut resp = Response::new(StatusCode::ACCEPTED);
     resp.headers = headers;
     resp.with_body(body)
+}
+
+/// `accepted` for the ids JetStream stored.
+fn accepted_ids(ids: &[String], batch: bool, topic: &str) -> Response {
+    let body = if batch {
+        serde_json::json!({ "ids": ids, "topic": topic })
+    } else {
+        serde_json::json!({ "id": ids.first(), "topic": topic })
+    };
+    let first = ids.first().map_or("", String::as_str);
+    let mut resp = Response::new(StatusCode::ACCEPTED);
+    resp.headers = plugin_api::Headers::from_pairs([(MESSAGE_ID, first), ("content-type", "application/json")]);
+    resp.with_body(body.to_string())
 }
 
 /// The publisher's headers a message carries to its subscribers.
