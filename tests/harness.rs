@@ -611,3 +611,141 @@ impl Drop for Running {
         }
     }
 }
+
+/// Debian's nats-server (installed by `scripts/setup-tools`).
+pub fn nats_server_bin() -> PathBuf {
+    let path = PathBuf::from("/usr/sbin/nats-server");
+    assert!(path.exists(), "{} is missing: run scripts/setup-tools", path.display());
+    path
+}
+
+/// A nats-server of the test's own: JetStream on, its storage in a
+/// directory of its own, on loopback at a free port (read back from its
+/// log); stopped by its PID when dropped.
+pub struct NatsServer {
+    child: Child,
+    /// The client port.
+    pub port: u16,
+    /// The route port, in a cluster.
+    pub route_port: Option<u16>,
+    pub store: PathBuf,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    args: Vec<String>,
+}
+
+impl NatsServer {
+    /// One server, on a free port.
+    pub fn start(store: &Path) -> Self {
+        Self::spawn(store, vec!["-p".into(), "-1".into()])
+    }
+
+    /// The same server again, on the same port and storage (after a kill).
+    pub fn restart(&self) -> Self {
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "-p") {
+            args[i + 1] = self.port.to_string();
+        }
+        if let (Some(i), Some(route)) = (args.iter().position(|a| a == "-cluster"), self.route_port) {
+            args[i + 1] = format!("nats://127.0.0.1:{route}");
+        }
+        Self::spawn(&self.store, args)
+    }
+
+    /// Node `name` of cluster `cluster`, its routes on `route_port`, routed
+    /// to every port of `routes` (JetStream in a cluster needs its routes
+    /// configured: the ports are chosen before the nodes start).
+    pub fn cluster_node(store: &Path, name: &str, cluster: &str, route_port: u16, routes: &[u16]) -> Self {
+        let routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let args: Vec<String> = [
+            "-p",
+            "-1",
+            "-n",
+            name,
+            "--cluster_name",
+            cluster,
+            "-cluster",
+            &format!("nats://127.0.0.1:{route_port}"),
+            "-routes",
+            &routes.join(","),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        Self::spawn(store, args)
+    }
+
+    /// A port free now (bound, then released): for what must be known before a server starts.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    }
+
+    fn spawn(store: &Path, args: Vec<String>) -> Self {
+        std::fs::create_dir_all(store).expect("nats store");
+        let mut child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-sd"])
+            .arg(store)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nats-server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut server =
+            Self { child, port: 0, route_port: None, store: store.to_owned(), lines, log, args: args.clone() };
+        let clustered = args.iter().any(|a| a == "-cluster");
+        let deadline = Instant::now() + DEADLINE;
+        while server.port == 0 || (clustered && server.route_port.is_none()) {
+            let line = match server.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => line,
+                Err(_) => panic!("nats-server did not start:\n{}", server.log.lock().expect("log").join("\n")),
+            };
+            let port = |l: &str| l.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
+            if line.contains("Listening for client connections on") {
+                server.port = port(&line).unwrap_or(0);
+            } else if line.contains("Listening for route connections on") {
+                server.route_port = port(&line);
+            }
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.log.lock().expect("log").iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => {}
+                Err(_) => panic!("no `{needle}` from nats-server:\n{}", self.log.lock().expect("log").join("\n")),
+            }
+        }
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -15,6 +15,7 @@ mod libraries;
 mod load;
 mod logs;
 mod metrics;
+mod nats;
 mod netns;
 mod plugins;
 mod process;

@@ -6,12 +6,78 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use integration_tests::{Running, TopologyFile, python_server, repo_topology, tier};
+use integration_tests::{NatsServer, Running, TopologyFile, python_server, repo_topology, tier};
 use serde_json::Value;
+
+/// Where a test's queue tier keeps its topics: the embedded broker, or a
+/// nats-server of the test's own (`backend: nats`). The semantic tests run
+/// on both, unchanged but for what each one's status says.
+pub enum Backend {
+    Embedded,
+    Nats { server: NatsServer, _store: tempfile::TempDir },
+}
+
+impl Backend {
+    pub fn nats() -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let server = NatsServer::start(store.path());
+        Backend::Nats { server, _store: store }
+    }
+
+    pub fn is_nats(&self) -> bool {
+        matches!(self, Backend::Nats { .. })
+    }
+
+    /// A queue tier's `config:` (a flow mapping) on this backend.
+    pub fn config(&self, q_config: &str) -> String {
+        match self {
+            Backend::Embedded => q_config.to_owned(),
+            Backend::Nats { server, .. } => {
+                let rest = q_config.trim().strip_prefix('{').expect("a flow mapping").trim_start();
+                let sep = if rest.starts_with('}') { "" } else { ", " };
+                format!("{{ backend: nats, url: '{}'{sep}{rest}", server.url())
+            }
+        }
+    }
+}
+
+/// Runs each named test on both backends: `NAME::embedded`, `NAME::nats`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name(super::Backend::Embedded).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn nats() {
+                    super::$name(super::Backend::nats()).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    pubsub_gives_every_subscribing_tier_each_message_once_in_order,
+    point_to_point_gives_each_message_to_exactly_one_consumer,
+    failed_deliveries_are_retried_then_dead_lettered,
+    a_full_topic_rejects_or_blocks_and_loses_nothing_it_accepted,
+    orders_reach_the_competing_workers_and_the_python_audit_tier,
+    a_process_tier_publishes_with_an_http_post_to_its_link_url,
+    clients_outside_publish_through_a_gateway_route,
+);
 
 /// A topology: a gateway routing everything to `pub` (a testkit tier), a
 /// queue tier `q` configured with `q_config`, then `tiers` and `links`.
 fn topology(q_config: &str, tiers: &str, links: &str) -> String {
+    topology_on(&Backend::Embedded, q_config, tiers, links)
+}
+
+/// `topology`, its queue tier on `backend`.
+fn topology_on(backend: &Backend, q_config: &str, tiers: &str, links: &str) -> String {
+    let q_config = backend.config(q_config);
     format!(
         r#"version: 1
 name: queue-test
@@ -97,14 +163,40 @@ async fn publish_and_see_it_delivered(orch: &Running, web: SocketAddr, body: &st
     assert_eq!((got[0]["id"].as_str(), got[0]["body"].as_str()), (answer["id"].as_str(), Some(body)));
 }
 
+/// On JetStream: waits until the consumers of `topic`'s `subscribers`
+/// have nothing pending and nothing unacknowledged (the status is read from
+/// JetStream every second).
+async fn settled_on_nats(orch: &Running, topic_name: &str, subscribers: &[&str]) {
+    settled_on_nats_in(orch, "q", topic_name, subscribers).await
+}
+
+/// `settled_on_nats` for queue tier `queue`.
+async fn settled_on_nats_in(orch: &Running, queue: &str, topic_name: &str, subscribers: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = orch.status().await;
+        let detail = &tier(&status, queue)["instances"][0]["detail"];
+        assert_eq!(detail["backend"], "nats", "{detail}");
+        let t = &detail["topics"][topic_name];
+        let settled =
+            subscribers.iter().all(|s| t["subscribers"][*s]["lag"] == 0 && t["subscribers"][*s]["in_flight"] == 0);
+        if settled {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "not settled on JetStream: {t}");
+        // The status is read from JetStream each second: look again after a tenth of that.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The broker's status of `topic`.
 fn topic(status: &Value, name: &str) -> Value {
     tier(status, "q")["instances"][0]["detail"]["topics"][name].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pubsub_gives_every_subscribing_tier_each_message_once_in_order() {
-    let yaml = topology(
+async fn pubsub_gives_every_subscribing_tier_each_message_once_in_order(backend: Backend) {
+    let yaml = topology_on(
+        &backend,
         "{}",
         "  a: { plugin: testkit }\n  b: { plugin: testkit, replicas: 2 }\n",
         "  - { from: pub, to: q, kind: queue, topic: events }\n  - { from: q, to: a, kind: queue, topic: events }\n  - { from: q, to: b, kind: queue, topic: events }\n",
@@ -126,6 +218,9 @@ async fn pubsub_gives_every_subscribing_tier_each_message_once_in_order() {
         received(&orch, web, "b", N).await.iter().map(|m| m["replica"].as_u64().unwrap()).collect();
     assert_eq!(replicas, BTreeSet::from([0, 1]));
 
+    if backend.is_nats() {
+        return settled_on_nats(&orch, "events", &["a", "b"]).await;
+    }
     let status = orch.status().await;
     let events = topic(&status, "events");
     assert_eq!(events["published"], N);
@@ -137,9 +232,9 @@ async fn pubsub_gives_every_subscribing_tier_each_message_once_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn point_to_point_gives_each_message_to_exactly_one_consumer() {
-    let yaml = topology(
+async fn point_to_point_gives_each_message_to_exactly_one_consumer(backend: Backend) {
+    let yaml = topology_on(
+        &backend,
         "{}",
         "  w: { plugin: testkit, replicas: 3 }\n",
         "  - { from: pub, to: q, kind: queue, topic: jobs }\n  - { from: q, to: w, kind: queue, topic: jobs, mode: point-to-point, concurrency: 3 }\n",
@@ -159,6 +254,9 @@ async fn point_to_point_gives_each_message_to_exactly_one_consumer() {
     assert_eq!(delivered.iter().collect::<BTreeSet<_>>(), published.iter().collect::<BTreeSet<_>>());
     // …and the three consumers shared the work.
     assert_eq!(per_replica.len(), 3, "{per_replica:?}");
+    if backend.is_nats() {
+        return settled_on_nats(&orch, "jobs", &["w"]).await;
+    }
     let status = orch.status().await;
     let jobs = topic(&status, "jobs");
     // Named by its tier (before: `point-to-point`).
@@ -171,9 +269,9 @@ async fn point_to_point_gives_each_message_to_exactly_one_consumer() {
     assert_eq!(jobs["depth"], 0, "{jobs}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_deliveries_are_retried_then_dead_lettered() {
-    let yaml = topology(
+async fn failed_deliveries_are_retried_then_dead_lettered(backend: Backend) {
+    let yaml = topology_on(
+        &backend,
         "{ max_attempts: 3, retry_backoff: 10ms, retry_backoff_max: 50ms }",
         "  c: { plugin: testkit }\n  dead: { plugin: testkit }\n",
         "  - { from: pub, to: q, kind: queue, topic: orders }\n  - { from: q, to: c, kind: queue, topic: orders }\n  - { from: q, to: dead, kind: queue, topic: orders.dlq }\n",
@@ -200,11 +298,15 @@ async fn failed_deliveries_are_retried_then_dead_lettered() {
     let status = orch.status().await;
     let orders = topic(&status, "orders");
     let c = &orders["subscribers"]["c"];
-    assert_eq!((c["delivered"].as_u64(), c["dead_lettered"].as_u64()), (Some(2), Some(1)), "{orders}");
-    assert_eq!(c["redelivered"], 3, "{orders}");
-    assert!(c["last_error"].as_str().unwrap().contains("refused"), "{orders}");
-    assert_eq!(orders["depth"], 0, "{orders}");
-    assert_eq!(topic(&status, "orders.dlq")["published"], 1);
+    if backend.is_nats() {
+        settled_on_nats(&orch, "orders", &["c"]).await;
+    } else {
+        assert_eq!((c["delivered"].as_u64(), c["dead_lettered"].as_u64()), (Some(2), Some(1)), "{orders}");
+        assert_eq!(c["redelivered"], 3, "{orders}");
+        assert!(c["last_error"].as_str().unwrap().contains("refused"), "{orders}");
+        assert_eq!(orders["depth"], 0, "{orders}");
+        assert_eq!(topic(&status, "orders.dlq")["published"], 1);
+    }
     // Said in the log: before, a poison message went to its dead letters silently.
     let dead_lettered =
         orch.wait_for_line("Message dead-lettered: topic=orders subscriber=c attempts=3 dead_letter_topic=orders.dlq");
@@ -212,10 +314,10 @@ async fn failed_deliveries_are_retried_then_dead_lettered() {
     assert!(orch.log().iter().any(|l| l.contains("Delivery failed; retrying in ") && l.contains("topic=orders subscriber=c attempt=1/3")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_topic_rejects_or_blocks_and_loses_nothing_it_accepted() {
+async fn a_full_topic_rejects_or_blocks_and_loses_nothing_it_accepted(backend: Backend) {
     // A consumer that holds every delivery until released; topics of 2 messages.
-    let yaml = topology(
+    let yaml = topology_on(
+        &backend,
         "{ capacity: 2, topics: { strict: { on_full: reject } } }",
         "  slow: { plugin: testkit, config: { hold: true } }\n",
         "  - { from: pub, to: q, kind: queue, name: strict, topic: strict }\n  - { from: pub, to: q, kind: queue, name: patient, topic: patient, timeout: 300ms }\n  - { from: pub, to: q, kind: queue, name: patient-long, topic: patient }\n  - { from: q, to: slow, kind: queue, name: s1, topic: strict }\n  - { from: q, to: slow, kind: queue, name: s2, topic: patient }\n",
@@ -242,8 +344,10 @@ async fn a_full_topic_rejects_or_blocks_and_loses_nothing_it_accepted() {
             integration_tests::request(&client, "POST", web, "/publish/patient-long?n=1", "p-waited".into()).await
         })
     };
-    let status = orch.status().await;
-    assert_eq!(topic(&status, "patient")["depth"], 2, "{status}");
+    if !backend.is_nats() {
+        let status = orch.status().await;
+        assert_eq!(topic(&status, "patient")["depth"], 2, "{status}");
+    }
     assert_eq!(orch.post(web, "/release", "").await.0, 200);
     let (code, body) = blocked.await.unwrap().unwrap();
     // Either it waited for room (202 from the broker) or room came first; never refused.
@@ -338,9 +442,22 @@ async fn replacing_the_consumer_mid_stream_loses_nothing() {
     assert_eq!(stream["depth"], 0, "{stream}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_reach_the_competing_workers_and_the_python_audit_tier() {
-    let orch = Running::start_file(repo_topology("topologies/orders.yaml")).await;
+async fn orders_reach_the_competing_workers_and_the_python_audit_tier(backend: Backend) {
+    let topology = repo_topology("topologies/orders.yaml");
+    let on = backend.config("{}");
+    let on = on.trim_start_matches('{').trim_end_matches('}').trim();
+    if !on.is_empty() {
+        let yaml = topology.yaml.replace(
+            "    config:\n      capacity: 10000",
+            &format!(
+                "    config:\n      {}\n      capacity: 10000",
+                on.replace(", ", "\n      ")
+            ),
+        );
+        assert_ne!(yaml, topology.yaml);
+        std::fs::write(&topology.path, yaml).unwrap();
+    }
+    let orch = Running::start_file(topology).await;
     let web = orch.tier_addr("web").await;
     const N: usize = 20;
     let mut ids = Vec::new();
@@ -375,6 +492,9 @@ async fn orders_reach_the_competing_workers_and_the_python_audit_tier() {
     assert_eq!(processed.iter().sum::<u64>(), N as u64, "{processed:?}");
     let orders = &tier(&status, "orders")["instances"][0]["detail"]["topics"]["orders"];
     assert_eq!(orders["published"], N, "{orders}");
+    if backend.is_nats() {
+        return settled_on_nats_in(&orch, "orders", "orders", &["audit", "worker"]).await;
+    }
     assert_eq!(orders["subscribers"]["audit"]["delivered"], N, "{orders}");
     assert_eq!(orders["subscribers"]["worker"]["delivered"], N, "{orders}");
     assert_eq!(orders["depth"], 0, "{orders}");
@@ -394,28 +514,30 @@ const PUBLISHER: &str = r#"    def do_POST(self):
         self.reply(status, {"x-message-id": msg_id}, text)
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_tier_publishes_with_an_http_post_to_its_link_url() {
-    let yaml = r#"version: 1
+async fn a_process_tier_publishes_with_an_http_post_to_its_link_url(backend: Backend) {
+    let q_config = backend.config("{ capacity: 1, on_full: reject }");
+    let yaml = &format!(
+        r#"version: 1
 name: http-publish
 tiers:
   web:
     plugin: gateway
     listen: 127.0.0.1:0
-    config: { routes: [{ path: /publish, link: p }, { path: /, link: c }] }
+    config: {{ routes: [{{ path: /publish, link: p }}, {{ path: /, link: c }}] }}
   p:
     plugin: process
-    config: { command: [python3, publisher.py] }
+    config: {{ command: [python3, publisher.py] }}
   q:
     plugin: queue
-    config: { capacity: 1, on_full: reject }
-  c: { plugin: testkit, config: { hold: true } }
+    config: {q_config}
+  c: {{ plugin: testkit, config: {{ hold: true }} }}
 links:
-  - { from: web, to: p, kind: rest }
-  - { from: web, to: c, kind: rest }
-  - { from: p, to: q, kind: queue, topic: notes }
-  - { from: q, to: c, kind: queue, topic: notes }
-"#;
+  - {{ from: web, to: p, kind: rest }}
+  - {{ from: web, to: c, kind: rest }}
+  - {{ from: p, to: q, kind: queue, topic: notes }}
+  - {{ from: q, to: c, kind: queue, topic: notes }}
+"#
+    );
     let topology = TopologyFile::new(yaml);
     let program = python_server("import urllib.error, urllib.request", PUBLISHER);
     std::fs::write(topology.dir.path().join("publisher.py"), program).unwrap();
@@ -462,24 +584,26 @@ async fn a_subscriber_replaced_by_another_tier_hands_over_its_backlog() {
     assert!(missing.is_empty(), "{} lost: {missing:?}", missing.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_outside_publish_through_a_gateway_route() {
-    let yaml = r#"version: 1
+async fn clients_outside_publish_through_a_gateway_route(backend: Backend) {
+    let q_config = backend.config("{ max_message_size: 16 }");
+    let yaml = &format!(
+        r#"version: 1
 name: gateway-publish
 tiers:
   web:
     plugin: gateway
     listen: 127.0.0.1:0
-    config: { routes: [{ path: /publish, link: publish }, { path: /, link: c }] }
+    config: {{ routes: [{{ path: /publish, link: publish }}, {{ path: /, link: c }}] }}
   q:
     plugin: queue
-    config: { max_message_size: 16 }
-  c: { plugin: testkit }
+    config: {q_config}
+  c: {{ plugin: testkit }}
 links:
-  - { from: web, to: q, kind: queue, name: publish, topic: events }
-  - { from: web, to: c, kind: rest }
-  - { from: q, to: c, kind: queue, topic: events }
-"#;
+  - {{ from: web, to: q, kind: queue, name: publish, topic: events }}
+  - {{ from: web, to: c, kind: rest }}
+  - {{ from: q, to: c, kind: queue, topic: events }}
+"#
+    );
     let orch = Running::start(yaml).await;
     let web = orch.tier_addr("web").await;
     publish_and_see_it_delivered(&orch, web, "from outside", "events").await;
