@@ -19,11 +19,16 @@ nats-server (Debian's, installed if missing), driven by benches/nats-load
     jetstream  file-backed stream, publishes acknowledged with 256 in flight,
                one pull consumer with explicit acks
 
+The orchestrator with `backend: nats` (the queue tier on that JetStream
+server, file storage), against the same JetStream run directly:
+    nats backend, pubsub      publish with 256 in flight, one subscribing tier
+    nats backend, p2p x2      two competing consumers
+
 Each measurement: N messages, end-to-end messages/s (first publish to last
 delivery) and latency percentiles of publish->deliver; every pair is
 interleaved over --rounds rounds and the medians compared.
 
-Usage: benches/queue_load.py [--rounds 3] [--messages 2000000] [--durable-messages 500000] [--no-build]
+Usage: benches/queue_load.py [--rounds 3] [--messages 2000000] [--durable-messages 500000] [--nats-messages 100000] [--no-build]
 Only loopback addresses are used. Everything started is stopped by its PID.
 """
 
@@ -57,8 +62,12 @@ def nats_version():
     return subprocess.run([server, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def topology(durable, data_dir):
+def topology(durable, data_dir, nats_url=None):
     store = f", durable: true, data_dir: '{data_dir}'" if durable else ""
+    capacity = 100000
+    if nats_url:
+        store = f", backend: nats, url: '{nats_url}'"
+        capacity = 1000000
     return f"""
 version: 1
 name: bench-queue
@@ -74,7 +83,7 @@ tiers:
   producer: {{ plugin: qbench }}
   q:
     plugin: queue
-    config: {{ capacity: 100000, max_message_size: 65536{store} }}
+    config: {{ capacity: {capacity}, max_message_size: 65536{store} }}
   consumer: {{ plugin: qbench }}
   workers: {{ plugin: qbench, replicas: 2 }}
 links:
@@ -113,6 +122,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=2_000_000)
     ap.add_argument("--durable-messages", type=int, default=500_000)
+    ap.add_argument("--nats-messages", type=int, default=100_000, help="messages of the backend: nats cases")
     ap.add_argument("--duration", type=int, default=5, help="seconds of each wrk run (HTTP publish)")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
@@ -138,14 +148,16 @@ def main():
                     raise RuntimeError("nats-server did not start")
                 time.sleep(0.1)
 
-        def start(durable, name):
-            orch, status = start_orchestrator(started, topology(durable, os.path.join(tmp, name)), tmp, f"{name}.yaml")
+        def start(durable, name, nats_url=None):
+            yaml = topology(durable, os.path.join(tmp, name), nats_url)
+            orch, status = start_orchestrator(started, yaml, tmp, f"{name}.yaml")
             web = next(t["listen"] for t in status["tiers"] if t["name"] == "web")
             return orch, web
 
         mem_orch, mem = start(False, "memory")
         dur_orch, dur = start(True, "durable")
-        n, dn = args.messages, args.durable_messages
+        js_orch, js = start(False, "jetstream", url)
+        n, dn, jn = args.messages, args.durable_messages, args.nats_messages
         cases = [
             # (label, ours, nats baseline label, nats)
             ("pubsub, publish", lambda: ours(mem, "pubsub", n, 1, 1), "NATS core", lambda: nats(url, "core", n)),
@@ -154,6 +166,9 @@ def main():
             ("p2p x2, publish_batch 64", lambda: ours(mem, "p2p", n, 64, 1), "NATS queue x2", lambda: nats(url, "queue", n)),
             ("durable, publish, 256 in flight", lambda: ours(dur, "pubsub", dn, 1, 256), "JetStream", lambda: nats(url, "jetstream", dn)),
             ("durable, publish_batch 64, 16 in flight", lambda: ours(dur, "pubsub", dn, 64, 16), "JetStream", lambda: nats(url, "jetstream", dn)),
+            ("nats backend, pubsub, 256 in flight", lambda: ours(js, "pubsub", jn, 1, 256), "JetStream, same n", lambda: nats(url, "jetstream", jn)),
+            ("nats backend, p2p x2, 256 in flight", lambda: ours(js, "p2p", jn, 1, 256), "JetStream, same n", lambda: nats(url, "jetstream", jn)),
+            ("embedded durable, pubsub, 256 in flight", lambda: ours(dur, "pubsub", jn, 1, 256), "JetStream, same n", lambda: nats(url, "jetstream", jn)),
         ]
         # Warm up both.
         ours(mem, "pubsub", 100_000, 64, 1)
@@ -174,7 +189,7 @@ def main():
             return statistics.median(x[key] for x in results[name])
 
         print()
-        print("medians (ratio = embedded / NATS msgs/s; lost = messages published but never delivered, all rounds):")
+        print("medians (ratio = ours / baseline msgs/s; lost = messages published but never delivered, all rounds):")
         print(f"{'case':<42}{'msgs/s':>11}{'p99 us':>10}{'lost':>6}{'baseline':>16}{'msgs/s':>11}{'p99 us':>10}{'lost':>9}{'ratio':>7}")
         for label, _, base, _ in cases:
             a, b = med(label, "msgs_per_s"), med(f"  {base}", "msgs_per_s")

@@ -449,10 +449,7 @@ async fn orders_reach_the_competing_workers_and_the_python_audit_tier(backend: B
     if !on.is_empty() {
         let yaml = topology.yaml.replace(
             "    config:\n      capacity: 10000",
-            &format!(
-                "    config:\n      {}\n      capacity: 10000",
-                on.replace(", ", "\n      ")
-            ),
+            &format!("    config:\n      {}\n      capacity: 10000", on.replace(", ", "\n      ")),
         );
         assert_ne!(yaml, topology.yaml);
         std::fs::write(&topology.path, yaml).unwrap();

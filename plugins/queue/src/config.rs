@@ -405,6 +405,29 @@ mod tests {
     }
 
     #[test]
+    fn nats_credentials_are_read_from_files_of_at_most_4_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{}\nignored\n", "t".repeat(100))).unwrap();
+        std::fs::write(dir.path().join("edge"), "e".repeat(MAX_SECRET_FILE as usize)).unwrap();
+        std::fs::write(dir.path().join("big"), "b".repeat(MAX_SECRET_FILE as usize + 1)).unwrap();
+        let with = |file: &str| {
+            let config: Queue = plugin_api::serde_json::from_value(plugin_api::serde_json::json!({
+                "backend": "nats", "url": "nats://127.0.0.1:4222", "token_file": file
+            }))
+            .unwrap();
+            Settings::new(config).unwrap().nats(dir.path())
+        };
+        assert_eq!(with("token").unwrap().unwrap().token.unwrap(), "t".repeat(100), "its first line");
+        assert_eq!(with("edge").unwrap().unwrap().token.unwrap().len(), MAX_SECRET_FILE as usize);
+        let big = with("big").unwrap_err();
+        assert!(big.contains("token_file") && big.contains("big") && big.contains("4096 bytes"), "{big}");
+        let missing = with("missing").unwrap_err();
+        assert!(missing.contains("missing"), "{missing}");
+        // The embedded broker has no NATS settings.
+        assert!(Settings::new(Queue::default()).unwrap().nats(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_limit() {
         let settings = Settings::new(Queue::default()).unwrap().topic("t");
         let ms = |a| settings.backoff(a).as_millis();

@@ -12,9 +12,10 @@
 //!   them (`PubAck`); a message's id is `Nats-Msg-Id`, so a publish retried
 //!   with the same `orch-message-id` is stored once (the stream's duplicate
 //!   window).
-//! - A delivery is acknowledged with a double ack (the server confirms it):
-//!   an ack that arrives after `ack_wait` would be lost, and while a call to
-//!   the subscriber takes long the message is kept in progress (`+WPI`).
+//! - While a call to the subscriber takes long, the message is kept in
+//!   progress (`+WPI`); after such a call the ack is a double ack (the
+//!   server confirms it: one arriving after `ack_wait` would be lost), after
+//!   a quick one a plain ack.
 //!   A failed attempt is a `-NAK` with the tier's backoff; after the last
 //!   one, the message is published to the dead-letter topic (its id
 //!   `<id>.dlq`: deduplicated if this happens twice), then terminated. The
@@ -47,6 +48,8 @@ pub const BLOCK_FOR: Duration = Duration::from_secs(5);
 const BLOCK_RETRY: Duration = Duration::from_millis(50);
 /// How often the status is read from JetStream.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Most messages a subscription's workers pull ahead of their deliveries.
+const MAX_PULL: usize = 64;
 /// The wait before a subscriber that could not be reached is tried again.
 const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -347,7 +350,10 @@ impl Worker {
             if *stop.borrow() {
                 return;
             }
-            let messages = consumer.stream().max_messages_per_batch(1).messages().await;
+            // Pulled ahead in batches (shared out among a subscription's
+            // workers), handled one at a time in order.
+            let batch = (MAX_PULL / self.sub.concurrency as usize).max(1);
+            let messages = consumer.stream().max_messages_per_batch(batch).messages().await;
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
@@ -401,20 +407,30 @@ impl Worker {
         loop {
             // In progress while the call runs: the server does not hand the
             // message to another consumer meanwhile.
+            let started = tokio::time::Instant::now();
             let mut call = std::pin::pin!(self.cx.call(&self.sub.link, req.clone()));
-            let mut progress = tokio::time::interval(self.ack_wait / 2);
-            progress.tick().await;
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut call => break outcome,
-                    _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                    () = tokio::time::sleep(self.ack_wait / 2) => { let _ = message.ack_with(AckKind::Progress).await; }
                 }
             };
             match outcome {
                 Ok(resp) if resp.status.is_success() => {
-                    if let Err(e) = message.double_ack().await {
+                    // A call that took half of `ack_wait` or more: the ack is
+                    // confirmed by the server (one arriving late would be
+                    // dropped, and the message delivered again). A quick one:
+                    // sent, without waiting for the round trip.
+                    let acked = if started.elapsed() >= self.ack_wait / 2 {
+                        message.double_ack().await
+                    } else {
+                        message.ack().await
+                    };
+                    if let Err(e) = acked {
                         // Delivered, but the server did not take the ack: it will be delivered again.
-                        self.cx.warn(format_args!("Delivered, but JetStream did not confirm the ack ({e}): message {id} may be delivered again."));
+                        self.cx.warn(format_args!(
+                            "Delivered, but JetStream did not take the ack ({e}): message {id} may be delivered again."
+                        ));
                     }
                     return;
                 }
