@@ -632,6 +632,8 @@ pub struct NatsServer {
     lines: Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
+    /// The address it listens on.
+    host: String,
 }
 
 impl NatsServer {
@@ -680,10 +682,27 @@ impl NatsServer {
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
     }
 
+    /// One server in network namespace `ns`, on `addr` (its port read back).
+    pub fn start_in(store: &Path, ns: &str, addr: &str) -> Self {
+        Self::spawn_with(store, vec!["-p".into(), "-1".into()], Some((ns, addr)))
+    }
+
     fn spawn(store: &Path, args: Vec<String>) -> Self {
+        Self::spawn_with(store, args, None)
+    }
+
+    fn spawn_with(store: &Path, args: Vec<String>, inside: Option<(&str, &str)>) -> Self {
         std::fs::create_dir_all(store).expect("nats store");
-        let mut child = Command::new(nats_server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-sd"])
+        let (mut command, addr) = match inside {
+            Some((ns, addr)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(nats_server_bin());
+                (c, addr)
+            }
+            None => (Command::new(nats_server_bin()), "127.0.0.1"),
+        };
+        let mut child = command
+            .args(["-js", "-a", addr, "-sd"])
             .arg(store)
             .args(&args)
             .stdout(Stdio::null())
@@ -700,8 +719,16 @@ impl NatsServer {
                 let _ = tx.send(line);
             }
         });
-        let mut server =
-            Self { child, port: 0, route_port: None, store: store.to_owned(), lines, log, args: args.clone() };
+        let mut server = Self {
+            child,
+            port: 0,
+            route_port: None,
+            store: store.to_owned(),
+            lines,
+            log,
+            args: args.clone(),
+            host: addr.to_owned(),
+        };
         let clustered = args.iter().any(|a| a == "-cluster");
         let deadline = Instant::now() + DEADLINE;
         while server.port == 0 || (clustered && server.route_port.is_none()) {
@@ -720,7 +747,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Waits for a log line containing `needle`.

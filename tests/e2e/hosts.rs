@@ -480,6 +480,83 @@ fn a_subscriber_host_killed_mid_stream_loses_no_accepted_message() {
     assert_eq!(second.len(), 100, "every message published after h3 died reached h1");
 }
 
+#[test]
+fn workers_on_two_hosts_share_a_jetstream_queue_and_a_killed_hosts_messages_go_to_the_other() {
+    let network = Network::new(3);
+    // The server runs in h1's namespace, on its address: every host reaches it.
+    let store = tempfile::tempdir().unwrap();
+    let nats = integration_tests::NatsServer::start_in(store.path(), &network.ns("h1"), &network.addr(1));
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: queued-on-nats
+{hosts}tiers:
+  web:
+    plugin: gateway
+    host: h1
+    listen: 127.0.0.1:18080
+    config: {{ routes: [{{ path: /, link: pub }}] }}
+  pub: {{ plugin: testkit, host: h1 }}
+  q: {{ plugin: queue, host: [h2, h3], config: {{ backend: nats, url: '{url}', ack_wait: 2s, max_attempts: 20, retry_backoff: 50ms }} }}
+  worker: {{ plugin: testkit, host: [h2, h3], config: {{ delay_ms: 5 }} }}
+links:
+  - {{ from: web, to: pub, kind: rest }}
+  - {{ from: pub, to: q, kind: queue, topic: jobs, retries: 2 }}   # a publish not sent goes to the other host
+  - {{ from: q, to: worker, kind: queue, topic: jobs, mode: point-to-point, concurrency: 2 }}
+"#,
+        hosts = network.hosts_yaml(),
+        url = nats.url(),
+    ));
+    let token = token_file(topology.dir.path());
+    let mut hosts: Vec<Host> = (1..=3).map(|i| Host::start(&network, i, &topology, &token)).collect();
+    let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    let h1 = network.ns("h1");
+    let received = |h: usize, query: &str| -> Vec<Value> {
+        let peer: SocketAddr = format!("{}:7700", network.addr(h)).parse().unwrap();
+        let (code, body) = post(&h1, peer, &format!("/received/worker?{query}&wait_ms=15000"), "", Some("worker"));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+
+    let (code, body) = post(&h1, web, "/publish/q?n=400", "first", None);
+    assert_eq!(code, 200, "{body}");
+    // Both hosts' workers compete for the stream's messages…
+    assert!(!received(2, "min=1").is_empty());
+    assert!(!received(3, "min=1").is_empty());
+    // …and h3 dies mid-stream, with messages pulled and not acknowledged.
+    let h3 = hosts.pop().unwrap();
+    assert!(Command::new("kill").args(["-9", &h3.child.id().to_string()]).status().unwrap().success());
+    drop(h3);
+    let (code, body) = post(&h1, web, "/publish/q?n=100", "second", None);
+    assert_eq!(code, 200, "{body}");
+
+    // Every acknowledged publish is settled: nothing pending on the shared
+    // consumer, nothing unacknowledged (h3's went back to the stream after
+    // `ack_wait`, and to h2).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let group = loop {
+        let status = hosts[1].status();
+        let group =
+            integration_tests::tier(&status, "q")["instances"][0]["detail"]["topics"]["jobs"]["subscribers"]["worker"]
+                .clone();
+        // Every message handed out at least once (the count is the shared consumer's), none left.
+        if group["deliveries"].as_u64() >= Some(500) && group["lag"] == 0 && group["in_flight"] == 0 {
+            break group;
+        }
+        assert!(Instant::now() < deadline, "not settled: {group}");
+        // The status is JetStream's, read each second.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // More deliveries than messages: h3's unacknowledged ones were handed out again.
+    assert!(group["deliveries"].as_u64().unwrap() > 500, "h3's unacknowledged messages came again: {group}");
+    let at_h2 = received(2, "min=0");
+    let second: std::collections::HashSet<&str> =
+        at_h2.iter().filter_map(|m| m["body"].as_str()).filter(|b| b.starts_with("second-")).collect();
+    assert_eq!(second.len(), 100, "every message published after h3 died reached h2");
+    assert!(at_h2.iter().any(|m| m["attempt"].as_u64() > Some(1)), "some of h3's reached h2, again");
+    drop(nats);
+}
+
 /// Which host answered, when; and who waits for more.
 type Answers = Arc<(Mutex<Vec<(Instant, String)>>, Condvar)>;
 

@@ -384,9 +384,12 @@ impl Validator<'_> {
                 self.error(&hpath, format!("tier `{id}` is placed on no host")).hint =
                     Some(format!("name one or more of: {}", some_of(&names)));
             }
-            if draft.raw.plugin == limits::BROKER_PLUGIN && seen.len() > 1 {
+            // On JetStream, the tier's instances on several hosts share one stream.
+            let on_nats =
+                draft.raw.config.as_ref().and_then(|c| c.get("backend")).and_then(|b| b.as_str()) == Some("nats");
+            if draft.raw.plugin == limits::BROKER_PLUGIN && seen.len() > 1 && !on_nats {
                 self.error(&hpath, format!("queue tier `{id}` is placed on {} hosts", seen.len())).hint = Some(
-                    "the embedded broker runs on one host: its publishers and subscribers reach it from the others"
+                    "the embedded broker runs on one host: its publishers and subscribers reach it from the others (`backend: nats` runs on several)"
                         .into(),
                 );
             }
