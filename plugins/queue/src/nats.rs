@@ -210,6 +210,27 @@ pub async fn start(
         }
         consumers.push((sub.clone(), durable, consumer));
     }
+    // A subscription the topology no longer has leaves its consumer behind,
+    // which would keep its messages in the stream for ever: removed. (What
+    // it had not acknowledged stays for the groups that still want it.)
+    let wanted: std::collections::HashSet<&str> = consumers.iter().map(|(_, d, _)| d.as_str()).collect();
+    let mut names = stream.consumer_names();
+    let mut stale = Vec::new();
+    while let Ok(Some(Ok(consumer))) = tokio::time::timeout(API_TIMEOUT, names.next()).await {
+        if !wanted.contains(consumer.as_str()) {
+            stale.push(consumer);
+        }
+    }
+    for consumer in stale {
+        match tokio::time::timeout(API_TIMEOUT, stream.delete_consumer(&consumer)).await {
+            Ok(Ok(_)) => {
+                cx.info(format_args!("Removed consumer {consumer} of stream {name}: no subscription uses it now."))
+            }
+            _ => {
+                cx.warn(format_args!("Cannot remove consumer {consumer} of stream {name}, which no subscription uses."))
+            }
+        }
+    }
     let status = Arc::new(Mutex::new(json!({ "backend": "nats", "servers": servers, "stream": name, "topics": {} })));
     workers.push(tokio::spawn(watch_status(stream, consumers, status.clone(), servers, stopped)));
     Ok(Running {
@@ -360,14 +381,14 @@ impl Worker {
                     self.cx.warn(format_args!("Cannot read from JetStream ({e}); trying again."));
                     tokio::select! {
                         () = tokio::time::sleep(UNAVAILABLE_PAUSE * 5) => continue,
-                        _ = stop.changed() => return,
+                        () = stopped(&mut stop) => return,
                     }
                 }
             };
             loop {
                 let next = tokio::select! {
                     next = messages.next() => next,
-                    _ = stop.changed() => return,
+                    () = stopped(&mut stop) => return,
                 };
                 match next {
                     Some(Ok(message)) => self.handle(message, &mut stop).await,
@@ -443,7 +464,7 @@ impl Worker {
                     let _ = message.ack_with(AckKind::Progress).await;
                     tokio::select! {
                         () = tokio::time::sleep(UNAVAILABLE_PAUSE) => {}
-                        _ = stop.changed() => {
+                        () = stopped(stop) => {
                             let _ = message.ack_with(AckKind::Nak(None)).await;
                             return;
                         }
@@ -546,7 +567,13 @@ async fn watch_status(
         }
         tokio::select! {
             () = tokio::time::sleep(STATUS_EVERY) => {}
-            _ = stop.changed() => return,
+            () = stopped(&mut stop) => return,
         }
     }
+}
+
+/// Completes once `stop` says so, whether it said so before this was
+/// called or after (a `changed()` seen once would not fire again).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
