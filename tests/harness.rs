@@ -150,16 +150,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn orchestrator");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let (log, lines) = collect_lines([child.stderr.take().expect("piped stderr")]);
         let client = Client::builder(TokioExecutor::new()).build_http();
         let mut running = Self { child, log, lines, admin: "0.0.0.0:0".parse().expect("addr"), topology, client };
         let line = running.wait_for_line("Admin API listening.");
@@ -612,6 +603,25 @@ impl Drop for Running {
     }
 }
 
+/// Every line of `streams` (a process's stdout, stderr…), as they come:
+/// kept, and sent on the channel.
+pub fn collect_lines<R: std::io::Read + Send + 'static>(
+    streams: impl IntoIterator<Item = R>,
+) -> (Arc<Mutex<Vec<String>>>, Receiver<String>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, lines) = channel();
+    for stream in streams {
+        let (sink, tx) = (log.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (log, lines)
+}
+
 /// Debian's nats-server (installed by `scripts/setup-tools`).
 pub fn nats_server_bin() -> PathBuf {
     let path = PathBuf::from("/usr/sbin/nats-server");
@@ -709,16 +719,7 @@ impl NatsServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nats-server");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let (log, lines) = collect_lines([child.stderr.take().expect("piped stderr")]);
         let mut server = Self {
             child,
             port: 0,

@@ -6,10 +6,9 @@
 //! Containerfile's second stage in place of the first (`--build-context`),
 //! as its header says; the Rust build stage itself is not run here.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use integration_tests::repo_root;
@@ -152,14 +151,7 @@ fn the_image_builds_from_the_containerfile_validates_and_serves_the_hello_topolo
 }
 
 fn lines_of(child: &mut Child) -> Receiver<String> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
+    integration_tests::collect_lines([child.stderr.take().unwrap()]).1
 }
 
 fn wait_for(lines: &Receiver<String>, log: &mut Vec<String>, needle: &str) -> String {

@@ -34,11 +34,10 @@
 //!    restarts, rolling updates, and PersistentVolumeClaims (a directory).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -600,19 +599,9 @@ impl Cluster {
                 .spawn()
                 .expect("start a container");
             // Both streams, as the kubelet keeps a container's log.
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let (tx, lines) = channel();
             let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
             let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-            for stream in [out, err] {
-                let (sink, tx) = (log.clone(), tx.clone());
-                std::thread::spawn(move || {
-                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                        sink.lock().unwrap().push(line.clone());
-                        let _ = tx.send(line);
-                    }
-                });
-            }
+            let (log, lines) = integration_tests::collect_lines([out, err]);
             started.push(Process { child, lines, log });
         }
         self.pods[i].containers = started;
