@@ -187,8 +187,9 @@ async fn settled_on_nats_in(orch: &Running, queue: &str, topic_name: &str, subsc
         let detail = &tier(&status, queue)["instances"][0]["detail"];
         assert_eq!(detail["backend"], "nats", "{detail}");
         let t = &detail["topics"][topic_name];
-        let settled =
-            subscribers.iter().all(|s| t["subscribers"][*s]["lag"] == 0 && t["subscribers"][*s]["in_flight"] == 0);
+        let settled = t["depth"] == 0
+            && t["in_flight"] == 0
+            && subscribers.iter().all(|s| t["subscribers"][*s]["lag"] == 0 && t["subscribers"][*s]["in_flight"] == 0);
         if settled {
             return;
         }

@@ -555,9 +555,22 @@ async fn watch_status(
                 "consumer": durable,
                 "lag": info.num_pending,
                 "in_flight": info.num_ack_pending,
-                "redelivered": info.num_redelivered,
+                "pending_redelivered": info.num_redelivered,
                 "deliveries": info.delivered.consumer_sequence,
             });
+        }
+        // A topic's totals, as the embedded broker gives them: what is in
+        // flight, and what the stream still holds for it (interest
+        // retention: until every group has acknowledged it).
+        for t in topics.values_mut() {
+            let groups: Vec<(u64, u64)> = t["subscribers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, g)| (g["lag"].as_u64().unwrap_or(0), g["in_flight"].as_u64().unwrap_or(0)))
+                .collect();
+            t["in_flight"] = json!(groups.iter().map(|(_, f)| f).sum::<u64>());
+            t["depth"] = json!(groups.iter().map(|(l, f)| l + f).max().unwrap_or(0));
         }
         {
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
