@@ -76,7 +76,9 @@ impl Drop for Running {
     }
 }
 
-/// Message ids: a random prefix per run, then a counter.
+/// Message ids: a random prefix per instance, then a counter. The prefix
+/// must differ between hosts (every container's orchestrator may be pid 1):
+/// an id seen twice within the duplicate window is stored once.
 struct Ids {
     prefix: String,
     next: AtomicU64,
@@ -84,12 +86,18 @@ struct Ids {
 
 impl Ids {
     fn new() -> Self {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let seed = nanos ^ (u128::from(std::process::id()) << 64);
-        Self {
-            prefix: format!("{:016x}", (seed as u64) ^ ((seed >> 64) as u64).rotate_left(17)),
-            next: AtomicU64::new(1),
-        }
+        use std::io::Read as _;
+        let mut bytes = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        let seed = match random {
+            Ok(()) => u64::from_ne_bytes(bytes),
+            // No randomness to be had: the clock and the process, mixed.
+            Err(_) => {
+                let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+            }
+        };
+        Self { prefix: format!("{seed:016x}"), next: AtomicU64::new(1) }
     }
 
     fn next(&self) -> String {
@@ -589,4 +597,17 @@ async fn watch_status(
 /// called or after (a `changed()` seen once would not fire again).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ids;
+
+    #[test]
+    fn ids_of_two_instances_differ_and_count_up() {
+        let (a, b) = (Ids::new(), Ids::new());
+        assert_ne!(a.prefix, b.prefix);
+        assert_eq!(a.next(), format!("{}-1", a.prefix));
+        assert_eq!(a.next(), format!("{}-2", a.prefix));
+    }
 }
