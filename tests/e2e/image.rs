@@ -45,8 +45,16 @@ impl Storage {
 
     /// `podman run --rm` of the image with `args`, on the host's network.
     fn run(&self, mounts: &[(&Path, &str)], entrypoint: &str, args: &[&str]) -> Command {
+        self.run_named("", mounts, entrypoint, args)
+    }
+
+    /// `run`, the container named `name` (unless empty).
+    fn run_named(&self, name: &str, mounts: &[(&Path, &str)], entrypoint: &str, args: &[&str]) -> Command {
         let mut c = self.podman();
         c.args(["run", "--rm", "--network", "host", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1024:1024"]);
+        if !name.is_empty() {
+            c.args(["--name", name]);
+        }
         for (from, to) in mounts {
             c.arg("-v").arg(format!("{}:{to}:ro", from.display()));
         }
@@ -121,8 +129,10 @@ fn the_image_builds_from_the_containerfile_validates_and_serves_the_hello_topolo
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(topology.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(topology.path().join("hello.yaml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let name = format!("orch-test-{}", std::process::id());
     let mut child = storage
-        .run(
+        .run_named(
+            &name,
             &[(topology.path(), "/opt/orchestrator/topology")],
             &entrypoint,
             &["run", "/opt/orchestrator/topology/hello.yaml", "--admin", "127.0.0.1:0", "--drain-timeout", "2s"],
@@ -143,8 +153,13 @@ fn the_image_builds_from_the_containerfile_validates_and_serves_the_hello_topolo
         .unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("Hello Python!"), "{body}");
-    // Stopped by the PID this test started: podman passes SIGTERM on, and the orchestrator drains.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Stopped as a container runtime stops it: SIGTERM to the container's
+    // process (`podman stop`, of the container this test named), and the
+    // orchestrator drains. (Signalling the `podman run` client instead
+    // relies on its signal proxy, which is not always in place yet.)
+    let out = storage.podman().args(["stop", "--time", "20", &name]).output().unwrap();
+    assert!(out.status.success(), "podman stop: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for(&lines, &mut log, "Shutting down.");
     wait_for(&lines, &mut log, "Stopped.");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}: {}", log.join("\n"));
