@@ -428,3 +428,54 @@ links:
     let (code, body) = orch.post(web, "/api/..%2fadmin", "x").await;
     assert_eq!(code, 400, "{body}");
 }
+
+/// A program starts with the signal state a shell gives it (nothing blocked,
+/// nothing ignored), so SIGTERM stops it gracefully, well within its grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_starts_as_from_a_shell_and_gets_sigterm() {
+    let python = integration_tests::venv_python();
+    // The program's own masks, as it starts (not through `sh`: dash clears
+    // the mask it inherits).
+    let server = python_server(
+        "import signal, sys\n\
+         print(*[l.strip() for l in open('/proc/self/status') if l.startswith(('SigBlk', 'SigIgn'))], flush=True)\n\
+         signal.signal(signal.SIGTERM, lambda *a: (print('graceful stop', flush=True), sys.exit(0)))",
+        "    def do_GET(self):\n        self.reply(200, {}, b'ok')\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.py"), server).unwrap();
+    let yaml = format!(
+        r#"
+version: 1
+name: signals
+tiers:
+  app:
+    plugin: process
+    config:
+      command: [{}, {}/server.py]
+      readiness: {{ http: /, interval: 20ms }}
+      stop_grace: 60s
+"#,
+        python.display(),
+        dir.path().display()
+    );
+    let mut orch = Running::start(&yaml).await;
+    // Printed before the program listens, so before the topology runs.
+    let Some(line) = orch.log().into_iter().find(|l| l.contains("SigBlk:")) else {
+        orch.fail("the program did not print its signal masks")
+    };
+    let mask = |name: &str| {
+        let hex = line.split(&format!("{name}:")).nth(1).and_then(|rest| rest.split_whitespace().next());
+        hex.and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or_else(|| orch.fail(&format!("no {name} in {line}")))
+    };
+    assert_eq!(mask("SigBlk"), 0, "signals blocked in the program: {line}");
+    // Python itself ignores SIGPIPE (13) and SIGXFSZ (25); nothing else may be.
+    let python_own = (1 << (13 - 1)) | (1 << (25 - 1));
+    assert_eq!(mask("SigIgn") & !python_own & 0x7fff_ffff, 0, "signals ignored in the program: {line}");
+    let started = std::time::Instant::now();
+    orch.terminate();
+    orch.wait_for_line("graceful stop");
+    // Within DEADLINE (20 s), far below the 60 s grace a blocked SIGTERM would wait out.
+    assert_eq!(orch.wait_exit().code(), Some(0));
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
+}

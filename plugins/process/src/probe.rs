@@ -20,7 +20,7 @@ async fn attempt(kind: &ProbeKind, port: u16) -> Result<(), String> {
             if (200..300).contains(&status) { Ok(()) } else { Err(format!("GET {path} answered {status}")) }
         }
         ProbeKind::Exec(cmd) => {
-            let status = tokio::process::Command::new(&cmd[0])
+            let status = crate::sys::command(&cmd[0])
                 .args(&cmd[1..])
                 .env("PORT", port.to_string())
                 .stdin(std::process::Stdio::null())

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use plugin_api::serde_json::{self, json};
 use plugin_api::{Context, LinkKind, Request, Response};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Restart, Settings};
@@ -230,7 +230,7 @@ fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>)
     }
     let mut cmd = match shim() {
         Some(shim) => {
-            let mut cmd = Command::new(shim);
+            let mut cmd = crate::sys::command(shim);
             cmd.arg(crate::shim::COMMAND)
                 .arg(std::process::id().to_string())
                 .arg(settings.stop_grace.as_millis().to_string())
@@ -239,7 +239,7 @@ fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>)
             cmd
         }
         None => {
-            let mut cmd = Command::new(program);
+            let mut cmd = crate::sys::command(program);
             cmd.args(&settings.command[1..]);
             cmd
         }

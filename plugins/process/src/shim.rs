@@ -48,7 +48,7 @@ pub fn main(parent: u32, grace: Duration, command: &[OsString]) -> ExitCode {
     if getppid().as_raw() != parent as i32 {
         return ExitCode::from(1);
     }
-    let mut cmd = std::process::Command::new(program);
+    let mut cmd = crate::sys::command_std(program);
     cmd.args(args);
     crate::sys::die_with_parent_std(&mut cmd);
     let child = match cmd.spawn() {
