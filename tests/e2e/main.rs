@@ -23,5 +23,6 @@ mod queue;
 mod reload;
 mod rpc;
 mod shutdown;
+mod start;
 mod traces;
 mod validation;

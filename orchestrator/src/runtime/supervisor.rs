@@ -48,6 +48,8 @@ struct RunningTier {
     /// The generation in which the current instances were started.
     generation: u64,
     listener: Option<Listener>,
+    /// `starting` until its replicas first settled (ready, or failed), then `running`.
+    state: State,
 }
 
 /// What a reload prepared and has not committed yet. Dropping it undoes it:
@@ -211,14 +213,109 @@ impl Supervisor {
         }
     }
 
-    /// Starts every tier of `topology` (generation 1). Abandoned (its future
+    /// Starts every tier of `topology` (generation 1), each as soon as the
+    /// tiers it depends on (those it links to) settled — became ready, or
+    /// failed to — independently of every other tier: a slow or failing tier
+    /// holds up only its callers, and only until it settles. A tier's
+    /// listener serves once its own replicas settled. Every tier is in the
+    /// status, and routable to once ready, from the first moment.
+    ///
+    /// A replica that does not become ready does not stop the others: it is
+    /// reported, and its tier runs without it. Abandoned (its future
     /// dropped, at a stop signal), what it started so far is consistent, and
     /// [`Supervisor::shutdown`] stops it.
     pub async fn start(&mut self, topology: Topology) -> Result<(), StartError> {
-        self.apply(topology, true).await?;
+        use futures_util::stream::{FuturesUnordered, StreamExt as _};
+        let mut plugins = self.plugins(&topology)?;
+        let generation = 1;
+        for (id, spec) in &topology.tiers {
+            let plugin = plugins.remove(id).expect("every tier of the topology has a plugin");
+            let (endpoint, links) = self.tier_routing(id);
+            let tier = RunningTier {
+                spec: spec.clone(),
+                plugin,
+                endpoint,
+                links,
+                instances: Vec::new(),
+                generation,
+                listener: None,
+                state: State::Starting,
+            };
+            self.tiers.insert(id.clone(), tier);
+        }
+        let endpoints: HashMap<TierId, Arc<Endpoint>> =
+            self.tiers.iter().map(|(id, t)| (id.clone(), t.endpoint.clone())).collect();
+        for (id, tier) in &self.tiers {
+            tier.links.replace(routes(&topology, id, &endpoints));
+        }
+        self.topology = topology;
+        self.generation = generation;
+        self.publish();
+
+        let mut graph = StartGraph::new(&self.topology, |_| true);
+        let mut settling = FuturesUnordered::new();
+        loop {
+            for id in graph.startable() {
+                let tier = &self.tiers[&id];
+                let (plugin, links) = (tier.plugin.clone(), tier.links.clone());
+                let mut instances = Vec::new();
+                for replica in 0..tier.spec.replicas {
+                    instances.push(self.new_instance(&self.topology, &id, &plugin, &links, replica)?);
+                }
+                let tier = self.tiers.get_mut(&id).expect("a tier being started is running");
+                tier.instances = instances.clone();
+                // Routed to once ready: an endpoint picks only ready replicas.
+                tier.endpoint.set(instances.clone());
+                self.publish();
+                settling.push(async move {
+                    let ready = futures_util::future::join_all(instances.iter().map(|i| i.wait_ready())).await;
+                    (id, instances, ready)
+                });
+            }
+            let Some((id, instances, ready)) = settling.next().await else { break };
+            for (instance, result) in instances.iter().zip(ready) {
+                if let Err(reason) = result {
+                    let error =
+                        StartError::Ready { tier: instance.tier().clone(), replica: instance.replica(), reason };
+                    tracing::error!(error = %error, "A replica failed to start; its tier runs without it.");
+                }
+            }
+            let tier = self.tiers.get_mut(&id).expect("a started tier is running");
+            if let Some(addr) = tier.spec.listen {
+                let bound =
+                    Bound::bind(addr).await.map_err(|source| StartError::Bind { tier: id.clone(), addr, source })?;
+                let listener =
+                    super::listener::serve_tier(bound, tier.endpoint.clone(), tier.spec.max_body, &self.workers);
+                tracing::info!(tier = %id, addr = %listener.addr, "Tier listening.");
+                tier.listener = Some(listener);
+            }
+            tier.state = State::Running;
+            graph.settle(&id);
+            self.publish();
+        }
         self.state = State::Running;
         self.publish();
         Ok(())
+    }
+
+    /// The plugin of each tier of `topology`.
+    fn plugins(&self, topology: &Topology) -> Result<HashMap<TierId, Arc<PluginHandle>>, StartError> {
+        let mut plugins = HashMap::new();
+        for (id, spec) in &topology.tiers {
+            let plugin = self
+                .registry
+                .lookup(&spec.plugin, &topology.plugin_dirs)
+                .map_err(|source| StartError::Plugin { tier: id.clone(), source })?;
+            plugins.insert(id.clone(), plugin);
+        }
+        Ok(plugins)
+    }
+
+    /// A new tier's endpoint (every route to it) and outbound link table.
+    fn tier_routing(&self, id: &TierId) -> (Arc<Endpoint>, Arc<LinkTable>) {
+        let endpoint = Arc::new(Endpoint::new(id.clone()));
+        let ports = self.placement.as_ref().map(|p| p.link_ports.clone()).unwrap_or_default();
+        (endpoint, Arc::new(LinkTable::new(HashMap::new(), self.workers.clone()).with_ports(ports)))
     }
 
     pub fn generation(&self) -> u64 {
@@ -245,7 +342,7 @@ impl Supervisor {
         let started = Instant::now();
         let file = self.topology.file.clone();
         let result = match topology::load(&file, &self.registry).map(|t| self.share(t)) {
-            Ok(Ok(new)) => self.apply(new, false).await.map_err(ReloadFailure::Start),
+            Ok(Ok(new)) => self.apply(new).await.map_err(ReloadFailure::Start),
             Ok(Err(why)) => Err(ReloadFailure::Placement(why)),
             Err(e) => Err(ReloadFailure::Topology(e)),
         };
@@ -288,20 +385,11 @@ impl Supervisor {
         record
     }
 
-    /// Applies `new`: the plan of differences, prepared then committed.
-    ///
-    /// At start (`initial`), a replica that does not become ready does not stop
-    /// the others: it is reported, its tier starts without it, and every other
-    /// tier serves. In a reload it fails the reload, and the old keeps serving.
-    async fn apply(&mut self, new: Topology, initial: bool) -> Result<Plan, StartError> {
-        let mut plugins = HashMap::new();
-        for (id, spec) in &new.tiers {
-            let plugin = self
-                .registry
-                .lookup(&spec.plugin, &new.plugin_dirs)
-                .map_err(|source| StartError::Plugin { tier: id.clone(), source })?;
-            plugins.insert(id.clone(), plugin);
-        }
+    /// Applies `new`: the plan of differences, prepared then committed. A
+    /// replica that does not become ready fails the reload, and the old
+    /// keeps serving.
+    async fn apply(&mut self, new: Topology) -> Result<Plan, StartError> {
+        let plugins = self.plugins(&new)?;
         let replaced: HashSet<String> = new
             .tiers
             .iter()
@@ -314,7 +402,7 @@ impl Supervisor {
             return Ok(plan);
         }
         let generation = self.generation + 1;
-        let prepared = self.prepare(&new, &plan, &plugins, initial).await?;
+        let prepared = self.prepare(&new, &plan, &plugins).await?;
         let rolling = self.commit(new, &plan, plugins, prepared, generation);
         self.roll_problems = self.roll(rolling).await;
         Ok(plan)
@@ -348,60 +436,56 @@ impl Supervisor {
         new: &Topology,
         plan: &Plan,
         plugins: &HashMap<TierId, Arc<PluginHandle>>,
-        initial: bool,
     ) -> Result<Prepared, StartError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt as _};
         let mut prepared = Prepared::default();
-        // Callees start (and become ready) before their callers; tiers that
-        // do not call each other, and tiers in a cycle, start together.
-        for group in start_waves(new) {
-            let mut starting = Vec::new();
-            for id in &group {
-                let (Some(tier_plan), Some(spec)) = (plan.tiers.get(id), new.tiers.get(id)) else { continue };
+        // Each tier's new replicas start once those of the tiers it calls
+        // are ready (tiers in a cycle start together); a tier whose replicas
+        // the plan does not start is ready as it is.
+        let starts = |id: &TierId| match plan.tiers.get(id).map(|p| &p.instances) {
+            Some(Instances::Start | Instances::Replace) => true,
+            Some(Instances::Scale { from, to }) => to > from,
+            _ => false,
+        };
+        let mut graph = StartGraph::new(new, starts);
+        let mut settling = FuturesUnordered::new();
+        loop {
+            for id in graph.startable() {
+                let (Some(tier_plan), Some(spec)) = (plan.tiers.get(&id), new.tiers.get(&id)) else { continue };
                 let (links, replicas) = match &tier_plan.instances {
                     Instances::Start => {
-                        let endpoint = Arc::new(Endpoint::new(id.clone()));
-                        let ports = self.placement.as_ref().map(|p| p.link_ports.clone()).unwrap_or_default();
-                        let links = Arc::new(LinkTable::new(HashMap::new(), self.workers.clone()).with_ports(ports));
+                        let (endpoint, links) = self.tier_routing(&id);
                         prepared.new_tiers.insert(id.clone(), (endpoint, links.clone()));
                         (links, 0..spec.replicas)
                     }
                     // A tier of several replicas is replaced one replica at a
                     // time: the first (the canary) here, so that a failure
                     // changes nothing; the others after the commit (`roll`).
-                    Instances::Replace => (self.tiers[id].links.clone(), 0..spec.replicas.min(1)),
-                    Instances::Scale { from, to } if to > from => (self.tiers[id].links.clone(), *from..*to),
+                    Instances::Replace => (self.tiers[&id].links.clone(), 0..spec.replicas.min(1)),
+                    Instances::Scale { from, to } if to > from => (self.tiers[&id].links.clone(), *from..*to),
                     _ => continue,
                 };
                 let mut instances = Vec::with_capacity(replicas.len());
                 for replica in replicas {
-                    let instance = self.new_instance(new, id, &plugins[id], &links, replica)?;
-                    starting.push(instance.clone());
-                    instances.push(instance);
+                    instances.push(self.new_instance(new, &id, &plugins[&id], &links, replica)?);
                 }
-                prepared.instances.insert(id.clone(), instances);
-            }
-            if initial {
-                // The replicas being started are shown, each in its state, while
-                // the first start is under way.
-                self.status.send_modify(|status| {
-                    for (id, instances) in &prepared.instances {
-                        if let Some(tier) = status.tiers.iter_mut().find(|t| t.name == id.as_str()) {
-                            tier.instances = instances.iter().map(instance_status).collect();
-                        }
-                    }
+                prepared.instances.insert(id.clone(), instances.clone());
+                settling.push(async move {
+                    let ready = futures_util::future::join_all(instances.iter().map(|i| i.wait_ready())).await;
+                    (id, instances, ready)
                 });
             }
-            let ready = futures_util::future::join_all(starting.iter().map(|i| i.wait_ready())).await;
-            for (instance, result) in starting.iter().zip(ready) {
+            let Some((id, instances, ready)) = settling.next().await else { break };
+            for (instance, result) in instances.iter().zip(ready) {
                 if let Err(reason) = result {
-                    let error =
-                        StartError::Ready { tier: instance.tier().clone(), replica: instance.replica(), reason };
-                    if !initial {
-                        return Err(error);
-                    }
-                    tracing::error!(error = %error, "A replica failed to start; the other tiers start without it.");
+                    return Err(StartError::Ready {
+                        tier: instance.tier().clone(),
+                        replica: instance.replica(),
+                        reason,
+                    });
                 }
             }
+            graph.settle(&id);
         }
         for (id, tier_plan) in &plan.tiers {
             if let Listen::Bind(addr) = tier_plan.listen {
@@ -447,6 +531,7 @@ impl Supervisor {
                             instances: fresh,
                             generation,
                             listener: None,
+                            state: State::Running,
                         },
                     );
                 }
@@ -685,7 +770,7 @@ impl Supervisor {
                 origin: t.plugin.path().map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
                 replicas: t.spec.replicas,
                 listen: t.listener.as_ref().map(|l| l.addr.to_string()),
-                state: self.state,
+                state: if self.state == State::Stopping { State::Stopping } else { t.state },
                 generation: t.generation,
                 instances: t.instances.iter().map(instance_status).collect(),
             })
@@ -870,25 +955,60 @@ fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
     t.out
 }
 
-/// The tiers of `topology` in waves to start them in: each wave's link
-/// targets are in earlier waves (or in the wave, for a cycle), and every tier
-/// is in the first wave its callees allow, so that tiers that do not depend
-/// on each other start at the same time.
-fn start_waves(topology: &Topology) -> Vec<Vec<TierId>> {
-    let groups = start_order(topology);
-    let group_of: HashMap<&TierId, usize> =
-        groups.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |id| (id, g))).collect();
-    // Callees' groups come first, so each group's wave is known from theirs.
-    let mut wave_of = vec![0usize; groups.len()];
-    for (g, ids) in groups.iter().enumerate() {
-        let callees = ids.iter().flat_map(|id| topology.links_from(id)).filter_map(|l| group_of.get(&l.to));
-        wave_of[g] = callees.filter(|&&c| c != g).map(|&c| wave_of[c] + 1).max().unwrap_or(0);
+/// The order tiers start in: each once every tier it depends on settled
+/// (the tiers it links to, but those in a cycle with it, which start with
+/// it), and independently of all others — never in waves.
+struct StartGraph {
+    /// Tier → the tiers it waits for.
+    waits_for: IndexMap<TierId, HashSet<TierId>>,
+    started: HashSet<TierId>,
+    settled: HashSet<TierId>,
+}
+
+impl StartGraph {
+    /// The graph of `topology`'s tiers; those `starts` says no to are
+    /// settled already (they run as they are).
+    fn new(topology: &Topology, starts: impl Fn(&TierId) -> bool) -> Self {
+        let groups = start_order(topology);
+        let group_of: HashMap<&TierId, usize> =
+            groups.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |id| (id, g))).collect();
+        let mut graph = Self { waits_for: IndexMap::new(), started: HashSet::new(), settled: HashSet::new() };
+        for id in topology.tiers.keys() {
+            if !starts(id) {
+                graph.started.insert(id.clone());
+                graph.settled.insert(id.clone());
+                continue;
+            }
+            // What any tier of its cycle (or itself alone) calls outside of it.
+            let group = group_of[id];
+            let callees = groups[group]
+                .iter()
+                .flat_map(|member| topology.links_from(member))
+                .map(|l| &l.to)
+                .filter(|to| group_of.get(*to).is_some_and(|g| *g != group))
+                .cloned()
+                .collect();
+            graph.waits_for.insert(id.clone(), callees);
+        }
+        graph
     }
-    let mut waves: Vec<Vec<TierId>> = vec![Vec::new(); wave_of.iter().max().map_or(0, |w| w + 1)];
-    for (g, ids) in groups.into_iter().enumerate() {
-        waves[wave_of[g]].extend(ids);
+
+    /// The tiers that may start now (each returned once).
+    fn startable(&mut self) -> Vec<TierId> {
+        let ready: Vec<TierId> = self
+            .waits_for
+            .iter()
+            .filter(|(id, deps)| !self.started.contains(*id) && deps.iter().all(|d| self.settled.contains(d)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.started.extend(ready.iter().cloned());
+        ready
     }
-    waves
+
+    /// `id`'s replicas settled: the tiers waiting for it may start.
+    fn settle(&mut self, id: &TierId) {
+        self.settled.insert(id.clone());
+    }
 }
 
 #[cfg(test)]
@@ -911,10 +1031,22 @@ mod tests {
     }
 
     #[test]
-    fn tiers_that_do_not_call_each_other_start_in_one_wave() {
-        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\n  other: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n";
+    fn each_tier_starts_once_its_own_callees_settled() {
+        let yaml = "version: 1\nname: t\ntiers:\n  web: { plugin: gateway }\n  a: { plugin: gateway }\n  b: { plugin: gateway }\n  c: { plugin: gateway }\n  lone: { plugin: gateway }\n  other: { plugin: gateway }\nlinks:\n  - { from: web, to: a, kind: rest }\n  - { from: a, to: b, kind: rest }\n  - { from: b, to: a, kind: rest, name: back }\n  - { from: b, to: c, kind: rest }\n  - { from: other, to: lone, kind: rest }\n";
         let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
-        assert_eq!(names(start_waves(&topology)), [vec!["c", "lone", "other"], vec!["a", "b"], vec!["web"]]);
+        let mut graph = StartGraph::new(&topology, |_| true);
+        let sorted = |ids: Vec<TierId>| names(vec![ids]).remove(0);
+        assert_eq!(sorted(graph.startable()), ["c", "lone"]);
+        assert!(graph.startable().is_empty(), "each tier is started once");
+        // `lone` settling lets its caller start, whatever `c` is doing.
+        graph.settle(&TierId::new("lone"));
+        assert_eq!(sorted(graph.startable()), ["other"]);
+        // `a` and `b` call each other: they start together, once `c` settled.
+        graph.settle(&TierId::new("c"));
+        assert_eq!(sorted(graph.startable()), ["a", "b"]);
+        // `web` calls `a` only: `b` may still be starting.
+        graph.settle(&TierId::new("a"));
+        assert_eq!(sorted(graph.startable()), ["web"]);
     }
 
     #[test]
