@@ -90,7 +90,7 @@ def main():
         orch = os.path.join(RELEASE, "orchestrator")
         direct_hyper = os.path.join(RELEASE, "direct-hyper")
         token = os.path.join(tmp, "peer-token")
-        with open(token, "w") as f:
+        with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write("a-benchmark-peer-token\n")
         split = f"""
 version: 1

@@ -74,6 +74,17 @@ impl TopologyFile {
     }
 }
 
+/// Writes a secret (a token, a key) readable by its owner only, as the
+/// orchestrator asks of every file that holds one.
+pub fn write_secret(path: &Path, content: impl AsRef<[u8]>) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).expect("create a secret file");
+    file.write_all(content.as_ref()).expect("write a secret file");
+}
+
 /// A running `orchestrator run`.
 pub struct Running {
     child: Child,

@@ -34,6 +34,9 @@
 //! - `context` — [`Context`], the host's services (outbound links, timers, logs);
 //! - `plugin` — the [`Plugin`] trait;
 //! - [`export`] — the `extern "C"` shims behind [`export_plugin!`];
+//! - [`files`] — reading a file that configures something (a topology, a
+//!   secret, a certificate) as the orchestrator does: refused when another
+//!   user could have written it;
 //! - [`testing`] — [`testing::TestHost`], to unit-test a plugin without the host;
 //! - [`rpc`] — RPC calls over links, with gRPC's status codes and deadlines;
 //! - [`queue`] — publishing on queue links and receiving deliveries;
@@ -46,6 +49,7 @@ pub mod abi;
 mod body;
 mod context;
 pub mod export;
+pub mod files;
 mod headers;
 mod message;
 mod plugin;

@@ -189,7 +189,7 @@ fn the_admin_api_beyond_loopback_needs_a_token() {
 async fn with_a_token_every_request_but_health_and_readiness_must_carry_it() {
     let topology = TopologyFile::new(&hello());
     let token_file = topology.dir.path().join("admin.token");
-    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    integration_tests::write_secret(&token_file, "s3cret-token-0123456789\n");
     let orch = Running::start_with(topology, &["--admin-token-file", token_file.to_str().unwrap()]).await;
     let admin = orch.admin;
     let r = raw(admin, "GET /admin/status HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");

@@ -300,7 +300,7 @@ async fn the_dashboard_is_served_and_what_changes_things_refuses_other_sites() {
 async fn with_a_token_the_page_loads_and_its_data_needs_the_token_or_its_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "a-dashboard-token-0123456789\n").unwrap();
+    integration_tests::write_secret(&token_file, "a-dashboard-token-0123456789\n");
     let orch =
         Running::start_with(TopologyFile::new(&printer(1)), &["--admin-token-file", token_file.to_str().unwrap()])
             .await;

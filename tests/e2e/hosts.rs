@@ -172,7 +172,7 @@ links:
 
 fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("peer-token");
-    std::fs::write(&path, TOKEN).unwrap();
+    integration_tests::write_secret(&path, TOKEN);
     path
 }
 
@@ -355,6 +355,19 @@ fn a_peer_listener_beyond_loopback_without_a_token_is_refused_and_tls_files_are_
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is larger than 1048576 bytes"), "{stderr}");
+    // A key other users can read, a certificate other users can write: refused.
+    let readable = dir.join("readable.key");
+    std::fs::copy(key, &readable).unwrap();
+    std::fs::set_permissions(&readable, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = run(&["--peer-tls-cert", cert, "--peer-tls-key", readable.to_str().unwrap(), "--peer-tls-ca", ca]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("other users can read") && stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(cert, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = run(&["--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", ca]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("every user can write it"), "{stderr}");
 }
 
 #[test]
@@ -974,7 +987,7 @@ impl Authority {
             ca: dir.join(format!("{stem}-ca.crt")),
         };
         std::fs::write(&files.cert, cert.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        integration_tests::write_secret(&files.key, key.serialize_pem());
         std::fs::write(&files.ca, &self.pem).unwrap();
         files
     }

@@ -140,3 +140,93 @@ async fn a_programs_stderr_is_logged_as_warnings_without_its_colours() {
     assert!(err.contains(" WARN "), "{err}");
     assert!(log.iter().all(|l| !l.contains('\x1b')), "{log:?}");
 }
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// A topology runs commands as this user: one that another user could have
+/// written (the file, or its directory) is refused at start, as sshd's
+/// `StrictModes` refuses such a file.
+#[test]
+fn a_topology_other_users_can_write_is_refused_at_start() {
+    let topology = TopologyFile::new(&hello());
+    chmod(&topology.path, 0o666);
+    let out = orchestrator(&["run", topology.path_str(), "--admin", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("is refused: every user can write it (mode 0666)"), "{stderr}");
+    chmod(&topology.path, 0o644);
+    chmod(topology.dir.path(), 0o777);
+    let out = orchestrator(&["run", topology.path_str(), "--admin", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("is writable by every user, who could replace it"), "{stderr}");
+    chmod(topology.dir.path(), 0o700);
+}
+
+/// The same file made writable by every user and then given a new process
+/// tier (as another local user would): the reload is refused, located at
+/// the file, and the tier never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_a_topology_other_users_can_write_is_refused() {
+    let orch = Running::start_file(TopologyFile::new(&hello())).await;
+    chmod(&orch.topology.path, 0o666);
+    let marker = orch.topology.dir.path().join("ran");
+    let intruder = format!(
+        "{}  intruder:\n    plugin: process\n    config: {{ command: [touch, {}] }}\n",
+        hello().split("links:").next().unwrap(),
+        marker.display()
+    ) + "links:"
+        + hello().split("links:").nth(1).unwrap();
+    orch.overwrite(&intruder);
+    let status = orch.wait_attempts(1).await;
+    let last = &status["last_reload"];
+    assert_eq!((last["outcome"].as_str(), last["error_kind"].as_str()), (Some("failed"), Some("insecure")), "{status}");
+    assert!(last["error"].as_str().unwrap().contains("every user can write it"), "{status}");
+    assert_eq!(last["errors"][0]["file"], orch.topology.path_str(), "located at the file: {status}");
+    assert_eq!(status["generation"], 1, "nothing applied: {status}");
+    assert!(!status["tiers"].as_array().unwrap().iter().any(|t| t["name"] == "intruder"), "{status}");
+    assert!(!marker.exists(), "the intruder's command ran");
+}
+
+/// A topology that is a symlink to a file of /proc (the orchestrator's own
+/// environment) is refused unread: nothing of it reaches the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_leading_into_proc_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("t.yaml");
+    std::os::unix::fs::symlink("/proc/self/environ", &link).unwrap();
+    let out = orchestrator(&["validate", link.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("it is a file of /proc, not a regular file"), "{stderr}");
+
+    let orch = Running::start_with_env(TopologyFile::new(&hello()), &[("ORCH_SECRET_PROBE", "leaked-value")]).await;
+    let tmp = orch.topology.dir.path().join("swap");
+    std::os::unix::fs::symlink("/proc/self/environ", &tmp).unwrap();
+    std::fs::rename(&tmp, &orch.topology.path).unwrap();
+    let status = orch.wait_attempts(1).await;
+    assert_eq!(status["last_reload"]["outcome"], "failed", "{status}");
+    assert!(!status.to_string().contains("leaked-value"), "the environment reached the status: {status}");
+}
+
+/// A token file other users can read is refused, naming the fix.
+#[test]
+fn an_admin_token_other_users_can_read_is_refused() {
+    let topology = TopologyFile::new(&hello());
+    let token = topology.dir.path().join("admin.token");
+    std::fs::write(&token, "a-token-of-enough-characters\n").unwrap();
+    chmod(&token, 0o644);
+    let out = orchestrator(&[
+        "run",
+        topology.path_str(),
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("other users can read") && stderr.contains("chmod 600"), "{stderr}");
+}

@@ -289,6 +289,26 @@ fn what_cannot_be_exported_is_refused_with_the_reason_and_writes_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("choose one from 1.29 to 1.37"));
+
+    // An env file under the directory that is a symlink to a file outside
+    // it: where it leads counts, and nothing of it is written.
+    let leaking = integration_tests::TopologyFile::new(
+        "version: 1\nname: t\ntiers:\n  app:\n    plugin: hello\n    env: { SHADOW: { file: secrets/shadow } }\n",
+    );
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("shadow");
+    std::fs::write(&target, "root:the-hash-of-roots-password:19000::::::\n").unwrap();
+    std::fs::create_dir(leaking.dir.path().join("secrets")).unwrap();
+    std::os::unix::fs::symlink(&target, leaking.dir.path().join("secrets/shadow")).unwrap();
+    let out = Command::new(integration_tests::bin())
+        .args(["export", "kubernetes", leaking.path_str(), "-o"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("leads to") && stderr.contains("outside the topology's directory"), "{stderr}");
+    assert!(!out_dir.exists(), "nothing is written");
 }
 
 #[test]

@@ -316,9 +316,10 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// Reads the admin token from `file`: its first line, at least 16 characters.
+/// Reads the admin token from `file`: its first line, at least 16
+/// characters; the file readable by its owner only.
 pub fn read_token(file: &std::path::Path) -> Result<Arc<str>, String> {
-    let text = crate::topology::read(file, 4096).map_err(|e| e.to_string())?;
+    let text = crate::topology::read_secret(file, 4096).map_err(|e| e.to_string())?;
     let token = text.lines().next().unwrap_or_default().trim();
     if token.len() < 16 {
         return Err(format!("the admin token in {} is shorter than 16 characters", file.display()));

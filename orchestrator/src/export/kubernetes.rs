@@ -837,15 +837,29 @@ fn tidy(path: &str) -> String {
 
 /// The Secret of the topology's `env` files: each a key named after its
 /// path (`secrets/db-password` → `secrets.db-password`). A file outside the
-/// topology's directory cannot be put beside it in a pod: an error.
+/// topology's directory cannot be put beside it in a pod: an error — where
+/// the path leads, not only how it is written (a symlink under the
+/// directory to `/etc/shadow` must not put that file in a Secret).
 fn env_secret(topology: &Topology, errors: &mut Vec<String>) -> Option<EnvSecret> {
     let mut keys: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let base = topology.base_dir();
+    let real_base = std::fs::canonicalize(&base).ok();
     for (id, spec) in &topology.tiers {
         for (name, file) in &spec.env_files {
             let path = tidy(file);
             if path.starts_with('/') || path.starts_with("..") || path == "." {
                 errors.push(format!(
                     "tier `{id}`: env `{name}` is read from {file}, outside the topology's directory: a pod cannot have it there; move it under the directory"
+                ));
+                continue;
+            }
+            let leads_to = std::fs::canonicalize(base.join(&path)).ok();
+            if let (Some(real), Some(dir)) = (&leads_to, &real_base)
+                && !real.starts_with(dir)
+            {
+                errors.push(format!(
+                    "tier `{id}`: env `{name}` is read from {file}, which leads to {} through a symlink, outside the topology's directory: it is not exported",
+                    real.display()
                 ));
                 continue;
             }

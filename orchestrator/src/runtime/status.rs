@@ -164,7 +164,8 @@ pub struct ReloadRecord {
     pub summary: String,
     /// The same, by tier.
     pub changes: Changes,
-    /// `invalid` (the file has errors), `unreadable`, or `start` (a new
+    /// `invalid` (the file has errors), `unreadable`, `insecure` (another
+    /// user could have written it), or `start` (a new
     /// instance or listener failed), for `failed`.
     pub error_kind: Option<&'static str>,
     /// The whole error, located (`file:line:col: path: message`).

@@ -829,7 +829,8 @@ fn unreadable_file(e: &topology::Error) -> PathBuf {
     match e {
         topology::Error::Read { path, .. }
         | topology::Error::NotRegular { path, .. }
-        | topology::Error::TooLarge { path, .. } => path.clone(),
+        | topology::Error::TooLarge { path, .. }
+        | topology::Error::Insecure { path, .. } => path.clone(),
         topology::Error::Invalid(d) => d.file.clone(),
     }
 }
@@ -852,7 +853,8 @@ impl ReloadFailure {
                     d.items.iter().map(|i| super::status::LocatedError::in_source(&d.file, i, &d.source)).collect();
             }
             ReloadFailure::Topology(e) => {
-                record.error_kind = Some("unreadable");
+                record.error_kind =
+                    Some(if matches!(e, topology::Error::Insecure { .. }) { "insecure" } else { "unreadable" });
                 record.error = Some(e.to_string());
                 // Located at the file itself: it has no line to point at.
                 let d = topology::Diagnostic::new(&topology::node::KeyPath::root(), e.to_string());

@@ -35,6 +35,9 @@ pub enum Error {
         path.display()
     )]
     TooLarge { path: PathBuf, limit: u64 },
+    /// Another user could have written it (or read a secret).
+    #[error("{} is refused: {reason}", path.display())]
+    Insecure { path: PathBuf, reason: String },
     #[error("{0}")]
     Invalid(Box<Diagnostics>),
 }
@@ -106,44 +109,28 @@ pub fn max_file_bytes() -> u64 {
 }
 
 /// The text of the regular file at `path` (symlinks followed), at most
-/// `limit` bytes. Never blocks: a FIFO or a device is refused without being
-/// read (it is opened non-blocking, and only a regular file is read), and a
-/// file that grows while it is read stops at the limit.
+/// `limit` bytes, held to the rules of [`plugin_api::files`]: never blocks
+/// (a FIFO or a device is refused without being read), a file of `/proc`
+/// is refused, a file that grows while it is read stops at the limit, and
+/// a file another user could have written (or whose directory they could
+/// write) is refused, as sshd's `StrictModes` refuses it: a topology runs
+/// commands as this user.
 pub fn read(path: &Path, limit: u64) -> Result<String, Error> {
-    use std::io::Read as _;
-    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
-    let read_error = |source| Error::Read { path: path.to_owned(), source };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .map_err(read_error)?;
-    let meta = file.metadata().map_err(read_error)?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let kind = if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() || kind.is_block_device() {
-            "a device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else if kind.is_dir() {
-            "a directory"
-        } else {
-            "not a file"
-        };
-        return Err(Error::NotRegular { path: path.to_owned(), kind });
-    }
-    if meta.len() > limit {
-        return Err(Error::TooLarge { path: path.to_owned(), limit });
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(read_error)?;
-    if bytes.len() as u64 > limit {
-        return Err(Error::TooLarge { path: path.to_owned(), limit });
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("it is not UTF-8 text ({e})")))
+    read_as(path, limit, plugin_api::files::Trust::Shared)
+}
+
+/// [`read`] for a secret (a token): also refused when other users can read it.
+pub fn read_secret(path: &Path, limit: u64) -> Result<String, Error> {
+    read_as(path, limit, plugin_api::files::Trust::Secret)
+}
+
+fn read_as(path: &Path, limit: u64, trust: plugin_api::files::Trust) -> Result<String, Error> {
+    use plugin_api::files::FileError;
+    plugin_api::files::read_text(path, limit, trust).map_err(|e| match e {
+        FileError::Io { path, source } => Error::Read { path, source },
+        FileError::NotRegular { path, kind } => Error::NotRegular { path, kind },
+        FileError::TooLarge { path, limit } => Error::TooLarge { path, limit },
+        FileError::Insecure { path, reason } => Error::Insecure { path, reason },
     })
 }
 

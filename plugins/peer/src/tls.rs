@@ -34,17 +34,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A PEM file, held to the rules of [`plugin_api::files`]: a key is a
+/// secret (readable by its owner only), certificates are not.
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_PEM_FILE {
-        return Err(format!("the {what} {} is larger than {MAX_PEM_FILE} bytes", path.display()));
-    }
-    Ok(bytes)
+    use plugin_api::files::{self, FileError, Trust};
+    let trust = if what == "key" { Trust::Secret } else { Trust::Shared };
+    files::read(path, MAX_PEM_FILE, trust).map_err(|e| match e {
+        FileError::Io { source, .. } => format!("cannot read the {what} {}: {source}", path.display()),
+        FileError::TooLarge { .. } => format!("the {what} {} is larger than {MAX_PEM_FILE} bytes", path.display()),
+        e => format!("the {what}: {e}"),
+    })
 }
 
 fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -120,17 +119,26 @@ mod tests {
 
     #[test]
     fn a_file_is_read_up_to_the_limit_and_refused_past_it() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("peer-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (at, past) = (dir.join("at.pem"), dir.join("past.pem"));
         std::fs::write(&at, vec![b'\n'; MAX_PEM_FILE as usize]).unwrap();
         std::fs::write(&past, vec![b'\n'; MAX_PEM_FILE as usize + 1]).unwrap();
+        for f in [&at, &past] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert_eq!(read(&at, "key").map(|b| b.len() as u64), Ok(MAX_PEM_FILE));
         let refused = read(&past, "key").unwrap_err();
         assert!(refused.contains("is larger than 1048576 bytes"), "{refused}");
         // Read, but no certificate in it.
         let empty = certificates(&at, "certificate").unwrap_err();
         assert!(empty.contains("holds no certificate"), "{empty}");
+        // A key others can read is refused; a certificate they can is not.
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let readable = read(&at, "key").unwrap_err();
+        assert!(readable.contains("chmod 600"), "{readable}");
+        assert!(read(&at, "certificate").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -327,14 +327,14 @@ impl Settings {
         let read = |key: &str, file: &Option<String>| -> Result<Option<String>, String> {
             let Some(file) = file else { return Ok(None) };
             let path = base.join(file);
-            let meta = std::fs::metadata(&path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
-            if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
-                return Err(format!(
-                    "{key}: {} is not a regular file of at most {MAX_SECRET_FILE} bytes",
-                    path.display()
-                ));
-            }
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+            let text = plugin_api::files::read_text(&path, MAX_SECRET_FILE, plugin_api::files::Trust::Secret).map_err(
+                |e| match e {
+                    plugin_api::files::FileError::TooLarge { .. } | plugin_api::files::FileError::NotRegular { .. } => {
+                        format!("{key}: {} is not a regular file of at most {MAX_SECRET_FILE} bytes", path.display())
+                    }
+                    e => format!("{key}: {e}"),
+                },
+            )?;
             Ok(Some(text.lines().next().unwrap_or_default().trim().to_owned()))
         };
         let parse = |t: &str| humantime::parse_duration(t).unwrap_or(Duration::from_secs(30));
@@ -343,7 +343,15 @@ impl Settings {
             token: read("token_file", &c.token_file)?,
             user: c.user.clone(),
             password: read("password_file", &c.password_file)?,
-            creds_file: c.creds_file.as_ref().map(|f| base.join(f)),
+            creds_file: match &c.creds_file {
+                Some(f) => {
+                    let path = base.join(f);
+                    plugin_api::files::check(&path, plugin_api::files::Trust::Secret)
+                        .map_err(|e| format!("creds_file: {e}"))?;
+                    Some(path)
+                }
+                None => None,
+            },
             nkey: read("nkey_file", &c.nkey_file)?,
             stream: c.stream.name.clone(),
             storage: c.stream.storage,
@@ -410,6 +418,11 @@ mod tests {
         std::fs::write(dir.path().join("token"), format!("{}\nignored\n", "t".repeat(100))).unwrap();
         std::fs::write(dir.path().join("edge"), "e".repeat(MAX_SECRET_FILE as usize)).unwrap();
         std::fs::write(dir.path().join("big"), "b".repeat(MAX_SECRET_FILE as usize + 1)).unwrap();
+        std::fs::write(dir.path().join("readable"), "r".repeat(20)).unwrap();
+        for f in ["token", "edge", "big"] {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let with = |file: &str| {
             let config: Queue = plugin_api::serde_json::from_value(plugin_api::serde_json::json!({
                 "backend": "nats", "url": "nats://127.0.0.1:4222", "token_file": file
@@ -423,6 +436,9 @@ mod tests {
         assert!(big.contains("token_file") && big.contains("big") && big.contains("4096 bytes"), "{big}");
         let missing = with("missing").unwrap_err();
         assert!(missing.contains("missing"), "{missing}");
+        // A secret other users can read (written with the default umask) is refused.
+        let readable = with("readable").unwrap_err();
+        assert!(readable.contains("token_file") && readable.contains("chmod 600"), "{readable}");
         // The embedded broker has no NATS settings.
         assert!(Settings::new(Queue::default()).unwrap().nats(dir.path()).unwrap().is_none());
     }
