@@ -124,6 +124,12 @@ impl Running {
         Self::spawn_with(topology, &path, None, &[], env, true).await
     }
 
+    /// Starts `orchestrator run` with extra arguments and environment variables.
+    pub async fn start_with_args_env(topology: TopologyFile, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let path = topology.path.clone();
+        Self::spawn_with(topology, &path, None, extra, env, true).await
+    }
+
     /// Starts `orchestrator run topology.yaml` from the topology's directory,
     /// as a user in that directory would.
     pub async fn start_in_its_directory(topology: TopologyFile) -> Self {

@@ -70,6 +70,17 @@ enum Command {
         /// limit of open files (raised to its hard limit at start), less 256.
         #[arg(long, value_name = "N")]
         max_connections: Option<usize>,
+        /// How long a client may take to send a request's head (and a new
+        /// connection its first byte) on every tier, link and peer listener.
+        #[arg(long, default_value = "30s", value_parser = timeout, value_name = "DURATION")]
+        header_timeout: Duration,
+        /// A connection with no request in flight and no byte either way for
+        /// this long is closed (an HTTP/2 one told so first, with GOAWAY).
+        #[arg(long, default_value = "60s", value_parser = timeout, value_name = "DURATION")]
+        idle_timeout: Duration,
+        /// A client that reads nothing of its answer for this long is dropped.
+        #[arg(long, default_value = "30s", value_parser = timeout, value_name = "DURATION")]
+        send_timeout: Duration,
         #[command(flatten)]
         token: AdminToken,
         /// Serve the admin API on an address other than loopback without a
@@ -360,6 +371,9 @@ fn main() -> ExitCode {
             workers,
             pin_workers,
             max_connections,
+            header_timeout,
+            idle_timeout,
+            send_timeout,
             token,
             admin_no_auth,
             no_metrics,
@@ -442,6 +456,11 @@ fn main() -> ExitCode {
                 workers,
                 pin_workers,
                 max_connections,
+                timeouts: orchestrator::serve::idle::Timeouts {
+                    header: header_timeout,
+                    idle: idle_timeout,
+                    send: send_timeout,
+                },
                 admin_access: orchestrator::admin::Access { token },
                 traces: trace_options(otlp_endpoint, trace_sample),
                 placement: match (host, peer_address) {
@@ -550,6 +569,15 @@ fn init_tracing(format: orchestrator::logging::LogFormat) {
 }
 
 /// A `--trace-sample` ratio.
+/// A connection timeout: a duration of at least 100ms and at most a day.
+fn timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(86_400) => Ok(d),
+        Ok(_) => Err(format!("`{s}` is out of range: from 100ms to 24h")),
+        Err(e) => Err(format!("`{s}` is not a duration such as 30s: {e}")),
+    }
+}
+
 fn sample_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),

@@ -230,3 +230,67 @@ fn an_admin_token_other_users_can_read_is_refused() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("other users can read") && stderr.contains("chmod 600"), "{stderr}");
 }
+
+/// Sends `request` (raw HTTP/1.1) to `addr`; the status line's code.
+async fn raw_status(addr: std::net::SocketAddr, request: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(integration_tests::DEADLINE, tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, answer)
+}
+
+/// Every HTTP listener — a tier's, a program's link listener, the peer
+/// listener — normalizes dot segments, refuses an encoded `/` and a second
+/// `Host`, whatever it forwards to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_normalizes_paths_and_refuses_a_second_host() {
+    let python = integration_tests::venv_python();
+    let yaml = format!(
+        r#"
+version: 1
+name: normalized
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: {{ routes: [{{ path: /, link: back }}] }}
+  caller:
+    plugin: process
+    config:
+      command: [{}, -c, "import os, time; print('LINK', os.environ['ORCH_LINK_BACK_URL'], flush=True); time.sleep(3600)"]
+      readiness: {{ exec: ["true"] }}
+  back: {{ plugin: testkit }}
+links:
+  - {{ from: web, to: back, kind: rest }}
+  - {{ from: caller, to: back, kind: rest }}
+"#,
+        python.display()
+    );
+    let orch = Running::start_with(TopologyFile::new(&yaml), &["--peer-listen", "127.0.0.1:0"]).await;
+    // Printed as the program starts: before or after the topology runs.
+    let link_line = match orch.log().into_iter().find(|l| l.contains("LINK http://")) {
+        Some(line) => line,
+        None => orch.wait_for_line("LINK http://"),
+    };
+    let link: std::net::SocketAddr =
+        link_line.split("LINK http://").nth(1).unwrap().trim().trim_end_matches('/').parse().unwrap();
+    let peer_line = orch.log().into_iter().find(|l| l.contains("Peer listener listening.")).unwrap();
+    let peer: std::net::SocketAddr = peer_line.split("addr=").nth(1).unwrap().trim().parse().unwrap();
+    let web = orch.tier_addr("web").await;
+    let tier = "orch-peer-tier: back\r\n";
+    for (name, addr, extra) in [("tier", web, ""), ("link", link, ""), ("peer", peer, tier)] {
+        let get = |path: &str, hosts: &str| format!("GET {path} HTTP/1.1\r\n{hosts}{extra}connection: close\r\n\r\n");
+        let (code, answer) = raw_status(addr, get("/x/%2e%2e/whoami", "host: a\r\n")).await;
+        assert_eq!(code, 200, "{name}: {answer}");
+        assert!(answer.contains(r#""tier":"back""#), "{name}: dot segments resolved before forwarding: {answer}");
+        let (code, answer) = raw_status(addr, get("/x/..%2fwhoami", "host: a\r\n")).await;
+        assert_eq!(code, 400, "{name}: an encoded slash: {answer}");
+        let (code, answer) = raw_status(addr, get("/whoami", "host: a\r\nhost: b\r\n")).await;
+        assert_eq!(code, 400, "{name}: two Host headers: {answer}");
+        assert!(answer.contains("more than one `Host`"), "{name}: {answer}");
+    }
+}

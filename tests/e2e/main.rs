@@ -12,6 +12,7 @@ mod image;
 mod inputs;
 mod kubernetes;
 mod libraries;
+mod limits;
 mod load;
 mod logs;
 mod metrics;

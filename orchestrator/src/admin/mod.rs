@@ -103,6 +103,9 @@ impl Admin {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        // The idle and send timeouts of every listener (`--idle-timeout`,
+        // `--send-timeout`); the admin API's header timeout is its own.
+        let workers_timeouts = workers.timeouts();
         let waits = Arc::new(Semaphore::new(MAX_WAITS));
         let streams = Arc::new(Semaphore::new(dashboard::MAX_STREAMS));
         let figures = figures::Sampler::start(status.clone());
@@ -124,7 +127,7 @@ impl Admin {
             .route("/admin/metrics", get(metrics_handler))
             .with_state(shared)
             .layer(axum::middleware::from_fn_with_state(access, guard));
-        let task = tokio::spawn(serve(listener, app, stop_rx));
+        let task = tokio::spawn(serve(listener, app, stop_rx, workers_timeouts));
         Ok(Self { addr, stop, task })
     }
 
@@ -201,12 +204,27 @@ async fn reload_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
     }
 }
 
+/// The send buffer of an admin connection (the kernel doubles it): what a
+/// client that stops reading can leave queued before its writes wait.
+pub const SEND_BUFFER: usize = 32 * 1024;
+
 /// Serves `app` on `listener` until `stop`: heads within [`HEADER_TIMEOUT`],
-/// at most [`MAX_CONNECTIONS`] at once, open connections closed gracefully.
-async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    let admission = Admission::new(MAX_CONNECTIONS);
+/// at most [`MAX_CONNECTIONS`] at once, a client that stops reading (an
+/// event stream it no longer reads, say) dropped after `--send-timeout`, a
+/// connection idle past `--idle-timeout` closed, open connections closed
+/// gracefully at the end.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    timeouts: crate::serve::idle::Timeouts,
+) {
+    use crate::serve::idle::{Activity, Timeouts, Tracked, Watchdog};
+    let admission = Admission::single(MAX_CONNECTIONS);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accept_warnings = RateLimited::new();
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = crate::serve::drain::Drain::new();
+    let timeouts = Timeouts { header: HEADER_TIMEOUT, ..timeouts };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     loop {
@@ -223,17 +241,61 @@ async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<boo
             },
             _ = stop.changed() => break,
         };
-        let Some(admitted) = admission.admit() else { continue };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let Some(admitted) = admission.admit(&connections) else { continue };
+        // A small send buffer: a client that stops reading (an event stream,
+        // a log follower) fills it soon, and the send timeout counts from then.
+        let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
+        let activity = Activity::new();
+        let io = hyper_util::rt::TokioIo::new(Tracked::new(stream, activity.clone()));
+        let tower = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |req| {
+                let in_flight = activity.enter();
+                let answer = hyper::service::Service::call(&tower, req);
+                // In flight until its body is sent: an event stream or a log
+                // follower is never idle, only slow to read.
+                async move { answer.await.map(|resp| resp.map(|body| InFlightBody { body, _in_flight: in_flight })) }
+            })
+        };
+        let conn = drain.enter().watch(Watchdog::new(http.serve_connection(io, service), activity, timeouts));
         tokio::spawn(async move {
             let _admitted = admitted;
-            let _ = conn.await;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "Admin connection closed.");
+            }
         });
     }
     drop(listener);
     // In-flight answers finish; waiting status requests are bounded by their wait.
-    let _ = tokio::time::timeout(MAX_WAIT, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(MAX_WAIT, drain.shutdown()).await;
+}
+
+/// An answer's body, and the request it answers counted in flight until
+/// the body is done (or dropped).
+struct InFlightBody<B> {
+    body: B,
+    _in_flight: crate::serve::idle::InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// An answer `{"error": why}` with `code`.

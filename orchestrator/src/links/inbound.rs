@@ -31,6 +31,10 @@ pub struct LinkHandler {
 impl Handler for LinkHandler {
     type Body = Full<Bytes>;
 
+    fn answer(resp: Response) -> Response {
+        resp
+    }
+
     fn handle(
         &self,
         req: hyper::Request<Incoming>,

@@ -59,6 +59,10 @@ pub struct RpcHandler {
 impl Handler for RpcHandler {
     type Body = Body;
 
+    fn answer(resp: crate::serve::listener::Response) -> hyper::Response<Body> {
+        resp.map(http_body_util::BodyExt::boxed)
+    }
+
     fn handle(
         &self,
         req: hyper::Request<Incoming>,

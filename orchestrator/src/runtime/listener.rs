@@ -16,7 +16,7 @@ use crate::links::{self, Endpoint};
 use crate::metrics::{self, ListenerMetrics, Rejected, RequestRecord};
 use crate::plugins::{BorrowedRequest, Instance};
 use crate::serve::gate::WakeGated;
-use crate::serve::listener::{Bound, Handler, Listener, Protocol, Response, json_error, normalize, read_body};
+use crate::serve::listener::{Bound, Handler, Listener, Protocol, Response, json_error, read_body};
 use crate::serve::workers::Workers;
 
 /// Starts serving tier `endpoint` on `bound`: each request goes to one of its
@@ -36,6 +36,10 @@ struct TierHandler {
 
 impl Handler for TierHandler {
     type Body = Full<Bytes>;
+
+    fn answer(resp: Response) -> Response {
+        resp
+    }
 
     fn handle(
         &self,
@@ -64,6 +68,10 @@ struct PeerHandler(Arc<PeerInbound>);
 
 impl Handler for PeerHandler {
     type Body = Full<Bytes>;
+
+    fn answer(resp: Response) -> Response {
+        resp
+    }
 
     fn handle(
         &self,
@@ -188,14 +196,8 @@ async fn handle(
         }
         resp
     };
-    let (mut parts, body) = req.into_parts();
-    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
-        let resp = json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header");
-        return refused(record, Rejected::BadRequest, resp);
-    }
-    if let Some(resp) = normalize(&mut parts) {
-        return refused(record, Rejected::BadRequest, resp);
-    }
+    // One `Host` at most and a normal path: the listener saw to both.
+    let (parts, body) = req.into_parts();
     let body = match read_body(body, max_body).await {
         Ok(body) => body,
         Err(resp) => {

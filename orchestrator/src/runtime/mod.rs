@@ -38,6 +38,8 @@ pub struct RunOptions {
     /// Connections served at once across all listeners; `None`: derived
     /// from the limit of open files ([`admission::Admission::default_max`]).
     pub max_connections: Option<usize>,
+    /// The timeouts of every tier, link and peer connection.
+    pub timeouts: crate::serve::idle::Timeouts,
     /// Who may use the admin API.
     pub admin_access: crate::admin::Access,
     /// Where to export traces; `None`: none are recorded.
@@ -102,7 +104,8 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     tracing::debug!(descriptors, max_connections, "Connection limit set.");
     let workers = workers::Workers::new(opts.workers, opts.pin_workers)
         .map_err(RunError::Workers)?
-        .with_admission(admission::Admission::new(max_connections));
+        .with_admission(admission::Admission::new(max_connections))
+        .with_timeouts(opts.timeouts);
     let admin = admin::Admin::bind(opts.admin, opts.admin_access.clone(), status_rx, commands.clone(), workers.clone())
         .await
         .map_err(|source| RunError::Admin { addr: opts.admin, source })?;

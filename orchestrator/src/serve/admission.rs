@@ -3,6 +3,10 @@
 //! program), and a process out of descriptors can accept nothing, reload
 //! nothing and start no program. Past the limit a new connection is closed as
 //! soon as it is accepted, and a warning says so at most every 10 seconds.
+//!
+//! No listener may hold more than [`Admission::share`] of the budget (three
+//! quarters of it): a flood of one listener's clients — connections to the
+//! peer listener that never present a token, say — leaves the others room.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,15 +20,29 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Admission {
     open: AtomicUsize,
     max: usize,
+    /// The most one listener may hold.
+    share: usize,
     refused: AtomicU64,
     warnings: RateLimited,
 }
 
 impl Admission {
+    /// A budget of `max` connections that listeners share.
     pub fn new(max: usize) -> Arc<Self> {
+        let max = max.max(1);
+        Self::with_share(max, (max / 4 * 3 + max % 4 * 3 / 4).max(1))
+    }
+
+    /// A budget of `max` connections for one listener alone (the admin API's).
+    pub fn single(max: usize) -> Arc<Self> {
+        Self::with_share(max.max(1), max.max(1))
+    }
+
+    fn with_share(max: usize, share: usize) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
-            max: max.max(1),
+            max,
+            share,
             refused: AtomicU64::new(0),
             warnings: RateLimited::new(),
         })
@@ -51,13 +69,23 @@ impl Admission {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// A place for one more connection, held until the guard drops; `None`
-    /// (counted, and warned of now and then) when all are taken.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    /// The most connections one listener may hold: three quarters of the
+    /// budget (at least one), or all of it for a budget of one listener.
+    pub fn share(&self) -> usize {
+        self.share
+    }
+
+    /// A place for one more connection of the listener whose connections
+    /// `listener` counts, held until the guard drops; `None` (counted, and
+    /// warned of now and then) when all are taken, or the listener holds
+    /// its [`Admission::share`].
+    pub fn admit(self: &Arc<Self>, listener: &Arc<AtomicUsize>) -> Option<Admitted> {
+        let mine = listener.fetch_add(1, Ordering::Relaxed);
         let taken = self.open.fetch_add(1, Ordering::Relaxed);
-        if taken < self.max {
-            return Some(Admitted(self.clone()));
+        if taken < self.max && mine < self.share {
+            return Some(Admitted(self.clone(), listener.clone()));
         }
+        listener.fetch_sub(1, Ordering::Relaxed);
         self.open.fetch_sub(1, Ordering::Relaxed);
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(suppressed) = self.warnings.ready() {
@@ -72,13 +100,14 @@ impl Admission {
     }
 }
 
-/// One connection's place in the budget.
+/// One connection's place in the budget, and in its listener's share.
 #[derive(Debug)]
-pub struct Admitted(Arc<Admission>);
+pub struct Admitted(Arc<Admission>, Arc<AtomicUsize>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -138,14 +167,31 @@ mod tests {
 
     #[test]
     fn the_budget_admits_up_to_its_max_and_frees_a_place_on_close() {
-        let admission = Admission::new(2);
-        let a = admission.admit().unwrap();
-        let _b = admission.admit().unwrap();
-        assert!(admission.admit().is_none());
-        assert!(admission.admit().is_none());
+        let admission = Admission::single(2);
+        let listener = Arc::new(AtomicUsize::new(0));
+        let a = admission.admit(&listener).unwrap();
+        let _b = admission.admit(&listener).unwrap();
+        assert!(admission.admit(&listener).is_none());
+        assert!(admission.admit(&listener).is_none());
         assert_eq!((admission.open(), admission.refused()), (2, 2));
         drop(a);
-        assert!(admission.admit().is_some());
+        assert!(admission.admit(&listener).is_some());
+    }
+
+    #[test]
+    fn one_listener_holds_three_quarters_of_the_budget_at_most() {
+        let admission = Admission::new(8);
+        assert_eq!(admission.share(), 6);
+        assert_eq!(Admission::new(100).share(), 75);
+        assert_eq!(Admission::new(1).share(), 1);
+        let (flooded, other) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let held: Vec<_> = (0..6).map(|_| admission.admit(&flooded).unwrap()).collect();
+        assert!(admission.admit(&flooded).is_none(), "past its share");
+        assert_eq!(flooded.load(Ordering::Relaxed), 6, "a refusal leaves its count as it was");
+        let others: Vec<_> = (0..2).map(|_| admission.admit(&other).unwrap()).collect();
+        assert!(admission.admit(&other).is_none(), "the budget is spent");
+        drop((held, others));
+        assert_eq!((admission.open(), flooded.load(Ordering::Relaxed)), (0, 0));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use tracing::Instrument as _;
 
 use super::admission::{Admitted, RateLimited};
 use super::drain::{Drain, Entered};
+use super::idle::{Activity, Expired, Timeouts, Tracked, Watchdog};
 use super::timeouts::{self, Deadline};
 use super::workers::Workers;
 use crate::metrics::{ListenerMetrics, Rejected};
@@ -35,10 +36,15 @@ use crate::metrics::{ListenerMetrics, Rejected};
 /// An answer with its whole body.
 pub type Response = hyper::Response<Full<Bytes>>;
 
-/// What a listener does with the requests it reads.
+/// What a listener does with the requests it reads. Every request reaches
+/// it with one `Host` at most and its path normalized ([`normalize`]): the
+/// listener refuses the others itself, whatever the handler.
 pub trait Handler: Clone + Send + Sync + 'static {
     /// The body of its answers.
     type Body: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static;
+
+    /// `resp` (an error the listener answers itself) in this handler's body.
+    fn answer(resp: Response) -> hyper::Response<Self::Body>;
 
     /// Answers `req`, whose body may be read up to `max_body` bytes; `client`
     /// is the address it came from, as an `X-Forwarded-For` entry.
@@ -140,8 +146,9 @@ impl Listener {
     }
 }
 
-/// How long a client may take to send a request's head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's head, by default
+/// (`--header-timeout`; see [`super::idle`] for the other timeouts).
+pub const HEADER_TIMEOUT: Duration = super::idle::DEFAULT.header;
 
 async fn serve<H: Handler>(
     listener: TcpListener,
@@ -153,12 +160,14 @@ async fn serve<H: Handler>(
 ) {
     let drain = Drain::new();
     let accept_warnings = RateLimited::new();
+    // This listener's connections, against its share of the budget.
+    let mine = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Over the budget: closed at once, before it costs more.
-                    let Some(admitted) = workers.admission().admit() else {
+                    let Some(admitted) = workers.admission().admit(&mine) else {
                         if let Some(metrics) = handler.metrics() {
                             metrics.rejected(Rejected::ConnectionLimit);
                         }
@@ -176,7 +185,7 @@ async fn serve<H: Handler>(
                     let (handler, protocol, max_body) = (handler.clone(), protocol.clone(), max_body.clone());
                     let entered = drain.enter();
                     let span = tracing::Span::current();
-                    let conn = Conn { peer, entered, _admitted: admitted };
+                    let conn = Conn { peer, entered, _admitted: admitted, timeouts: workers.timeouts() };
                     workers.spawn_connection(move || serve_connection(stream, handler, protocol, max_body, conn, span));
                 }
                 Err(e) => {
@@ -202,12 +211,13 @@ struct Conn {
     peer: SocketAddr,
     entered: Entered,
     _admitted: Admitted,
+    timeouts: Timeouts,
 }
 
 /// The HTTP/1.1 server's settings.
-fn http1() -> hyper::server::conn::http1::Builder {
+fn http1(timeouts: &Timeouts) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(timeouts::HyperTimer).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    http.timer(timeouts::HyperTimer).header_read_timeout(timeouts.header).keep_alive(true);
     // An answer's head and body in one buffer, one write: for the small
     // messages most are, one buffer costs the kernel less than a vectored
     // write of two, and copying the body into it costs little. (With the
@@ -219,9 +229,9 @@ fn http1() -> hyper::server::conn::http1::Builder {
 
 /// The server for both protocols (see [`http1`]); HTTP/2's streams per
 /// connection are bounded.
-fn any() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+fn any(timeouts: &Timeouts) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(timeouts::HyperTimer).header_read_timeout(HEADER_TIMEOUT).keep_alive(true).writev(false);
+    http.http1().timer(timeouts::HyperTimer).header_read_timeout(timeouts.header).keep_alive(true).writev(false);
     http.http2().timer(timeouts::HyperTimer).max_concurrent_streams(MAX_STREAMS);
     http
 }
@@ -240,6 +250,8 @@ enum ConnError {
     Other(Box<dyn std::error::Error + Send + Sync>),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Expired(#[from] Expired),
 }
 
 impl ConnError {
@@ -248,7 +260,47 @@ impl ConnError {
             Self::Http(e) => e.is_timeout(),
             Self::Other(e) => e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout),
             Self::Tls(_) => false,
+            Self::Expired(_) => true,
         }
+    }
+}
+
+/// What watches a connection: its listener's drain and its watchdog.
+struct Watch {
+    entered: Entered,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+}
+
+impl Watch {
+    fn over<C: super::drain::Graceful>(self, conn: C) -> super::drain::Watched<Watchdog<C>> {
+        self.entered.watch(Watchdog::new(conn, self.activity, self.timeouts))
+    }
+}
+
+/// A connection's end, as the watchdog and hyper tell it.
+fn ended<E: Into<ConnError>>(out: Result<Result<(), E>, Expired>) -> Result<(), ConnError> {
+    // (The `Any` server's errors are boxed, mapped before.)
+    match out {
+        Ok(served) => served.map_err(Into::into),
+        Err(expired) => Err(expired.into()),
+    }
+}
+
+/// The request, or the answer that refuses it: more than one `Host`, or a
+/// path that does not normalize ([`normalize`]).
+fn checked(req: hyper::Request<Incoming>) -> Result<hyper::Request<Incoming>, Box<Response>> {
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Box::new(json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header")));
+    }
+    let path = req.uri().path();
+    if !path.contains("/.") && !path.contains('%') {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    match normalize(&mut parts) {
+        None => Ok(hyper::Request::from_parts(parts, body)),
+        Some(refused) => Err(Box::new(refused)),
     }
 }
 
@@ -263,7 +315,7 @@ async fn serve_connection<H: Handler>(
     conn: Conn,
     span: tracing::Span,
 ) {
-    let Conn { peer, entered, _admitted } = conn;
+    let Conn { peer, entered, _admitted, timeouts } = conn;
     let client = client_value(peer);
     let stream = match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => s,
@@ -273,27 +325,49 @@ async fn serve_connection<H: Handler>(
     if let Some(m) = &metrics {
         m.connection(true);
     }
-    let service = service_fn(move |req| {
-        let limit = max_body.load(Ordering::Relaxed);
-        let answer = handler.handle(req, limit, &client);
-        async move { Ok::<_, std::convert::Infallible>(answer.await) }
-    });
+    let activity = Activity::new();
+    let stream = Tracked::new(stream, activity.clone());
+    let service = {
+        let (metrics, activity) = (metrics.clone(), activity.clone());
+        service_fn(move |req| {
+            let in_flight = activity.enter();
+            let answer = match checked(req) {
+                Ok(req) => {
+                    futures_util::future::Either::Left(handler.handle(req, max_body.load(Ordering::Relaxed), &client))
+                }
+                Err(refused) => {
+                    if let Some(m) = &metrics {
+                        m.rejected(Rejected::BadRequest);
+                    }
+                    futures_util::future::Either::Right(std::future::ready(H::answer(*refused)))
+                }
+            };
+            async move {
+                let resp = answer.await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let watch = Watch { entered, activity, timeouts };
     let served: Result<(), ConnError> = match protocol {
-        Protocol::Http1 => {
-            entered.watch(http1().serve_connection(TokioIo::new(stream), service)).await.map_err(Into::into)
-        }
+        Protocol::Http1 => ended(watch.over(http1(&timeouts).serve_connection(TokioIo::new(stream), service)).await),
         Protocol::Http2 => {
             let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http.timer(timeouts::HyperTimer).max_concurrent_streams(MAX_STREAMS);
-            entered.watch(http.serve_connection(TokioIo::new(stream), service)).await.map_err(Into::into)
+            ended(watch.over(http.serve_connection(TokioIo::new(stream), service)).await)
         }
         Protocol::Any { tls: None } => {
-            entered.watch(any().serve_connection(TokioIo::new(stream), service)).await.map_err(ConnError::Other)
+            let http = any(&timeouts);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            ended(watch.over(conn).await.map(|r| r.map_err(ConnError::Other)))
         }
         Protocol::Any { tls: Some(tls) } => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    entered.watch(any().serve_connection(TokioIo::new(stream), service)).await.map_err(ConnError::Other)
+                    let http = any(&timeouts);
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    ended(watch.over(conn).await.map(|r| r.map_err(ConnError::Other)))
                 }
                 Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
                 Err(_) => Err(ConnError::Tls("the handshake took too long".to_owned())),

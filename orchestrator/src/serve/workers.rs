@@ -78,6 +78,8 @@ pub struct Workers {
     pool: Arc<Pool>,
     /// The connections all listeners may have open at once.
     admission: Arc<Admission>,
+    /// The timeouts of every connection served.
+    timeouts: super::idle::Timeouts,
 }
 
 #[derive(Debug)]
@@ -125,7 +127,11 @@ impl Workers {
     /// Serves connections on the current (work-stealing) runtime: no threads
     /// of its own. Must be called within a runtime.
     pub fn shared() -> Self {
-        Self { pool: Arc::new(Pool::Shared(Handle::current())), admission: Admission::new(usize::MAX) }
+        Self {
+            pool: Arc::new(Pool::Shared(Handle::current())),
+            admission: Admission::new(usize::MAX),
+            timeouts: super::idle::Timeouts::default(),
+        }
     }
 
     /// Starts `count` (at least one) worker threads. With `cpus`, worker `i`
@@ -168,6 +174,7 @@ impl Workers {
         Ok(Self {
             pool: Arc::new(Pool::Threads { workers, next: AtomicUsize::new(0) }),
             admission: Admission::new(usize::MAX),
+            timeouts: super::idle::Timeouts::default(),
         })
     }
 
@@ -180,6 +187,17 @@ impl Workers {
     /// The connection budget of every listener these workers serve.
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
+    }
+
+    /// These workers, their connections held to `timeouts`.
+    pub fn with_timeouts(mut self, timeouts: super::idle::Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The timeouts of every connection these workers serve.
+    pub fn timeouts(&self) -> super::idle::Timeouts {
+        self.timeouts
     }
 
     /// Runs the connection `serve` on the least busy worker. `serve` is
