@@ -465,7 +465,7 @@ impl Cluster {
             let path = dir.join(&name);
             std::fs::create_dir_all(&path).unwrap();
             match self.volume_data(&v) {
-                Some(data) => self.write_atomically(&path, &data),
+                Some(data) => self.write_atomically(&path, &data, file_mode(&v)),
                 None => assert!(v.get("emptyDir").is_some(), "volume kind not simulated: {v}"),
             }
             self.pods[i].volumes.insert(name, path);
@@ -517,7 +517,8 @@ impl Cluster {
     /// writer does: the files in a new `..<timestamp>` directory, `..data`
     /// switched to it by a rename, each top-level name a link through
     /// `..data`, and the previous directory removed.
-    fn write_atomically(&mut self, dir: &Path, data: &BTreeMap<String, String>) {
+    /// Each file has `mode`, as the volume's `defaultMode` says.
+    fn write_atomically(&mut self, dir: &Path, data: &BTreeMap<String, String>, mode: u32) {
         self.writes += 1;
         let stamp = format!("..2026_12_02_00_00_00.{:09}", self.writes);
         let new = dir.join(&stamp);
@@ -525,7 +526,8 @@ impl Cluster {
         for (path, value) in data {
             let file = new.join(path);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(file, value).unwrap();
+            std::fs::write(&file, value).unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
         }
         let old = std::fs::read_link(dir.join("..data")).ok();
         let tmp = dir.join("..data_tmp");
@@ -782,12 +784,13 @@ impl Cluster {
                         .flatten()
                         .any(|s| s["configMap"]["name"] == name);
                 if named {
-                    writes.push((pod.volumes[v["name"].as_str().unwrap()].clone(), self.volume_data(v).unwrap()));
+                    let dir = pod.volumes[v["name"].as_str().unwrap()].clone();
+                    writes.push((dir, self.volume_data(v).unwrap(), file_mode(v)));
                 }
             }
         }
-        for (dir, data) in writes {
-            self.write_atomically(&dir, &data);
+        for (dir, data, mode) in writes {
+            self.write_atomically(&dir, &data, mode);
         }
     }
 }
@@ -951,6 +954,14 @@ fn the_orders_topology_runs_from_its_manifests_its_program_started_by_the_orches
 
 /// Where the volumes' directories live: beside the build, not in the
 /// machine's /tmp, which a pod's `/tmp` volume covers.
+/// The mode of a volume's files: its `defaultMode`, else the kubelet's 0644.
+fn file_mode(volume: &Value) -> u32 {
+    ["configMap", "secret", "projected"]
+        .iter()
+        .find_map(|kind| volume[kind]["defaultMode"].as_u64())
+        .map_or(0o644, |m| m as u32)
+}
+
 fn volumes_root() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("k8s-volumes").tempdir_in(integration_tests::target_dir()).unwrap()
 }

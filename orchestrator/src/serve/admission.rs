@@ -91,9 +91,10 @@ impl Admission {
         if let Some(suppressed) = self.warnings.ready() {
             tracing::warn!(
                 max_connections = self.max,
+                listener_share = self.share,
                 refused_total = refused,
                 refused_since_last_warning = suppressed + 1,
-                "Connection limit reached: new connections are closed (raise it with --max-connections)."
+                "Connection limit reached (in all, or one listener's share): new connections are closed (raise it with --max-connections)."
             );
         }
         None
