@@ -260,7 +260,8 @@ impl Prefixes {
             (None, _) => crate::logging::ring::ORCHESTRATOR.to_owned(),
         };
         let stderr = if line["stream"] == "stderr" { " !" } else { "  " };
-        let message = line["message"].as_str().unwrap_or_default();
+        // Safe for a terminal: a program's `\r` or cursor moves rewrite nothing.
+        let message = crate::logging::terminal::sanitize(line["message"].as_str().unwrap_or_default(), false);
         let prefix = format!("{who:<w$}{stderr}|", w = self.width);
         match tier.and_then(|t| self.order.get(t)).filter(|_| self.color) {
             Some(i) => format!("\x1b[{}m{prefix}\x1b[0m {message}", PALETTE[i % PALETTE.len()]),

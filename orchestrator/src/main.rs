@@ -553,10 +553,20 @@ fn init_tracing(format: orchestrator::logging::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let terminal = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let terminal = match format {
-        orchestrator::logging::LogFormat::Text => terminal.with_ansi(std::io::stderr().is_terminal()).boxed(),
-        orchestrator::logging::LogFormat::Json => terminal
+        // Every line made safe for a terminal on its way out (colours kept
+        // for one), a program's output included: see `logging::terminal`.
+        orchestrator::logging::LogFormat::Text => {
+            let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt::layer()
+                .with_writer(orchestrator::logging::terminal::SanitizedStderr { colours })
+                .with_ansi(colours)
+                .with_ansi_sanitization(false)
+                .boxed()
+        }
+        // JSON escapes every control character itself.
+        orchestrator::logging::LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(orchestrator::logging::JsonLines)
             .boxed(),

@@ -294,3 +294,84 @@ links:
         assert!(answer.contains("more than one `Host`"), "{name}: {answer}");
     }
 }
+
+/// What a program prints with control characters in it: `\r` to rewrite a
+/// line, a bell, cursor moves, the 8-bit CSI, colours.
+const NOISY: &str = r#"import sys, time
+sys.stdout.write("progress 10%\rprogress 99%\x07 \x1b[31mred\x1b[0m \x1b[2K\x1b[1A\u009b2J done\n")
+sys.stdout.flush()
+time.sleep(3600)
+"#;
+
+fn noisy_topology(dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("noisy.py"), NOISY).unwrap();
+    format!(
+        "version: 1\nname: noisy\ntiers:\n  noisy:\n    plugin: process\n    config: {{ command: [{}, {}/noisy.py], readiness: {{ exec: [\"true\"] }} }}\n",
+        integration_tests::venv_python().display(),
+        dir.display()
+    )
+}
+
+/// Logged anywhere but a terminal, a program's control characters are
+/// shown escaped, its colours and cursor moves removed: nothing it prints
+/// can rewrite a line already logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_programs_control_characters_are_escaped_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Running::start(&noisy_topology(dir.path())).await;
+    let line = match orch.log().into_iter().find(|l| l.contains("progress 10%")) {
+        Some(line) => line,
+        None => orch.wait_for_line("progress 10%"),
+    };
+    assert!(line.ends_with(r"progress 10%\rprogress 99%\x07 red  done"), "{line:?}");
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    // The dashboard and `orchestrator logs` read the same.
+    let (_, body) = orch.get(orch.admin, "/admin/logs?tiers=noisy&grep=progress").await;
+    let logged: serde_json::Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+    assert_eq!(logged["message"], r"progress 10%\rprogress 99%\x07 red  done");
+}
+
+/// Logged to a terminal, a program's colours are kept (docs/process-tiers.md
+/// says so), and nothing else that controls the terminal reaches it.
+#[test]
+fn a_programs_colours_reach_a_terminal_and_nothing_else_does() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = TopologyFile::new(&noisy_topology(dir.path()));
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut child = std::process::Command::new(integration_tests::bin())
+        .args(["run", topology.path_str(), "--admin", "127.0.0.1:0", "--no-watch"])
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut master = std::fs::File::from(pty.master);
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(" done") {
+                let _ = tx.send(seen.clone());
+                break;
+            }
+        }
+    });
+    let seen = rx.recv_timeout(integration_tests::DEADLINE);
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = String::from_utf8_lossy(&seen.expect("the program's line on the terminal")).into_owned();
+    let line = seen.lines().find(|l| l.contains("progress 10%")).unwrap().to_owned();
+    assert!(line.contains("\x1b[31mred\x1b[0m"), "colours kept: {line:?}");
+    assert!(line.contains(r"progress 10%\rprogress 99%\x07 "), "{line:?}");
+    for raw in ["\x1b[2K", "\x1b[1A", "\u{9b}", "\x07", "\r"] {
+        // (A terminal ends its lines with `\r\n`: `lines` took that `\r`.)
+        assert!(!line.trim_end_matches('\r').contains(raw), "{raw:?} reached the terminal: {line:?}");
+    }
+}

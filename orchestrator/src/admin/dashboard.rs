@@ -10,7 +10,11 @@
 //!   or (`Accept: text/event-stream`) as Server-Sent Events. Query: `tiers`
 //!   (comma-separated; `orchestrator` for its own lines), `replica`, `since`
 //!   (`5m`), `grep` (a regular expression), `limit` (default and at most
-//!   [`MAX_LIMIT`]);
+//!   [`MAX_LIMIT`]). A read returns at most [`ring::MAX_READ_BYTES`] of
+//!   messages (the newest), streamed as the client reads it; a search runs
+//!   off the serving threads and off the ring's lock, within
+//!   [`ring::SEARCH_BUDGET`] (then 422), at most [`MAX_SEARCHES`] at once
+//!   (then 503);
 //! - `POST /admin/restart?tier=T[&replica=N]` — a rolling restart;
 //! - `POST /admin/login` — `{"token": …}`: sets the cookie a browser's
 //!   page uses instead of an `Authorization` header (see the module above).
@@ -41,6 +45,10 @@ pub const MAX_STREAMS: usize = 32;
 pub const MAX_LIMIT: usize = 10_000;
 /// The longest `grep` pattern.
 pub const MAX_PATTERN: usize = 1024;
+/// Searches (`grep`) running at once.
+pub const MAX_SEARCHES: usize = 2;
+/// Lines of a read's reply serialized at a time, as the client reads.
+const CHUNK_LINES: usize = 64;
 /// How long a restart may take before the request stops waiting.
 const RESTART_WAIT: Duration = Duration::from_secs(300);
 
@@ -234,17 +242,52 @@ pub async fn logs_handler(
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
-    let ring = ring::global();
     let sse =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
-    if !q.follow {
-        let lines = ring.recent(&query, limit);
-        let body: Vec<u8> = lines.iter().flat_map(|l| json_line(l).to_vec()).collect();
-        return ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
-    }
-    let Some(permit) = stream_permit(&shared) else { return busy() };
-    let live = ring.follow();
-    let recent = ring.recent(&query, limit);
+    let searching = match &query.grep {
+        None => None,
+        Some(_) => match shared.searches.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let why = format!("{MAX_SEARCHES} searches are running already; try again");
+                let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, &why);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
+        },
+    };
+    let following = if q.follow {
+        match stream_permit(&shared) {
+            Some(permit) => Some((permit, ring::global().follow())),
+            None => return busy(),
+        }
+    } else {
+        None
+    };
+    // Off the serving threads, and off the ring's lock but for a copy of handles.
+    let selected = query.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let lines = ring::global().snapshot(&selected);
+        let deadline = std::time::Instant::now() + ring::SEARCH_BUDGET;
+        ring::search(lines, selected.grep.as_ref(), limit, ring::MAX_READ_BYTES, Some(deadline))
+    })
+    .await;
+    drop(searching);
+    let recent = match found {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(over)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &over.to_string()),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the search failed"),
+    };
+    let Some((permit, live)) = following else {
+        let body = stream::iter(recent).chunks(CHUNK_LINES).map(|chunk| {
+            let mut text = Vec::new();
+            for line in &chunk {
+                text.extend_from_slice(&json_line(line));
+            }
+            Ok::<_, Infallible>(Bytes::from(text))
+        });
+        return ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response();
+    };
     let last = recent.last().map_or(0, |l| l.seq);
     let follow = Follow {
         live,
@@ -278,7 +321,7 @@ fn line_event(line: &Line) -> Event {
 
 /// New lines that match, or how many a follower missed.
 struct Follow {
-    live: broadcast::Receiver<Arc<Line>>,
+    live: broadcast::Receiver<std::sync::Weak<Line>>,
     query: ring::Query,
     /// The admin API is stopping: the stream ends.
     closing: watch::Receiver<bool>,
@@ -298,8 +341,12 @@ impl Follow {
                     _ = f.closing.changed() => continue,
                 };
                 match next {
-                    Ok(line) if f.query.matches(&line) => return Some((Ok(line), f)),
-                    Ok(_) => {}
+                    // The ring dropped it before this follower read it.
+                    Ok(line) => match line.upgrade() {
+                        Some(line) if f.query.matches(&line) => return Some((Ok(line), f)),
+                        Some(_) => {}
+                        None => return Some((Err(1), f)),
+                    },
                     Err(broadcast::error::RecvError::Lagged(missed)) => return Some((Err(missed), f)),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }

@@ -84,6 +84,8 @@ struct Shared {
     waits: Arc<Semaphore>,
     /// Event and log streams open.
     streams: Arc<Semaphore>,
+    /// Log searches running.
+    searches: Arc<Semaphore>,
     figures: figures::Sampler,
     access: Access,
     /// True once the admin API stops: streams end.
@@ -111,7 +113,9 @@ impl Admin {
         let figures = figures::Sampler::start(status.clone());
         let (stop, stop_rx) = watch::channel(false);
         let closing = stop_rx.clone();
-        let shared = Shared { status, commands, workers, waits, streams, figures, access: access.clone(), closing };
+        let searches = Arc::new(Semaphore::new(dashboard::MAX_SEARCHES));
+        let shared =
+            Shared { status, commands, workers, waits, streams, searches, figures, access: access.clone(), closing };
         let app = Router::new()
             .route("/", get(dashboard::index))
             .route("/assets/{file}", get(dashboard::assets))

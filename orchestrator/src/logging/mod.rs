@@ -5,6 +5,7 @@
 //! belongs to a traced request.
 
 pub mod ring;
+pub mod terminal;
 
 use std::fmt;
 

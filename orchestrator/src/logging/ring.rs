@@ -4,6 +4,13 @@
 //! bytes, for at most [`Limits::sources`] sources; older lines are dropped.
 //! New lines are also broadcast to followers, who are told how many they
 //! missed when they fall behind (a follower never slows the logger down).
+//! What is broadcast is a weak handle: a follower that stopped reading keeps
+//! no line alive that the ring has dropped (it is told it missed it).
+//!
+//! Reading back ([`Ring::snapshot`], then [`search`]) holds the lock only to
+//! copy the handles of the lines a query's cheap filters select; the
+//! pattern runs on that copy, off the lock writers need, within a time
+//! budget, and stops at a number of lines and a number of bytes.
 //!
 //! Lines reach the ring through [`RingLayer`], a `tracing` layer: a tier's
 //! lines are those logged in its instance's span (what its plugin logs, a
@@ -12,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -30,8 +37,14 @@ pub const DEFAULT_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_SOURCES: usize = 1024;
 /// The longest message kept whole; the rest of a longer one is cut.
 pub const MAX_MESSAGE: usize = 16 * 1024;
-/// Lines a follower may fall behind before it misses some.
+/// Lines a follower may fall behind before it misses some. The buffer holds
+/// weak handles: it keeps no line alive that the ring dropped.
 pub const FOLLOW_BUFFER: usize = 4096;
+/// The most bytes of messages one read returns (the newest lines first):
+/// what one request may hold.
+pub const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
+/// How long a search may take before it gives up.
+pub const SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How much the ring keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +140,7 @@ impl Query {
 pub struct Ring {
     limits: Mutex<Limits>,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<Arc<Line>>,
+    live: broadcast::Sender<Weak<Line>>,
 }
 
 impl Ring {
@@ -188,25 +201,74 @@ impl Ring {
         }
         drop(inner);
         // No follower: nothing to do.
-        let _ = self.live.send(line);
+        let _ = self.live.send(Arc::downgrade(&line));
     }
 
-    /// The last `limit` kept lines that match, oldest first.
+    /// The last `limit` kept lines that match, oldest first (see [`search`]
+    /// for a search within a budget).
     pub fn recent(&self, query: &Query, limit: usize) -> Vec<Arc<Line>> {
+        let lines = self.snapshot(query);
+        search(lines, query.grep.as_ref(), limit, usize::MAX, None).unwrap_or_default()
+    }
+
+    /// The handles of the kept lines that `query` selects but for its
+    /// pattern, in order: taken under the lock, which nothing else holds
+    /// for longer than a copy of handles.
+    pub fn snapshot(&self, query: &Query) -> Vec<Arc<Line>> {
+        let cheap = Query { grep: None, ..query.clone() };
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines: Vec<Arc<Line>> =
-            inner.sources.values().flat_map(|k| k.lines.iter()).filter(|l| query.matches(l)).cloned().collect();
+            inner.sources.values().flat_map(|k| k.lines.iter()).filter(|l| cheap.matches(l)).cloned().collect();
         drop(inner);
         lines.sort_unstable_by_key(|l| l.seq);
-        let skip = lines.len().saturating_sub(limit);
-        lines.split_off(skip)
+        lines
     }
 
     /// Every line from now on (subscribe before reading [`Ring::recent`],
     /// then skip what that returned, to miss nothing in between).
-    pub fn follow(&self) -> broadcast::Receiver<Arc<Line>> {
+    pub fn follow(&self) -> broadcast::Receiver<Weak<Line>> {
         self.live.subscribe()
     }
+}
+
+/// Why a search gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    #[error("the search took longer than its budget of {}s: narrow it (tiers, since) or simplify the pattern", SEARCH_BUDGET.as_secs())]
+    OverBudget,
+}
+
+/// The last `limit` lines of `lines` (in order) whose message `grep`
+/// matches, oldest first, at most `max_bytes` of messages (the newest are
+/// kept); an error once `deadline` passed. Runs the pattern newest line
+/// first, and stops as soon as it has its lines.
+pub fn search(
+    lines: Vec<Arc<Line>>,
+    grep: Option<&regex::Regex>,
+    limit: usize,
+    max_bytes: usize,
+    deadline: Option<std::time::Instant>,
+) -> Result<Vec<Arc<Line>>, SearchError> {
+    let mut found = Vec::new();
+    let mut bytes = 0usize;
+    for (i, line) in lines.into_iter().rev().enumerate() {
+        if found.len() >= limit {
+            break;
+        }
+        if i % 64 == 0 && deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(SearchError::OverBudget);
+        }
+        if grep.is_some_and(|re| !re.is_match(&line.message)) {
+            continue;
+        }
+        bytes += line.message.len();
+        if bytes > max_bytes && !found.is_empty() {
+            break;
+        }
+        found.push(line);
+    }
+    found.reverse();
+    Ok(found)
 }
 
 /// The process's ring, which [`RingLayer`] fills.
@@ -307,9 +369,10 @@ impl Visit for EventFields {
 }
 
 /// A tier's line without the coloured `tier.replica | ` tag a terminal's
-/// lines start with (the ring knows the tier and replica), or other ANSI codes.
+/// lines start with (the ring knows the tier and replica), without colours,
+/// its other control characters shown escaped ([`super::terminal`]).
 fn untagged(message: String, origin: &Origin) -> String {
-    let message = match process::strip_ansi(&message) {
+    let message = match super::terminal::sanitize(&message, false) {
         std::borrow::Cow::Borrowed(_) => message,
         std::borrow::Cow::Owned(plain) => plain,
     };
@@ -403,6 +466,38 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_follower_keeps_no_dropped_line_alive() {
+        let ring = Ring::new(Limits { lines: 2, bytes: 1 << 20, sources: 8 });
+        let mut stalled = ring.follow();
+        for i in 0..10 {
+            ring.push(Some("a".into()), Some(0), "INFO", None, format!("{i}{}", "x".repeat(1000)));
+        }
+        // The first eight lines left the ring: the follower holds nothing of them.
+        let held: Vec<Option<Arc<Line>>> = (0..10).map(|_| stalled.try_recv().unwrap().upgrade()).collect();
+        assert_eq!(held.iter().filter(|l| l.is_some()).count(), 2);
+        assert!(held[8].is_some() && held[9].is_some());
+    }
+
+    #[test]
+    fn a_search_stops_at_its_lines_its_bytes_and_its_deadline() {
+        let ring = Ring::new(Limits::default());
+        for i in 0..100 {
+            ring.push(Some("a".into()), Some(0), "INFO", None, format!("line {i:03} {}", "x".repeat(100)));
+        }
+        let lines = ring.snapshot(&Query::default());
+        assert_eq!(lines.len(), 100);
+        let re = regex::Regex::new(r"line 0[0-4]\d").unwrap();
+        let found = search(lines.clone(), Some(&re), 3, usize::MAX, None).unwrap();
+        assert_eq!(messages(&found).iter().map(|m| &m[..8]).collect::<Vec<_>>(), ["line 047", "line 048", "line 049"]);
+        // The byte budget: the newest lines that fit (at least one).
+        let found = search(lines.clone(), None, 100, 250, None).unwrap();
+        assert_eq!(found.len(), 2, "two lines of 109 bytes fit in 250");
+        assert_eq!(search(lines.clone(), None, 100, 1, None).unwrap().len(), 1);
+        let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        assert_eq!(search(lines, Some(&re), 3, usize::MAX, Some(past)).unwrap_err(), SearchError::OverBudget);
+    }
+
+    #[test]
     fn queries_filter_by_tier_replica_time_and_pattern() {
         let ring = Ring::new(Limits::default());
         ring.push(Some("web".into()), Some(0), "INFO", None, "GET /a 200".into());
@@ -450,6 +545,10 @@ mod tests {
         assert_eq!((lines[1].level, lines[1].stream), ("WARN", Some("stderr")));
         assert_eq!((lines[2].tier.as_deref(), lines[2].replica), (Some("worker"), Some(0)));
         assert_eq!(lines[3].tier, None);
-        assert_eq!(live.try_recv().unwrap().message, "listening on :5000", "followers get each line");
+        assert_eq!(
+            live.try_recv().unwrap().upgrade().unwrap().message,
+            "listening on :5000",
+            "followers get each line"
+        );
     }
 }
