@@ -202,3 +202,36 @@ async fn fifty_tiers_are_laid_out_readably() {
     run.finish(&orch, 1).await;
     assert!(out_dir().join("fifty-tiers.png").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_named_like_an_objects_properties_are_shown() {
+    let orch = Running::start(
+        r#"
+version: 1
+name: properties
+tiers:
+  constructor:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /, link: toString }] }
+  toString:
+    plugin: process
+    config:
+      command: [sh, -c, 'exec python3 -m http.server --bind 127.0.0.1 "$PORT"']
+      readiness: { http: /, interval: 50ms }
+  hasOwnProperty: { plugin: queue }
+  valueOf: { plugin: testkit }
+links:
+  - { from: constructor, to: toString, kind: rest }
+  - { from: toString, to: hasOwnProperty, kind: queue, topic: constructor }
+  - { from: hasOwnProperty, to: valueOf, kind: queue, topic: constructor }
+"#,
+    )
+    .await;
+    let run = NodeRun::start(
+        "names.test.mjs",
+        &[("ADMIN", orch.admin.to_string()), ("OUT", out_dir().display().to_string())],
+    );
+    run.finish(&orch, 1).await;
+    assert!(out_dir().join("object-names.png").is_file());
+}

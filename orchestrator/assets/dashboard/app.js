@@ -25,6 +25,13 @@
 
   let overview = null;
 
+  /**
+   * A JSON object keyed by names users chose (tiers, topics, groups) as a
+   * Map: a plain object answers `constructor` or `toString` from its
+   * prototype, a Map only what it holds.
+   */
+  const asMap = (object) => new Map(Object.entries(object || {}));
+
   // ---- Figures -------------------------------------------------------------
 
   const fmtRate = (r) => (r >= 100 ? r.toFixed(0) : r >= 10 ? r.toFixed(1) : r.toFixed(2)) + "/s";
@@ -78,15 +85,15 @@
   function queueFigures(link) {
     const into = brokerOf(tierByName(link.to));
     if (into) {
-      const topic = into.topics[link.name];
+      const topic = asMap(into.topics).get(link.name);
       return topic ? { depth: topic.depth, inFlight: topic.in_flight } : { depth: 0 };
     }
     const from = brokerOf(tierByName(link.from));
     if (!from) return null;
     let lag = 0;
     let inFlight = 0;
-    for (const topic of Object.values(from.topics)) {
-      for (const group of Object.values(topic.subscribers || {})) {
+    for (const topic of asMap(from.topics).values()) {
+      for (const group of asMap(topic.subscribers).values()) {
         if ((group.tiers || []).includes(link.to)) {
           lag += group.lag;
           inFlight += group.in_flight;
@@ -152,11 +159,14 @@
     const g = new dagre.graphlib.Graph({ multigraph: true });
     g.setGraph({ rankdir: "LR", nodesep: 28, ranksep: 90, edgesep: 18, marginx: 16, marginy: 16 });
     g.setDefaultEdgeLabel(() => ({}));
-    for (const tier of status.tiers) g.setNode(tier.name, { width: NODE_W, height: NODE_H });
-    for (const link of status.links) {
-      if (!g.hasNode(link.from) || !g.hasNode(link.to)) continue;
-      g.setEdge(link.from, link.to, { width: LABEL_W, height: LABEL_H, labelpos: "c" }, link.name);
-    }
+    // dagre keys plain objects by node and edge names: it is given `n0`,
+    // `n1`… and `e0`…, never a name a user chose (`constructor` broke it).
+    const ids = new Map(status.tiers.map((tier, i) => [tier.name, "n" + i]));
+    for (const tier of status.tiers) g.setNode(ids.get(tier.name), { width: NODE_W, height: NODE_H });
+    status.links.forEach((link, i) => {
+      if (!ids.has(link.from) || !ids.has(link.to)) return;
+      g.setEdge(ids.get(link.from), ids.get(link.to), { width: LABEL_W, height: LABEL_H, labelpos: "c" }, "e" + i);
+    });
     dagre.layout(g);
     const size = g.graph();
     svg.replaceChildren();
@@ -174,10 +184,10 @@
         ),
       ),
     );
-    for (const link of status.links) {
-      const e = g.edge({ v: link.from, w: link.to, name: link.name });
-      if (!e) continue;
-      const d = e.points.map((p, i) => `${i ? "L" : "M"} ${p.x.toFixed(1)} ${p.y.toFixed(1)}`).join(" ");
+    status.links.forEach((link, i) => {
+      const e = ids.has(link.from) && ids.has(link.to) && g.edge({ v: ids.get(link.from), w: ids.get(link.to), name: "e" + i });
+      if (!e) return;
+      const d = e.points.map((p, at) => `${at ? "L" : "M"} ${p.x.toFixed(1)} ${p.y.toFixed(1)}`).join(" ");
       svg.append(
         el(
           "svg:g",
@@ -189,9 +199,9 @@
           el("svg:text", { x: e.x, y: e.y + 10, class: "edge-count", "text-anchor": "middle" }, "0 req"),
         ),
       );
-    }
+    });
     for (const tier of status.tiers) {
-      const n = g.node(tier.name);
+      const n = g.node(ids.get(tier.name));
       const x = n.x - NODE_W / 2;
       const y = n.y - NODE_H / 2;
       const open = () => (location.hash = "#/tier/" + encodeURIComponent(tier.name));
@@ -255,7 +265,7 @@
   }
 
   /** A replica's probe: ok, or the last failure while it is not ready. */
-  function probe(instance, d) {
+  function probeText(instance, d) {
     if (d.probe_failures === undefined) return "–";
     if (instance.ready) return d.probe_failures ? `ok (${d.probe_failures} failed before)` : "ok";
     return d.last_probe_error ? `failing: ${d.last_probe_error}` : "waiting";
@@ -269,11 +279,11 @@
       return;
     }
     const focused = document.activeElement && document.activeElement.id;
-    const groups = overview.figures.groups || {};
-    const listener = (overview.figures.listeners || {})[tier.name];
+    const groups = asMap(overview.figures.groups);
+    const listener = asMap(overview.figures.listeners).get(tier.name);
     const replicas = tier.instances.map((i) => {
       const d = i.detail || {};
-      const usage = d.pgid ? groups[d.pgid] : null;
+      const usage = d.pgid ? groups.get(String(d.pgid)) : null;
       return el(
         "tr",
         { "data-replica": i.replica, "data-state": i.state },
@@ -283,7 +293,7 @@
         el("td", { class: "num" }, fmtAge(i.started_at)),
         el("td", { class: "num" }, d.restarts ?? 0),
         el("td", {}, d.last_exit ?? "–"),
-        el("td", { title: d.last_probe_error || "" }, probe(i, d)),
+        el("td", { title: d.last_probe_error || "" }, probeText(i, d)),
         el("td", { class: "num" }, usage && usage.cpu_percent !== null ? usage.cpu_percent.toFixed(1) + "%" : "–"),
         el("td", { class: "num" }, usage ? fmtBytes(usage.rss_bytes) : "–"),
         el("td", {}, el("button", { type: "button", id: `restart-${i.replica}`, onclick: () => restart(tier.name, i.replica) }, "Restart")),
@@ -329,11 +339,11 @@
     ];
     const broker = brokerOf(tier);
     if (broker) {
-      const topics = Object.entries(broker.topics).map(([name, t]) =>
+      const topics = [...asMap(broker.topics)].map(([topic, t]) =>
         el(
           "tr",
           {},
-          el("td", {}, name),
+          el("td", {}, topic),
           el("td", { class: "num" }, t.depth),
           el("td", { class: "num" }, t.in_flight),
           el("td", { class: "num" }, t.published),
@@ -561,11 +571,12 @@
       setConnection("reconnecting…", false);
       // EventSource retries by itself after a dropped connection; not after
       // a refusal (an answer other than a stream), which may ask for the token.
-      if (events.readyState === EventSource.CLOSED) setTimeout(probe, 1000);
+      if (events.readyState === EventSource.CLOSED) setTimeout(checkAccess, 1000);
     });
   }
 
-  async function probe() {
+  /** Whether the page may read the overview (or must ask for the token); then connects. */
+  async function checkAccess() {
     try {
       const resp = await fetch("/admin/overview");
       if (resp.status === 401) {
@@ -574,7 +585,7 @@
         $("#token").focus();
         return;
       }
-    } catch (_) {
+    } catch {
       // Not reachable yet: try again.
     }
     connect();
@@ -596,5 +607,5 @@
     }
   });
 
-  probe();
+  checkAccess();
 })();
