@@ -461,7 +461,7 @@ fn main() -> ExitCode {
                     idle: idle_timeout,
                     send: send_timeout,
                 },
-                admin_access: orchestrator::admin::Access { token },
+                admin_access: orchestrator::admin::Access::new(token),
                 traces: trace_options(otlp_endpoint, trace_sample),
                 placement: match (host, peer_address) {
                     (Some(host), _) => Some(topology::Share::Host(host)),

@@ -163,6 +163,39 @@ pub fn check(path: &Path, trust: Trust) -> Result<(), FileError> {
     trusted(path, &file.metadata().map_err(io)?, trust)
 }
 
+/// A new secret: `bytes` random bytes from the kernel, as hex (a session,
+/// a generated password).
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::fmt::Write as _;
+    let mut buf = vec![0u8; bytes];
+    let mut filled = 0;
+    while filled < bytes {
+        filled += rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())
+            .map_err(std::io::Error::from)?;
+    }
+    let mut out = String::with_capacity(bytes * 2);
+    for b in buf {
+        let _ = write!(out, "{b:02x}");
+    }
+    Ok(out)
+}
+
+/// Writes a secret to a new file at `path` readable by its owner only
+/// (`0600`), replacing any file there atomically (a rename).
+pub fn write_secret(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}", random_hex(6)?));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let written = file.write_all(content).and_then(|()| file.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
 fn regular(path: &Path, meta: &Metadata) -> Result<(), FileError> {
     let kind = meta.file_type();
     if kind.is_file() {
@@ -346,6 +379,20 @@ mod tests {
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let e = read(&fifo, 10, Trust::Shared).unwrap_err();
         assert!(e.to_string().contains("a FIFO"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_random_and_written_for_their_owner_only() {
+        let (a, b) = (random_hex(16).unwrap(), random_hex(16).unwrap());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        write_secret(&file, a.as_bytes()).unwrap();
+        write_secret(&file, b.as_bytes()).unwrap();
+        assert_eq!(read(&file, 64, Trust::Secret).unwrap(), b.as_bytes());
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }
 
     #[test]

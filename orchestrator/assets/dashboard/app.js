@@ -565,6 +565,7 @@
       setConnection("live", true);
       $("#login").hidden = true;
       overview = JSON.parse(e.data);
+      $("#logout").hidden = !overview.session;
       render();
     });
     events.addEventListener("error", () => {
@@ -605,6 +606,15 @@
     } else {
       $("#login-error").textContent = "That is not the token.";
     }
+  });
+
+  $("#logout").addEventListener("click", async () => {
+    await fetch("/admin/logout", { method: "POST" });
+    if (events) events.close();
+    $("#logout").hidden = true;
+    setConnection("signed out", false);
+    $("#login").hidden = false;
+    $("#token").focus();
   });
 
   checkAccess();

@@ -16,8 +16,9 @@
 //!   [`ring::SEARCH_BUDGET`] (then 422), at most [`MAX_SEARCHES`] at once
 //!   (then 503);
 //! - `POST /admin/restart?tier=T[&replica=N]` — a rolling restart;
-//! - `POST /admin/login` — `{"token": …}`: sets the cookie a browser's
-//!   page uses instead of an `Authorization` header (see the module above).
+//! - `POST /admin/login` — `{"token": …}`: opens a session and sets its
+//!   cookie, which a browser's page uses instead of an `Authorization`
+//!   header; `POST /admin/logout` closes it (see [`super::access`]).
 //!
 //! At most [`MAX_STREAMS`] event and log streams are open at once.
 
@@ -108,18 +109,26 @@ pub async fn assets(Path(path): Path<String>) -> Response {
 }
 
 /// The status, its figures, and what the log ring keeps.
-fn overview(shared: &Shared, status: crate::runtime::Status) -> serde_json::Value {
+/// The overview; `session`: the page reads it in a session (and may sign out).
+fn overview(shared: &Shared, status: crate::runtime::Status, session: bool) -> serde_json::Value {
     let limits = ring::global().limits();
     serde_json::json!({
         "status": status,
         "figures": shared.figures.figures(),
         "logs": { "lines_per_replica": limits.lines, "bytes_per_replica": limits.bytes },
+        "session": session,
     })
 }
 
-pub async fn overview_handler(Extract(shared): Extract<Shared>) -> impl IntoResponse {
+/// Whether a request (let in by the guard) came in a session.
+fn in_session(shared: &Shared, headers: &HeaderMap) -> bool {
+    shared.access.token.is_some() && super::access::session_cookie(headers).is_some()
+}
+
+pub async fn overview_handler(Extract(shared): Extract<Shared>, headers: HeaderMap) -> impl IntoResponse {
     let status = shared.status.borrow().live();
-    Json(overview(&shared, status))
+    let session = in_session(&shared, &headers);
+    Json(overview(&shared, status, session))
 }
 
 fn busy() -> Response {
@@ -143,13 +152,14 @@ fn fingerprint(status: &crate::runtime::Status) -> (u64, u64, Vec<(u64, &'static
     (status.generation, status.reloads.attempts, states)
 }
 
-pub async fn events_handler(Extract(shared): Extract<Shared>) -> Response {
+pub async fn events_handler(Extract(shared): Extract<Shared>, headers: HeaderMap) -> Response {
     let Some(permit) = stream_permit(&shared) else { return busy() };
+    let session = in_session(&shared, &headers);
     let mut status = shared.status.clone();
     status.mark_changed();
     let closing = shared.closing.clone();
     let state = (shared, status, closing, permit, None);
-    let events = stream::unfold(state, |(shared, mut status, mut closing, permit, mut seen)| async move {
+    let events = stream::unfold(state, move |(shared, mut status, mut closing, permit, mut seen)| async move {
         // A change of the status, a replica's new state, or the next tick for the figures.
         let deadline = tokio::time::Instant::now() + super::figures::TICK;
         loop {
@@ -175,7 +185,7 @@ pub async fn events_handler(Extract(shared): Extract<Shared>) -> Response {
         }
         let live = status.borrow_and_update().live();
         seen = Some(fingerprint(&live));
-        let data = overview(&shared, live);
+        let data = overview(&shared, live, session);
         let event = Event::default().event("overview").data(data.to_string()).retry(Duration::from_secs(1));
         Some((Ok::<_, Infallible>(event), (shared, status, closing, permit, seen)))
     });
@@ -380,38 +390,44 @@ pub async fn restart_handler(Extract(shared): Extract<Shared>, Query(q): Query<R
     }
 }
 
-/// The cookie a browser's page carries the admin token in.
-pub const COOKIE: &str = "orchestrator_admin";
-
 #[derive(Debug, serde::Deserialize)]
 pub struct Login {
     token: String,
 }
 
-/// Sets the token cookie if the token is right (answers 401 otherwise).
-pub async fn login_handler(Extract(shared): Extract<Shared>, Json(login): Json<Login>) -> Response {
-    let Some(token) = &shared.access.token else {
-        return Json(serde_json::json!({ "ok": true, "needed": false })).into_response();
-    };
-    if !super::same_secret(login.token.trim().as_bytes(), token.as_bytes()) {
-        return error(StatusCode::UNAUTHORIZED, "wrong token");
+/// Opens a session if the token is right, and sets its cookie (see
+/// [`super::access`]); 401 otherwise, 429 to a client with no try left.
+pub async fn login_handler(
+    Extract(shared): Extract<Shared>,
+    client: Option<axum::Extension<super::access::Client>>,
+    Json(login): Json<Login>,
+) -> Response {
+    use super::access::{COOKIE, SESSION_TTL, Verdict};
+    match shared.access.login(&login.token, client.map(|c| c.0.0)) {
+        Ok(None) => Json(serde_json::json!({ "ok": true, "needed": false })).into_response(),
+        Ok(Some(session)) => {
+            let cookie =
+                format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_TTL.as_secs());
+            let mut resp = Json(serde_json::json!({ "ok": true })).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(Verdict::Throttled(wait)) => super::too_many_guesses(wait),
+        Err(_) => error(StatusCode::UNAUTHORIZED, "wrong token"),
     }
-    let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", login.token.trim());
+}
+
+/// Closes the session the cookie names, and clears the cookie.
+pub async fn logout_handler(Extract(shared): Extract<Shared>, headers: HeaderMap) -> Response {
+    shared.access.logout(&headers);
     let mut resp = Json(serde_json::json!({ "ok": true })).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    let cleared = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", super::access::COOKIE);
+    if let Ok(v) = HeaderValue::from_str(&cleared) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
-}
-
-/// The token a request's cookie carries, if any.
-pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
 #[cfg(test)]
@@ -435,15 +451,6 @@ mod tests {
         assert!(logs_query(&q(&"a".repeat(MAX_PATTERN + 1), "")).unwrap_err().contains("longer than"));
         // A pattern whose automaton would be huge is refused, not built.
         assert!(logs_query(&q("\\w{1000}\\w{1000}\\w{1000}", "")).is_err());
-    }
-
-    #[test]
-    fn the_token_cookie_is_found_among_others() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; orchestrator_admin=s3cret-token; b=2"));
-        assert_eq!(cookie_token(&headers), Some("s3cret-token"));
-        headers.insert(header::COOKIE, HeaderValue::from_static("orchestrator_adminx=1"));
-        assert_eq!(cookie_token(&headers), None);
     }
 
     #[test]

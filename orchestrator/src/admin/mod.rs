@@ -12,13 +12,15 @@
 //! - `POST /admin/reload` — reread the topology and apply what changed; answers
 //!   the attempt's record: 200 when applied or unchanged, 422 when it failed;
 //! - `/`, `/assets/…`, `GET /admin/overview`, `GET /admin/events`,
-//!   `GET /admin/logs`, `POST /admin/restart`, `POST /admin/login` — the
-//!   dashboard and what it reads and does ([`dashboard`]).
+//!   `GET /admin/logs`, `POST /admin/restart`, `POST /admin/login`,
+//!   `POST /admin/logout` — the dashboard and what it reads and does
+//!   ([`dashboard`]).
 //!
-//! Who may use it (see `docs/security.md`): every request but `/admin/health`,
-//! `/admin/ready`, `/admin/login` and the dashboard's page and assets (which
-//! hold no data) carries `Authorization: Bearer <token>`, or the cookie
-//! `POST /admin/login` sets, when a token is
+//! Who may use it (see `docs/security.md`, and [`access`]): every request
+//! but `/admin/health`, `/admin/ready`, `/admin/login`, `/admin/logout` and
+//! the dashboard's page and assets (which hold no data) carries
+//! `Authorization: Bearer <token>`, or the session cookie `POST
+//! /admin/login` sets, when a token is
 //! set (`--admin-token-file`), which binding an address other than loopback
 //! requires. Without a token, a request whose `Host` is a name other than
 //! `localhost` is refused (a web page that rebinds its own name to 127.0.0.1
@@ -27,6 +29,7 @@
 //! content type) is refused. Connections are capped, their heads must arrive
 //! within [`HEADER_TIMEOUT`], and at most [`MAX_WAITS`] status requests wait at once.
 
+pub mod access;
 mod dashboard;
 pub mod figures;
 mod metrics;
@@ -61,12 +64,7 @@ pub const MAX_WAITS: usize = 64;
 /// The longest `?wait=` a status request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// Who may use the admin API.
-#[derive(Clone, Debug, Default)]
-pub struct Access {
-    /// The bearer token every request but health and readiness must carry.
-    pub token: Option<Arc<str>>,
-}
+pub use access::Access;
 
 /// The running admin server.
 #[derive(Debug)]
@@ -128,6 +126,7 @@ impl Admin {
             .route("/admin/reload", post(reload_handler))
             .route("/admin/restart", post(dashboard::restart_handler))
             .route("/admin/login", post(dashboard::login_handler))
+            .route("/admin/logout", post(dashboard::logout_handler))
             .route("/admin/metrics", get(metrics_handler))
             .with_state(shared)
             .layer(axum::middleware::from_fn_with_state(access, guard));
@@ -232,7 +231,7 @@ async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -254,7 +253,8 @@ async fn serve(
         let tower = hyper_util::service::TowerToHyperService::new(app.clone());
         let service = {
             let activity = activity.clone();
-            hyper::service::service_fn(move |req| {
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(access::Client(peer.ip().to_canonical()));
                 let in_flight = activity.enter();
                 let answer = hyper::service::Service::call(&tower, req);
                 // In flight until its body is sent: an event stream or a log
@@ -312,22 +312,19 @@ async fn guard(Extract(access): Extract<Access>, req: Request, next: Next) -> Re
     let refuse = error;
     let path = req.uri().path();
     // The page itself holds no data: it loads, and asks for the token.
-    let open = matches!(path, "/admin/health" | "/admin/ready" | "/admin/login" | "/") || path.starts_with("/assets/");
+    let open = matches!(path, "/admin/health" | "/admin/ready" | "/admin/login" | "/admin/logout" | "/")
+        || path.starts_with("/assets/");
+    let client = req.extensions().get::<access::Client>().map(|c| c.0);
     match &access.token {
-        Some(token) if !open => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .or_else(|| dashboard::cookie_token(req.headers()))
-                .unwrap_or_default();
-            if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+        Some(_) if !open => match access.check(req.headers(), client) {
+            access::Verdict::Allowed => {}
+            access::Verdict::Throttled(wait) => return too_many_guesses(wait),
+            access::Verdict::Missing | access::Verdict::Wrong => {
                 let mut resp = refuse(StatusCode::UNAUTHORIZED, "this admin API needs `Authorization: Bearer <token>`");
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
                 return resp;
             }
-        }
+        },
         Some(_) => {}
         None => {
             if !local_host(req.headers()) {
@@ -344,6 +341,15 @@ async fn guard(Extract(access): Extract<Access>, req: Request, next: Next) -> Re
         return refuse(StatusCode::FORBIDDEN, why);
     }
     next.run(req).await
+}
+
+/// `429` to a client with no try left, and when to try again.
+fn too_many_guesses(wait: u64) -> Response {
+    let mut resp = error(StatusCode::TOO_MANY_REQUESTS, "too many wrong tokens from this client: wait, then try again");
+    if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// Whether the request names this machine: an IP address, or `localhost`.
@@ -375,11 +381,6 @@ fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
         return Some("a form's content type may not change the orchestrator: send no body, or application/json");
     }
     None
-}
-
-/// Compares two secrets in time that depends on their lengths only.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Reads the admin token from `file`: its first line, at least 16
@@ -420,12 +421,5 @@ mod tests {
         assert!(cross_site(&headers(&[host, ("origin", "http://evil.example")])).is_some());
         assert!(cross_site(&headers(&[host, ("content-type", "text/plain;charset=UTF-8")])).is_some());
         assert!(cross_site(&headers(&[host, ("sec-fetch-site", "cross-site")])).is_some());
-    }
-
-    #[test]
-    fn secrets_are_compared_whole() {
-        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!same_secret(b"0123456789abcdeX", b"0123456789abcdef"));
-        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"));
     }
 }

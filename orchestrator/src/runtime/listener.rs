@@ -239,13 +239,14 @@ async fn handle(
     }
 }
 
-/// Whether `given` (an `authorization` header) presents `token`, compared in
-/// constant time.
+/// Whether `given` (an `authorization` header) presents `token` as a
+/// bearer token (the scheme in any case, RFC 9110), compared in constant time.
 fn presents(given: Option<&HeaderValue>, token: &str) -> bool {
-    let expected = format!("Bearer {token}");
-    let Some(given) = given else { return false };
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let Some((scheme, presented)) = given.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().split_once(' ')) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && crate::admin::access::same_secret(presented.trim().as_bytes(), token.as_bytes())
 }
 
 /// A request from another host for a tier that runs here.
@@ -327,6 +328,20 @@ async fn handle_peer_call(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_peer_token_is_presented_with_the_bearer_scheme_in_any_case() {
+        let token = "a-peer-token-0123456789";
+        for given in
+            ["Bearer a-peer-token-0123456789", "bearer a-peer-token-0123456789", "BEARER  a-peer-token-0123456789"]
+        {
+            assert!(super::presents(Some(&HeaderValue::from_static(given)), token), "{given}");
+        }
+        for wrong in ["Bearer a-peer-token-012345678", "Basic a-peer-token-0123456789", "a-peer-token-0123456789"] {
+            assert!(!super::presents(Some(&HeaderValue::from_static(wrong)), token), "{wrong}");
+        }
+        assert!(!super::presents(None, token));
+    }
+
     use super::*;
     use crate::serve::listener::client_value;
 
