@@ -162,17 +162,11 @@ impl Sessions {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Guesses {
     /// Client → tries left, and when they were counted.
     clients: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     warnings: RateLimited,
-}
-
-impl Default for Guesses {
-    fn default() -> Self {
-        Self { clients: Mutex::default(), warnings: RateLimited::new() }
-    }
 }
 
 impl Guesses {
