@@ -205,6 +205,7 @@ pub async fn status(admin: &AdminClient, json: bool) -> Result<(), CliError> {
     }
     let rows = status_rows(&overview);
     let s = &overview["status"];
+    let last = &s["last_reload"];
     if json {
         let out = serde_json::json!({
             "topology": s["name"],
@@ -212,21 +213,69 @@ pub async fn status(admin: &AdminClient, json: bool) -> Result<(), CliError> {
             "generation": s["generation"],
             "state": s["state"],
             "admin": admin.addr.to_string(),
+            "last_reload": last,
             "tiers": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         println!(
-            "topology `{}` ({}), generation {}, {}, admin {}\n",
+            "topology `{}` ({}), generation {}, {}, admin {}",
             s["name"].as_str().unwrap_or_default(),
             s["file"].as_str().unwrap_or_default(),
             s["generation"],
             s["state"].as_str().unwrap_or_default(),
             admin.addr
         );
+        print!("{}", last_reload(last));
+        println!();
         print!("{}", status_table(&rows));
     }
     Ok(())
+}
+
+/// The last reload, as `status` prints it: when and how it went; a failed
+/// one with its located errors, so that a rejected save is seen at once.
+fn last_reload(last: &serde_json::Value) -> String {
+    let Some(outcome) = last["outcome"].as_str() else { return String::new() };
+    let at = last["at"].as_str().unwrap_or_default();
+    let trigger = last["trigger"].as_str().unwrap_or_default();
+    let mut out = format!("last reload: {outcome} ({trigger}, {at})");
+    match outcome {
+        "failed" => {
+            out.push_str(": the running topology is unchanged\n");
+            let errors: Vec<&serde_json::Value> =
+                last["errors"].as_array().map(|e| e.iter().collect()).unwrap_or_default();
+            if errors.is_empty() {
+                for line in last["error"].as_str().unwrap_or_default().lines() {
+                    out.push_str(&format!("  {}\n", crate::logging::terminal::sanitize(line, false)));
+                }
+            }
+            for e in errors {
+                let at = [&e["file"], &e["line"], &e["column"]]
+                    .iter()
+                    .filter(|v| !v.is_null())
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                let path = e["path"].as_str().filter(|p| !p.is_empty()).map(|p| format!("{p}: ")).unwrap_or_default();
+                let message = e["message"].as_str().unwrap_or_default();
+                out.push_str(&format!(
+                    "  {}\n",
+                    crate::logging::terminal::sanitize(&format!("{at}: {path}{message}"), false)
+                ));
+                if let Some(hint) = e["hint"].as_str() {
+                    out.push_str(&format!("    help: {}\n", crate::logging::terminal::sanitize(hint, false)));
+                }
+            }
+        }
+        _ => {
+            if let Some(summary) = last["summary"].as_str().filter(|s| !s.is_empty()) {
+                out.push_str(&format!(": {}", crate::logging::terminal::sanitize(summary, false)));
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// What `orchestrator logs` asks for.
@@ -378,6 +427,23 @@ pub async fn restart(admin: &AdminClient, tier: &str, replica: Option<u32>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_save_shows_in_the_status_with_where_and_why() {
+        let failed = serde_json::json!({
+            "outcome": "failed", "at": "2026-12-07T20:00:00.000Z", "trigger": "file",
+            "error": "…", "errors": [{ "file": "t.yaml", "line": 19, "column": 27, "path": "links[1].to",
+                "message": "unknown tier `bakend`", "hint": "did you mean `backend`?" }]
+        });
+        assert_eq!(
+            last_reload(&failed),
+            "last reload: failed (file, 2026-12-07T20:00:00.000Z): the running topology is unchanged\n  t.yaml:19:27: links[1].to: unknown tier `bakend`\n    help: did you mean `backend`?\n"
+        );
+        let applied =
+            serde_json::json!({ "outcome": "applied", "at": "x", "trigger": "admin", "summary": "added cache" });
+        assert_eq!(last_reload(&applied), "last reload: applied (admin, x): added cache\n");
+        assert_eq!(last_reload(&serde_json::Value::Null), "");
+    }
 
     fn overview() -> Value {
         serde_json::json!({

@@ -54,3 +54,54 @@ fn pinning_the_shared_runtime_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+/// `orchestrator status` after a bad save: the last reload failed, and
+/// where and why, beside what still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_rejected_save_located() {
+    let yaml = std::fs::read_to_string(integration_tests::repo_root().join("topologies/hello.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let orch = integration_tests::Running::start(&yaml).await;
+    orch.save(&yaml.replacen("to: backend", "to: bakend", 1));
+    orch.wait_attempts(1).await;
+    let out = integration_tests::orchestrator(&["status", "--admin", &orch.admin.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("generation 1, running"), "{stdout}");
+    assert!(
+        stdout.contains("last reload: failed (file, ") && stdout.contains("the running topology is unchanged"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("topology.yaml:") && stdout.contains("unknown tier `bakend`"), "{stdout}");
+    assert!(stdout.contains("help: did you mean `backend`?"), "{stdout}");
+}
+
+/// The suite's last check (`scripts/leftover-tiers`) looks at this run's
+/// tier programs only: one of another orchestrator on the machine (a demo
+/// in another terminal) does not fail it; one of this run does.
+#[test]
+fn the_leftover_check_counts_this_runs_tier_programs_only() {
+    let script = repo_root().join("scripts/leftover-tiers");
+    let sleeper = |run: &str| {
+        std::process::Command::new("sleep")
+            .arg("600")
+            .env("ORCH_TIER", "demo")
+            .env("ORCH_TEST_RUN", run)
+            .spawn()
+            .unwrap()
+    };
+    let check = |run: &str| std::process::Command::new(&script).arg(run).output().unwrap();
+    let mut others = sleeper("another-run");
+    let out = check("this-run-of-the-check");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut mine = sleeper("this-run-of-the-check");
+    let out = check("this-run-of-the-check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&mine.id().to_string()) && !stderr.contains(&others.id().to_string()), "{stderr}");
+    for child in [&mut others, &mut mine] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
