@@ -78,6 +78,10 @@ enum Command {
         /// this long is closed (an HTTP/2 one told so first, with GOAWAY).
         #[arg(long, default_value = "60s", value_parser = timeout, value_name = "DURATION")]
         idle_timeout: Duration,
+        /// Bytes of request bodies held at once across every listener; a
+        /// request whose body would cross it is answered 503 (`Retry-After`).
+        #[arg(long, default_value = "256MiB", value_parser = byte_size, value_name = "SIZE")]
+        max_body_memory: u64,
         /// A client that reads nothing of its answer for this long is dropped.
         #[arg(long, default_value = "30s", value_parser = timeout, value_name = "DURATION")]
         send_timeout: Duration,
@@ -374,6 +378,7 @@ fn main() -> ExitCode {
             header_timeout,
             idle_timeout,
             send_timeout,
+            max_body_memory,
             token,
             admin_no_auth,
             no_metrics,
@@ -395,6 +400,7 @@ fn main() -> ExitCode {
             plugins,
         } => {
             orchestrator::logging::ring::global().set_lines(log_lines);
+            orchestrator::serve::listener::BodyBudget::global().set_max(max_body_memory);
             let peer_token = match peer_token_file.as_deref().map(orchestrator::admin::read_token).transpose() {
                 Ok(token) => token.map(|t| t.to_string()),
                 Err(e) => {
@@ -579,6 +585,14 @@ fn init_tracing(format: orchestrator::logging::LogFormat) {
 }
 
 /// A `--trace-sample` ratio.
+/// A size in bytes, or with a unit (`256MiB`, `1GB`).
+fn byte_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("`{s}` is not a size such as 256MiB: {e}"))
+}
+
 /// A connection timeout: a duration of at least 100ms and at most a day.
 fn timeout(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {

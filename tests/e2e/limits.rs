@@ -173,3 +173,52 @@ async fn streams_nobody_reads_are_dropped_at_the_send_timeout() {
     assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
     drop(stalled);
 }
+
+/// The process holds at most `--max-body-memory` of request bodies across
+/// its listeners: a body that would cross it is refused (503, Retry-After)
+/// as soon as it would; one that fits exactly is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_held_within_the_process_budget_at_its_edge() {
+    const MIB: usize = 1024 * 1024;
+    let orch = Running::start_with(TopologyFile::new(TESTKIT), &["--max-body-memory", "3MiB"]).await;
+    let web = orch.tier_addr("web").await;
+    // A: 1.5 MiB of a 2 MiB body, then nothing: held.
+    let mut held = tokio::net::TcpStream::connect(web).await.unwrap();
+    held.write_all(format!("POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", 2 * MIB).as_bytes())
+        .await
+        .unwrap();
+    held.write_all(&vec![b'a'; 3 * MIB / 2]).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = crate::metrics::scrape(&orch).await;
+        if crate::metrics::value(&text, "orchestrator_request_body_held_bytes", &[]) == Some((3 * MIB / 2) as f64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A's body never arrived whole: {text}");
+    }
+    let post = |n: usize| {
+        let http = integration_tests::client();
+        async move { integration_tests::request(&http, "POST", web, "/b", bytes::Bytes::from(vec![b'b'; n])).await.unwrap() }
+    };
+    // One byte past what is left: refused.
+    let (code, body) = post(3 * MIB / 2 + 1).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("--max-body-memory"), "{body}");
+    // Exactly what is left: served.
+    let (code, body) = post(3 * MIB / 2).await;
+    assert_eq!((code, body.len() > 3 * MIB / 2), (200, true), "{}", &body[..body.len().min(200)]);
+    // A finishes: its share comes back, and a body as large is served again.
+    held.write_all(&vec![b'a'; MIB / 2]).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(DEADLINE, held.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(held);
+    let text = crate::metrics::scrape(&orch).await;
+    let rejected = crate::metrics::value(
+        &text,
+        "orchestrator_listener_rejected_total",
+        &[("tier", "web"), ("reason", "body_memory")],
+    );
+    assert_eq!(rejected, Some(1.0), "{text}");
+    assert_eq!(post(2 * MIB).await.0, 200);
+}

@@ -509,6 +509,16 @@ fn workers(scrape: &mut Scrape, workers: &[WorkerReport]) {
     );
 }
 
+fn bodies(scrape: &mut Scrape) {
+    let held = crate::serve::listener::BodyBudget::global().held();
+    scrape.add(
+        "request_body_held_bytes",
+        "Bytes of request bodies held now, against --max-body-memory",
+        None,
+        Series::Gauge(vec![(Vec::new(), held.into())]),
+    );
+}
+
 /// The exposition format asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -547,6 +557,7 @@ pub fn render(status: &Status, workers_report: &[WorkerReport], format: Format) 
     queues(&mut scrape, status);
     traces(&mut scrape);
     workers(&mut scrape, workers_report);
+    bodies(&mut scrape);
     let mut registry = Registry::with_prefix("orchestrator");
     registry.register_collector(Box::new(scrape));
     let mut out = String::new();

@@ -93,8 +93,9 @@ pub async fn forward(route: &Arc<Route>, req: HttpRequest, client: Option<Header
 
 async fn handle_link(req: hyper::Request<Incoming>, table: Weak<LinkTable>, name: Arc<str>, max_body: u64) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, max_body).await {
-        Ok(body) => body,
+    // The body's share of the process's budget, held until this answers.
+    let (body, _held) = match read_body(body, max_body).await {
+        Ok(read) => read,
         Err(resp) => return resp,
     };
     let Some(route) = table.upgrade().and_then(|t| t.get(&name)) else {

@@ -215,17 +215,19 @@ pub enum Rejected {
     ConnectionLimit = 3,
     /// A request refused as malformed (a second `Host`, an encoded `/`).
     BadRequest = 4,
+    /// Its body would have crossed the process's budget for bodies.
+    BodyMemory = 5,
 }
 
-const REJECTED_LABELS: [&str; 5] =
-    ["body_too_large", "body_timeout", "header_timeout", "connection_limit", "bad_request"];
+const REJECTED_LABELS: [&str; 6] =
+    ["body_too_large", "body_timeout", "header_timeout", "connection_limit", "bad_request", "body_memory"];
 
 #[derive(Debug, Default)]
 struct ListenerCells {
     connections: Cell,
     bytes_in: Cell,
     bytes_out: Cell,
-    rejected: [Cell; 5],
+    rejected: [Cell; 6],
     in_flight: Cell,
 }
 

@@ -198,12 +198,14 @@ async fn handle(
     };
     // One `Host` at most and a normal path: the listener saw to both.
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, max_body).await {
-        Ok(body) => body,
+    // The body's share of the process's budget, held until this answers.
+    let (body, _held) = match read_body(body, max_body).await {
+        Ok(read) => read,
         Err(resp) => {
             let why = match resp.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => Rejected::BodyTooLarge,
                 StatusCode::REQUEST_TIMEOUT => Rejected::BodyTimeout,
+                StatusCode::SERVICE_UNAVAILABLE => Rejected::BodyMemory,
                 _ => Rejected::BadRequest,
             };
             return refused(record, why, resp);
@@ -293,8 +295,9 @@ async fn handle_peer_call(
     max_body: u64,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, max_body).await {
-        Ok(body) => body,
+    // The body's share of the process's budget, held until this answers.
+    let (body, _held) = match read_body(body, max_body).await {
+        Ok(read) => read,
         Err(resp) => return resp,
     };
     let Some(instance) = endpoint.pick() else {

@@ -399,20 +399,81 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 /// How long a request's body may take to arrive, from when its head did.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The request's body, within `max_body` and [`BODY_TIMEOUT`], or the error
-/// response.
+/// Bytes of request bodies the process holds at once, by default
+/// (`--max-body-memory`): past it a request whose body would cross it is
+/// answered 503 (with `Retry-After`) as soon as it would, whatever each
+/// tier's own `max_body`.
+pub const DEFAULT_BODY_MEMORY: u64 = 256 * 1024 * 1024;
+
+/// The process's budget for request bodies (see [`DEFAULT_BODY_MEMORY`]):
+/// every listener's bodies count against it while they are read and until
+/// the request they came with is answered.
+#[derive(Debug)]
+pub struct BodyBudget {
+    max: AtomicU64,
+    held: AtomicU64,
+}
+
+static BODIES: BodyBudget = BodyBudget { max: AtomicU64::new(DEFAULT_BODY_MEMORY), held: AtomicU64::new(0) };
+
+impl BodyBudget {
+    /// The process's budget.
+    pub fn global() -> &'static BodyBudget {
+        &BODIES
+    }
+
+    /// Sets the budget (`--max-body-memory`), at start.
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Bytes of bodies held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` more for `held`, if the budget has them.
+    fn take(&'static self, held: &mut Held, bytes: u64) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > max {
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        held.0 += bytes;
+        true
+    }
+}
+
+/// A request body's share of the [`BodyBudget`], given back when dropped:
+/// keep it as long as the body is held.
+#[derive(Debug, Default)]
+pub struct Held(u64);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            BODIES.held.fetch_sub(self.0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The request's body, within `max_body`, [`BODY_TIMEOUT`] and the
+/// process's [`BodyBudget`] (its share held by the [`Held`] returned with
+/// it), or the error response.
 ///
 /// A body that comes in one piece is kept as it came. One in many pieces is
 /// copied into one buffer as it arrives: each piece hyper hands over holds on
 /// to the whole read buffer it was cut from, so keeping thousands of
 /// one-byte pieces would hold megabytes. What is kept grows with what was
 /// received, never with what a `content-length` announced.
-pub async fn read_body(mut body: Incoming, max_body: u64) -> Result<Bytes, Response> {
+pub async fn read_body(mut body: Incoming, max_body: u64) -> Result<(Bytes, Held), Response> {
     use hyper::body::Body as _;
     let due = tokio::time::Instant::now() + BODY_TIMEOUT;
     let mut timer: Option<Deadline> = None;
     let (mut first, mut joined): (Option<Bytes>, Option<BytesMut>) = (None, None);
     let mut total = 0u64;
+    let mut held = Held::default();
     loop {
         let next = std::future::poll_fn(|cx| {
             if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
@@ -443,6 +504,14 @@ pub async fn read_body(mut body: Incoming, max_body: u64) -> Result<Bytes, Respo
                 &format!("the request body is larger than this tier's limit of {max_body} bytes"),
             ));
         }
+        if !BODIES.take(&mut held, data.len() as u64) {
+            let mut resp = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the orchestrator holds as many request bodies as it may (--max-body-memory): try again",
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Err(resp);
+        }
         match (&mut joined, first.take()) {
             (Some(buf), _) => buf.extend_from_slice(&data),
             (None, None) => first = Some(data),
@@ -454,7 +523,7 @@ pub async fn read_body(mut body: Incoming, max_body: u64) -> Result<Bytes, Respo
             }
         }
     }
-    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+    Ok((joined.map(BytesMut::freeze).or(first).unwrap_or_default(), held))
 }
 
 /// `path` with its dot segments (`.`, `..`, and `%2e` spelt ones) removed as
