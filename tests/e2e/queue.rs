@@ -649,3 +649,92 @@ async fn raw_post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> St
         .unwrap();
     answer
 }
+
+/// A small file system of the test's own (tmpfs), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs (the tests run as root)");
+        Self { dir }
+    }
+
+    /// Fills it up with a file of its own; that file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// A durable queue whose disk fills up: publishes are refused (503, with
+/// the reason) and the tier is not ready while it cannot write; once there
+/// is room again it writes on its own, without a restart, and nothing it
+/// accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_queue_recovers_from_a_full_disk_on_its_own() {
+    let disk = SmallDisk::new("4m");
+    let config = format!("{{ durable: true, data_dir: '{}' }}", disk.dir.path().display());
+    let yaml = topology(&config, "", "  - { from: pub, to: q, kind: queue, topic: orders }\n");
+    let mut orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+    let before = publish(&orch, web, "q", "before", 20).await;
+    let filler = disk.fill();
+    // The database has room of its own beyond its data: large messages
+    // until it has none either (4 MiB in all, 64 KiB each).
+    let mut accepted_while_filling = Vec::new();
+    let refused = loop {
+        let (code, body) = orch.post(web, "/publish/q?n=1", "x".repeat(64 * 1024)).await;
+        assert!(code == 200 || code == 503, "{code}: {body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        match answer["error"].as_str() {
+            Some(error) => break error.to_owned(),
+            None => accepted_while_filling
+                .extend(answer["published"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned())),
+        }
+        assert!(accepted_while_filling.len() < 100, "4 MiB never filled up");
+    };
+    assert!(refused.contains("cannot write") && refused.contains("No space left"), "{refused}");
+    let status = orch.status().await;
+    let q = &tier(&status, "q")["instances"][0];
+    assert_eq!(q["ready"], false, "not ready while it cannot write: {status}");
+    assert!(q["detail"]["store_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
+    // Room again: it writes again by itself (it tries every half second).
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + integration_tests::DEADLINE;
+    while tier(&orch.status().await, "q")["instances"][0]["ready"] != true {
+        assert!(std::time::Instant::now() < deadline, "the store never wrote again");
+    }
+    let after = publish(&orch, web, "q", "after", 20).await;
+    // Nothing accepted was lost: a restart reads every one back.
+    orch.signal("KILL");
+    assert!(!orch.wait_exit().success());
+    let with_consumer = topology(
+        &config,
+        "  c: { plugin: testkit }\n",
+        "  - { from: pub, to: q, kind: queue, topic: orders }\n  - { from: q, to: c, kind: queue, topic: orders }\n",
+    );
+    let orch = Running::start_file(TopologyFile::new(&with_consumer)).await;
+    let web = orch.tier_addr("web").await;
+    let want: Vec<String> = before.into_iter().chain(accepted_while_filling).chain(after).collect();
+    let got = received(&orch, web, "c", want.len()).await;
+    assert_eq!(ids(&got), want);
+}

@@ -277,6 +277,12 @@ impl Broker {
         Ok((broker, None))
     }
 
+    /// Whether its store (if durable) writes: a broker that cannot keep
+    /// what it accepts is not ready.
+    pub fn writes(&self) -> bool {
+        self.store.as_ref().is_none_or(Store::healthy)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -686,6 +692,7 @@ impl Broker {
         json!({
             "durable": self.store.is_some(),
             "store": self.store.as_ref().map(|s| s.path().display().to_string()),
+            "store_error": self.store.as_ref().and_then(Store::error),
             "store_bytes": self.store.as_ref().map(|s| s.bytes()),
             "store_commits": self.store.as_ref().map(|s| s.commits().report()),
             "topics": topics,

@@ -180,16 +180,20 @@ impl Plugin for QueuePlugin {
                 Response::error(StatusCode::SERVICE_UNAVAILABLE, &why).with_header("retry-after", "1")
             }
             Err(broker::PublishError::TooMany(why)) => Response::error(StatusCode::PAYLOAD_TOO_LARGE, &why),
-            Err(broker::PublishError::Store(why)) => Response::error(StatusCode::INTERNAL_SERVER_ERROR, &why),
+            // The store cannot write now (a full disk): it tries again by itself.
+            Err(broker::PublishError::Store(why)) => {
+                Response::error(StatusCode::SERVICE_UNAVAILABLE, &why).with_header("retry-after", "1")
+            }
         }
     }
 
+    /// Started, and (durable) able to write what it accepts.
     fn is_ready(&self) -> bool {
-        self.running.get().is_some() || self.nats.get().is_some()
+        self.running.get().is_some_and(|r| r.broker.writes()) || self.nats.get().is_some()
     }
 
     async fn wait_ready(&self, cx: Context) -> Result<(), String> {
-        if self.is_ready() {
+        if self.running.get().is_some() || self.nats.get().is_some() {
             return Ok(());
         }
         let settings = Settings::new(self.config.clone()).map_err(|issues| {

@@ -7,10 +7,18 @@
 //! `Durability::Immediate` (fsync) and publishers hear back only after it; a
 //! commit of removals alone is not synced (a crash then redelivers a message,
 //! which at-least-once allows).
+//!
+//! A commit that fails (the disk full, an I/O error) leaves the database
+//! unusable until it is opened again: the writer then closes it, and opens
+//! it again and tries an empty commit, every [`RETRY`] until one succeeds.
+//! Meanwhile the store is not [`Store::healthy`] (the tier reports itself
+//! not ready) and a publish fails at once, saying why; removals wait, and
+//! are applied once it writes again.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use bytes::Bytes;
 use plugin_api::serde_json;
@@ -61,12 +69,26 @@ enum Op {
     Remove { topic: String, seq: u64 },
 }
 
+/// How often a store that cannot write tries again.
+pub const RETRY: Duration = Duration::from_millis(500);
+/// Removals kept while the store cannot write; past it the oldest are
+/// dropped (their messages are delivered again after a restart).
+pub const MAX_PENDING_REMOVALS: usize = 1 << 20;
+
 /// A durable broker's database.
 pub struct Store {
     path: PathBuf,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    commits: std::sync::Arc<Commits>,
+    commits: Arc<Commits>,
+    health: Arc<Health>,
+}
+
+/// Whether the store writes, and why not.
+#[derive(Debug, Default)]
+struct Health {
+    failing: AtomicBool,
+    error: Mutex<Option<String>>,
 }
 
 /// Upper bounds of the commit latency buckets, in seconds.
@@ -157,13 +179,27 @@ impl Store {
         }
         let (ops, rx) = mpsc::channel();
         let thread_path = path.to_owned();
-        let commits = std::sync::Arc::new(Commits::default());
-        let writer_commits = commits.clone();
+        let commits = Arc::new(Commits::default());
+        let health = Arc::new(Health::default());
+        let (writer_commits, writer_health) = (commits.clone(), health.clone());
         let writer = std::thread::Builder::new()
             .name("queue-store".into())
-            .spawn(move || writer(db, rx, &thread_path, &writer_commits))
+            .spawn(move || writer(db, rx, &thread_path, &writer_commits, &writer_health))
             .map_err(|e| fail("cannot start the writer for", &e))?;
-        Ok((Self { path: path.to_owned(), ops: Some(ops), writer: Some(writer), commits }, recovered))
+        Ok((Self { path: path.to_owned(), ops: Some(ops), writer: Some(writer), commits, health }, recovered))
+    }
+
+    /// Whether it writes now (see the module's documentation).
+    pub fn healthy(&self) -> bool {
+        !self.health.failing.load(Ordering::Relaxed)
+    }
+
+    /// Why it last failed to write, while it cannot.
+    pub fn error(&self) -> Option<String> {
+        if self.healthy() {
+            return None;
+        }
+        self.health.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -199,9 +235,49 @@ impl Store {
 }
 
 /// Applies operations in groups until every `Store` handle is gone.
-fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path, commits: &Commits) {
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
+fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path, commits: &Commits, health: &Health) {
+    let mut db = Some(db);
+    // Removals that came while the database could not be written.
+    let mut pending: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
+    loop {
+        let Some(open) = &db else {
+            // Closed after a failure: open it again and try an empty commit;
+            // meanwhile, a publish fails at once and a removal waits.
+            let deadline = std::time::Instant::now() + RETRY;
+            loop {
+                match ops.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(Op::Put { done, .. }) => {
+                        let why = health.error.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+                        let _ =
+                            done.send(Err(format!("the message store cannot write ({why}); it tries again by itself")));
+                    }
+                    Ok(remove) => {
+                        if pending.len() >= MAX_PENDING_REMOVALS {
+                            pending.pop_front();
+                        }
+                        pending.push_back(remove);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            match Database::create(path).map_err(redb::Error::from).and_then(|db| commit(&db, &[], true).map(|()| db)) {
+                Ok(reopened) => {
+                    db = Some(reopened);
+                    health.failing.store(false, Ordering::Relaxed);
+                    eprintln!("queue store: {} writes again", path.display());
+                }
+                Err(e) => *health.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string()),
+            }
+            continue;
+        };
+        let mut batch: Vec<Op> = pending.drain(..).collect();
+        if batch.is_empty() {
+            match ops.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => return,
+            }
+        }
         while let Ok(op) = ops.try_recv() {
             batch.push(op);
             if batch.len() >= 4096 {
@@ -210,14 +286,22 @@ fn writer(db: Database, ops: mpsc::Receiver<Op>, path: &Path, commits: &Commits)
         }
         let stores = batch.iter().any(|op| matches!(op, Op::Put { .. }));
         let started = std::time::Instant::now();
-        let result = commit(&db, &batch, stores).map_err(|e| format!("cannot write to {}: {e}", path.display()));
+        let result = commit(open, &batch, stores).map_err(|e| format!("cannot write to {}: {e}", path.display()));
         commits.observe(started.elapsed());
         if let Err(e) = &result {
-            eprintln!("queue store: {e}");
+            eprintln!("queue store: {e}; closing it, to open it again");
+            *health.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+            health.failing.store(true, Ordering::Relaxed);
+            db = None;
         }
         for op in batch {
-            if let Op::Put { done, .. } = op {
-                let _ = done.send(result.clone());
+            match op {
+                Op::Put { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+                // Not written: applied once the database writes again.
+                remove if result.is_err() => pending.push_back(remove),
+                Op::Remove { .. } => {}
             }
         }
     }
