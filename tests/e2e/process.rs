@@ -479,3 +479,39 @@ tiers:
     assert_eq!(orch.wait_exit().code(), Some(0));
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
 }
+
+/// `${PORT}` (and any variable of the program's environment) in a command's
+/// arguments is its value; one that is not set fails the replica, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_arguments_expand_port_and_the_programs_variables() {
+    let python = integration_tests::venv_python();
+    let yaml = format!(
+        r#"
+version: 1
+name: expanded
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: {{ routes: [{{ path: /, link: files }}] }}
+  files:
+    plugin: process
+    env: {{ BIND: 127.0.0.1 }}
+    config:
+      command: [{}, -m, http.server, --bind, "${{BIND}}", "${{PORT}}"]
+      readiness: {{ http: /, interval: 20ms }}
+  typo:
+    plugin: process
+    config: {{ command: [sleep, "${{PROT}}"], max_restarts: 0 }}
+links:
+  - {{ from: web, to: files, kind: rest }}
+"#,
+        python.display()
+    );
+    let orch = Running::start(&yaml).await;
+    let web = orch.tier_addr("web").await;
+    assert_eq!(orch.get(web, "/").await.0, 200, "the server listens on the port it was given");
+    let status = orch.status().await;
+    let failed = tier(&status, "typo")["instances"][0]["detail"].to_string();
+    assert!(failed.contains("`${PROT}`, which is not set"), "{failed}");
+}

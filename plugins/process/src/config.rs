@@ -158,6 +158,48 @@ fn probe(config: &ProbeConfig, interval: Duration) -> Result<Probe, (String, Str
     })
 }
 
+/// `arg` with each `${NAME}` replaced by `NAME`'s value in `env` (the
+/// program's environment: `PORT`, `ORCH_LINK_*`, the tier's `env`, what the
+/// orchestrator runs with); `$${` stands for a literal `${`. Anything else
+/// — `$NAME`, `${NAME:-default}`, `$1` — is left as it is, for a shell.
+/// The name of the first variable that is not set, if one is not.
+pub fn expand(arg: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !arg.contains("${") {
+        return Ok(arg.to_owned());
+    }
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(literal) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = literal;
+            continue;
+        }
+        let name = after.strip_prefix('{').and_then(|b| b.split_once('}')).map(|(name, _)| name).filter(|n| is_name(n));
+        match name {
+            Some(name) => {
+                out.push_str(&env(name).ok_or_else(|| name.to_owned())?);
+                rest = &after[name.len() + 2..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A variable's name as `${NAME}` takes it: a letter or `_`, then letters, digits, `_`.
+fn is_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl Process {
     /// The settings, or every problem with them (paths relative to `config`).
     pub fn parse(&self) -> Result<Settings, Vec<ConfigIssue>> {
@@ -230,6 +272,23 @@ mod tests {
         let s = parse(json!({ "command": ["./server"], "env": { "WORKERS": 4, "DEBUG": false, "X": "y" } })).unwrap();
         let env: Vec<(&str, &str)> = s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(env, [("DEBUG", "false"), ("WORKERS", "4"), ("X", "y")]);
+    }
+
+    #[test]
+    fn command_arguments_expand_braced_variables_only() {
+        let env = |name: &str| match name {
+            "PORT" => Some("8080".to_owned()),
+            "ORCH_LINK_DB_URL" => Some("postgres://db".to_owned()),
+            _ => None,
+        };
+        assert_eq!(expand("--port=${PORT}", &env).unwrap(), "--port=8080");
+        assert_eq!(expand("${ORCH_LINK_DB_URL}/shop", &env).unwrap(), "postgres://db/shop");
+        assert_eq!(expand("no variables", &env).unwrap(), "no variables");
+        // For a shell: left as they are.
+        assert_eq!(expand("exec server $PORT ${X:-1} $1 $$", &env).unwrap(), "exec server $PORT ${X:-1} $1 $$");
+        assert_eq!(expand("literal $${PORT}", &env).unwrap(), "literal ${PORT}");
+        assert_eq!(expand("${PORT", &env).unwrap(), "${PORT");
+        assert_eq!(expand("a ${NOT_SET} b", &env).unwrap_err(), "NOT_SET");
     }
 
     #[test]

@@ -223,7 +223,20 @@ fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String,
 /// Starts the program, through the shim (see [`crate::shim`]) when this
 /// process is the orchestrator, so that nothing it starts outlives us.
 fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>) -> std::io::Result<Child> {
-    let program = &settings.command[0];
+    // `${PORT}`, `${ORCH_LINK_DB_URL}`… in the arguments: the program's own environment.
+    let lookup = |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok());
+    let mut command = Vec::with_capacity(settings.command.len());
+    for (i, arg) in settings.command.iter().enumerate() {
+        command.push(crate::config::expand(arg, &lookup).map_err(|name| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "command[{i}] names `${{{name}}}`, which is not set: `PORT`, `ORCH_LINK_<NAME>_…`, the tier's env or the orchestrator's are (`$${{` for a literal `${{`)"
+                ),
+            )
+        })?);
+    }
+    let program = &command[0];
     // What the shim would find out only once started: that there is no such program.
     if !command_exists(program, workdir, env) {
         return Err(std::io::Error::from_raw_os_error(nix::errno::Errno::ENOENT as i32));
@@ -235,12 +248,12 @@ fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>)
                 .arg(std::process::id().to_string())
                 .arg(settings.stop_grace.as_millis().to_string())
                 .arg("--")
-                .args(&settings.command);
+                .args(&command);
             cmd
         }
         None => {
             let mut cmd = crate::sys::command(program);
-            cmd.args(&settings.command[1..]);
+            cmd.args(&command[1..]);
             cmd
         }
     };
