@@ -49,6 +49,8 @@ fn link(from: &str, to: &str, kind: LinkKind) -> LinkSpec {
         concurrency: 1,
         path: None,
         queue_role: None,
+        idle_timeout: std::time::Duration::from_secs(3600),
+        max_connections: 1024,
     }
 }
 

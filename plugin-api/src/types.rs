@@ -18,11 +18,15 @@ pub enum LinkKind {
     Rpc,
     /// Messages through a queue tier.
     Queue,
+    /// TCP connections, forwarded as they are (a database's, a cache's
+    /// protocol): the caller gets a local address; the host connects each
+    /// connection to a ready replica of the target.
+    Tcp,
 }
 
 impl LinkKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [LinkKind; 3] = [LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
+    pub const ALL: [LinkKind; 4] = [LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue, LinkKind::Tcp];
 
     /// This kind's bit in `PluginDecl::serves`.
     pub const fn bit(self) -> u32 {
@@ -30,6 +34,7 @@ impl LinkKind {
             LinkKind::Rest => 1,
             LinkKind::Rpc => 2,
             LinkKind::Queue => 4,
+            LinkKind::Tcp => 8,
         }
     }
 
@@ -44,12 +49,13 @@ impl LinkKind {
         bits
     }
 
-    /// The kind as a topology writes it: `rest`, `rpc` or `queue`.
+    /// The kind as a topology writes it: `rest`, `rpc`, `queue` or `tcp`.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkKind::Rest => "rest",
             LinkKind::Rpc => "rpc",
             LinkKind::Queue => "queue",
+            LinkKind::Tcp => "tcp",
         }
     }
 }

@@ -57,7 +57,7 @@ fn plugins_lists_builtins_and_libraries() {
             .to_owned()
     };
     let gateway: Vec<String> = line("gateway").split_whitespace().map(str::to_owned).collect();
-    assert_eq!(gateway[1..], ["0.1.0", "1", "0.2.2", "built-in"]);
+    assert_eq!(gateway[1..], ["0.1.0", "1", "0.3.0", "built-in"]);
     let backend = line("backend");
     assert!(backend.contains(" 1 ") && backend.ends_with("libbackend.so"), "{backend}");
     assert!(line("future_abi").contains("refused: "), "{stdout}");

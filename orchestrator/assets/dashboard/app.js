@@ -55,8 +55,10 @@
     return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
   }
 
-  /** A tier's state: `ready` (every replica), `failing` (one failed or restarting), `starting`. */
+  /** A tier's state: `ready` (every replica), `failing` (one failed or restarting), `starting`; a job's `completed` or `failed`; `blocked`. */
   function tierState(tier) {
+    // A job's end, or a tier that waits for one that failed.
+    if (["completed", "failed", "blocked"].includes(tier.state)) return tier.state;
     const n = tier.instances.length;
     const ready = tier.instances.filter((i) => i.ready).length;
     if (tier.instances.some((i) => i.state === "failed" || i.state === "restarting")) return "failing";

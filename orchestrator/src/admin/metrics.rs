@@ -233,6 +233,59 @@ fn links(scrape: &mut Scrape) {
     );
 }
 
+fn tcp_links(scrape: &mut Scrape) {
+    let links = crate::metrics::registry().tcp_links();
+    let base =
+        |k: &crate::metrics::LinkKey| -> Labels { labels(&[("from", &k.from), ("to", &k.to), ("link", &k.link)]) };
+    let tcp: Vec<_> = links.iter().filter(|m| m.key.kind == "tcp").collect();
+    let outcomes = tcp
+        .iter()
+        .flat_map(|m| {
+            m.outcomes().into_iter().map(|(outcome, n)| {
+                let mut l = base(&m.key);
+                l.push(("outcome", outcome.to_owned()));
+                (l, n.into())
+            })
+        })
+        .collect();
+    scrape.add(
+        "link_tcp_connections",
+        "Connections through a TCP link, by how they began: connected, refused (by every ready replica), unavailable (none ready), timeout (connecting), limit (past max_connections)",
+        None,
+        Series::Counter(outcomes),
+    );
+    scrape.add(
+        "link_tcp_active_connections",
+        "Connections open through a TCP link now",
+        None,
+        Series::Gauge(tcp.iter().map(|m| (base(&m.key), m.active().into())).collect()),
+    );
+    let bytes = tcp
+        .iter()
+        .flat_map(|m| {
+            let sent = m.sent.load(std::sync::atomic::Ordering::Relaxed);
+            let received = m.received.load(std::sync::atomic::Ordering::Relaxed);
+            [("sent", sent), ("received", received)].map(|(direction, n)| {
+                let mut l = base(&m.key);
+                l.push(("direction", direction.to_owned()));
+                (l, n.into())
+            })
+        })
+        .collect();
+    scrape.add(
+        "link_tcp",
+        "Bytes through a TCP link: sent (caller to target) and received",
+        Some(Unit::Bytes),
+        Series::Counter(bytes),
+    );
+    scrape.add(
+        "link_tcp_connect_duration",
+        "Time from accepting a connection on a TCP link to its connection to a replica",
+        Some(Unit::Seconds),
+        Series::Histogram(tcp.iter().map(|m| (base(&m.key), m.connect_latency())).collect()),
+    );
+}
+
 fn listeners(scrape: &mut Scrape) {
     let snapshots = read::listeners(crate::metrics::registry());
     let tier = |s: &read::ListenerSnapshot| labels(&[("tier", &s.tier)]);
@@ -553,6 +606,7 @@ pub fn render(status: &Status, workers_report: &[WorkerReport], format: Format) 
     reloads(&mut scrape, status);
     tiers(&mut scrape, status);
     links(&mut scrape);
+    tcp_links(&mut scrape);
     listeners(&mut scrape);
     queues(&mut scrape, status);
     traces(&mut scrape);

@@ -322,6 +322,7 @@ impl<'a> Exporter<'a> {
                     (LinkKind::Queue, _, _) => "queue, publish".to_owned(),
                     (LinkKind::Rest, ..) => "rest".to_owned(),
                     (LinkKind::Rpc, ..) => "rpc".to_owned(),
+                    (LinkKind::Tcp, ..) => "tcp".to_owned(),
                 };
                 let topic = l.topic.as_ref().map(|t| format!(", topic {t}")).unwrap_or_default();
                 format!(

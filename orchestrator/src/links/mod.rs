@@ -9,6 +9,7 @@ pub mod balance;
 pub mod http;
 pub mod inbound;
 pub mod rpc;
+pub mod tcp;
 mod traced;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct Route {
     publish_uri: Option<String>,
     /// The link's series: the same for a link a reload keeps.
     pub metrics: Arc<LinkMetrics>,
+    /// A TCP link's series.
+    pub tcp: Arc<metrics::TcpMetrics>,
 }
 
 impl Route {
@@ -48,13 +51,16 @@ impl Route {
             (Some(QueueRole::Publish), Some(topic)) => Some(format!("/{topic}")),
             _ => None,
         };
-        let metrics = metrics::registry().link(LinkKey {
+        let key = LinkKey {
             from: spec.from.to_string(),
             to: spec.to.to_string(),
             link: spec.name.clone(),
             kind: spec.kind.as_str(),
-        });
-        Self { spec, target, publish_uri, metrics }
+        };
+        // A TCP link's series are its own; it makes no calls.
+        let tcp = metrics::registry().tcp_link(key.clone());
+        let metrics = metrics::registry().link(key);
+        Self { spec, target, publish_uri, metrics, tcp }
     }
 
     /// The outcome an answer of HTTP status `status` is counted as: its
@@ -102,12 +108,20 @@ pub struct LinkTable {
 #[derive(Debug)]
 struct Proxy {
     url: String,
-    listener: Listener,
+    listener: ProxyListener,
+}
+
+#[derive(Debug)]
+enum ProxyListener {
+    Http(Listener),
+    Tcp(#[allow(dead_code)] tcp::TcpListenerTask),
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.listener.abort();
+        if let ProxyListener::Http(listener) = &self.listener {
+            listener.abort();
+        }
     }
 }
 
@@ -134,18 +148,26 @@ impl LinkTable {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let bound = Bound::from_listener(tokio::net::TcpListener::from_std(listener)?)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let (table, name_) = (Arc::downgrade(self), Arc::<str>::from(name));
         let span = tracing::info_span!("link", link = %name);
         let (listener, url) = match kind {
+            LinkKind::Tcp => {
+                let task = tcp::serve(listener, table, name_, &self.workers);
+                (ProxyListener::Tcp(task), format!("tcp://{addr}"))
+            }
             LinkKind::Rpc => {
                 let handler = rpc::RpcHandler { table, name: name_ };
-                (bound.serve(handler, Protocol::Http2, 0, &self.workers, span), format!("h2c://{addr}"))
+                let bound = Bound::from_listener(listener)?;
+                let served = bound.serve(handler, Protocol::Http2, 0, &self.workers, span);
+                (ProxyListener::Http(served), format!("h2c://{addr}"))
             }
             _ => {
                 let handler = inbound::LinkHandler { table, name: name_ };
                 let max = inbound::LINK_MAX_BODY;
-                (bound.serve(handler, Protocol::Http1, max, &self.workers, span), format!("http://{addr}"))
+                let bound = Bound::from_listener(listener)?;
+                let served = bound.serve(handler, Protocol::Http1, max, &self.workers, span);
+                (ProxyListener::Http(served), format!("http://{addr}"))
             }
         };
         tracing::debug!(link = name, %url, "Link listener open.");

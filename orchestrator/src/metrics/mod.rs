@@ -94,8 +94,74 @@ const OUTCOME_LABELS: [&str; OUTCOMES] = [
     "cancelled",
 ];
 
+/// How a connection through a TCP link began: the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// Connected to a replica.
+    Connected = 0,
+    /// Every ready replica refused (or failed) the connect.
+    Refused = 1,
+    /// No ready replica.
+    Unavailable = 2,
+    /// The connect took longer than the link's connect timeout.
+    Timeout = 3,
+    /// Past the link's `max_connections` (or the process's budget): closed at once.
+    Limit = 4,
+}
+
+/// The `outcome` labels of [`TcpOutcome`], in its order.
+pub const TCP_OUTCOMES: [&str; 5] = ["connected", "refused", "unavailable", "timeout", "limit"];
+
+/// One TCP link's metrics: connections are not the request path's hot
+/// loop, so plain counters (bytes are added once per chunk moved).
+#[derive(Debug, Default)]
+pub struct TcpMetrics {
+    pub key: LinkKey,
+    outcomes: [std::sync::atomic::AtomicU64; 5],
+    active: std::sync::atomic::AtomicI64,
+    /// Bytes from the caller to the target.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Bytes from the target to the caller.
+    pub received: std::sync::atomic::AtomicU64,
+    connect: Mutex<Histogram>,
+}
+
+impl TcpMetrics {
+    pub fn outcome(&self, outcome: TcpOutcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connected after `nanos`.
+    pub fn connected(&self, nanos: u64) {
+        self.outcome(TcpOutcome::Connected);
+        self.connect.lock().unwrap_or_else(|e| e.into_inner()).observe(nanos, cells::slot());
+    }
+
+    pub fn opened(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `(outcome, count)` of each outcome.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
+        TCP_OUTCOMES.iter().zip(&self.outcomes).map(|(l, n)| (*l, n.load(Ordering::Relaxed))).collect()
+    }
+
+    pub fn active(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_latency(&self) -> cells::HistogramSnapshot {
+        let h = self.connect.lock().unwrap_or_else(|e| e.into_inner());
+        cells::HistogramSnapshot::of(std::iter::once(&*h))
+    }
+}
+
 /// The labels of one link's series.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LinkKey {
     pub from: String,
     pub to: String,
@@ -371,6 +437,7 @@ impl Drop for RequestRecord {
 #[derive(Debug, Default)]
 pub struct Registry {
     links: Mutex<Vec<Arc<LinkMetrics>>>,
+    tcp_links: Mutex<Vec<Arc<TcpMetrics>>>,
     listeners: Mutex<Vec<Arc<ListenerMetrics>>>,
     reloads: Mutex<Histogram>,
 }
@@ -392,6 +459,23 @@ impl Registry {
         let m = Arc::new(LinkMetrics { key, cells: Sharded::default() });
         links.push(m.clone());
         m
+    }
+
+    /// The TCP metrics of link `key` (the same series as before if the link
+    /// existed already).
+    pub fn tcp_link(&self, key: LinkKey) -> Arc<TcpMetrics> {
+        let mut links = self.tcp_links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = links.iter().find(|m| m.key == key) {
+            return m.clone();
+        }
+        let m = Arc::new(TcpMetrics { key, ..TcpMetrics::default() });
+        links.push(m.clone());
+        m
+    }
+
+    /// Every TCP link's metrics.
+    pub fn tcp_links(&self) -> Vec<Arc<TcpMetrics>> {
+        self.tcp_links.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The metrics of tier `tier`'s listener.

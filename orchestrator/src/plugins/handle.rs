@@ -216,6 +216,14 @@ impl Instance {
         (self.plugin.builtin == Some(Builtin::Process)).then(|| unsafe { plugin_of::<process::Process>(self.ptr) })
     }
 
+    /// Where a TCP link connects to this replica: a process tier's program
+    /// (or a store tier's server) on its port. `None` for others, and while
+    /// none runs.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        let port = self.as_process()?.port()?;
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     /// The remote tier replica, if this is an instance of the built-in `peer`.
     pub fn as_peer(&self) -> Option<&peer::Peer> {
         // SAFETY: as in `as_gateway`.

@@ -37,6 +37,24 @@ pub enum State {
     Stopping,
 }
 
+/// A tier's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierState {
+    /// Waiting for the tiers it starts after, or for its replicas.
+    Starting,
+    /// Its replicas started (ready, or failing and restarted).
+    Running,
+    /// A job that ran to completion (exit 0).
+    Completed,
+    /// A job that failed; or a tier whose replicas could not start where
+    /// a tier waits for it (`after:`).
+    Failed,
+    /// Not started: a tier it starts after (`after:`) failed.
+    Blocked,
+    Stopping,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TierStatus {
     pub name: String,
@@ -47,7 +65,13 @@ pub struct TierStatus {
     pub replicas: u32,
     /// The bound address, when the tier listens.
     pub listen: Option<String>,
-    pub state: State,
+    pub state: TierState,
+    /// Why it failed or is blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `once` for a job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<&'static str>,
     /// The generation in which the tier's current instances started.
     pub generation: u64,
     pub instances: Vec<InstanceStatus>,
@@ -66,7 +90,8 @@ pub struct InstanceStatus {
     /// Whether it takes requests now.
     pub ready: bool,
     /// `starting`, `ready`, `restarting` (between a program's attempts),
-    /// `failed` (it gave up; the reason is in `detail.failed`) or `stopped`.
+    /// `failed` (it gave up; the reason is in `detail.failed`) or `stopped`;
+    /// a job's: `running`, then `completed` (or `failed`).
     pub state: &'static str,
     /// The instance, to read `ready` and `detail` live when the status is served.
     #[serde(skip)]
@@ -98,6 +123,9 @@ pub fn instance_state(ready: bool, detail: &serde_json::Value) -> &'static str {
     }
     match detail.get("state").and_then(|s| s.as_str()) {
         Some("restarting") => "restarting",
+        // A job's replica: running to completion, or done.
+        Some("running") => "running",
+        Some("completed") => "completed",
         Some("stopping" | "stopped") => "stopped",
         _ => "starting",
     }

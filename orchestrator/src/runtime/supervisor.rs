@@ -14,8 +14,8 @@ use indexmap::IndexMap;
 use tokio::sync::watch;
 
 use super::status::{
-    InstanceStatus, LinkStatus, ReloadCounts, ReloadRecord, State, Status, TierStatus, Trigger, instance_state,
-    timestamp,
+    InstanceStatus, LinkStatus, ReloadCounts, ReloadRecord, State, Status, TierState, TierStatus, Trigger,
+    instance_state, timestamp,
 };
 use crate::links::{Endpoint, LinkTable, Route};
 use crate::plugins::{HostCtx, Instance, LoadError, PluginHandle, Registry};
@@ -48,8 +48,12 @@ struct RunningTier {
     /// The generation in which the current instances were started.
     generation: u64,
     listener: Option<Listener>,
-    /// `starting` until its replicas first settled (ready, or failed), then `running`.
-    state: State,
+    /// `starting` until its replicas first settled (ready, or failed), then
+    /// `running` (a job: `completed` or `failed`); `blocked` if a tier it
+    /// starts after failed.
+    state: TierState,
+    /// Why it failed or is blocked.
+    reason: Option<String>,
 }
 
 /// What a reload prepared and has not committed yet. Dropping it undoes it:
@@ -133,7 +137,9 @@ pub fn starting_status(topology: &Topology) -> Status {
             origin: String::new(),
             replicas: spec.replicas,
             listen: None,
-            state: State::Starting,
+            state: TierState::Starting,
+            reason: None,
+            run: (spec.run == topology::Run::Once).then_some("once"),
             generation: 0,
             instances: Vec::new(),
         })
@@ -239,7 +245,8 @@ impl Supervisor {
                 instances: Vec::new(),
                 generation,
                 listener: None,
-                state: State::Starting,
+                state: TierState::Starting,
+                reason: None,
             };
             self.tiers.insert(id.clone(), tier);
         }
@@ -254,8 +261,23 @@ impl Supervisor {
 
         let mut graph = StartGraph::new(&self.topology, |_| true);
         let mut settling = FuturesUnordered::new();
+        let mut shown_blocked = 0;
         loop {
-            for id in graph.startable() {
+            let startable = graph.startable();
+            // What will never start, shown so at once.
+            let blocked = graph.blocked();
+            for (id, why) in blocked.iter().skip(shown_blocked) {
+                tracing::error!(tier = %id, reason = %why, "Tier not started.");
+                if let Some(tier) = self.tiers.get_mut(id) {
+                    tier.state = TierState::Blocked;
+                    tier.reason = Some(why.clone());
+                }
+            }
+            if blocked.len() > shown_blocked {
+                shown_blocked = blocked.len();
+                self.publish();
+            }
+            for id in startable {
                 let tier = &self.tiers[&id];
                 let (plugin, links) = (tier.plugin.clone(), tier.links.clone());
                 let mut instances = Vec::new();
@@ -273,14 +295,30 @@ impl Supervisor {
                 });
             }
             let Some((id, instances, ready)) = settling.next().await else { break };
+            let job = self.tiers[&id].spec.run == topology::Run::Once;
+            let mut failure = None;
             for (instance, result) in instances.iter().zip(ready) {
                 if let Err(reason) = result {
                     let error =
                         StartError::Ready { tier: instance.tier().clone(), replica: instance.replica(), reason };
-                    tracing::error!(error = %error, "A replica failed to start; its tier runs without it.");
+                    if job {
+                        tracing::error!(error = %error, "A job failed; the tiers that start after it do not start.");
+                    } else {
+                        tracing::error!(error = %error, "A replica failed to start; its tier runs without it.");
+                    }
+                    failure.get_or_insert_with(|| error.to_string());
                 }
             }
             let tier = self.tiers.get_mut(&id).expect("a started tier is running");
+            tier.state = match (job, &failure) {
+                (true, None) => TierState::Completed,
+                (true, Some(_)) => TierState::Failed,
+                (false, _) => TierState::Running,
+            };
+            tier.reason = failure.clone();
+            if job && failure.is_none() {
+                tracing::info!(tier = %id, "Job completed.");
+            }
             if let Some(addr) = tier.spec.listen {
                 let bound =
                     Bound::bind(addr).await.map_err(|source| StartError::Bind { tier: id.clone(), addr, source })?;
@@ -289,8 +327,7 @@ impl Supervisor {
                 tracing::info!(tier = %id, addr = %listener.addr, "Tier listening.");
                 tier.listener = Some(listener);
             }
-            tier.state = State::Running;
-            graph.settle(&id);
+            graph.settle(&id, failure.is_none());
             self.publish();
         }
         self.state = State::Running;
@@ -423,8 +460,11 @@ impl Supervisor {
         // Compose's palette: cyan, yellow, green, magenta, blue, red.
         const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
         let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);
-        let ctx =
-            HostCtx::new(id.clone(), replica, links.clone(), spec.env.clone(), &base_dir, link_names).with_color(color);
+        let mut env = spec.env.clone();
+        if spec.run == topology::Run::Once {
+            env.insert(topology::model::RUN_ENV.to_owned(), "once".to_owned());
+        }
+        let ctx = HostCtx::new(id.clone(), replica, links.clone(), env, &base_dir, link_names).with_color(color);
         let instance = Instance::create(plugin.clone(), &spec.config, Arc::new(ctx))
             .map_err(|reason| StartError::Instance { tier: id.clone(), replica, reason })?;
         tracing::info!(tier = %id, replica, instance = instance.id, plugin = %spec.plugin, "Instance started.");
@@ -485,7 +525,7 @@ impl Supervisor {
                     });
                 }
             }
-            graph.settle(&id);
+            graph.settle(&id, true);
         }
         for (id, tier_plan) in &plan.tiers {
             if let Listen::Bind(addr) = tier_plan.listen {
@@ -531,7 +571,12 @@ impl Supervisor {
                             instances: fresh,
                             generation,
                             listener: None,
-                            state: State::Running,
+                            state: if spec.run == topology::Run::Once {
+                                TierState::Completed
+                            } else {
+                                TierState::Running
+                            },
+                            reason: None,
                         },
                     );
                 }
@@ -556,6 +601,10 @@ impl Supervisor {
                     tier.generation = generation;
                     tier.plugin = plugins.remove(id).expect("every tier of the new topology has a plugin");
                     tier.spec = spec.clone();
+                    // Its new replicas passed (a job: ran to completion).
+                    tier.state =
+                        if spec.run == topology::Run::Once { TierState::Completed } else { TierState::Running };
+                    tier.reason = None;
                 }
                 Instances::Scale { to, .. } => {
                     let tier = self.tiers.get_mut(id).expect("a scaled tier is running");
@@ -770,7 +819,9 @@ impl Supervisor {
                 origin: t.plugin.path().map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
                 replicas: t.spec.replicas,
                 listen: t.listener.as_ref().map(|l| l.addr.to_string()),
-                state: if self.state == State::Stopping { State::Stopping } else { t.state },
+                state: if self.state == State::Stopping { TierState::Stopping } else { t.state },
+                reason: t.reason.clone(),
+                run: (t.spec.run == topology::Run::Once).then_some("once"),
                 generation: t.generation,
                 instances: t.instances.iter().map(instance_status).collect(),
             })
@@ -895,12 +946,20 @@ async fn retire(instance: Arc<Instance>, drain: Duration) {
     instance.stop().await;
 }
 
-/// The tiers of `topology` grouped so that each group's link targets are in
-/// earlier groups or in the group itself (a cycle): the order to start them.
+/// The tiers of `topology` grouped so that each group's predecessors (link
+/// targets, `after:`) are in earlier groups or in the group itself (a cycle
+/// of links): the order to start them, reversed to stop them.
 fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
+    start_order_by(topology, |t, v| t.predecessors(v).map(|(to, _)| to.clone()).collect())
+}
+
+/// Tarjan's strongly connected components of `topology`'s tiers along
+/// `next`, callees first.
+fn start_order_by(topology: &Topology, next: impl Fn(&Topology, &TierId) -> Vec<TierId>) -> Vec<Vec<TierId>> {
     // Tarjan's algorithm emits strongly connected components callees-first.
-    struct Tarjan<'a> {
+    struct Tarjan<'a, F> {
         topology: &'a Topology,
+        successors: F,
         index: HashMap<TierId, usize>,
         low: HashMap<TierId, usize>,
         stack: Vec<TierId>,
@@ -908,14 +967,17 @@ fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
         next: usize,
         out: Vec<Vec<TierId>>,
     }
-    impl Tarjan<'_> {
+    impl<F: Fn(&Topology, &TierId) -> Vec<TierId>> Tarjan<'_, F> {
         fn visit(&mut self, v: &TierId) {
             self.index.insert(v.clone(), self.next);
             self.low.insert(v.clone(), self.next);
             self.next += 1;
             self.stack.push(v.clone());
             self.on_stack.insert(v.clone());
-            let targets: Vec<TierId> = self.topology.links_from(v).map(|l| l.to.clone()).collect();
+            let targets: Vec<TierId> = (self.successors)(self.topology, v)
+                .into_iter()
+                .filter(|w| self.topology.tiers.contains_key(w))
+                .collect();
             for w in &targets {
                 if !self.index.contains_key(w) {
                     self.visit(w);
@@ -942,6 +1004,7 @@ fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
     }
     let mut t = Tarjan {
         topology,
+        successors: next,
         index: HashMap::new(),
         low: HashMap::new(),
         stack: Vec::new(),
@@ -957,60 +1020,117 @@ fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
     t.out
 }
 
-/// The order tiers start in: each once every tier it depends on settled
-/// (the tiers it links to, but those in a cycle with it, which start with
-/// it), and independently of all others — never in waves.
+/// The order tiers start in: each once every tier it depends on settled —
+/// the tiers it links to (but those in a cycle of links with it, which
+/// start with it) and those it names in `after:` — independently of all
+/// others, never in waves. A tier it links to may have failed (the caller
+/// starts without it); one it starts `after:` must have succeeded (a job
+/// completed, a service's replicas ready), else it never starts.
 struct StartGraph {
-    /// Tier → the tiers it waits for.
-    waits_for: IndexMap<TierId, HashSet<TierId>>,
+    /// Tier → the tiers it waits for, each with whether it must succeed.
+    waits_for: IndexMap<TierId, Vec<(TierId, bool)>>,
     started: HashSet<TierId>,
-    settled: HashSet<TierId>,
+    /// Settled tiers, and whether they succeeded.
+    settled: HashMap<TierId, bool>,
+    /// Tiers that will never start, in the order found.
+    blocked: Vec<TierId>,
 }
 
 impl StartGraph {
     /// The graph of `topology`'s tiers; those `starts` says no to are
     /// settled already (they run as they are).
     fn new(topology: &Topology, starts: impl Fn(&TierId) -> bool) -> Self {
-        let groups = start_order(topology);
+        let groups = link_groups(topology);
         let group_of: HashMap<&TierId, usize> =
             groups.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |id| (id, g))).collect();
-        let mut graph = Self { waits_for: IndexMap::new(), started: HashSet::new(), settled: HashSet::new() };
+        let mut graph =
+            Self { waits_for: IndexMap::new(), started: HashSet::new(), settled: HashMap::new(), blocked: Vec::new() };
         for id in topology.tiers.keys() {
             if !starts(id) {
                 graph.started.insert(id.clone());
-                graph.settled.insert(id.clone());
+                graph.settled.insert(id.clone(), true);
                 continue;
             }
-            // What any tier of its cycle (or itself alone) calls outside of it.
+            // What any tier of its cycle of links (or itself alone) depends on outside of it.
             let group = group_of[id];
-            let callees = groups[group]
+            let mut deps: Vec<(TierId, bool)> = groups[group]
                 .iter()
-                .flat_map(|member| topology.links_from(member))
-                .map(|l| &l.to)
-                .filter(|to| group_of.get(*to).is_some_and(|g| *g != group))
-                .cloned()
+                .flat_map(|member| topology.predecessors(member))
+                .filter(|(to, after)| *after || group_of.get(*to).is_some_and(|g| *g != group))
+                .filter(|(to, _)| topology.tiers.contains_key(*to))
+                .map(|(to, after)| (to.clone(), after))
                 .collect();
-            graph.waits_for.insert(id.clone(), callees);
+            deps.sort();
+            deps.dedup();
+            graph.waits_for.insert(id.clone(), deps);
         }
         graph
     }
 
-    /// The tiers that may start now (each returned once).
+    /// The tiers that may start now (each returned once). A tier that waits
+    /// `after:` one that did not succeed never starts: it is settled as
+    /// failed (see [`StartGraph::blocked`]), so that its own callers start
+    /// without it.
     fn startable(&mut self) -> Vec<TierId> {
+        loop {
+            let blocked: Vec<TierId> = self
+                .waits_for
+                .iter()
+                .filter(|(id, deps)| {
+                    !self.started.contains(*id)
+                        && deps.iter().any(|(d, must)| *must && self.settled.get(d) == Some(&false))
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if blocked.is_empty() {
+                break;
+            }
+            for id in blocked {
+                self.started.insert(id.clone());
+                self.settled.insert(id.clone(), false);
+                self.blocked.push(id);
+            }
+        }
         let ready: Vec<TierId> = self
             .waits_for
             .iter()
-            .filter(|(id, deps)| !self.started.contains(*id) && deps.iter().all(|d| self.settled.contains(d)))
+            .filter(|(id, deps)| {
+                !self.started.contains(*id)
+                    && deps.iter().all(|(d, must)| self.settled.get(d).is_some_and(|ok| *ok || !must))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         self.started.extend(ready.iter().cloned());
         ready
     }
 
-    /// `id`'s replicas settled: the tiers waiting for it may start.
-    fn settle(&mut self, id: &TierId) {
-        self.settled.insert(id.clone());
+    /// `id`'s replicas settled (`ok`: they all succeeded): the tiers waiting
+    /// for it may start.
+    fn settle(&mut self, id: &TierId, ok: bool) {
+        self.settled.insert(id.clone(), ok);
     }
+
+    /// The tiers that never started, each with why: the tiers it starts
+    /// after that did not succeed (failed, or never started in turn).
+    fn blocked(&self) -> Vec<(TierId, String)> {
+        self.blocked
+            .iter()
+            .map(|id| {
+                let failed: Vec<&str> = self.waits_for[id]
+                    .iter()
+                    .filter(|(d, must)| *must && self.settled.get(d) != Some(&true))
+                    .map(|(d, _)| d.as_str())
+                    .collect();
+                (id.clone(), format!("it starts after {}, which did not succeed", failed.join(", ")))
+            })
+            .collect()
+    }
+}
+
+/// The tiers of `topology` grouped by cycles of links (strongly connected
+/// components), callees first: each group starts together.
+fn link_groups(topology: &Topology) -> Vec<Vec<TierId>> {
+    start_order_by(topology, |t, v| t.links_from(v).map(|l| l.to.clone()).collect())
 }
 
 #[cfg(test)]
@@ -1041,13 +1161,13 @@ mod tests {
         assert_eq!(sorted(graph.startable()), ["c", "lone"]);
         assert!(graph.startable().is_empty(), "each tier is started once");
         // `lone` settling lets its caller start, whatever `c` is doing.
-        graph.settle(&TierId::new("lone"));
+        graph.settle(&TierId::new("lone"), true);
         assert_eq!(sorted(graph.startable()), ["other"]);
         // `a` and `b` call each other: they start together, once `c` settled.
-        graph.settle(&TierId::new("c"));
+        graph.settle(&TierId::new("c"), true);
         assert_eq!(sorted(graph.startable()), ["a", "b"]);
         // `web` calls `a` only: `b` may still be starting.
-        graph.settle(&TierId::new("a"));
+        graph.settle(&TierId::new("a"), true);
         assert_eq!(sorted(graph.startable()), ["web"]);
     }
 

@@ -27,6 +27,9 @@ fn tier_label(t: &TierSpec) -> String {
     if let Some(addr) = t.listen {
         let _ = write!(label, "\\n{addr}");
     }
+    if t.run == super::model::Run::Once {
+        label.push_str("\\nrun once");
+    }
     label
 }
 
@@ -66,6 +69,11 @@ fn mermaid(t: &Topology) -> String {
             mermaid_id(l.to.as_str())
         );
     }
+    for tier in t.tiers.values() {
+        for before in &tier.after {
+            let _ = writeln!(out, "    {} -. after .-> {}", mermaid_id(tier.id.as_str()), mermaid_id(before.as_str()));
+        }
+    }
     out
 }
 
@@ -83,6 +91,7 @@ fn dot(t: &Topology) -> String {
             LinkKind::Rest => "solid",
             LinkKind::Rpc => "bold",
             LinkKind::Queue => "dashed",
+            LinkKind::Tcp => "solid, penwidth=2",
         };
         let _ = writeln!(
             out,
@@ -91,6 +100,16 @@ fn dot(t: &Topology) -> String {
             dot_quote(l.to.as_str()),
             dot_quote(&link_label(l))
         );
+    }
+    for tier in t.tiers.values() {
+        for before in &tier.after {
+            let _ = writeln!(
+                out,
+                "    {} -> {} [label=\"after\", style=dotted];",
+                dot_quote(tier.id.as_str()),
+                dot_quote(before.as_str())
+            );
+        }
     }
     out.push_str("}\n");
     out

@@ -15,7 +15,9 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use model::{LinkKind, LinkSpec, PEER_PLUGIN, Placement, QueueMode, QueueRole, Share, TierId, TierSpec, Topology};
+pub use model::{
+    LinkKind, LinkSpec, PEER_PLUGIN, Placement, QueueMode, QueueRole, Run, Share, TierId, TierSpec, Topology,
+};
 
 use crate::plugins::Registry;
 

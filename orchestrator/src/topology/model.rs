@@ -182,6 +182,13 @@ impl Topology {
     pub fn links_from<'a>(&'a self, tier: &'a TierId) -> impl Iterator<Item = &'a LinkSpec> + 'a {
         self.links.iter().filter(move |l| &l.from == tier)
     }
+
+    /// What `tier` starts after: the tiers it links to, and those it names
+    /// in `after:` (the second value says which: `true` for `after:`).
+    pub fn predecessors<'a>(&'a self, tier: &'a TierId) -> impl Iterator<Item = (&'a TierId, bool)> + 'a {
+        let after = self.tiers.get(tier).into_iter().flat_map(|t| t.after.iter()).map(|t| (t, true));
+        self.links_from(tier).map(|l| (&l.to, false)).chain(after)
+    }
 }
 
 /// The directory of topology file `file`: `.` when it is named without one.
@@ -241,7 +248,24 @@ pub struct TierSpec {
     /// The `env` values read from files: name → the path as written
     /// (relative to the topology file). Their content is in `env`.
     pub env_files: BTreeMap<String, String>,
+    /// A service, or a job.
+    pub run: Run,
+    /// Tiers this one starts after (besides those it links to).
+    pub after: Vec<TierId>,
 }
+
+/// How a tier runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Run {
+    /// A service: kept running.
+    #[default]
+    Always,
+    /// A job: runs to completion, once.
+    Once,
+}
+
+/// The environment variable that tells a process tier's replica it is a job.
+pub const RUN_ENV: &str = "ORCH_RUN";
 
 /// How a queue link delivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,6 +296,10 @@ pub struct LinkSpec {
     pub path: Option<String>,
     /// Queue links: which way the link goes through the broker.
     pub queue_role: Option<QueueRole>,
+    /// TCP links: a connection quiet for this long is closed.
+    pub idle_timeout: Duration,
+    /// TCP links: connections open at once through the link.
+    pub max_connections: u32,
 }
 
 impl LinkSpec {
@@ -292,6 +320,9 @@ impl LinkSpec {
             if let Some(path) = &self.path {
                 params.insert("path".to_owned(), path.clone());
             }
+        }
+        if self.kind == LinkKind::Tcp {
+            params.insert("max_connections".to_owned(), self.max_connections.to_string());
         }
         plugin_api::LinkInfo { name: self.name.clone(), kind: self.kind, params }
     }
@@ -315,6 +346,16 @@ pub mod limits {
     pub const MAX_RETRIES: u32 = 10;
     pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
     pub const MAX_CONCURRENCY: u32 = 1024;
+    /// A TCP link's connection with no byte either way for this long is closed.
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Connections open at once through a TCP link, by default.
+    pub const TCP_MAX_CONNECTIONS: u32 = 1024;
+    /// The most a TCP link's `max_connections` may be.
+    pub const TCP_MAX_CONNECTIONS_LIMIT: u32 = 65_536;
+    /// A TCP link's connect timeout, unless its `timeout` is shorter.
+    pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The plugins that run a store's server: one replica, always.
+    pub const STORE_PLUGINS: [&str; 2] = ["postgres", "redis"];
     /// Largest file an `env` value is read from.
     pub const MAX_ENV_FILE: u64 = 64 * 1024;
     /// The plugin that makes a tier a message broker.

@@ -82,9 +82,47 @@ pub struct RawTier {
     pub host: Option<RawPlacement>,
     /// Process tiers: the container image their program runs in on
     /// Kubernetes (`orchestrator export kubernetes`), beside the
-    /// orchestrator in each pod. `run` does not use it.
+    /// orchestrator in each pod; store tiers: the server's image there
+    /// (`postgres:15`, `redis:7`). `run` does not use it.
     #[serde(default)]
     pub image: Option<String>,
+    /// `always` (the default: a service, restarted when it exits) or `once`
+    /// (a job, process tiers only: runs to completion, exit 0 is done).
+    #[serde(default)]
+    pub run: Option<RawRun>,
+    /// Tiers this one starts after, where no link says so: each must be
+    /// ready (a job: completed) first.
+    #[serde(default)]
+    pub after: Option<RawNames>,
+}
+
+/// How a tier runs.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Run")]
+pub enum RawRun {
+    /// A service: kept running, restarted when it exits.
+    Always,
+    /// A job: runs to completion; exit 0 is done, and those `after` it start.
+    Once,
+}
+
+/// One name, or a list of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "Names")]
+pub enum RawNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawNames {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            RawNames::One(n) => vec![n],
+            RawNames::Many(ns) => ns,
+        }
+    }
 }
 
 /// An environment variable's value: text, or a file's content.
@@ -159,6 +197,8 @@ pub enum RawLinkKind {
     Rpc,
     /// Messages through a queue tier.
     Queue,
+    /// TCP connections (a database's, a cache's protocol), forwarded as they are.
+    Tcp,
 }
 
 /// Delivery mode of a queue link.
@@ -207,6 +247,14 @@ pub struct RawLink {
     /// (default `/messages/<topic>`).
     #[serde(default)]
     pub path: Option<String>,
+    /// TCP links: a connection with no byte either way for this long is
+    /// closed, such as `1h` (default 1h).
+    #[serde(default)]
+    pub idle_timeout: Option<RawDuration>,
+    /// TCP links: connections open at once through the link (1 to 65,536;
+    /// default 1,024); past it a new one is closed at once.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// The topology file's JSON Schema, pretty-printed.

@@ -304,6 +304,7 @@ impl Validator<'_> {
         let tiers = self.tiers(&plugin_dirs);
         let (links, declared) = self.links(&tiers);
         self.listen_conflicts(&tiers);
+        self.order(&tiers, &links);
         self.images(&tiers);
         self.plugin_configs(&tiers, &declared, &plugin_dirs);
 
@@ -438,6 +439,8 @@ impl Validator<'_> {
                     env: IndexMap::new(),
                     host: None,
                     image: None,
+                    run: None,
+                    after: None,
                 };
                 out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves: None, broken: true });
                 continue;
@@ -480,6 +483,30 @@ impl Validator<'_> {
             if raw.plugin == limits::BROKER_PLUGIN && raw.replicas.is_some_and(|r| r != 1) {
                 self.error(&tpath.key("replicas"), "a queue tier is one broker: it runs exactly one replica").hint =
                     Some("remove `replicas:`; scale the subscribing tiers instead".into());
+            }
+            if limits::STORE_PLUGINS.contains(&raw.plugin.as_str()) && raw.replicas.is_some_and(|r| r != 1) {
+                self.error(
+                    &tpath.key("replicas"),
+                    format!("a `{}` tier is one server: it runs exactly one replica", raw.plugin),
+                )
+                .hint = Some("remove `replicas:` (replication is not supported yet)".into());
+            }
+            if raw.run == Some(super::raw::RawRun::Once) {
+                if raw.plugin != "process" {
+                    self.error(
+                        &tpath.key("run"),
+                        format!("only a process tier can run once, not a `{}` tier", raw.plugin),
+                    )
+                    .hint = Some("give the job `plugin: process` and its `command`".into());
+                }
+                if raw.replicas.is_some_and(|r| r != 1) {
+                    self.error(&tpath.key("replicas"), "a job (`run: once`) runs one replica").hint =
+                        Some("remove `replicas:`".into());
+                }
+                if raw.listen.is_some() {
+                    self.error(&tpath.key("listen"), "a job (`run: once`) takes no traffic: it has no `listen`").hint =
+                        Some("remove `listen:`".into());
+                }
             }
             let broken = serves.is_none();
             out.insert(TierId::new(&key.name), TierDraft { raw, path: tpath, serves, broken });
@@ -545,7 +572,18 @@ impl Validator<'_> {
                 RawLinkKind::Rest => LinkKind::Rest,
                 RawLinkKind::Rpc => LinkKind::Rpc,
                 RawLinkKind::Queue => LinkKind::Queue,
+                RawLinkKind::Tcp => LinkKind::Tcp,
             };
+            if let Some(target) = tiers.get(&TierId::new(&raw.to))
+                && target.raw.run == Some(super::raw::RawRun::Once)
+            {
+                self.error(
+                    &lpath.key("to"),
+                    format!("tier `{}` is a job (`run: once`): nothing can call it", raw.to),
+                )
+                .hint = Some(format!("to start after it, write `after: [{}]` on the caller", raw.to));
+                ok = false;
+            }
             if let Some(target) = tiers.get(&TierId::new(&raw.to))
                 && let Some(serves) = &target.serves
                 && !serves.contains(&kind)
@@ -628,6 +666,48 @@ impl Validator<'_> {
                 }
                 _ => None,
             };
+            for (key, set) in
+                [("idle_timeout", raw.idle_timeout.is_some()), ("max_connections", raw.max_connections.is_some())]
+            {
+                if set && kind != LinkKind::Tcp {
+                    self.key_error(&lpath.key(key), format!("`{key}` only applies to tcp links"));
+                    ok = false;
+                }
+            }
+            if kind == LinkKind::Tcp && raw.retries.is_some() {
+                self.key_error(&lpath.key("retries"), "`retries` does not apply to tcp links").hint =
+                    Some("a refused connection is tried on another replica anyway".into());
+                ok = false;
+            }
+            let idle_timeout = match &raw.idle_timeout {
+                None => limits::TCP_IDLE_TIMEOUT,
+                Some(RawDuration::Number(n)) => {
+                    self.error(&lpath.key("idle_timeout"), format!("`{n}` is not a duration: it has no unit")).hint =
+                        Some(format!("did you mean `{n}s`?"));
+                    ok = false;
+                    Duration::ZERO
+                }
+                Some(RawDuration::Text(t)) => match humantime::parse_duration(t) {
+                    Ok(d) if d > Duration::ZERO => d,
+                    _ => {
+                        self.error(&lpath.key("idle_timeout"), format!("`{t}` is not a duration greater than zero"))
+                            .hint = Some("write a number with a unit, e.g. `30m` or `1h`".into());
+                        ok = false;
+                        Duration::ZERO
+                    }
+                },
+            };
+            let max_connections = raw.max_connections.unwrap_or(limits::TCP_MAX_CONNECTIONS);
+            if !(1..=limits::TCP_MAX_CONNECTIONS_LIMIT).contains(&max_connections) {
+                self.error(
+                    &lpath.key("max_connections"),
+                    format!(
+                        "max_connections must be between 1 and {}, not {max_connections}",
+                        limits::TCP_MAX_CONNECTIONS_LIMIT
+                    ),
+                );
+                ok = false;
+            }
             let settings = [
                 ("topic", raw.topic.is_some(), queue_role.is_some()),
                 ("mode", raw.mode.is_some(), queue_role == Some(QueueRole::Deliver)),
@@ -691,6 +771,8 @@ impl Validator<'_> {
                     concurrency,
                     path,
                     queue_role,
+                    idle_timeout,
+                    max_connections,
                 };
                 out.push(spec);
             }
@@ -839,7 +921,89 @@ impl Validator<'_> {
             },
             image: raw.image,
             env_files,
+            run: match raw.run {
+                Some(super::raw::RawRun::Once) => super::model::Run::Once,
+                _ => super::model::Run::Always,
+            },
+            after: raw
+                .after
+                .map(super::raw::RawNames::into_vec)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| TierId::new(t))
+                .collect(),
         })
+    }
+
+    /// `after:`: every name a tier of the file, not the tier itself, and no
+    /// cycle that `after:` closes (through other `after:` or links: each
+    /// would wait for the other). Cycles of links alone start together.
+    fn order(&mut self, tiers: &IndexMap<TierId, TierDraft>, links: &[LinkSpec]) {
+        let names: Vec<&str> = tiers.keys().map(TierId::as_str).collect();
+        let mut edges: HashMap<&str, Vec<(&str, Option<KeyPath>)>> = HashMap::new();
+        for l in links {
+            edges.entry(l.from.as_str()).or_default().push((l.to.as_str(), None));
+        }
+        for (id, draft) in tiers {
+            let Some(after) = &draft.raw.after else { continue };
+            let (list, one) = match after {
+                super::raw::RawNames::One(n) => (std::slice::from_ref(n), true),
+                super::raw::RawNames::Many(ns) => (ns.as_slice(), false),
+            };
+            for (i, name) in list.iter().enumerate() {
+                let path = if one { draft.path.key("after") } else { draft.path.key("after").index(i) };
+                if name == id.as_str() {
+                    self.error(&path, format!("tier `{id}` cannot start after itself"));
+                } else if !tiers.contains_key(&TierId::new(name)) {
+                    let hint =
+                        self.suggest(name, &names).unwrap_or_else(|| format!("the tiers are: {}", some_of(&names)));
+                    self.error(&path, format!("unknown tier `{name}`")).hint = Some(hint);
+                } else {
+                    edges.entry(id.as_str()).or_default().push((name.as_str(), Some(path)));
+                }
+            }
+        }
+        // A cycle through an `after:` edge: from its target, the way back to its tier.
+        for (from, targets) in &edges {
+            for (to, path) in targets {
+                let Some(path) = path else { continue };
+                if let Some(way) = Self::way(&edges, to, from) {
+                    let cycle: Vec<&str> = std::iter::once(*from).chain(way).collect();
+                    self.error(path, format!("a start-order cycle: {}", cycle.join(" → "))).hint =
+                        Some("each would wait for the other: remove one `after:` (or link)".into());
+                }
+            }
+        }
+    }
+
+    /// The tiers from `start` to `goal` along `edges`, if `goal` is reachable.
+    fn way<'a>(
+        edges: &HashMap<&'a str, Vec<(&'a str, Option<KeyPath>)>>,
+        start: &'a str,
+        goal: &'a str,
+    ) -> Option<Vec<&'a str>> {
+        let mut parent: HashMap<&str, &str> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        let mut seen = std::collections::HashSet::from([start]);
+        while let Some(at) = queue.pop_front() {
+            if at == goal {
+                let mut way = vec![at];
+                let mut cur = at;
+                while let Some(p) = parent.get(cur) {
+                    way.push(p);
+                    cur = p;
+                }
+                way.reverse();
+                return Some(way);
+            }
+            for (next, _) in edges.get(at).into_iter().flatten() {
+                if seen.insert(next) {
+                    parent.insert(next, at);
+                    queue.push_back(next);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -1091,6 +1255,66 @@ mod tests {
         let d = e.iter().find(|d| d.0 == "links[0].kind").unwrap();
         assert!(d.3.contains("cannot serve `queue` links"), "{d:?}");
         assert_eq!(d.1, 11);
+    }
+
+    const JOBS: &str = "version: 1\nname: t\ntiers:\n  db:\n    plugin: process\n    config: { command: [server] }\n  migrate:\n    plugin: process\n    run: once\n    config: { command: [migrate] }\n  api:\n    plugin: process\n    after: [migrate]\n    config: { command: [api] }\n";
+
+    #[test]
+    fn jobs_after_and_tcp_links_become_specs() {
+        let t = check(&format!(
+            "{JOBS}links:\n  - {{ from: migrate, to: db, kind: tcp }}\n  - {{ from: api, to: db, kind: tcp, idle_timeout: 5m, max_connections: 10 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(t.tiers[&TierId::new("migrate")].run, super::super::model::Run::Once);
+        assert_eq!(t.tiers[&TierId::new("api")].after, [TierId::new("migrate")]);
+        let api = t.links.iter().find(|l| l.from.as_str() == "api").unwrap();
+        assert_eq!((api.kind, api.idle_timeout, api.max_connections), (LinkKind::Tcp, Duration::from_secs(300), 10));
+        let migrate = t.links.iter().find(|l| l.from.as_str() == "migrate").unwrap();
+        assert_eq!((migrate.idle_timeout, migrate.max_connections), (Duration::from_secs(3600), 1024));
+    }
+
+    #[test]
+    fn order_mistakes_are_located() {
+        let e = errors(&JOBS.replace("after: [migrate]", "after: [migrat, api]"));
+        let unknown = e.iter().find(|d| d.0 == "tiers.api.after[0]").unwrap();
+        assert!(unknown.3.contains("unknown tier `migrat`"), "{unknown:?}");
+        assert!(e.iter().any(|d| d.0 == "tiers.api.after[1]" && d.3.contains("cannot start after itself")), "{e:?}");
+        // A cycle `after:` closes, through a link.
+        let e = errors(&format!(
+            "{}links:\n  - {{ from: migrate, to: api, kind: rest }}\n",
+            JOBS.replace("    run: once\n", "")
+        ));
+        let cycle = e.iter().find(|d| d.3.contains("start-order cycle")).unwrap();
+        assert_eq!(cycle.0, "tiers.api.after[0]");
+        assert!(cycle.3.contains("api → migrate → api"), "{cycle:?}");
+        // Nothing calls a job; a job runs one replica and listens nowhere; only a process tier runs once.
+        let e = errors(&format!(
+            "{}links:\n  - {{ from: api, to: migrate, kind: rest }}\n",
+            JOBS.replace(
+                "    config: { command: [migrate] }",
+                "    replicas: 2\n    listen: 127.0.0.1:0\n    config: { command: [migrate] }"
+            )
+        ));
+        assert!(e.iter().any(|d| d.0 == "links[0].to" && d.3.contains("is a job")), "{e:?}");
+        assert!(e.iter().any(|d| d.0 == "tiers.migrate.replicas"), "{e:?}");
+        assert!(e.iter().any(|d| d.0 == "tiers.migrate.listen"), "{e:?}");
+        let e = errors("version: 1\nname: t\ntiers:\n  web:\n    plugin: gateway\n    run: once\n");
+        assert!(e.iter().any(|d| d.0 == "tiers.web.run" && d.3.contains("only a process tier")), "{e:?}");
+    }
+
+    #[test]
+    fn tcp_settings_apply_to_tcp_links_only() {
+        let e = errors(&format!(
+            "{JOBS}links:\n  - {{ from: api, to: db, kind: rest, max_connections: 3 }}\n  - {{ from: migrate, to: db, kind: tcp, retries: 2, idle_timeout: 0s }}\n"
+        ));
+        assert!(
+            e.iter().any(|d| d.0 == "links[0].max_connections" && d.3.contains("only applies to tcp links")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|d| d.0 == "links[1].retries"), "{e:?}");
+        assert!(e.iter().any(|d| d.0 == "links[1].idle_timeout"), "{e:?}");
+        let e = errors(&format!("{JOBS}links:\n  - {{ from: api, to: db, kind: tcp, max_connections: 0 }}\n"));
+        assert!(e.iter().any(|d| d.0 == "links[0].max_connections"), "{e:?}");
     }
 
     const QUEUE: &str = "version: 1\nname: t\ntiers:\n  web:\n    plugin: gateway\n    config: { routes: [{ path: /, link: orders }] }\n  orders:\n    plugin: queue\n  worker:\n    plugin: process\n    config: { command: [\"true\"] }\n";

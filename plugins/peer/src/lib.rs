@@ -348,7 +348,7 @@ impl Peer {
 }
 
 impl Plugin for Peer {
-    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
+    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue, LinkKind::Tcp];
 
     fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         if self.peers.is_empty() {

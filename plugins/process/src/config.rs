@@ -127,6 +127,11 @@ pub struct Settings {
     pub max_backoff: Duration,
     pub startup_timeout: Duration,
     pub stop_grace: Duration,
+    /// A job (the tier's `run: once`): runs to completion, exit 0 is done.
+    pub job: bool,
+    /// The signal that asks the program to stop (SIGTERM; a store's recipe
+    /// may ask for another: PostgreSQL's fast shutdown is SIGINT).
+    pub stop_signal: nix::sys::signal::Signal,
 }
 
 fn duration(value: &Option<String>, default: Duration) -> Result<Duration, String> {
@@ -249,6 +254,8 @@ impl Process {
             max_backoff,
             startup_timeout,
             stop_grace,
+            job: false,
+            stop_signal: nix::sys::signal::Signal::SIGTERM,
         })
     }
 

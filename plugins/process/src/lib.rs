@@ -47,7 +47,7 @@ pub use replica::{PROGRAM_PORT_ENV, command_exists, link_var, strip_ansi};
 
 impl Plugin for Process {
     /// REST over HTTP/1.1, and RPC as gRPC over HTTP/2, to the program's `PORT`.
-    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue];
+    const SERVES: &'static [LinkKind] = &[LinkKind::Rest, LinkKind::Rpc, LinkKind::Queue, LinkKind::Tcp];
 
     fn validate(&self, _cx: &ValidateContext) -> Result<(), Vec<ConfigIssue>> {
         self.check()
@@ -78,10 +78,12 @@ impl Plugin for Process {
         self.replica.get().is_some_and(|r| r.is_ready())
     }
 
+    /// Ready once its probe passes; a job (`run: once`) once it exited 0.
     async fn wait_ready(&self, cx: Context) -> Result<(), String> {
-        let settings = self.parse().map_err(|issues| {
+        let mut settings = self.parse().map_err(|issues| {
             issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect::<Vec<_>>().join("; ")
         })?;
+        settings.job = cx.env(RUN_ENV).is_some_and(|r| r == "once");
         let replica = self.replica.get_or_init(|| Replica::start(settings, cx));
         replica.wait_ready().await
     }
@@ -98,6 +100,11 @@ impl Plugin for Process {
 }
 
 impl Process {
+    /// The port this replica's program serves on, once it was started.
+    pub fn port(&self) -> Option<u16> {
+        self.replica.get().map(|r| r.port())
+    }
+
     /// This replica's program, to send REST requests to in hyper's types:
     /// for a host this plugin is linked into, which would otherwise copy a
     /// request into the plugin API's types and the answer back out.
@@ -129,6 +136,10 @@ impl Drop for Process {
         }
     }
 }
+
+/// The environment variable by which the host tells a replica it is a job
+/// (the tier's `run: once`).
+pub const RUN_ENV: &str = "ORCH_RUN";
 
 /// Shared, started on first use (`wait_ready`, which the host calls before
 /// routing anything to the instance).

@@ -40,7 +40,12 @@ struct Report {
     probe_failures: u64,
     /// Why the replica gave up, once it has.
     failed: Option<String>,
+    /// A job that ran to completion.
+    completed: bool,
 }
+
+/// The last lines a program printed, kept to say why a job failed.
+const LAST_LINES: usize = 10;
 
 #[derive(Debug)]
 pub struct Replica {
@@ -57,6 +62,8 @@ pub struct Replica {
     forwarder: Forwarder,
     grpc: GrpcForwarder,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The program's last lines of output (a job's, to say why it failed).
+    last_lines: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl Replica {
@@ -76,6 +83,7 @@ impl Replica {
             forwarder: Forwarder::new(port),
             grpc: GrpcForwarder::new(port),
             task: Mutex::new(None),
+            last_lines: Arc::default(),
         });
         let task = match beside {
             Some(_) => tokio::spawn(attend(replica.clone(), settings, cx)),
@@ -89,16 +97,21 @@ impl Replica {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The port the program serves on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     fn update(&self, f: impl FnOnce(&mut Report)) {
         f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
         self.changed.notify_waiters();
     }
 
-    /// Completes once ready, or with why the replica gave up.
+    /// Completes once ready (a job: completed), or with why the replica gave up.
     pub async fn wait_ready(&self) -> Result<(), String> {
         loop {
             let changed = self.changed.notified();
-            if self.is_ready() {
+            if self.is_ready() || self.report.lock().unwrap_or_else(|e| e.into_inner()).completed {
                 return Ok(());
             }
             if let Some(why) = self.report.lock().unwrap_or_else(|e| e.into_inner()).failed.clone() {
@@ -122,6 +135,7 @@ impl Replica {
             "pgid": match self.pgid.load(Ordering::Acquire) { 0 => None, g => Some(g) },
             "last_probe_error": r.last_probe_error,
             "failed": r.failed,
+            "completed": r.completed,
         })
     }
 
@@ -215,9 +229,31 @@ fn environment(settings: &Settings, cx: &Context, port: u16) -> BTreeMap<String,
             LinkKind::Rpc => {
                 env.insert(link_var(&link, "ADDR"), url.trim_start_matches("h2c://").to_owned());
             }
+            // A TCP link: its local address, and a store's connection string.
+            LinkKind::Tcp => {
+                for (suffix, value) in tcp_link_vars(&url) {
+                    env.insert(link_var(&link, suffix), value);
+                }
+            }
         }
     }
     env
+}
+
+/// What a program is given for a TCP link whose URL the host gave as
+/// `url`: `tcp://HOST:PORT` for any target, or a store's connection string
+/// (`postgresql://user:password@HOST:PORT/db`, `redis://…`), which is also
+/// `_URL`.
+pub fn tcp_link_vars(url: &str) -> Vec<(&'static str, String)> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("tcp", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let addr = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, ""));
+    let mut vars = vec![("ADDR", addr.to_owned()), ("HOST", host.to_owned()), ("PORT", port.to_owned())];
+    if scheme != "tcp" {
+        vars.push(("URL", url.to_owned()));
+    }
+    vars
 }
 
 /// Starts the program, through the shim (see [`crate::shim`]) when this
@@ -363,7 +399,19 @@ pub fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
 /// as fast as the program writes it, whatever its lines' length, so it never
 /// blocks the program; what is kept of a line is at most [`MAX_LOG_LINE`]
 /// bytes, so it never grows the orchestrator.
-fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context, which: Stream) {
+fn relay(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    cx: Context,
+    which: Stream,
+    last: Arc<Mutex<std::collections::VecDeque<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    let keep = move |line: &str| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() == LAST_LINES {
+            last.pop_front();
+        }
+        last.push_back(line.chars().take(512).collect());
+    };
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(8 * 1024, stream);
         let mut line = LogLine::default();
@@ -380,13 +428,17 @@ fn relay(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, cx: Context
             let used = ends.unwrap_or(buf.len());
             reader.consume(used);
             if ends.is_some() {
-                which.log(&cx, output_line(line.take()));
+                let text = output_line(line.take());
+                keep(&text);
+                which.log(&cx, text);
             }
         }
         if !line.is_empty() {
-            which.log(&cx, output_line(line.take()));
+            let text = output_line(line.take());
+            keep(&text);
+            which.log(&cx, text);
         }
-    });
+    })
 }
 
 /// A line as logged: colours stripped unless they go to a terminal.
@@ -524,6 +576,10 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
                 });
                 return;
             }
+            Ended::Exited { why, success, code, .. } if settings.job => {
+                finish_job(&replica, &cx, why, success, code);
+                return;
+            }
             Ended::Exited { why, success, ready_for, code } => {
                 replica.update(|r| r.last_exit_code = code);
                 // A replica that stayed ready for a while earns its full restart budget back.
@@ -571,6 +627,39 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
         }
         backoff = (backoff * 2).min(settings.max_backoff);
     }
+}
+
+/// Waits for every task of `handles`.
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+/// A job ended: completed (exit 0), or failed with its exit and last lines.
+/// Jobs are not restarted.
+fn finish_job(replica: &Replica, cx: &Context, why: String, success: bool, code: Option<i32>) {
+    replica.update(|r| r.last_exit_code = code);
+    if success {
+        replica.update(|r| {
+            r.state = "completed";
+            r.pid = None;
+            r.last_exit = Some(why);
+            r.last_exit_code = Some(0);
+            r.completed = true;
+        });
+        cx.info(format_args!("Job completed."));
+        return;
+    }
+    let last: Vec<String> = replica.last_lines.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+    let tail = if last.is_empty() { String::new() } else { format!("; its last lines: {}", last.join(" ⏎ ")) };
+    replica.update(|r| {
+        r.state = "failed";
+        r.pid = None;
+        r.last_exit = Some(why.clone());
+        r.failed = Some(format!("the job failed: {why}{tail}"));
+    });
+    cx.error(format_args!("Job failed: {why}{tail}."));
 }
 
 /// The environment variable naming the port of a program that runs beside
@@ -646,11 +735,23 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
         r.pid = Some(pid);
         r.state = "starting";
     });
+    let mut relays = Vec::new();
     if let Some(out) = child.stdout.take() {
-        relay(out, cx.clone(), Stream::Stdout);
+        relays.push(relay(out, cx.clone(), Stream::Stdout, replica.last_lines.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        relay(err, cx.clone(), Stream::Stderr);
+        relays.push(relay(err, cx.clone(), Stream::Stderr, replica.last_lines.clone()));
+    }
+    if settings.job {
+        // A job serves nothing: it runs until it exits (or is stopped).
+        replica.update(|r| r.state = "running");
+        let ended = tokio::select! {
+            status = child.wait() => Ended::exited(status, None),
+            _ = stop_requested(replica) => terminate(replica, settings, &mut child).await,
+        };
+        // Its last lines are read before it is judged (what it left running may hold the pipes: a second at most).
+        let _ = tokio::time::timeout(Duration::from_secs(1), futures_join(relays)).await;
+        return ended;
     }
     // Readiness: probe until it passes, the program exits, or time runs out.
     let started = Instant::now();
@@ -748,7 +849,7 @@ fn kill_group(replica: &Replica, signal: Signal) -> nix::Result<()> {
 async fn terminate(replica: &Replica, settings: &Settings, child: &mut Child) -> Ended {
     replica.ready.store(false, Ordering::Release);
     replica.update(|r| r.state = "stopping");
-    let _ = kill_group(replica, Signal::SIGTERM);
+    let _ = kill_group(replica, settings.stop_signal);
     if tokio::time::timeout(settings.stop_grace, child.wait()).await.is_err() {
         let _ = kill_group(replica, Signal::SIGKILL);
         let _ = child.wait().await;
