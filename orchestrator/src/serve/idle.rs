@@ -8,9 +8,11 @@
 //! a client that stops reading what it is sent. Each of those holds a place
 //! in the connection budget for as long as the client likes.
 //!
-//! The watchdog looks at the connection every [`Timeouts::period`] — a
-//! deadline in its worker's table, re-armed: a few nanoseconds per look, none
-//! per request — and counts the looks in a row with no byte read or written:
+//! The watchdog, a task of its own on the connection's worker, looks at the
+//! connection every [`Timeouts::period`] — a deadline in its worker's
+//! table, re-armed: a few nanoseconds per look, none per request; the
+//! connection reads its verdict from one flag — and counts the looks in a
+//! row with no byte read or written:
 //! - no request in flight and none ever: after [`Timeouts::header`], it is
 //!   closed (a client that opened a connection and never spoke);
 //! - no request in flight: after [`Timeouts::idle`], it is told to close
@@ -23,9 +25,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -73,7 +75,8 @@ impl Timeouts {
     }
 }
 
-/// What a connection did, as its watchdog reads it.
+/// What a connection did, as its watchdog reads it; and what the watchdog
+/// decided, as the connection reads it.
 #[derive(Debug, Default)]
 pub struct Activity {
     /// Bytes read and written (wrapping): a change is a sign of life.
@@ -84,7 +87,17 @@ pub struct Activity {
     served: AtomicBool,
     /// A write waits for the client to make room.
     write_blocked: AtomicBool,
+    /// The watchdog's verdict: [`FINE`], [`TOLD`], or an [`Expired`] (+ 2).
+    verdict: AtomicU8,
+    /// The connection ended: the watchdog ends too.
+    closed: AtomicBool,
+    /// The connection task, to wake with a verdict.
+    waker: Mutex<Option<Waker>>,
 }
+
+const FINE: u8 = 0;
+/// Told to close gracefully (idle).
+const TOLD: u8 = 1;
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -94,8 +107,17 @@ impl Activity {
     /// A request is being answered until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.served.store(true, Ordering::Relaxed);
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
         InFlight(self.clone())
+    }
+
+    fn decide(&self, verdict: u8) {
+        self.verdict.store(verdict, Ordering::Release);
+        if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            waker.wake_by_ref();
+        }
     }
 }
 
@@ -183,60 +205,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Expired {
     #[error("the client sent nothing within the header timeout")]
-    Silent,
+    Silent = 2,
     #[error("the connection was idle past the idle timeout")]
-    Idle,
+    Idle = 3,
     #[error("the client read nothing of its answer within the send timeout")]
-    Send,
+    Send = 4,
 }
 
-/// A connection under watch (see the module's documentation).
+impl Expired {
+    fn from_verdict(v: u8) -> Option<Self> {
+        match v {
+            2 => Some(Expired::Silent),
+            3 => Some(Expired::Idle),
+            4 => Some(Expired::Send),
+            _ => None,
+        }
+    }
+}
+
+/// A connection under watch (see the module's documentation). The looks
+/// are a task of their own, on the connection's worker: the connection's
+/// own polls read one flag, and arm no timer.
 pub struct Watchdog<C> {
     conn: Pin<Box<C>>,
     activity: Arc<Activity>,
-    timeouts: Timeouts,
-    deadline: Pin<Box<Deadline>>,
-    seen: u64,
-    quiet: u32,
-    blocked: u32,
-    /// Told to close gracefully: closed at the next look if still open.
+    /// The waker last registered with the activity.
+    registered: Option<Waker>,
     told: bool,
 }
 
 impl<C: Graceful> Watchdog<C> {
     pub fn new(conn: C, activity: Arc<Activity>, timeouts: Timeouts) -> Self {
-        let deadline = Box::pin(Deadline::at(Instant::now() + timeouts.period()));
-        Self { conn: Box::pin(conn), activity, timeouts, deadline, seen: 0, quiet: 0, blocked: 0, told: false }
+        tokio::spawn(watch(activity.clone(), timeouts));
+        Self { conn: Box::pin(conn), activity, registered: None, told: false }
     }
+}
 
-    /// One look; `Some` when the connection must end now.
-    fn look(&mut self) -> Option<Expired> {
-        let bytes = self.activity.bytes.load(Ordering::Relaxed);
-        if bytes != self.seen {
-            self.seen = bytes;
-            (self.quiet, self.blocked) = (0, 0);
-            return None;
-        }
-        if self.activity.write_blocked.load(Ordering::Relaxed) {
-            self.blocked += 1;
-            return (self.blocked >= self.timeouts.looks(self.timeouts.send)).then_some(Expired::Send);
-        }
-        if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
-            self.quiet = 0;
-            return None;
-        }
-        self.quiet += 1;
-        if !self.activity.served.load(Ordering::Relaxed) {
-            return (self.quiet >= self.timeouts.looks(self.timeouts.header)).then_some(Expired::Silent);
-        }
-        if self.told {
-            return Some(Expired::Idle);
-        }
-        if self.quiet >= self.timeouts.looks(self.timeouts.idle) {
-            self.told = true;
-            self.conn.as_mut().graceful_shutdown();
-        }
-        None
+impl<C> Drop for Watchdog<C> {
+    fn drop(&mut self) {
+        self.activity.closed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -245,28 +252,73 @@ impl<C: Graceful> Future for Watchdog<C> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
-            return Poll::Ready(Ok(out));
+        // A task's waker stays the same: registered once, read without a lock after.
+        if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *this.activity.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            this.registered = Some(cx.waker().clone());
         }
-        while this.deadline.as_mut().poll(cx).is_ready() {
-            if let Some(expired) = this.look() {
-                return Poll::Ready(Err(expired));
+        // Read after registering: a verdict from now on wakes this task.
+        match this.activity.verdict.load(Ordering::Acquire) {
+            FINE => {}
+            TOLD => {
+                if !this.told {
+                    this.told = true;
+                    this.conn.as_mut().graceful_shutdown();
+                }
             }
-            this.deadline.set(Deadline::at(Instant::now() + this.timeouts.period()));
-            if this.told {
-                // Told to close: it may be done at once.
-                if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(out));
+            v => {
+                if let Some(expired) = Expired::from_verdict(v) {
+                    return Poll::Ready(Err(expired));
                 }
             }
         }
-        Poll::Pending
+        this.conn.as_mut().poll(cx).map(Ok)
     }
 }
 
 impl<C: Graceful> Graceful for Watchdog<C> {
     fn graceful_shutdown(mut self: Pin<&mut Self>) {
         self.conn.as_mut().graceful_shutdown();
+    }
+}
+
+/// The looks (see the module's documentation), until the connection ends
+/// or a verdict ends it.
+async fn watch(activity: Arc<Activity>, timeouts: Timeouts) {
+    let (mut seen, mut quiet, mut blocked) = (0u64, 0u32, 0u32);
+    let told_at = timeouts.looks(timeouts.idle);
+    loop {
+        Deadline::at(Instant::now() + timeouts.period()).await;
+        if activity.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let bytes = activity.bytes.load(Ordering::Relaxed);
+        if bytes != seen {
+            seen = bytes;
+            (quiet, blocked) = (0, 0);
+            continue;
+        }
+        if activity.write_blocked.load(Ordering::Relaxed) {
+            blocked += 1;
+            if blocked >= timeouts.looks(timeouts.send) {
+                return activity.decide(Expired::Send as u8);
+            }
+            continue;
+        }
+        if activity.in_flight.load(Ordering::Relaxed) > 0 {
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        if !activity.served.load(Ordering::Relaxed) {
+            if quiet >= timeouts.looks(timeouts.header) {
+                return activity.decide(Expired::Silent as u8);
+            }
+        } else if quiet == told_at {
+            activity.decide(TOLD);
+        } else if quiet > told_at {
+            return activity.decide(Expired::Idle as u8);
+        }
     }
 }
 

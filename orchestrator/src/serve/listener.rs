@@ -278,6 +278,19 @@ impl Watch {
     }
 }
 
+/// Whether `path` has a dot segment or an escape: one pass over its bytes
+/// (a substring search sets up more than most paths are long).
+fn may_need_normalizing(path: &[u8]) -> bool {
+    let mut previous = 0u8;
+    for &b in path {
+        if b == b'%' || (b == b'.' && previous == b'/') {
+            return true;
+        }
+        previous = b;
+    }
+    false
+}
+
 /// A connection's end, as the watchdog and hyper tell it.
 fn ended<E: Into<ConnError>>(out: Result<Result<(), E>, Expired>) -> Result<(), ConnError> {
     // (The `Any` server's errors are boxed, mapped before.)
@@ -293,8 +306,7 @@ fn checked(req: hyper::Request<Incoming>) -> Result<hyper::Request<Incoming>, Bo
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
         return Err(Box::new(json_error(StatusCode::BAD_REQUEST, "the request has more than one `Host` header")));
     }
-    let path = req.uri().path();
-    if !path.contains("/.") && !path.contains('%') {
+    if !may_need_normalizing(req.uri().path().as_bytes()) {
         return Ok(req);
     }
     let (mut parts, body) = req.into_parts();
@@ -534,7 +546,7 @@ pub async fn read_body(mut body: Incoming, max_body: u64) -> Result<(Bytes, Held
 /// resolve (Envoy's `normalize_path`); `None` when unchanged. A path with an
 /// encoded `/` or `\\` is refused: tiers disagree on what it means.
 pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
-    if !path.contains("/.") && !path.contains('%') {
+    if !may_need_normalizing(path.as_bytes()) {
         return Ok(None);
     }
     let mut decoded = String::with_capacity(path.len());
@@ -618,6 +630,12 @@ mod tests {
         assert_eq!(n("/a%20b"), Ok("/a%20b".into()));
         assert_eq!(n("/a%2"), Ok("/a%2".into()));
         assert!(normalize_path("/api/..%2fadmin").is_err());
+        for plain in ["/", "/api/users", "/a.b/c.d", "/v1.2/x"] {
+            assert!(!may_need_normalizing(plain.as_bytes()), "{plain}");
+        }
+        for odd in ["/./", "/x/..", "/%2e", "/a%20b", "/."] {
+            assert!(may_need_normalizing(odd.as_bytes()), "{odd}");
+        }
         assert!(normalize_path("/api/..%5Cadmin").is_err());
     }
 }
