@@ -126,9 +126,10 @@ enum Command {
         /// loopback nobody else reaches).
         #[arg(long, value_name = "IP", requires = "only")]
         listen_ip: Option<std::net::IpAddr>,
-        /// With --only: where durable state is kept (a durable queue tier's
-        /// messages), instead of beside the topology file.
-        #[arg(long, value_name = "DIR", requires = "only")]
+        /// Where durable state is kept — a store tier's data (`<DIR>/<tier>/`),
+        /// a durable queue tier's messages — instead of `.orchestrator/`
+        /// beside the topology file.
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// With --only: a process tier's program is not started here; it
         /// runs beside this orchestrator (another container of the pod, which
@@ -479,13 +480,14 @@ fn main() -> ExitCode {
                     token: peer_token.clone(),
                     tls: peer_tls_files,
                     listen_ip,
-                    data_dir: data_dir.map(absolute),
+                    data_dir: data_dir.clone().map(absolute),
                     program_port,
                     link_ports: link_port.into_iter().collect(),
                 }),
                 peer_listen,
                 peer_token,
                 peer_tls,
+                data_dir: data_dir.map(absolute),
             };
             run(&file, opts, &plugins)
         }

@@ -212,6 +212,14 @@ impl Context {
         self.log(log_level::WARN | log_level::STDERR, format_args!("{line}"));
     }
 
+    /// Logs a line a program wrote to its standard error at `level` (one of
+    /// [`log_level`](crate::abi::log_level)'s), for programs whose lines say
+    /// their own severity (PostgreSQL writes `LOG:` and `ERROR:` alike to
+    /// stderr). Marked as the program's stderr, like [`Self::program_stderr`].
+    pub fn program_stderr_at(&self, level: u32, line: impl fmt::Display) {
+        self.log(level | log_level::STDERR, format_args!("{line}"));
+    }
+
     /// Logs `message` at INFO, attributed to this tier and replica.
     pub fn info(&self, message: impl fmt::Display) {
         self.log(log_level::INFO, format_args!("{message}"));

@@ -26,6 +26,7 @@ mod reload;
 mod rpc;
 mod shutdown;
 mod start;
+mod stores;
 mod tcp;
 mod traces;
 mod validation;

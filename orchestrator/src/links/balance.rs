@@ -37,6 +37,11 @@ impl Endpoint {
         self.replicas.store(Arc::new(replicas));
     }
 
+    /// The routable replicas, ready or not.
+    pub fn replicas(&self) -> Arc<Vec<Arc<Instance>>> {
+        self.replicas.load_full()
+    }
+
     /// How many replicas are ready.
     pub fn ready_count(&self) -> usize {
         self.replicas.load().iter().filter(|r| r.is_ready()).count()

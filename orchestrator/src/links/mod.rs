@@ -175,6 +175,15 @@ impl LinkTable {
         Ok(Some(url))
     }
 
+    /// For TCP link `name`, whose local listener is `url` (`tcp://HOST:PORT`):
+    /// the connection string its target gives callers (a store's, with its
+    /// credentials), at that address. `None` when the target has none.
+    pub fn connection_url(&self, name: &str, url: &str) -> Option<String> {
+        let addr = url.strip_prefix("tcp://")?;
+        let route = self.get(name)?;
+        route.target.replicas().iter().find_map(|i| i.as_server()?.connection_url(addr))
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {
         self.routes.load().get(name).cloned()
     }

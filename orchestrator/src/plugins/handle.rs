@@ -126,6 +126,9 @@ pub enum Builtin {
     Queue,
     /// A tier that runs on other hosts.
     Peer,
+    /// Store tiers: servers run as programs.
+    Postgres,
+    Redis,
 }
 
 static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
@@ -216,11 +219,22 @@ impl Instance {
         (self.plugin.builtin == Some(Builtin::Process)).then(|| unsafe { plugin_of::<process::Process>(self.ptr) })
     }
 
-    /// Where a TCP link connects to this replica: a process tier's program
-    /// (or a store tier's server) on its port. `None` for others, and while
-    /// none runs.
+    /// The server this replica runs, if it runs one a TCP link can reach:
+    /// a process tier's program, or a store tier's server.
+    pub fn as_server(&self) -> Option<&dyn process::Server> {
+        // SAFETY: as in `as_gateway`: the instance was made by the built-in of this kind.
+        match self.plugin.builtin? {
+            Builtin::Process => Some(unsafe { plugin_of::<process::Process>(self.ptr) }),
+            Builtin::Postgres => Some(unsafe { plugin_of::<postgres_tier::Postgres>(self.ptr) }),
+            Builtin::Redis => Some(unsafe { plugin_of::<redis_tier::Redis>(self.ptr) }),
+            _ => None,
+        }
+    }
+
+    /// Where a TCP link connects to this replica: its server on its port.
+    /// `None` for others, and while none runs.
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
-        let port = self.as_process()?.port()?;
+        let port = self.as_server()?.port()?;
         Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 

@@ -185,6 +185,10 @@ unsafe extern "C" fn link_url(host_ctx: *const c_void, link: RStr) -> RBuf {
         let (ctx, name) = unsafe { (&*host_ctx.cast::<HostCtx>(), link.to_string_lossy()) };
         let kind = ctx.link_names.iter().find(|l| l.name == name).map(|l| l.kind)?;
         match ctx.links.proxy_url(&name, kind) {
+            // A TCP link to a store: its connection string, at the link's address.
+            Ok(Some(url)) if kind == plugin_api::LinkKind::Tcp => {
+                Some(ctx.links.connection_url(&name, &url).unwrap_or(url))
+            }
             Ok(url) => url,
             Err(e) => {
                 tracing::error!(parent: &ctx.span, link = %name, error = %e, "Cannot open a local listener for the link.");

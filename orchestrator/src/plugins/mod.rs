@@ -157,6 +157,16 @@ impl Registry {
                 )),
                 Arc::new(loader::builtin(queue::plugin_declaration(), queue::plugin_native_handle(), Builtin::Queue)),
                 Arc::new(loader::builtin(peer::plugin_declaration(), peer::plugin_native_handle(), Builtin::Peer)),
+                Arc::new(loader::builtin(
+                    postgres_tier::plugin_declaration(),
+                    postgres_tier::plugin_native_handle(),
+                    Builtin::Postgres,
+                )),
+                Arc::new(loader::builtin(
+                    redis_tier::plugin_declaration(),
+                    redis_tier::plugin_native_handle(),
+                    Builtin::Redis,
+                )),
             ]
         };
         Self {

@@ -53,6 +53,9 @@ pub struct RunOptions {
     /// Mutual TLS on the peer listener: a certificate signed by the
     /// authority asked of every peer.
     pub peer_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Where the tiers keep durable state (`--data-dir`), if not beside the
+    /// topology file.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Why `run` failed.
@@ -116,7 +119,8 @@ pub async fn run(topology: Topology, registry: Arc<Registry>, opts: RunOptions) 
     let mut signals = Signals::new().map_err(RunError::Signals)?;
     let mut supervisor =
         Supervisor::new(&topology, registry, status_tx, workers.clone(), opts.drain_timeout, opts.color)
-            .with_placement(opts.placement.clone());
+            .with_placement(opts.placement.clone())
+            .with_data_dir(opts.data_dir.clone());
     let topology = supervisor.share(topology).map_err(RunError::Placement)?;
     let mut peer = match opts.peer_listen {
         Some(addr) => {

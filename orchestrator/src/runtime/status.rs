@@ -47,8 +47,8 @@ pub enum TierState {
     Running,
     /// A job that ran to completion (exit 0).
     Completed,
-    /// A job that failed; or a tier whose replicas could not start where
-    /// a tier waits for it (`after:`).
+    /// A job that failed; or a tier every replica of which gave up (a
+    /// store whose data directory is refused, a program that cannot start).
     Failed,
     /// Not started: a tier it starts after (`after:`) failed.
     Blocked,

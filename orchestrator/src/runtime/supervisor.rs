@@ -99,6 +99,8 @@ pub struct Supervisor {
     placement: Option<topology::Placement>,
     /// The tiers that run here, by name, for the peer listener.
     local: Arc<arc_swap::ArcSwap<HashMap<String, Arc<Endpoint>>>>,
+    /// Where tiers keep durable state (`--data-dir`): `ORCH_DATA_DIR`.
+    data_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -197,7 +199,14 @@ impl Supervisor {
             status,
             placement: None,
             local: Arc::default(),
+            data_dir: None,
         }
+    }
+
+    /// Tiers keep durable state under `dir` (`ORCH_DATA_DIR`).
+    pub fn with_data_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.data_dir = dir;
+        self
     }
 
     /// Runs `placement`'s share of each topology applied from now on.
@@ -297,6 +306,7 @@ impl Supervisor {
             let Some((id, instances, ready)) = settling.next().await else { break };
             let job = self.tiers[&id].spec.run == topology::Run::Once;
             let mut failure = None;
+            let gave_up = ready.iter().filter(|r| r.is_err()).count();
             for (instance, result) in instances.iter().zip(ready) {
                 if let Err(reason) = result {
                     let error =
@@ -313,6 +323,8 @@ impl Supervisor {
             tier.state = match (job, &failure) {
                 (true, None) => TierState::Completed,
                 (true, Some(_)) => TierState::Failed,
+                // Every replica gave up: nothing of it runs.
+                (false, Some(_)) if gave_up == instances.len() => TierState::Failed,
                 (false, _) => TierState::Running,
             };
             tier.reason = failure.clone();
@@ -461,6 +473,9 @@ impl Supervisor {
         const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 31];
         let color = self.color.then(|| PALETTE[new.tiers.get_index_of(id).unwrap_or(0) % PALETTE.len()]);
         let mut env = spec.env.clone();
+        if let Some(dir) = &self.data_dir {
+            env.entry(topology::model::DATA_DIR_ENV.to_owned()).or_insert_with(|| dir.display().to_string());
+        }
         if spec.run == topology::Run::Once {
             env.insert(topology::model::RUN_ENV.to_owned(), "once".to_owned());
         }

@@ -52,12 +52,28 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Topology, Error> {
 
 /// What a valid topology may still get wrong at run time, located: a
 /// process tier whose command is neither on the `PATH` nor (with a `/`)
-/// relative to its working directory. Its replicas would fail at once.
+/// relative to its working directory, a store tier whose server is not
+/// installed. Its replicas would fail at once.
 pub fn warnings(topology: &Topology) -> Vec<Diagnostic> {
     let Ok(source) = read(&topology.file, max_file_bytes()) else { return Vec::new() };
     let Ok(root) = node::Node::parse(&source) else { return Vec::new() };
     let mut out = Vec::new();
     for (id, spec) in &topology.tiers {
+        // A store tier whose server is not installed.
+        let store = match spec.plugin.as_str() {
+            "postgres" => Some((
+                "bin_dir",
+                postgres_tier::bin_dir(spec.config.get("bin_dir").and_then(|b| b.as_str())).map(|_| ()),
+            )),
+            "redis" => Some(("bin", redis_tier::binary(spec.config.get("bin").and_then(|b| b.as_str())).map(|_| ()))),
+            _ => None,
+        };
+        if let Some((key, Err(missing))) = store {
+            let at = node::KeyPath::root().key("tiers").key(id.as_str());
+            let path = if spec.config.get(key).is_some() { at.key("config").key(key) } else { at.key("plugin") };
+            out.push(Diagnostic::new(&path, format!("{missing}: the tier would fail at once")).at(root.locate(&path)));
+            continue;
+        }
         if spec.plugin != "process" {
             continue;
         }

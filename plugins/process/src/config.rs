@@ -113,6 +113,26 @@ pub struct Probe {
     pub failure_threshold: u32,
 }
 
+/// How a server a store tier runs (PostgreSQL, Redis) differs from any
+/// program: what it needs before it starts, how it is known to be ready,
+/// and what runs once it first is. The replica's supervision is the same:
+/// the shim, restarts with backoff, logs, stop.
+pub trait Recipe: Send + Sync + std::fmt::Debug + 'static {
+    /// Before each start (a first run's initialisation): an error fails the
+    /// replica for good, with that reason.
+    fn prepare(
+        &self,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// Whether the server answers, by its own protocol: its readiness probe.
+    fn probe(&self, port: u16) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// Once it first answered after a start (scripts to run once): an error
+    /// stops it, failed for good.
+    fn ready(&self, port: u16) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
 /// Everything a replica needs, parsed.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -132,6 +152,43 @@ pub struct Settings {
     /// The signal that asks the program to stop (SIGTERM; a store's recipe
     /// may ask for another: PostgreSQL's fast shutdown is SIGINT).
     pub stop_signal: nix::sys::signal::Signal,
+    /// A store's server: its preparation, probe and first-ready step.
+    pub recipe: Option<std::sync::Arc<dyn Recipe>>,
+    /// Run the program as this user and group (uid, gid).
+    pub run_as: Option<(u32, u32)>,
+    /// The level of each line on the program's stderr, for a server whose
+    /// lines say their own severity (default: WARN for every one).
+    pub stderr_level: Option<fn(&str) -> u32>,
+}
+
+impl Settings {
+    /// The settings of `command` with every default: a TCP readiness probe,
+    /// restarts always, at most 5.
+    pub fn for_command(command: Vec<String>) -> Self {
+        Self {
+            command,
+            env: BTreeMap::new(),
+            workdir: None,
+            readiness: Probe {
+                kind: ProbeKind::Tcp,
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_secs(1),
+                failure_threshold: 3,
+            },
+            liveness: None,
+            restart: Restart::Always,
+            max_restarts: default_max_restarts(),
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+            job: false,
+            stop_signal: nix::sys::signal::Signal::SIGTERM,
+            recipe: None,
+            run_as: None,
+            stderr_level: None,
+        }
+    }
 }
 
 fn duration(value: &Option<String>, default: Duration) -> Result<Duration, String> {
@@ -256,6 +313,9 @@ impl Process {
             stop_grace,
             job: false,
             stop_signal: nix::sys::signal::Signal::SIGTERM,
+            recipe: None,
+            run_as: None,
+            stderr_level: None,
         })
     }
 

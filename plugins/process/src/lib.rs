@@ -38,12 +38,13 @@ mod sys;
 
 use std::sync::{Arc, OnceLock};
 
-pub use config::Process;
+pub use config::{Process, Recipe, Settings};
 pub use forward::{Failure, HttpRequest, HttpResponse};
 use plugin_api::prelude::*;
 use plugin_api::serde_json;
-use replica::Replica;
-pub use replica::{PROGRAM_PORT_ENV, command_exists, link_var, strip_ansi};
+pub use replica::Replica;
+pub use replica::{PROGRAM_PORT_ENV, command_exists, link_var, strip_ansi, tcp_link_vars};
+pub use sys::command;
 
 impl Plugin for Process {
     /// REST over HTTP/1.1, and RPC as gRPC over HTTP/2, to the program's `PORT`.
@@ -111,6 +112,24 @@ impl Process {
     /// `None` until the replica has started.
     pub fn http(&self) -> Option<Http> {
         self.replica.get().map(|replica| Http(replica.clone()))
+    }
+}
+
+/// A tier whose replica is a server a TCP link connects to, with what a
+/// caller needs to use it (a store's connection string).
+pub trait Server {
+    /// The port the replica's program serves on, once started.
+    fn port(&self) -> Option<u16>;
+    /// What a caller connects with when it reaches this server at `addr`
+    /// (`host:port`): a connection string with credentials, for a store.
+    fn connection_url(&self, _addr: &str) -> Option<String> {
+        None
+    }
+}
+
+impl Server for Process {
+    fn port(&self) -> Option<u16> {
+        Process::port(self)
     }
 }
 

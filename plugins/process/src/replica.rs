@@ -293,6 +293,9 @@ fn spawn(settings: &Settings, workdir: &PathBuf, env: &BTreeMap<String, String>)
             cmd
         }
     };
+    if let Some((uid, gid)) = settings.run_as {
+        cmd.uid(uid).gid(gid);
+    }
     cmd.current_dir(workdir)
         .envs(env)
         .stdin(Stdio::null())
@@ -346,16 +349,18 @@ pub const MAX_LOG_LINE: usize = 16 * 1024;
 #[derive(Clone, Copy)]
 enum Stream {
     Stdout,
-    Stderr,
+    /// With the level of each line, where the program says it.
+    Stderr(Option<fn(&str) -> u32>),
 }
 
 impl Stream {
     /// Logs `line`: stdout at INFO, stderr (where tracebacks and warnings go)
-    /// at WARN, marked as stderr.
+    /// at WARN or the level the line gives, marked as stderr.
     fn log(self, cx: &Context, line: String) {
         match self {
             Stream::Stdout => cx.info(line),
-            Stream::Stderr => cx.program_stderr(line),
+            Stream::Stderr(None) => cx.program_stderr(line),
+            Stream::Stderr(Some(level)) => cx.program_stderr_at(level(&line), line),
         }
     }
 }
@@ -507,6 +512,8 @@ enum Ended {
     /// The program exited (or was killed by a failed probe): why, whether it
     /// exited successfully, and how long it had been ready.
     Exited { why: String, success: bool, ready_for: Duration, code: Option<i32> },
+    /// What a restart would not mend (a store's initialisation failed).
+    GaveUp(String),
     /// Asked to stop.
     Stopped,
 }
@@ -544,6 +551,17 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
     loop {
         // A command that does not exist will not exist at the next attempt either.
         let mut hopeless = false;
+        if let Some(recipe) = &settings.recipe
+            && let Err(why) = recipe.prepare(replica.port).await
+        {
+            replica.update(|r| {
+                r.state = "failed";
+                r.pid = None;
+                r.failed = Some(why.clone());
+            });
+            cx.error(format_args!("Replica stopped for good: {why}."));
+            return;
+        }
         let ended = match spawn(&settings, &workdir, &env) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && workdir.is_dir() => {
                 hopeless = true;
@@ -569,6 +587,15 @@ async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
         replica.ready.store(false, Ordering::Release);
         replica.pgid.store(0, Ordering::Release);
         let (why, success) = match ended {
+            Ended::GaveUp(why) => {
+                replica.update(|r| {
+                    r.state = "failed";
+                    r.pid = None;
+                    r.failed = Some(why.clone());
+                });
+                cx.error(format_args!("Replica stopped for good: {why}."));
+                return;
+            }
             Ended::Stopped => {
                 replica.update(|r| {
                     r.state = "stopped";
@@ -740,7 +767,7 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
         relays.push(relay(out, cx.clone(), Stream::Stdout, replica.last_lines.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        relays.push(relay(err, cx.clone(), Stream::Stderr, replica.last_lines.clone()));
+        relays.push(relay(err, cx.clone(), Stream::Stderr(settings.stderr_level), replica.last_lines.clone()));
     }
     if settings.job {
         // A job serves nothing: it runs until it exits (or is stopped).
@@ -761,7 +788,7 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
         tokio::select! {
             status = child.wait() => return Ended::exited(status, None),
             _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
-            result = probe::check(&settings.readiness, replica.port) => match result {
+            result = ready_probe(settings, replica.port) => match result {
                 Ok(()) => break,
                 Err(e) => {
                     if Instant::now() > deadline {
@@ -799,6 +826,19 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
             },
         }
     }
+    // A store's step once it answers (scripts run once): then it is ready.
+    if let Some(recipe) = &settings.recipe {
+        let step = tokio::select! {
+            step = recipe.ready(replica.port) => step,
+            _ = stop_requested(replica) => return terminate(replica, settings, &mut child).await,
+        };
+        if let Err(why) = step {
+            if let Ended::Stopped = terminate(replica, settings, &mut child).await {
+                return Ended::Stopped;
+            }
+            return Ended::GaveUp(why);
+        }
+    }
     // Logged before it is announced, so that the log tells the order of events.
     cx.info(format_args!("Replica ready on port {} (pid {pid}).", replica.port));
     let ready_since = Instant::now();
@@ -834,6 +874,14 @@ async fn run_once(replica: &Arc<Replica>, settings: &Settings, cx: &Context, mut
                 }
             }
         }
+    }
+}
+
+/// The readiness probe: a store's own, else the configured one.
+async fn ready_probe(settings: &Settings, port: u16) -> Result<(), String> {
+    match &settings.recipe {
+        Some(recipe) => recipe.probe(port).await,
+        None => probe::check(&settings.readiness, port).await,
     }
 }
 
