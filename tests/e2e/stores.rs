@@ -468,3 +468,41 @@ fn a_store_tier_runs_one_replica_and_serves_tcp_links_only() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("links[0]") && said.contains("tcp"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_is_restarted_by_a_reload_only_for_its_own_change_stop_first_and_a_bad_change_runs_it_as_before() {
+    let data = data_dir();
+    let orch = start(one_db("{ settings: { max_connections: 40 } }"), data.path()).await;
+    let url = crate::tcp::printed(&orch, "URL");
+    psql(&url, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before')").unwrap();
+    let first = postmaster(data.path());
+
+    // A change elsewhere leaves the server alone.
+    orch.save(&one_db("{ settings: { max_connections: 40 } }").yaml.replace("exec sleep 3600", "exec sleep 3601"));
+    orch.wait_attempts(1).await;
+    assert_eq!(postmaster(data.path()), first);
+
+    // Its own change: the server stops, then the new one starts on its data.
+    orch.save(&one_db("{ settings: { max_connections: 50 } }").yaml.replace("exec sleep 3600", "exec sleep 3601"));
+    orch.wait_attempts(2).await;
+    orch.wait_for_line("Stopping the tier's server before its replacement starts");
+    assert_ne!(postmaster(data.path()), first);
+    assert_eq!(psql(&url, "SHOW max_connections").unwrap(), "50");
+    assert_eq!(psql(&url, "SELECT v FROM kept").unwrap(), "before");
+
+    // A change the server refuses: it runs as before, and the reload says so.
+    orch.save(&one_db("{ settings: { shared_buffers: lots } }").yaml.replace("exec sleep 3600", "exec sleep 3601"));
+    let status = orch.wait_attempts(3).await;
+    let summary = status["last_reload"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("replacing `db` failed, its server as before runs again"), "{status}");
+    orch.wait_for_line("invalid value for parameter \"shared_buffers\"");
+    assert_eq!(psql(&url, "SHOW max_connections").unwrap(), "50");
+    assert_eq!(psql(&url, "SELECT v FROM kept").unwrap(), "before");
+
+    // `orchestrator restart db`: stop first, too; the link's address is the same.
+    let before = postmaster(data.path());
+    let out = integration_tests::orchestrator(&["restart", "db", "--admin", &orch.admin.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(postmaster(data.path()), before);
+    assert_eq!(psql(&url, "SELECT v FROM kept").unwrap(), "before");
+}

@@ -3,7 +3,8 @@
 //! A tier's TCP link is a listener on loopback that the orchestrator owns
 //! (its address never changes while the caller runs, whatever happens to
 //! the target). Each connection accepted is connected to a ready replica of
-//! the target — round robin, within the link's connect timeout (its
+//! the target (waiting for one, within the connect timeout, while none is:
+//! a server restarting) — round robin, within the link's connect timeout (its
 //! `timeout`, at most [`limits::TCP_CONNECT_TIMEOUT`]), a refused or failed
 //! connect tried on the next replica, never one that is not ready — and the
 //! bytes are then copied both ways until either side closes, or nothing
@@ -42,6 +43,8 @@ use crate::topology::model::limits;
 pub const CHUNK: usize = 64 * 1024;
 /// The buffer each way where `splice` is refused.
 pub const BUFFER: usize = 64 * 1024;
+/// How often a connection that waits for a ready replica looks again.
+const READY_POLL: Duration = Duration::from_millis(20);
 
 /// A TCP link's listener, serving until dropped.
 #[derive(Debug)]
@@ -133,6 +136,12 @@ async fn forward(client: TcpStream, route: Arc<Route>) {
     let started = crate::metrics::cells::clock().raw();
     let mut tried: Option<Arc<crate::plugins::Instance>> = None;
     let mut last = TcpOutcome::Unavailable;
+    // None ready (a store's server restarting): the connection waits for
+    // one, within the connect timeout, as a connect to a busy server would.
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    while route.target.ready_count() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(READY_POLL).await;
+    }
     // Each ready replica once at most.
     for _ in 0..route.target.ready_count().max(1) {
         let Some(instance) = route.target.pick_other(tried.as_ref()) else { break };

@@ -81,6 +81,13 @@ impl PluginHandle {
         &self.name
     }
 
+    /// Whether its replicas hold data only one server may use at a time (a
+    /// store's data directory): one is replaced by stopping it first, then
+    /// starting the new one on the same data, never both at once.
+    pub fn holds_data(&self) -> bool {
+        matches!(self.builtin, Some(Builtin::Postgres | Builtin::Redis))
+    }
+
     pub fn version(&self) -> &str {
         &self.version
     }

@@ -58,6 +58,9 @@ struct RunningTier {
 
 /// What a reload prepared and has not committed yet. Dropping it undoes it:
 /// the new instances are destroyed and the bound addresses released.
+/// A store tier to replace stop first, with its spec and plugin as they were.
+type Recreate = (TierId, topology::TierSpec, Arc<PluginHandle>);
+
 #[derive(Default)]
 struct Prepared {
     instances: HashMap<TierId, Vec<Arc<Instance>>>,
@@ -452,8 +455,10 @@ impl Supervisor {
         }
         let generation = self.generation + 1;
         let prepared = self.prepare(&new, &plan, &plugins).await?;
-        let rolling = self.commit(new, &plan, plugins, prepared, generation);
+        let (rolling, recreate) = self.commit(new, &plan, plugins, prepared, generation);
         self.roll_problems = self.roll(rolling).await;
+        let recreated = self.recreate(recreate).await;
+        self.roll_problems.extend(recreated);
         Ok(plan)
     }
 
@@ -497,8 +502,11 @@ impl Supervisor {
         // Each tier's new replicas start once those of the tiers it calls
         // are ready (tiers in a cycle start together); a tier whose replicas
         // the plan does not start is ready as it is.
+        // A store's replacement starts after the commit, once its old
+        // server stopped (`recreate`): the two cannot share its data.
         let starts = |id: &TierId| match plan.tiers.get(id).map(|p| &p.instances) {
-            Some(Instances::Start | Instances::Replace) => true,
+            Some(Instances::Replace) => !plugins[id].holds_data(),
+            Some(Instances::Start) => true,
             Some(Instances::Scale { from, to }) => to > from,
             _ => false,
         };
@@ -516,6 +524,7 @@ impl Supervisor {
                     // A tier of several replicas is replaced one replica at a
                     // time: the first (the canary) here, so that a failure
                     // changes nothing; the others after the commit (`roll`).
+                    Instances::Replace if plugins[&id].holds_data() => continue,
                     Instances::Replace => (self.tiers[&id].links.clone(), 0..spec.replicas.min(1)),
                     Instances::Scale { from, to } if to > from => (self.tiers[&id].links.clone(), *from..*to),
                     _ => continue,
@@ -562,10 +571,11 @@ impl Supervisor {
         mut plugins: HashMap<TierId, Arc<PluginHandle>>,
         mut prepared: Prepared,
         generation: u64,
-    ) -> Vec<TierId> {
+    ) -> (Vec<TierId>, Vec<Recreate>) {
         let mut retired: Vec<Arc<Instance>> = Vec::new();
         let mut closing: Vec<Listener> = Vec::new();
         let mut rolling = Vec::new();
+        let mut recreate = Vec::new();
 
         // 1. New and changed replicas become routable.
         for (id, tier_plan) in &plan.tiers {
@@ -594,6 +604,17 @@ impl Supervisor {
                             reason: None,
                         },
                     );
+                }
+                Instances::Replace if plugins[id].holds_data() => {
+                    // Replaced after the commit, stop first (`recreate`).
+                    let tier = self.tiers.get_mut(id).expect("a replaced tier is running");
+                    let old_plugin = std::mem::replace(
+                        &mut tier.plugin,
+                        plugins.remove(id).expect("every tier of the new topology has a plugin"),
+                    );
+                    let old_spec = std::mem::replace(&mut tier.spec, spec.clone());
+                    tier.generation = generation;
+                    recreate.push((id.clone(), old_spec, old_plugin));
                 }
                 Instances::Replace => {
                     let tier = self.tiers.get_mut(id).expect("a replaced tier is running");
@@ -695,7 +716,80 @@ impl Supervisor {
                 tracing::info!(%addr, "Listener closed.");
             });
         }
-        rolling
+        (rolling, recreate)
+    }
+
+    /// Replaces the replicas of tiers that hold data (stores), stop first:
+    /// the old server stops (its callers' connections close; they reconnect
+    /// through the same link address), then the new one starts on the same
+    /// data. If the new one cannot start, one as before starts again in its
+    /// place and the reload says so: a bad change costs a restart, never the
+    /// tier. Returns what went wrong, if anything.
+    async fn recreate(&mut self, tiers: Vec<Recreate>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (id, old_spec, old_plugin) in tiers {
+            let Some(tier) = self.tiers.get(&id) else { continue };
+            let (plugin, links, old) = (tier.plugin.clone(), tier.links.clone(), tier.instances.clone());
+            tier.endpoint.set(Vec::new());
+            tracing::info!(tier = %id, "Stopping the tier's server before its replacement starts (they share its data).");
+            for instance in &old {
+                instance.stop().await;
+            }
+            let mut fresh = Vec::new();
+            let mut failure = None;
+            for replica in 0..tier.spec.replicas {
+                let started = match self.new_instance(&self.topology, &id, &plugin, &links, replica) {
+                    Ok(instance) => instance
+                        .wait_ready()
+                        .await
+                        .map(|()| instance)
+                        .map_err(|reason| StartError::Ready { tier: id.clone(), replica, reason }),
+                    Err(e) => Err(e),
+                };
+                match started {
+                    Ok(instance) => fresh.push(instance),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                tracing::error!(error = %e, "The tier's new server could not start; its server as before starts again.");
+                problems.push(format!("replacing `{id}` failed, its server as before runs again: {e}"));
+                for instance in fresh.drain(..) {
+                    instance.stop().await;
+                }
+                // As before: the old spec, the old plugin.
+                let mut before = self.topology.clone();
+                before.tiers.insert(id.clone(), old_spec.clone());
+                for replica in 0..old_spec.replicas {
+                    match self.new_instance(&before, &id, &old_plugin, &links, replica) {
+                        Ok(instance) => {
+                            if let Err(e) = instance.wait_ready().await {
+                                problems.push(format!("`{id}` as before could not start either: {e}"));
+                            }
+                            fresh.push(instance);
+                        }
+                        Err(e) => problems.push(format!("`{id}` as before could not start either: {e}")),
+                    }
+                }
+                // What runs is the tier as before: saving the change again retries it.
+                self.topology.tiers.insert(id.clone(), old_spec.clone());
+                if let Some(tier) = self.tiers.get_mut(&id) {
+                    tier.spec = old_spec;
+                    tier.plugin = old_plugin;
+                }
+            }
+            if let Some(tier) = self.tiers.get_mut(&id) {
+                tier.endpoint.set(fresh.clone());
+                tier.instances = fresh;
+                tier.state = TierState::Running;
+                tier.reason = None;
+            }
+            self.publish();
+        }
+        problems
     }
 
     /// Finishes rolling updates: for each tier, replaces its remaining old
@@ -786,12 +880,28 @@ impl Supervisor {
         let (plugin, links) = (tier.plugin.clone(), tier.links.clone());
         let mut restarted = Vec::new();
         for r in replicas {
+            // A store's server stops before its next one starts on its data.
+            if plugin.holds_data()
+                && let Some(tier) = self.tiers.get(&id)
+                && let Some(old) = tier.instances.get(r as usize)
+            {
+                let others: Vec<_> = tier.instances.iter().filter(|i| !Arc::ptr_eq(i, old)).cloned().collect();
+                tier.endpoint.set(others);
+                old.stop().await;
+            }
             let started = match self.new_instance(&self.topology, &id, &plugin, &links, r) {
-                Ok(instance) => instance.wait_ready().await.map(|()| instance).map_err(|reason| StartError::Ready {
-                    tier: id.clone(),
-                    replica: r,
-                    reason,
-                }),
+                Ok(instance) => match instance.wait_ready().await {
+                    Ok(()) => Ok(instance),
+                    Err(reason) => {
+                        // A store's old server is gone: the new one, failed, shows why.
+                        if plugin.holds_data()
+                            && let Some(slot) = self.tiers.get_mut(&id).and_then(|t| t.instances.get_mut(r as usize))
+                        {
+                            *slot = instance;
+                        }
+                        Err(StartError::Ready { tier: id.clone(), replica: r, reason })
+                    }
+                },
                 Err(e) => Err(e),
             };
             let instance = match started {
