@@ -42,6 +42,8 @@ fn the_guide_shows_the_files_the_tests_compile() {
         "topologies/hello-plugin.yaml",
         "plugins/frontend/Cargo.toml",
         "plugins/frontend/src/lib.rs",
+        "plugins/visits/Cargo.toml",
+        "plugins/visits/src/lib.rs",
     ] {
         assert!(files.contains(&required), "the guide does not show {required}");
     }

@@ -506,3 +506,41 @@ async fn a_store_is_restarted_by_a_reload_only_for_its_own_change_stop_first_and
     assert_ne!(postmaster(data.path()), before);
     assert_eq!(psql(&url, "SELECT v FROM kept").unwrap(), "before");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_plugin_counts_in_redis_through_its_link_and_reconnects_after_a_restart() {
+    let data = data_dir();
+    let yaml = r#"
+version: 1
+name: visits
+tiers:
+  web:
+    plugin: gateway
+    listen: 127.0.0.1:0
+    config: { routes: [{ path: /, link: counter }] }
+  counter:
+    plugin: visits
+  cache:
+    plugin: redis
+    config: { appendonly: true }
+links:
+  - { from: web, to: counter, kind: rest }
+  - { from: counter, to: cache, kind: tcp }
+"#;
+    let orch = start(TopologyFile::new(yaml), data.path()).await;
+    let web = orch.tier_addr("web").await;
+    let visits = |body: String| serde_json::from_str::<serde_json::Value>(&body).unwrap()["visits"].clone();
+    for n in 1..=2 {
+        let (code, body) = orch.get(web, "/shelf").await;
+        assert_eq!((code, visits(body)), (200, n.into()));
+    }
+    // The server killed: restarted; the plugin's connection fails once, and
+    // it opens a new one to the same address.
+    let status = orch.status().await;
+    let pid = tier(&status, "cache")["instances"][0]["detail"]["pid"].as_u64().unwrap() as u32;
+    kill(children(pid)[0], "KILL");
+    orch.wait_for_line("Replica exited");
+    orch.wait_for_line("Replica ready on port");
+    let (code, body) = orch.get(web, "/shelf").await;
+    assert_eq!((code, visits(body.clone())), (200, 3.into()), "{body}");
+}

@@ -189,6 +189,30 @@ impl<'a> Exporter<'a> {
                 ));
             }
         }
+        // Not carried yet: a store's data would live and die with its pod,
+        // a tcp link and a job would not work across pods. Refused rather
+        // than exported to lose data or fail at run.
+        for (id, spec) in &topology.tiers {
+            if crate::topology::model::limits::STORE_PLUGINS.contains(&spec.plugin.as_str()) {
+                errors.push(format!(
+                    "tier `{id}` is a `{}` store: the export does not carry store tiers yet (its data needs a PersistentVolumeClaim); run the database beside the cluster, or leave it out of the topology you export",
+                    spec.plugin
+                ));
+            }
+            if spec.run == crate::topology::Run::Once {
+                errors.push(format!(
+                    "tier `{id}` is a job (`run: once`): the export does not carry jobs yet (they would be restarted as Deployments)"
+                ));
+            }
+        }
+        for link in &topology.links {
+            if link.kind == LinkKind::Tcp {
+                errors.push(format!(
+                    "the tcp link {} → {}: the export does not carry tcp links yet (they do not cross pods)",
+                    link.from, link.to
+                ));
+            }
+        }
         if source.len() > MAX_CONFIGMAP_BYTES {
             errors.push(format!(
                 "the file is {} bytes, and a ConfigMap holds at most {MAX_CONFIGMAP_BYTES} (1 MiB): make it smaller",
@@ -993,6 +1017,18 @@ mod tests {
         assert_eq!(label_value_error("python-go"), None);
         assert!(label_value_error("my app").is_some());
         assert!(label_value_error(&"a".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn stores_jobs_and_tcp_links_are_refused_not_exported_to_lose_data() {
+        let yaml = "version: 1\nname: t\ntiers:\n  db: { plugin: postgres }\n  migrate: { plugin: process, run: once, config: { command: [x] } }\n  api: { plugin: process, after: [migrate], config: { command: [x] } }\nlinks:\n  - { from: api, to: db, kind: tcp }\n";
+        let registry = crate::plugins::Registry::with_dirs(Vec::new());
+        let topology = crate::topology::validate::parse(std::path::Path::new("t.yaml"), yaml, &registry).unwrap();
+        let Err(errors) = export(&topology, yaml, &Options::default()) else { panic!("exported") };
+        let all = errors.join("\n");
+        for expected in ["tier `db` is a `postgres` store", "tier `migrate` is a job", "the tcp link api → db"] {
+            assert!(all.contains(expected), "{all}");
+        }
     }
 
     #[test]
