@@ -114,9 +114,10 @@ def main():
         print(f"{'round':<6}{'target':<19}{'req/s':>10}{'p99 ms':>9}{'CPU us/req':>12}{'non-2xx':>9}  socket errors")
         for r in range(1, args.rounds + 1):
             for name, (addr, pids) in targets.items():
-                before = cpu_ticks(pids)
+                # Not `before`: that names the before-targets, read after the rounds.
+                ticks = cpu_ticks(pids)
                 res = wrk(f"http://{addr}/backend", args.duration, args.connections, script)
-                res["cpu_us"] = (cpu_ticks(pids) - before) / TICK * 1e6 / max(res["requests"], 1)
+                res["cpu_us"] = (cpu_ticks(pids) - ticks) / TICK * 1e6 / max(res["requests"], 1)
                 results[name].append(res)
                 print(f"{r:<6}{name:<19}{res['rps']:>10.0f}{res['p99_ms']:>9.2f}{res['cpu_us']:>12.2f}{res['non2xx']:>9}  {res['socket_errors']}")
 

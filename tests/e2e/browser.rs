@@ -235,3 +235,38 @@ links:
     run.finish(&orch, 1).await;
     assert!(out_dir().join("object-names.png").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_link_is_drawn_with_its_connections_and_bytes() {
+    let python = integration_tests::venv_python();
+    let caller = r#"import os, socket, time
+from urllib.parse import urlparse
+u = urlparse(os.environ["ORCH_LINK_CACHE_URL"])
+s = socket.create_connection((u.hostname, u.port))
+s.sendall(("AUTH %s\r\n" % u.password).encode()); s.recv(100)
+while True:
+    s.sendall(b"PING\r\n"); s.recv(100); time.sleep(0.05)
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("caller.py"), caller).unwrap();
+    let orch = Running::start(&format!(
+        r#"
+version: 1
+name: tcp
+tiers:
+  cache: {{ plugin: redis }}
+  app:
+    plugin: process
+    config: {{ command: [{py}, {dir}/caller.py], readiness: {{ exec: ["true"] }} }}
+links:
+  - {{ from: app, to: cache, kind: tcp }}
+"#,
+        py = python.display(),
+        dir = dir.path().display()
+    ))
+    .await;
+    let run =
+        NodeRun::start("tcp.test.mjs", &[("ADMIN", orch.admin.to_string()), ("OUT", out_dir().display().to_string())]);
+    run.finish(&orch, 1).await;
+    assert!(out_dir().join("tcp-link.png").is_file());
+}

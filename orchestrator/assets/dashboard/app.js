@@ -72,6 +72,16 @@
     return figures.find((f) => f.from === link.from && f.to === link.to && f.link === link.name);
   }
 
+  /** A tcp link's figures: connections and bytes. */
+  function tcpFigures(link) {
+    const figures = overview.figures.tcp || [];
+    return figures.find((f) => f.from === link.from && f.to === link.to && f.link === link.name);
+  }
+
+  function fmtByteRate(n) {
+    return fmtBytes(Math.round(n || 0)) + "/s";
+  }
+
   function tierByName(name) {
     return overview.status.tiers.find((t) => t.name === name);
   }
@@ -106,6 +116,16 @@
   }
 
   function edgeText(link) {
+    if (link.kind === "tcp") {
+      const t = tcpFigures(link);
+      if (!t) return ["tcp", "0 conn", 0, false];
+      return [
+        `tcp · ${t.active} open · ${fmtByteRate(t.sent_per_second)} ↑ ${fmtByteRate(t.received_per_second)} ↓`,
+        `${t.connections} conn` + (t.failed ? ` · ${t.failed} failed` : ""),
+        t.connections,
+        t.failed > 0,
+      ];
+    }
     const f = linkFigures(link);
     const parts = [link.kind];
     if (f) parts.push(fmtRate(f.rate), fmtPct(f.error_rate), "p99 " + fmtMs(f.p99_ms));
@@ -249,6 +269,22 @@
   }
 
   function linkRow(link) {
+    if (link.kind === "tcp") {
+      const t = tcpFigures(link) || {};
+      return el(
+        "tr",
+        {},
+        el("td", {}, el("a", { href: "#/tier/" + encodeURIComponent(link.from) }, link.from)),
+        el("td", {}, el("a", { href: "#/tier/" + encodeURIComponent(link.to) }, link.to)),
+        el("td", {}, link.name),
+        el("td", {}, link.kind),
+        el("td", { class: "num" }, `${t.connections ?? 0} conn (${t.active ?? 0} open)`),
+        el("td", { class: "num" }, (t.connection_rate ?? 0).toFixed(1) + " conn/s"),
+        el("td", { class: "num" }, t.failed ? `${t.failed} failed` : "0"),
+        el("td", { class: "num" }, "–"),
+        el("td", { class: "num" }, `${fmtByteRate(t.sent_per_second)} ↑ ${fmtByteRate(t.received_per_second)} ↓`),
+      );
+    }
     const f = linkFigures(link) || {};
     const q = link.kind === "queue" ? queueFigures(link) : null;
     return el(
@@ -310,7 +346,7 @@
         el("thead", {}, el("tr", {}, heads.map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: heads.length, class: "muted" }, "none"))),
       );
-    const linkHeads = ["from", "to", "link", "kind", "requests", "rate", "errors", "p99", "queue"];
+    const linkHeads = ["from", "to", "link", "kind", "requests", "rate", "errors", "p99", "queue · bytes"];
     const parts = [
       el("p", {}, el("a", { href: "#/graph" }, "← graph")),
       el(

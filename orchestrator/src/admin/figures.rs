@@ -127,10 +127,22 @@ pub struct Usage {
     pub processes: u32,
 }
 
+/// A TCP link's counters: connections made, connections refused (any
+/// outcome but connected), bytes each way, connections open now.
+#[derive(Clone, Copy, Debug, Default)]
+struct TcpCounts {
+    connected: u64,
+    failed: u64,
+    sent: u64,
+    received: u64,
+    active: i64,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Sample {
     at: Option<Instant>,
     links: HashMap<(String, String, String), (&'static str, Counts)>,
+    tcp: HashMap<(String, String, String), TcpCounts>,
     listeners: HashMap<String, Counts>,
     /// Per process group: CPU ticks, resident bytes, processes.
     groups: HashMap<i32, (u64, u64, u32)>,
@@ -147,12 +159,32 @@ pub struct LinkFigures {
     pub rates: Rates,
 }
 
+/// A TCP link's figures: connections and bytes, not requests.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TcpFigures {
+    pub from: String,
+    pub to: String,
+    pub link: String,
+    /// Connections open now.
+    pub active: i64,
+    /// Connections made since start, and per second over the window.
+    pub connections: u64,
+    pub connection_rate: f64,
+    /// Connections that found no replica, were refused, timed out or were over the limit, since start.
+    pub failed: u64,
+    /// Bytes per second, caller to target and back, over the window.
+    pub sent_per_second: f64,
+    pub received_per_second: f64,
+}
+
 /// The figures, as served.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Figures {
     /// The seconds the rates cover (less than the window just after start).
     pub window_seconds: f64,
     pub links: Vec<LinkFigures>,
+    /// TCP links.
+    pub tcp: Vec<TcpFigures>,
     /// Per tier that listens: what its listener served.
     pub listeners: HashMap<String, Rates>,
     /// Per process group id (a process replica's `detail.pgid`).
@@ -219,6 +251,28 @@ impl Sampler {
             })
             .collect();
         links.sort_by(|a, b| (&a.from, &a.to, &a.link).cmp(&(&b.from, &b.to, &b.link)));
+        let per_second = |now: u64, then: u64| {
+            if seconds > 0.0 { now.saturating_sub(then) as f64 / seconds } else { 0.0 }
+        };
+        let mut tcp: Vec<TcpFigures> = new
+            .tcp
+            .iter()
+            .map(|(key, now)| {
+                let then = old.and_then(|o| o.tcp.get(key)).copied().unwrap_or_default();
+                TcpFigures {
+                    from: key.0.clone(),
+                    to: key.1.clone(),
+                    link: key.2.clone(),
+                    active: now.active,
+                    connections: now.connected,
+                    connection_rate: per_second(now.connected, then.connected),
+                    failed: now.failed,
+                    sent_per_second: per_second(now.sent, then.sent),
+                    received_per_second: per_second(now.received, then.received),
+                }
+            })
+            .collect();
+        tcp.sort_by(|a, b| (&a.from, &a.to, &a.link).cmp(&(&b.from, &b.to, &b.link)));
         let listeners = new
             .listeners
             .iter()
@@ -236,7 +290,7 @@ impl Sampler {
                 (pgid, Usage { cpu_percent, rss_bytes, processes })
             })
             .collect();
-        Figures { window_seconds: seconds, links, listeners, groups }
+        Figures { window_seconds: seconds, links, tcp, listeners, groups }
     }
 }
 
@@ -271,9 +325,26 @@ fn take(groups: &HashSet<i32>) -> Sample {
             (l.tier, total)
         })
         .collect();
+    let tcp = registry
+        .tcp_links()
+        .iter()
+        .map(|m| {
+            let outcomes = m.outcomes();
+            let connected = outcomes.iter().find(|(o, _)| *o == "connected").map_or(0, |(_, n)| *n);
+            let counts = TcpCounts {
+                connected,
+                failed: outcomes.iter().map(|(_, n)| n).sum::<u64>() - connected,
+                sent: m.sent.load(std::sync::atomic::Ordering::Relaxed),
+                received: m.received.load(std::sync::atomic::Ordering::Relaxed),
+                active: m.active(),
+            };
+            ((m.key.from.clone(), m.key.to.clone(), m.key.link.clone()), counts)
+        })
+        .collect();
     Sample {
         at: Some(Instant::now()),
         links,
+        tcp,
         listeners,
         groups: if groups.is_empty() { HashMap::new() } else { scan(groups) },
     }
