@@ -20,6 +20,7 @@ against the targets (pgbench TPS >= 0.95x direct, redis >= 0.9x direct, both
 >= 1.0x HAProxy).
 
 Usage: benches/tcp_load.py [--rounds 3] [--duration 10] [--requests 200000] [--no-build] [--bin PATH]
+                           [--workers auto|N|shared]
 Only loopback addresses are used. Everything started is stopped by its PID.
 """
 
@@ -30,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -59,7 +61,7 @@ links:
 HAPROXY = """
 global
     nbthread {threads}
-    maxconn 8192
+    maxconn 4000
     tune.bufsize 65536
 defaults
     mode tcp
@@ -81,7 +83,8 @@ def pgbench(port, password, args):
                          env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"pgbench {args}: {out.stderr}")
-    tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout).group(1))
+    # `-C` counts the connections in: "(including reconnection times)".
+    tps = float(re.search(r"tps = ([\d.]+) \((?:without initial connection|including reconnection) time", out.stdout).group(1))
     latency = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))
     return tps, latency
 
@@ -102,6 +105,7 @@ def main():
     ap.add_argument("--requests", type=int, default=200000, help="requests per redis-benchmark test")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--bin", help="the orchestrator binary (default: target/release/orchestrator)")
+    ap.add_argument("--workers", default="auto", help="orchestrator run --workers (default: auto)")
     args = ap.parse_args()
     prepare(build=not args.no_build and not args.bin)
     for tool in ["pgbench", "redis-benchmark", "haproxy"]:
@@ -118,7 +122,8 @@ def main():
             f.write(TOPOLOGY.format(env=env_file))
         binary = args.bin or os.path.join(RELEASE, "orchestrator")
         orch = started.add(subprocess.Popen(
-            [binary, "run", path, "--admin", "127.0.0.1:0", "--no-watch", "--data-dir", os.path.join(tmp, "data")],
+            [binary, "run", path, "--admin", "127.0.0.1:0", "--no-watch", "--data-dir", os.path.join(tmp, "data"),
+             "--workers", args.workers],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "NO_COLOR": "1", "ORCH_LOG": "warn,orchestrator::runtime=info"}))
         admin = wait_line(orch, orch.stderr, r"Admin API listening\. addr=(\S+)", timeout=120).group(1)
@@ -136,7 +141,8 @@ def main():
             f.write(HAPROXY.format(threads=len(os.sched_getaffinity(0)), pg_port=hp_pg, db_port=port["db"],
                                    redis_port=hp_redis, cache_port=port["cache"]))
         subprocess.run(["haproxy", "-c", "-q", "-f", conf], check=True)
-        started.add(subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        haproxy = started.add(subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.PIPE, text=True))
         targets = {
             "direct": (port["db"], port["cache"]),
             "link": (int(links["ORCH_LINK_DB_PORT"]), int(links["ORCH_LINK_CACHE_PORT"])),
@@ -144,12 +150,16 @@ def main():
         }
         # HAProxy answers once it listens.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while True:
+            if haproxy.poll() is not None:
+                raise SystemExit(f"haproxy exited: {haproxy.stderr.read()}")
             try:
-                pgbench(hp_pg, pg_pass, ["-S", "-c", "1", "-t", "1", "-n"])
+                socket.create_connection(("127.0.0.1", hp_pg), timeout=1).close()
                 break
-            except (RuntimeError, AttributeError):
-                time.sleep(0.1)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("haproxy does not listen")
+                time.sleep(0.05)
         subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(port["db"]), "-U", "postgres", "-i", "-q", "-s", "10",
                         "bench"], env={**os.environ, "PGPASSWORD": pg_pass}, check=True, capture_output=True)
 

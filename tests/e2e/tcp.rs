@@ -104,6 +104,18 @@ async fn a_tcp_link_forwards_each_connection_to_a_ready_replica_at_a_stable_addr
         read.read_line(&mut answer).await.unwrap();
         assert!(answer.contains(&format!("LINE {i} ")), "{answer}");
     }
+    // A bulk transfer (4 MiB each way): past a full buffer, what is queued
+    // is spliced; every byte arrives, in order.
+    let big = format!("bulk {}\n", "y".repeat(4 << 20));
+    let sending = tokio::spawn(async move {
+        write.write_all(big.as_bytes()).await.unwrap();
+        write
+    });
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, read.read_line(&mut answer)).await.unwrap().unwrap();
+    let write = sending.await.unwrap();
+    assert_eq!(answer.len(), 2 + 5 + (4 << 20) + 1, "the bulk answer's length");
+    assert!(answer.ends_with(&format!("BULK {}\n", "Y".repeat(4 << 20))));
     drop((read, write));
     // The target restarted: the same address serves.
     let out = integration_tests::orchestrator(&["restart", "echo", "--admin", &orch.admin.to_string()]);

@@ -10,15 +10,17 @@
 //! bytes are then copied both ways until either side closes, or nothing
 //! moves for the link's `idle_timeout`.
 //!
-//! The copy is zero-copy on Linux: `splice` moves bytes from one socket into
-//! a pipe and from the pipe into the other, in the kernel, with no copy
-//! through this process's memory (as HAProxy does); where a socket refuses
-//! `splice`, a copy through a buffer of [`BUFFER`] bytes each way.
+//! The copy: what arrives is read into a buffer of [`BUFFER`] bytes and
+//! written on — small messages (a query, a reply) cost less that way than
+//! through a pipe — and when a read fills the buffer (a large result, a
+//! bulk load), what is queued behind it is moved with `splice(2)`, kernel
+//! to kernel, with no copy through this process's memory, until the socket
+//! has nothing more queued (HAProxy's `splice-auto`).
 //!
 //! Bounded: at most the link's `max_connections` at once (past it a new
 //! connection is closed at once), each in the process's connection budget,
-//! each holding two pipes of the kernel's default size (64 KiB) or two
-//! buffers.
+//! each holding two buffers of [`BUFFER`] bytes (32 KiB) and, once a
+//! burst came, a pipe each way (the kernel's default, up to 64 KiB each).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -39,10 +41,10 @@ use crate::serve::timeouts::Deadline;
 use crate::serve::workers::Workers;
 use crate::topology::model::limits;
 
-/// Bytes moved at once each way (a pipe's default capacity).
+/// Bytes spliced at once (a pipe's default capacity).
 pub const CHUNK: usize = 64 * 1024;
-/// The buffer each way where `splice` is refused.
-pub const BUFFER: usize = 64 * 1024;
+/// The buffer each way: what one read takes before a burst is spliced.
+pub const BUFFER: usize = 16 * 1024;
 /// How often a connection that waits for a ready replica looks again.
 const READY_POLL: Duration = Duration::from_millis(20);
 
@@ -183,32 +185,17 @@ async fn copy(client: TcpStream, server: TcpStream, route: &Route, addr: SocketA
     route.tcp.opened();
     let moved = AtomicU64::new(0);
     let idle = route.spec.idle_timeout;
-    let spliced = async {
-        let (Ok(up), Ok(down)) = (Splicer::new(), Splicer::new()) else { return Err(Refused) };
-        let (a, b) = tokio::join!(
+    let both = async {
+        let (mut up, mut down) = (Mover::new(), Mover::new());
+        tokio::join!(
             up.run(&client, &server, &route.tcp.sent, &moved),
             down.run(&server, &client, &route.tcp.received, &moved)
         );
-        a.and(b)
     };
-    let refused = tokio::select! {
-        spliced = spliced => spliced.is_err(),
+    tokio::select! {
+        () = both => {}
         () = quiet_for(idle, &moved) => {
             tracing::debug!(%addr, idle = %humantime::format_duration(idle), "A TCP link's connection was idle: closed.");
-            false
-        }
-    };
-    if refused {
-        // No `splice` for these sockets: a copy through buffers instead.
-        let (mut client, mut server) = (client, server);
-        let copying = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER);
-        let copied = tokio::select! {
-            copied = copying => copied.ok(),
-            () = Deadline::at(tokio::time::Instant::now() + idle) => None,
-        };
-        if let Some((up, down)) = copied {
-            route.tcp.sent.fetch_add(up, Ordering::Relaxed);
-            route.tcp.received.fetch_add(down, Ordering::Relaxed);
         }
     }
     route.tcp.closed();
@@ -229,83 +216,127 @@ async fn quiet_for(idle: Duration, moved: &AtomicU64) {
     }
 }
 
-/// `splice` is refused for these sockets.
-#[derive(Debug)]
-struct Refused;
-
-/// One direction of a spliced copy: its pipe.
-struct Splicer {
-    read: OwnedFd,
-    write: OwnedFd,
+/// One direction of a connection. What arrives is read into a buffer of
+/// [`BUFFER`] bytes and written on: a query, a reply, a command — small
+/// messages, for which two copies cost less than a pipe's bookkeeping.
+/// When a read fills the buffer, more is queued behind it (a large result,
+/// a bulk load): that is moved with `splice(2)` through a pipe, kernel to
+/// kernel, until the socket has nothing more queued; then buffers again.
+/// (HAProxy's `splice-auto` does the same.) The pipe is made at the first
+/// such burst: a connection that never has one holds no pipe.
+struct Mover {
+    buf: Box<[u8]>,
+    /// The pipe, once made; `None` inside when `splice` was refused.
+    pipe: Option<Option<(OwnedFd, OwnedFd)>>,
 }
 
-impl Splicer {
-    fn new() -> std::io::Result<Self> {
-        use nix::fcntl::OFlag;
-        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        Ok(Self { read, write })
+/// Whether the other side went away (or failed): the direction ends.
+struct Gone;
+
+impl Mover {
+    fn new() -> Self {
+        Self { buf: vec![0; BUFFER].into_boxed_slice(), pipe: None }
     }
 
     /// Moves what `from` sends to `to` until `from` closes (then `to`'s
-    /// sending side is shut) or either fails. `Err` if `splice` is refused
-    /// before a byte moved.
-    async fn run(
-        &self,
-        from: &TcpStream,
-        to: &TcpStream,
-        counted: &AtomicU64,
-        moved: &AtomicU64,
-    ) -> Result<(), Refused> {
-        use nix::errno::Errno;
-        use nix::fcntl::{SpliceFFlags, splice};
-        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        let mut total = 0u64;
+    /// sending side is shut) or either fails.
+    async fn run(&mut self, from: &TcpStream, to: &TcpStream, counted: &AtomicU64, moved: &AtomicU64) {
         loop {
-            // Into the pipe: what `from` has.
             let n = loop {
-                let spliced = from.try_io(Interest::READABLE, || {
-                    splice(from.as_fd(), None, self.write.as_fd(), None, CHUNK, flags).map_err(std::io::Error::from)
-                });
-                match spliced {
+                match from.try_read(&mut self.buf) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if from.readable().await.is_err() {
-                            return Ok(());
+                            return shut_write(to);
                         }
                     }
-                    Err(e) if total == 0 && e.raw_os_error() == Some(Errno::EINVAL as i32) => return Err(Refused),
-                    Err(_) => {
-                        shut_write(to);
-                        return Ok(());
-                    }
+                    Err(_) => return shut_write(to),
                 }
             };
             if n == 0 {
                 // `from` closed its side: so does `to`'s, once what it sent went through.
-                shut_write(to);
-                return Ok(());
+                return shut_write(to);
             }
-            // Out of the pipe: all of it, into `to`.
+            if write_all(to, &self.buf[..n]).await.is_err() {
+                return;
+            }
+            counted.fetch_add(n as u64, Ordering::Relaxed);
+            moved.fetch_add(n as u64, Ordering::Relaxed);
+            if n == self.buf.len() {
+                match self.splice_burst(from, to, counted, moved).await {
+                    Ok(true) => {}
+                    Ok(false) => return shut_write(to),
+                    Err(Gone) => return,
+                }
+            }
+        }
+    }
+
+    /// Splices what `from` has queued into `to`, until it has nothing more
+    /// for now (`Ok(true)`) or closed (`Ok(false)`).
+    async fn splice_burst(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        counted: &AtomicU64,
+        moved: &AtomicU64,
+    ) -> Result<bool, Gone> {
+        use nix::errno::Errno;
+        use nix::fcntl::{OFlag, SpliceFFlags, splice};
+        let pipe = self.pipe.get_or_insert_with(|| nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok());
+        let Some((read, write)) = pipe.as_ref() else { return Ok(true) };
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            let spliced = from.try_io(Interest::READABLE, || {
+                splice(from.as_fd(), None, write.as_fd(), None, CHUNK, flags).map_err(std::io::Error::from)
+            });
+            let n = match spliced {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                // Nothing more queued: back to reading into the buffer.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => {
+                    // These sockets take no `splice`: buffers only, from now on.
+                    self.pipe = Some(None);
+                    return Ok(true);
+                }
+                Err(_) => return Ok(false),
+            };
             let mut left = n;
             while left > 0 {
                 let spliced = to.try_io(Interest::WRITABLE, || {
-                    splice(self.read.as_fd(), None, to.as_fd(), None, left, flags).map_err(std::io::Error::from)
+                    splice(read.as_fd(), None, to.as_fd(), None, left, flags).map_err(std::io::Error::from)
                 });
                 match spliced {
                     Ok(m) => left -= m,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if to.writable().await.is_err() {
-                            return Ok(());
+                            return Err(Gone);
                         }
                     }
-                    Err(_) => return Ok(()),
+                    Err(_) => return Err(Gone),
                 }
             }
-            total += n as u64;
             counted.fetch_add(n as u64, Ordering::Relaxed);
             moved.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Writes all of `bytes` to `to`, waiting while its send buffer is full.
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> Result<(), Gone> {
+    while !bytes.is_empty() {
+        match to.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if to.writable().await.is_err() {
+                    return Err(Gone);
+                }
+            }
+            Err(_) => return Err(Gone),
+        }
+    }
+    Ok(())
 }
 
 /// Closes `stream`'s sending side (its peer reads the end of what it sent).
