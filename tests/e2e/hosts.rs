@@ -1149,3 +1149,65 @@ async fn the_peer_listener_bounds_streams_per_connection_and_tls_handshakes() {
         "closed after {closed_after:?}"
     );
 }
+
+/// `redis-cli` in namespace `ns` on `url`, with a bounded wait: its output
+/// (an error is output too), or `None` if it failed.
+fn redis_cli(ns: &str, url: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "20", "redis-cli", "--no-auth-warning", "-u", url])
+        .args(args)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !said.is_empty() && !said.starts_with("ERR") && !said.contains("error")).then_some(said)
+}
+
+#[test]
+fn a_tcp_link_reaches_a_store_on_another_host_through_its_peer_listener() {
+    let network = Network::new(2);
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: store-across
+{hosts}tiers:
+  cache: {{ plugin: redis, host: h2 }}
+  app:
+    plugin: process
+    host: h1
+    config:
+      command: [sh, -c, 'echo "URL=$ORCH_LINK_CACHE_URL"; exec sleep 3600']
+      readiness: {{ exec: ["true"] }}
+links:
+  - {{ from: app, to: cache, kind: tcp }}
+"#,
+        hosts = network.hosts_yaml(),
+    ));
+    let dir = topology.dir.path().to_path_buf();
+    let token = token_file(&dir);
+    // The store's host first: the caller's host learns its connection string
+    // from it before the caller starts.
+    let h2 = Host::start(&network, 2, &topology, &token);
+    let h1 = Host::start(&network, 1, &topology, &token);
+    let logged = h1.log.lock().unwrap().iter().find(|l| l.contains("URL=")).cloned();
+    let line = logged.unwrap_or_else(|| h1.wait_for_line("URL="));
+    let url = line.split("URL=").nth(1).unwrap().trim().to_owned();
+    // The password the store's host generated, at the caller's own link address.
+    let password = std::fs::read_to_string(dir.join(".orchestrator/cache/password")).unwrap();
+    assert!(url.starts_with(&format!("redis://default:{}@127.0.0.1:", password.trim())), "{url}");
+    let ns1 = network.ns("h1");
+    assert_eq!(redis_cli(&ns1, &url, &["SET", "greeting", "across"]).as_deref(), Some("OK"));
+    assert_eq!(redis_cli(&ns1, &url, &["GET", "greeting"]).as_deref(), Some("across"));
+    // The caller's status names the store's host as its replica there.
+    let status = h1.status();
+    assert_eq!(integration_tests::tier(&status, "cache")["plugin"], "peer", "{status}");
+
+    // The store's host cut off: a new connection fails (within the link's
+    // connect timeout); back, the same address serves again, the data there.
+    network.link(2, false);
+    h1.wait_status("cache unreachable", |s| integration_tests::tier(s, "cache")["instances"][0]["ready"] == false);
+    assert_eq!(redis_cli(&ns1, &url, &["GET", "greeting"]), None);
+    network.link(2, true);
+    h1.wait_status("cache reachable", |s| integration_tests::tier(s, "cache")["instances"][0]["ready"] == true);
+    assert_eq!(redis_cli(&ns1, &url, &["GET", "greeting"]).as_deref(), Some("across"));
+    drop((h1, h2));
+}

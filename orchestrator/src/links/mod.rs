@@ -181,7 +181,11 @@ impl LinkTable {
     pub fn connection_url(&self, name: &str, url: &str) -> Option<String> {
         let addr = url.strip_prefix("tcp://")?;
         let route = self.get(name)?;
-        route.target.replicas().iter().find_map(|i| i.as_server()?.connection_url(addr))
+        route.target.replicas().iter().find_map(|i| match i.as_peer() {
+            // A store on another host: the connection string its host said.
+            Some(peer) => peer.connection_url(addr),
+            None => i.as_server()?.connection_url(addr),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {

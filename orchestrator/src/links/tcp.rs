@@ -150,6 +150,29 @@ async fn forward(client: TcpStream, route: Arc<Route>) {
         if tried.as_ref().is_some_and(|t| Arc::ptr_eq(t, &instance)) {
             break;
         }
+        // A replica on another host: through its peer listener.
+        if let Some(peer) = instance.as_peer() {
+            match tokio::time::timeout(connect_timeout, peer.tunnel()).await {
+                Ok(Ok(tunnel)) => {
+                    let clock = crate::metrics::cells::clock();
+                    route.tcp.connected(clock.delta_as_nanos(started, clock.raw()));
+                    let in_flight = instance.enter();
+                    drop(tried);
+                    route.tcp.opened();
+                    relay(client, tunnel, route.spec.idle_timeout, &route.tcp.sent, &route.tcp.received).await;
+                    route.tcp.closed();
+                    drop(in_flight);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = ?e, "A TCP link's tunnel to another host failed; trying another replica.");
+                    last = TcpOutcome::Refused;
+                }
+                Err(_) => last = TcpOutcome::Timeout,
+            }
+            tried = Some(instance);
+            continue;
+        }
         let Some(addr) = instance.tcp_addr() else {
             last = TcpOutcome::Unavailable;
             tried = Some(instance);
@@ -321,6 +344,50 @@ impl Mover {
             moved.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Relays bytes between `a` and `b` (a tunnel through a peer listener and a
+/// socket) until both closed, one failed, or nothing moved for `idle`:
+/// through buffers of [`BUFFER`] bytes, counted as they go (`a` to `b` in
+/// `sent`, back in `received`).
+pub async fn relay<A, B>(a: A, b: B, idle: Duration, sent: &AtomicU64, received: &AtomicU64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let moved = AtomicU64::new(0);
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let both = async {
+        tokio::join!(pump(a_read, b_write, sent, &moved), pump(b_read, a_write, received, &moved));
+    };
+    tokio::select! {
+        () = both => {}
+        () = quiet_for(idle, &moved) => {}
+    }
+}
+
+/// One direction of [`relay`]: until `from` ends (then `to` is shut) or either fails.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    counted: &AtomicU64,
+    moved: &AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0; BUFFER];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+            return;
+        }
+        counted.fetch_add(n as u64, Ordering::Relaxed);
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Writes all of `bytes` to `to`, waiting while its send buffer is full.

@@ -18,6 +18,7 @@ use crate::plugins::{BorrowedRequest, Instance};
 use crate::serve::gate::WakeGated;
 use crate::serve::listener::{Bound, Handler, Listener, Protocol, Response, json_error, read_body};
 use crate::serve::workers::Workers;
+use crate::topology::model::limits;
 
 /// Starts serving tier `endpoint` on `bound`: each request goes to one of its
 /// replicas. Connections are served on `workers`.
@@ -274,7 +275,15 @@ async fn handle_peer(mut req: hyper::Request<Incoming>, inbound: Arc<PeerInbound
             n => json_error(StatusCode::OK, &format!("{n} ready")),
         };
         resp.headers_mut().insert(peer::READY_HEADER, HeaderValue::from(ready));
+        // A store's connection string, for its callers' links on other hosts.
+        let url = endpoint.replicas().iter().find_map(|i| i.as_server()?.connection_url("{addr}"));
+        if let Some(url) = url.and_then(|u| HeaderValue::from_str(&u).ok()) {
+            resp.headers_mut().insert(peer::CONNECTION_URL_HEADER, url);
+        }
         return resp;
+    }
+    if req.uri().path() == peer::TUNNEL_PATH {
+        return tunnel(req, endpoint, tier).await;
     }
     // Traced as a tier listener's request is: the span of the caller's
     // attempt (on the calling host) is its parent.
@@ -284,6 +293,61 @@ async fn handle_peer(mut req: hyper::Request<Incoming>, inbound: Arc<PeerInbound
     let trace = Some(span.context().trace_id());
     let resp = Box::pin(crate::traces::in_trace(trace, handle_peer_call(req, endpoint, tier, max_body))).await;
     answered(&mut span, &resp);
+    resp
+}
+
+/// A peer's TCP tunnel for `tier` (a `tcp` link's connection from another
+/// host): connected to a ready replica here, then upgraded, and the bytes
+/// relayed both ways until either side closes or nothing moves for an hour.
+async fn tunnel(mut req: hyper::Request<Incoming>, endpoint: Arc<Endpoint>, tier: String) -> Response {
+    let wanted = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(peer::TUNNEL_PROTOCOL.as_bytes()));
+    if !wanted {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("a tunnel asks to upgrade to `{}`", peer::TUNNEL_PROTOCOL),
+        );
+    }
+    let mut connected = None;
+    for instance in endpoint.replicas().iter().filter(|i| i.is_ready()) {
+        let Some(addr) = instance.tcp_addr() else { continue };
+        if let Ok(Ok(server)) =
+            tokio::time::timeout(limits::TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+        {
+            let _ = server.set_nodelay(true);
+            connected = Some((server, instance.clone()));
+            break;
+        }
+    }
+    let Some((server, instance)) = connected else {
+        let mut resp = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("tier `{tier}` has no ready replica that takes TCP here"),
+        );
+        resp.headers_mut().insert(peer::STATUS_HEADER, HeaderValue::from_static("no-ready-replica"));
+        return resp;
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        // Counted in flight while it lasts: a replica being replaced drains it.
+        let _in_flight = instance.enter();
+        let counted = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+        links::tcp::relay(
+            hyper_util::rt::TokioIo::new(upgraded),
+            server,
+            limits::TCP_IDLE_TIMEOUT,
+            &counted.0,
+            &counted.1,
+        )
+        .await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(peer::TUNNEL_PROTOCOL));
     resp
 }
 

@@ -374,14 +374,14 @@ async fn serve_connection<H: Handler>(
         }
         Protocol::Any { tls: None } => {
             let http = any(&timeouts);
-            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
             ended(watch.over(conn).await.map(|r| r.map_err(ConnError::Other)))
         }
         Protocol::Any { tls: Some(tls) } => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let http = any(&timeouts);
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     ended(watch.over(conn).await.map(|r| r.map_err(ConnError::Other)))
                 }
                 Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),

@@ -309,7 +309,6 @@ impl Validator<'_> {
         self.plugin_configs(&tiers, &declared, &plugin_dirs);
 
         let hosts = self.placement(&tiers);
-        self.tcp_placement(&tiers, &links);
         let tiers =
             tiers.into_iter().filter_map(|(id, draft)| Some((id.clone(), self.tier_spec(&id, draft)?))).collect();
         Some(Topology { name, file: file.to_owned(), plugin_dirs, tiers, links, hosts })
@@ -403,37 +402,6 @@ impl Validator<'_> {
             }
         }
         hosts
-    }
-
-    /// A `tcp` link reaches the target's replicas on its caller's host only
-    /// (it does not travel through the peer listener yet): every host that
-    /// runs the caller must run the target too.
-    fn tcp_placement(&mut self, tiers: &IndexMap<TierId, TierDraft>, links: &[LinkSpec]) {
-        let hosts_of = |draft: &TierDraft| -> Vec<String> {
-            match &draft.raw.host {
-                None => Vec::new(),
-                Some(super::raw::RawPlacement::One(h)) => vec![h.clone()],
-                Some(super::raw::RawPlacement::Many(hs)) => hs.clone(),
-            }
-        };
-        for link in links.iter().filter(|l| l.kind == LinkKind::Tcp) {
-            let (Some(from), Some(to)) = (tiers.get(&link.from), tiers.get(&link.to)) else { continue };
-            let (callers, targets) = (hosts_of(from), hosts_of(to));
-            let missing: Vec<&str> = callers.iter().filter(|h| !targets.contains(h)).map(String::as_str).collect();
-            if !missing.is_empty() && !targets.is_empty() {
-                self.error(
-                    &from.path.key("host"),
-                    format!(
-                        "tier `{}` calls `{}` over a tcp link from {}, where `{}` does not run: tcp links do not cross hosts yet",
-                        link.from,
-                        link.to,
-                        missing.join(", "),
-                        link.to
-                    ),
-                )
-                .hint = Some(format!("place `{}` on the hosts of `{}` ({})", link.from, link.to, targets.join(", ")));
-            }
-        }
     }
 
     fn tiers(&mut self, plugin_dirs: &[PathBuf]) -> IndexMap<TierId, TierDraft> {
@@ -1179,20 +1147,6 @@ mod tests {
     /// Every error of `yaml` as `path: message`.
     fn all(yaml: &str) -> Vec<String> {
         check(yaml).unwrap_err().items.iter().map(|d| format!("{}: {}", d.path, d.message)).collect()
-    }
-
-    #[test]
-    fn a_tcp_link_does_not_cross_hosts() {
-        let yaml = |db: &str| {
-            format!(
-                "version: 1\nname: t\nhosts:\n  h1: {{ peer: \"127.0.0.1:7701\" }}\n  h2: {{ peer: \"127.0.0.1:7702\" }}\ntiers:\n  db: {{ plugin: process, host: {db}, config: {{ command: [x], readiness: {{ tcp: true }} }} }}\n  api: {{ plugin: process, host: [h1, h2], config: {{ command: [x] }} }}\nlinks:\n  - {{ from: api, to: db, kind: tcp }}\n"
-            )
-        };
-        let e = errors(&yaml("h2"));
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!((e[0].0.as_str(), e[0].1), ("tiers.api.host", 8));
-        assert!(e[0].3.contains("from h1, where `db` does not run"), "{e:?}");
-        assert!(check(&yaml("[h2, h1]")).is_ok());
     }
 
     #[test]

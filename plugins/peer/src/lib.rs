@@ -48,6 +48,16 @@ pub const READY_HEADER: &str = "orch-peer-ready";
 pub const MAX_WEIGHT: u32 = 1024;
 /// The header a peer listener sets when the tier has no ready replica there.
 pub const STATUS_HEADER: &str = "orch-peer-status";
+/// The path of a TCP tunnel's request on a peer listener: it upgrades to
+/// [`TUNNEL_PROTOCOL`], and the connection then carries a `tcp` link's
+/// bytes to a ready replica of the tier there.
+pub const TUNNEL_PATH: &str = "/_orch/peer/tcp";
+/// The protocol a TCP tunnel upgrades to (HTTP/1.1 `Upgrade`).
+pub const TUNNEL_PROTOCOL: &str = "orchestrator-tcp";
+/// The header of a probe's answer for a store tier: its connection string,
+/// `{addr}` standing for the caller's link address. Peers are trusted with
+/// it as they are with every call (the token, mutual TLS between hosts).
+pub const CONNECTION_URL_HEADER: &str = "orch-peer-connection-url";
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one attempt on a peer may wait for its answer's head.
@@ -114,6 +124,10 @@ struct Host {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// RPC calls: HTTP/2, every call a stream of one connection per address.
     rpc: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// TCP tunnels: a connection of their own each.
+    connector: HttpsConnector<HttpConnector>,
+    /// A store tier's connection string there, `{addr}` for the address.
+    connection_url: Mutex<Option<String>>,
 }
 
 impl Host {
@@ -261,6 +275,57 @@ impl Host {
         Ok(http::Response::from_parts(parts, body))
     }
 
+    /// A TCP tunnel to a ready replica of the tier on the host: an HTTP/1.1
+    /// connection of its own to the peer listener, upgraded.
+    async fn tunnel(&self) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, Failure> {
+        let Some(addr) = self.pick() else {
+            return Err(Failure::NotDelivered(format!("every address of host {} is ejected", self.peer)));
+        };
+        let uri: http::Uri = format!("{}://{addr}{TUNNEL_PATH}", self.scheme)
+            .parse()
+            .map_err(|_| Failure::NotDelivered("a bad URI".into()))?;
+        let mut connector = self.connector.clone();
+        let io =
+            match tokio::time::timeout(CONNECT_TIMEOUT * 4, tower_service::Service::call(&mut connector, uri)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    self.eject(addr, &format!("cannot connect: {e}"));
+                    return Err(Failure::NotDelivered(format!("peer {addr}: cannot connect: {e}")));
+                }
+                Err(_) => {
+                    self.eject(addr, "no connection in time");
+                    return Err(Failure::NotDelivered(format!("peer {addr}: no connection in time")));
+                }
+            };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+            .await
+            .map_err(|e| Failure::NotDelivered(format!("peer {addr}: {e}")))?;
+        tokio::spawn(conn.with_upgrades());
+        let mut builder = hyper::Request::get(TUNNEL_PATH)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(TIER_HEADER, &self.tier)
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header(hyper::header::UPGRADE, TUNNEL_PROTOCOL);
+        if let Some(bearer) = &self.bearer {
+            builder = builder.header(hyper::header::AUTHORIZATION, bearer);
+        }
+        let req = builder.body(Full::new(Bytes::new())).map_err(|e| Failure::NotDelivered(e.to_string()))?;
+        let answer = match tokio::time::timeout(TRY_TIMEOUT, sender.send_request(req)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(Failure::NotDelivered(format!("peer {addr}: {e}"))),
+            Err(_) => return Err(Failure::NotDelivered(format!("peer {addr}: no answer in time"))),
+        };
+        if answer.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            if answer.headers().get(STATUS_HEADER).is_some_and(|v| v.as_bytes() == b"no-ready-replica") {
+                self.eject(addr, "its tier has no ready replica");
+            }
+            return Err(Failure::NotDelivered(format!("peer {addr}: the tunnel was answered {}", answer.status())));
+        }
+        let upgraded =
+            hyper::upgrade::on(answer).await.map_err(|e| Failure::NotDelivered(format!("peer {addr}: {e}")))?;
+        Ok(hyper_util::rt::TokioIo::new(upgraded))
+    }
+
     /// Probes ejected addresses, and resolves the host's name again, until
     /// the replica goes away.
     async fn watch(self: std::sync::Arc<Self>) {
@@ -313,6 +378,9 @@ impl Host {
         let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
         match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
             Ok(Ok(answer)) if answer.status().is_success() => {
+                if let Some(url) = answer.headers().get(CONNECTION_URL_HEADER).and_then(|v| v.to_str().ok()) {
+                    *self.connection_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.to_owned());
+                }
                 let ready = answer.headers().get(READY_HEADER).and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
                 Ok(ready.unwrap_or(1).clamp(1, MAX_WEIGHT))
             }
@@ -334,6 +402,24 @@ impl Peer {
     /// its host, as the host's probes last said (1 until a probe has).
     pub fn weight(&self) -> u32 {
         self.state.get().map_or(1, |h| h.weight())
+    }
+
+    /// A TCP tunnel to a ready replica of the tier on the host (a `tcp`
+    /// link's connection): its bytes travel through the host's peer
+    /// listener, authenticated as every call is.
+    pub async fn tunnel(&self) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, Failure> {
+        match self.state.get() {
+            Some(host) => host.tunnel().await,
+            None => Err(Failure::NotDelivered("the peer replica has not started".to_owned())),
+        }
+    }
+
+    /// The tier's connection string at `addr`, if it is a store tier whose
+    /// host said it.
+    pub fn connection_url(&self, addr: &str) -> Option<String> {
+        let host = self.state.get()?;
+        let template = host.connection_url.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(template.replace("{addr}", addr))
     }
 
     /// Sends a REST request for the tier in hyper's types, as `handle` does
@@ -396,7 +482,8 @@ impl Plugin for Peer {
                 builder.enable_http1().wrap_connector(connector.clone())
             }
         };
-        let client = Client::builder(TokioExecutor::new()).build(https(false));
+        let connector = https(false);
+        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
         let rpc = Client::builder(TokioExecutor::new()).http2_only(true).build(https(true));
         let token = cx.env("ORCH_PEER_TOKEN");
         let host = std::sync::Arc::new(Host {
@@ -412,7 +499,17 @@ impl Plugin for Peer {
             scheme,
             client,
             rpc,
+            connector,
+            connection_url: Mutex::new(None),
         });
+        // A first probe now: the host's readiness, and a store's connection
+        // string, known before the tiers that call it start.
+        let first = host.addresses.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|a| a.addr).collect::<Vec<_>>();
+        for addr in first {
+            if let Ok(ready) = host.probe(addr).await {
+                host.restore(addr, ready);
+            }
+        }
         tokio::spawn(host.clone().watch());
         let _ = self.state.set(host);
         Ok(())

@@ -545,10 +545,12 @@ async fn stop_requested(replica: &Replica) {
 async fn supervise(replica: Arc<Replica>, settings: Settings, cx: Context) {
     let base = cx.base_dir();
     let workdir = settings.workdir.as_ref().map_or_else(|| base.clone(), |w| base.join(w));
-    let env = environment(&settings, &cx, replica.port);
     let mut backoff = settings.backoff;
     let mut restarts = 0u32;
     loop {
+        // At each start: a link's connection string may have come since
+        // (a store on another host that answered only now).
+        let env = environment(&settings, &cx, replica.port);
         // A command that does not exist will not exist at the next attempt either.
         let mut hopeless = false;
         if let Some(recipe) = &settings.recipe
