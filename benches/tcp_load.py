@@ -131,7 +131,16 @@ def main():
         subprocess.Popen(["cat"], stdin=orch.stderr, stdout=subprocess.DEVNULL)
         status = json.load(urllib.request.urlopen(f"http://{admin}/admin/status"))
         port = {t["name"]: t["instances"][0]["detail"]["port"] for t in status["tiers"] if t["name"] in ("db", "cache")}
-        links = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line)
+        # The caller writes its links' variables as it starts (it is ready at once).
+        deadline = time.monotonic() + 30
+        while True:
+            links = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line) \
+                if os.path.exists(env_file) else {}
+            if {"ORCH_LINK_DB_PORT", "ORCH_LINK_CACHE_PORT"} <= links.keys():
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the caller wrote no link variables: {links}")
+            time.sleep(0.05)
         pg_pass = open(os.path.join(tmp, "data/db/password")).read().strip()
         redis_pass = open(os.path.join(tmp, "data/cache/password")).read().strip()
 

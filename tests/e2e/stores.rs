@@ -502,7 +502,9 @@ async fn a_store_is_restarted_by_a_reload_only_for_its_own_change_stop_first_and
     // `orchestrator restart db`: stop first, too; the link's address is the same.
     let before = postmaster(data.path());
     let out = integration_tests::orchestrator(&["restart", "db", "--admin", &orch.admin.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        orch.fail(&format!("restart: {}", String::from_utf8_lossy(&out.stderr)));
+    }
     assert_ne!(postmaster(data.path()), before);
     assert_eq!(psql(&url, "SELECT v FROM kept").unwrap(), "before");
 }
