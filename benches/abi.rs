@@ -51,6 +51,7 @@ fn link(from: &str, to: &str, kind: LinkKind) -> LinkSpec {
         queue_role: None,
         idle_timeout: std::time::Duration::from_secs(3600),
         max_connections: 1024,
+        outbox: None,
     }
 }
 

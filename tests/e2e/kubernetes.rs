@@ -123,7 +123,7 @@ fn repo_topologies() -> Vec<String> {
 }
 
 /// Topologies the export refuses, for now: stores would lose their data.
-const NOT_EXPORTED: [&str; 1] = ["stores.yaml"];
+const NOT_EXPORTED: [&str; 2] = ["orders-db.yaml", "stores.yaml"];
 
 #[test]
 fn a_topology_with_stores_jobs_or_tcp_links_is_refused_with_each_named_and_nothing_written() {

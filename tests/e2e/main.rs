@@ -3,6 +3,7 @@
 mod browser;
 mod cli;
 mod clients;
+mod consistency;
 mod dashboard;
 mod grpc;
 mod guide;

@@ -1165,7 +1165,10 @@ impl StartGraph {
     /// The graph of `topology`'s tiers; those `starts` says no to are
     /// settled already (they run as they are).
     fn new(topology: &Topology, starts: impl Fn(&TierId) -> bool) -> Self {
-        let groups = link_groups(topology);
+        let waits = start_edges(topology);
+        let groups = start_order_by(topology, |_, v| {
+            waits.get(v).into_iter().flatten().filter(|(_, after)| !after).map(|(to, _)| to.clone()).collect()
+        });
         let group_of: HashMap<&TierId, usize> =
             groups.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |id| (id, g))).collect();
         let mut graph =
@@ -1180,10 +1183,10 @@ impl StartGraph {
             let group = group_of[id];
             let mut deps: Vec<(TierId, bool)> = groups[group]
                 .iter()
-                .flat_map(|member| topology.predecessors(member))
-                .filter(|(to, after)| *after || group_of.get(*to).is_some_and(|g| *g != group))
-                .filter(|(to, _)| topology.tiers.contains_key(*to))
-                .map(|(to, after)| (to.clone(), after))
+                .flat_map(|member| waits.get(member).into_iter().flatten())
+                .filter(|(to, after)| *after || group_of.get(to).is_some_and(|g| *g != group))
+                .filter(|(to, _)| topology.tiers.contains_key(to))
+                .cloned()
                 .collect();
             deps.sort();
             deps.dedup();
@@ -1252,10 +1255,28 @@ impl StartGraph {
     }
 }
 
-/// The tiers of `topology` grouped by cycles of links (strongly connected
-/// components), callees first: each group starts together.
-fn link_groups(topology: &Topology) -> Vec<Vec<TierId>> {
-    start_order_by(topology, |t, v| t.links_from(v).map(|l| l.to.clone()).collect())
+/// What each tier waits for to start (with whether it is an `after:`):
+/// the tiers it links to and names in `after:`, but for a delivery out of a
+/// queue tier that closes a cycle of links. A broker keeps the messages of
+/// a subscriber that is not ready yet, so it need not wait for it; and the
+/// subscriber may need a tier that publishes into the broker, as a consumer
+/// writing into the database whose outbox feeds the queue does.
+fn start_edges(topology: &Topology) -> HashMap<TierId, Vec<(TierId, bool)>> {
+    let cycles = start_order_by(topology, |t, v| t.links_from(v).map(|l| l.to.clone()).collect());
+    let cycle_of: HashMap<&TierId, usize> =
+        cycles.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |id| (id, g))).collect();
+    let closes_a_cycle = |l: &crate::topology::LinkSpec| {
+        l.queue_role == Some(crate::topology::QueueRole::Deliver) && cycle_of.get(&l.from) == cycle_of.get(&l.to)
+    };
+    topology
+        .tiers
+        .iter()
+        .map(|(id, tier)| {
+            let links = topology.links_from(id).filter(|l| !closes_a_cycle(l)).map(|l| (l.to.clone(), false));
+            let after = tier.after.iter().map(|t| (t.clone(), true));
+            (id.clone(), links.chain(after).collect())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1294,6 +1315,25 @@ mod tests {
         // `web` calls `a` only: `b` may still be starting.
         graph.settle(&TierId::new("a"), true);
         assert_eq!(sorted(graph.startable()), ["web"]);
+    }
+
+    #[test]
+    fn a_cycle_through_a_queue_is_broken_at_the_delivery() {
+        // The outbox's cycle: db publishes into orders, orders delivers to
+        // worker, worker writes into db. The broker keeps the worker's
+        // messages; the worker needs the database: db first, then worker.
+        let yaml = "version: 1\nname: t\ntiers:\n  db: { plugin: postgres }\n  orders: { plugin: queue }\n  worker: { plugin: process, config: { command: [w] } }\n  other: { plugin: process, config: { command: [o] } }\nlinks:\n  - { from: db, to: orders, kind: queue, outbox: { table: outbox } }\n  - { from: orders, to: worker, kind: queue }\n  - { from: worker, to: db, kind: tcp }\n  - { from: orders, to: other, kind: queue, name: o2 }\n";
+        let topology = parse(Path::new("t.yaml"), yaml, &Registry::with_dirs(Vec::new())).unwrap();
+        let mut graph = StartGraph::new(&topology, |_| true);
+        let sorted = |ids: Vec<TierId>| names(vec![ids]).remove(0);
+        // A subscriber outside the cycle still starts before its broker.
+        assert_eq!(sorted(graph.startable()), ["other"]);
+        graph.settle(&TierId::new("other"), true);
+        assert_eq!(sorted(graph.startable()), ["orders"]);
+        graph.settle(&TierId::new("orders"), true);
+        assert_eq!(sorted(graph.startable()), ["db"]);
+        graph.settle(&TierId::new("db"), true);
+        assert_eq!(sorted(graph.startable()), ["worker"]);
     }
 
     #[test]

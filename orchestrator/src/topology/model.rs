@@ -300,6 +300,20 @@ pub struct LinkSpec {
     pub idle_timeout: Duration,
     /// TCP links: connections open at once through the link.
     pub max_connections: u32,
+    /// Queue links out of a `postgres` tier: the outbox relayed on the topic.
+    pub outbox: Option<OutboxSpec>,
+}
+
+/// A `postgres` tier's transactional outbox, relayed on a queue link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxSpec {
+    pub table: String,
+    /// Make the table and its trigger when missing.
+    pub create: bool,
+    /// Look at the table this often without a notification.
+    pub poll: Duration,
+    /// Rows per publish, at most.
+    pub batch: u32,
 }
 
 impl LinkSpec {
@@ -323,6 +337,12 @@ impl LinkSpec {
         }
         if self.kind == LinkKind::Tcp {
             params.insert("max_connections".to_owned(), self.max_connections.to_string());
+        }
+        if let Some(outbox) = &self.outbox {
+            params.insert("outbox_table".to_owned(), outbox.table.clone());
+            params.insert("outbox_create".to_owned(), outbox.create.to_string());
+            params.insert("outbox_poll_ms".to_owned(), outbox.poll.as_millis().to_string());
+            params.insert("outbox_batch".to_owned(), outbox.batch.to_string());
         }
         plugin_api::LinkInfo { name: self.name.clone(), kind: self.kind, params }
     }
@@ -356,6 +376,18 @@ pub mod limits {
     pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// The plugins that run a store's server: one replica, always.
     pub const STORE_PLUGINS: [&str; 2] = ["postgres", "redis"];
+    /// The plugin whose tiers relay an outbox.
+    pub const OUTBOX_PLUGIN: &str = "postgres";
+    /// An outbox's poll when none is given, and the bounds of one given.
+    pub const OUTBOX_POLL: Duration = Duration::from_secs(1);
+    pub const OUTBOX_POLL_MIN: Duration = Duration::from_millis(10);
+    pub const OUTBOX_POLL_MAX: Duration = Duration::from_secs(3600);
+    /// Rows an outbox publishes at once: default and most.
+    pub const OUTBOX_BATCH: u32 = 64;
+    pub const OUTBOX_BATCH_MAX: u32 = 1000;
+    /// The longest outbox table name: its notification channel,
+    /// `orch_outbox_<table>`, is an identifier of at most 63 bytes.
+    pub const OUTBOX_TABLE_MAX: usize = 51;
     /// Largest file an `env` value is read from.
     pub const MAX_ENV_FILE: u64 = 64 * 1024;
     /// The plugin that makes a tier a message broker.

@@ -255,6 +255,30 @@ pub struct RawLink {
     /// default 1,024); past it a new one is closed at once.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Queue links out of a `postgres` tier: the transactional outbox whose
+    /// committed rows the tier publishes on the link's topic.
+    #[serde(default)]
+    pub outbox: Option<RawOutbox>,
+}
+
+/// A transactional outbox: a table a program writes its messages into, in
+/// the transaction that writes its data; the tier publishes each committed
+/// row, then deletes it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Outbox")]
+pub struct RawOutbox {
+    /// The table (in the tier's database).
+    pub table: String,
+    /// Make the table and its notifying trigger if they are missing (default true).
+    #[serde(default)]
+    pub create: Option<bool>,
+    /// Look at the table this often even without a notification (default 1s).
+    #[serde(default)]
+    pub poll: Option<RawDuration>,
+    /// Rows published in one call to the broker, at most (1 to 1,000; default 64).
+    #[serde(default)]
+    pub batch: Option<u32>,
 }
 
 /// The topology file's JSON Schema, pretty-printed.

@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Diagnostic, Diagnostics};
-use super::model::{LinkKind, LinkSpec, QueueMode, QueueRole, TierId, TierSpec, Topology, limits};
+use super::model::{LinkKind, LinkSpec, OutboxSpec, QueueMode, QueueRole, TierId, TierSpec, Topology, limits};
 use super::node::{KeyPath, Node, Seg, Value};
 use super::raw::{
     RawDuration, RawEnvValue, RawFileRef, RawLink, RawLinkKind, RawQueueMode, RawSize, RawTier, TOP_LEVEL_KEYS,
@@ -747,6 +747,32 @@ impl Validator<'_> {
                 Some(RawQueueMode::PointToPoint) => QueueMode::PointToPoint,
                 _ => QueueMode::PubSub,
             };
+            let from_postgres =
+                tiers.get(&TierId::new(&raw.from)).is_some_and(|t| t.raw.plugin == limits::OUTBOX_PLUGIN);
+            let outbox = match (&raw.outbox, queue_role == Some(QueueRole::Publish) && from_postgres) {
+                (Some(_), false) => {
+                    self.key_error(
+                        &lpath.key("outbox"),
+                        format!(
+                            "`outbox` only applies to queue links out of a `{}` tier (into a queue tier)",
+                            limits::OUTBOX_PLUGIN
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+                (None, true) => {
+                    self.error(
+                        &lpath.key("kind"),
+                        format!("tier `{}` is a postgres tier: it publishes the rows of an outbox table", raw.from),
+                    )
+                    .hint = Some("say which: `outbox: { table: outbox }` (see docs/consistency.md)".into());
+                    ok = false;
+                    None
+                }
+                (Some(o), true) => self.outbox(o, &lpath.key("outbox"), &mut ok),
+                (None, false) => None,
+            };
             if ok {
                 let topic = match queue_role {
                     Some(QueueRole::Publish) => Some(raw.topic.unwrap_or_else(|| name.clone())),
@@ -773,11 +799,57 @@ impl Validator<'_> {
                     queue_role,
                     idle_timeout,
                     max_connections,
+                    outbox,
                 };
                 out.push(spec);
             }
         }
         (out, declared)
+    }
+
+    /// A queue link's `outbox`, checked.
+    fn outbox(&mut self, raw: &super::raw::RawOutbox, path: &KeyPath, ok: &mut bool) -> Option<OutboxSpec> {
+        let before = self.diags.items.len();
+        let table = &raw.table;
+        let mut chars = table.chars();
+        let identifier = table.len() <= limits::OUTBOX_TABLE_MAX
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !identifier {
+            self.error(&path.key("table"), format!("`{table}` is not a table name an outbox takes")).hint =
+                Some(format!(
+                    "lower-case letters, digits and `_`, starting with a letter, at most {} characters",
+                    limits::OUTBOX_TABLE_MAX
+                ));
+        }
+        let poll = match &raw.poll {
+            None => limits::OUTBOX_POLL,
+            Some(RawDuration::Number(n)) => {
+                self.error(&path.key("poll"), format!("`{n}` is not a duration: it has no unit")).hint =
+                    Some(format!("did you mean `{n}s`?"));
+                Duration::ZERO
+            }
+            Some(RawDuration::Text(t)) => match humantime::parse_duration(t) {
+                Ok(d) if (limits::OUTBOX_POLL_MIN..=limits::OUTBOX_POLL_MAX).contains(&d) => d,
+                _ => {
+                    self.error(&path.key("poll"), format!("`{t}` is not a duration from 10ms to 1h")).hint =
+                        Some("e.g. `1s`; a notification wakes the relay at once anyway".into());
+                    Duration::ZERO
+                }
+            },
+        };
+        let batch = raw.batch.unwrap_or(limits::OUTBOX_BATCH);
+        if !(1..=limits::OUTBOX_BATCH_MAX).contains(&batch) {
+            self.error(
+                &path.key("batch"),
+                format!("batch must be between 1 and {}, not {batch}", limits::OUTBOX_BATCH_MAX),
+            );
+        }
+        if self.diags.items.len() > before {
+            *ok = false;
+            return None;
+        }
+        Some(OutboxSpec { table: table.clone(), create: raw.create.unwrap_or(true), poll, batch })
     }
 
     /// `image:`: a process tier's, a reference without spaces.
@@ -1318,6 +1390,60 @@ mod tests {
     }
 
     const QUEUE: &str = "version: 1\nname: t\ntiers:\n  web:\n    plugin: gateway\n    config: { routes: [{ path: /, link: orders }] }\n  orders:\n    plugin: queue\n  worker:\n    plugin: process\n    config: { command: [\"true\"] }\n";
+
+    #[test]
+    fn an_outbox_is_a_queue_link_out_of_a_postgres_tier_and_its_mistakes_are_located() {
+        let base = format!("{QUEUE}  db:\n    plugin: postgres\n")
+            .replace("{ routes: [{ path: /, link: orders }] }", "{ routes: [] }");
+        let t = check(&format!(
+            "{base}links:\n  - {{ from: db, to: orders, kind: queue, topic: orders, outbox: {{ table: outbox, poll: 250ms, batch: 10 }} }}\n"
+        ))
+        .unwrap();
+        let outbox = t.links[0].outbox.clone().unwrap();
+        assert_eq!(
+            outbox,
+            super::super::model::OutboxSpec {
+                table: "outbox".into(),
+                create: true,
+                poll: Duration::from_millis(250),
+                batch: 10
+            }
+        );
+        // The plugin reads it from the link's settings.
+        let params = t.links[0].info().params;
+        assert_eq!(params["outbox_table"], "outbox");
+        assert_eq!(params["outbox_poll_ms"], "250");
+        // A postgres tier publishes only through an outbox.
+        let e = errors(&format!("{base}links:\n  - {{ from: db, to: orders, kind: queue }}\n"));
+        assert!(e.iter().any(|d| d.0 == "links[0].kind" && d.3.contains("outbox table")), "{e:?}");
+        // …and only a postgres tier has one.
+        let e =
+            errors(&format!("{base}links:\n  - {{ from: web, to: orders, kind: queue, outbox: {{ table: o }} }}\n"));
+        assert!(e.iter().any(|d| d.0 == "links[0].outbox" && d.3.contains("only applies")), "{e:?}");
+        // Its values, each located; at the edge of each limit.
+        let e = errors(&format!(
+            "{base}links:\n  - {{ from: db, to: orders, kind: queue, outbox: {{ table: Out-box, poll: 5ms, batch: 1001 }} }}\n"
+        ));
+        for (path, says) in [
+            ("links[0].outbox.table", "not a table name"),
+            ("links[0].outbox.poll", "from 10ms to 1h"),
+            ("links[0].outbox.batch", "between 1 and 1000"),
+        ] {
+            assert!(e.iter().any(|d| d.0 == path && d.3.contains(says)), "{path}: {e:?}");
+        }
+        let long = "t".repeat(limits::OUTBOX_TABLE_MAX);
+        assert!(
+            check(&format!(
+                "{base}links:\n  - {{ from: db, to: orders, kind: queue, outbox: {{ table: {long}, poll: 10ms, batch: 1000 }} }}\n"
+            ))
+            .is_ok()
+        );
+        let e = errors(&format!(
+            "{base}links:\n  - {{ from: db, to: orders, kind: queue, outbox: {{ table: {long}t, unknown: 1 }} }}\n"
+        ));
+        assert!(e.iter().any(|d| d.0 == "links[0].outbox.table"), "{e:?}");
+        assert!(e.iter().any(|d| d.0.starts_with("links[0].outbox") && d.3.contains("unknown")), "{e:?}");
+    }
 
     #[test]
     fn queue_links_publish_into_a_broker_and_deliver_out_of_it() {

@@ -35,6 +35,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod outbox;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,9 @@ pub struct Postgres {
     config: Config,
     #[serde(skip)]
     started: OnceLock<(Arc<Replica>, Arc<Server_>)>,
+    /// The outboxes it relays, each by a task of its own.
+    #[serde(skip)]
+    relays: OnceLock<Vec<(Arc<outbox::Outbox>, tokio::task::AbortHandle)>>,
 }
 
 impl Plugin for Postgres {
@@ -132,8 +136,27 @@ impl Plugin for Postgres {
             Some(started) => started,
             None => {
                 let (settings, server) = self.settings(&cx)?;
-                let replica = Replica::start(settings, cx);
-                self.started.get_or_init(|| (replica, server))
+                let replica = Replica::start(settings, cx.clone());
+                let started = self.started.get_or_init(|| (replica, server));
+                self.relays.get_or_init(|| {
+                    outbox::Outbox::of(&cx)
+                        .into_iter()
+                        .map(|o| {
+                            cx.info(format_args!(
+                                "Relaying outbox table `{}` to topic `{}` (link `{}`).",
+                                o.table, o.topic, o.link
+                            ));
+                            let target = outbox::Target {
+                                replica: started.0.clone(),
+                                run_dir: started.1.run_dir.clone(),
+                                database: started.1.database.clone(),
+                            };
+                            let task = tokio::spawn(outbox::relay(o.clone(), target, cx.clone()));
+                            (o, task.abort_handle())
+                        })
+                        .collect()
+                });
+                started
             }
         };
         replica.wait_ready().await
@@ -146,19 +169,36 @@ impl Plugin for Postgres {
             map.insert("database".into(), server.database.clone().into());
             map.insert("data_dir".into(), server.pgdata.display().to_string().into());
             map.insert("run_as".into(), server.run_as.as_ref().map(|(name, ..)| name.clone()).into());
+            if let Some(relays) = self.relays.get().filter(|r| !r.is_empty()) {
+                let outboxes: serde_json::Map<String, serde_json::Value> =
+                    relays.iter().map(|(o, _)| (o.link.clone(), o.status())).collect();
+                map.insert("outbox".into(), outboxes.into());
+            }
         }
         report
     }
 
     async fn stop(&self, _cx: Context) {
+        self.stop_relays();
         if let Some((replica, _)) = self.started.get() {
             replica.stop().await;
         }
     }
 }
 
+impl Postgres {
+    /// Rows being published when a relay stops stay in the table, and go
+    /// out again (same ids) when a relay starts.
+    fn stop_relays(&self) {
+        for (_, task) in self.relays.get().into_iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.stop_relays();
         if let Some((replica, _)) = self.started.get() {
             replica.abandon();
         }
@@ -254,6 +294,9 @@ pub struct Server_ {
     /// (name, uid, gid) when the orchestrator is root.
     run_as: Option<(String, u32, u32)>,
     password: OnceLock<String>,
+    /// What the outboxes with `create` make, at every start before the
+    /// tier is ready (each statement only makes what is missing).
+    outbox_ddl: Vec<String>,
 }
 
 impl Postgres {
@@ -283,6 +326,7 @@ impl Postgres {
             init: c.init.iter().map(|f| (f.clone(), base.join(f))).collect(),
             run_as,
             password: OnceLock::new(),
+            outbox_ddl: outbox::Outbox::of(cx).iter().filter(|o| o.create).map(|o| o.ddl()).collect(),
             bin,
         });
         let mut command = vec![
@@ -507,9 +551,20 @@ impl Server_ {
     /// scripts in it, in one transaction. Recorded once done.
     async fn initialise(&self, port: u16) -> Result<(), String> {
         let done = self.tier_dir.join(INIT_DONE);
-        if done.exists() {
-            return Ok(());
+        if !done.exists() {
+            self.init_once(port).await?;
         }
+        for ddl in &self.outbox_ddl {
+            wire::query(&self.socket(port), "postgres", &self.database, ddl)
+                .await
+                .map_err(|e| format!("cannot make the outbox table: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The database and the `init` scripts, the first time.
+    async fn init_once(&self, port: u16) -> Result<(), String> {
+        let done = self.tier_dir.join(INIT_DONE);
         let socket = self.socket(port);
         let exists = wire::query(
             &socket,
@@ -631,6 +686,7 @@ mod tests {
             init: vec![("sql/schema.sql".into(), PathBuf::from("/t/sql/schema.sql"))],
             run_as: None,
             password: OnceLock::new(),
+            outbox_ddl: Vec::new(),
         };
         let said = server.located(
             "psql:/t/sql/schema.sql:3: ERROR:  syntax error at or near \"TABLEE\"\nLINE 1: CREATE TABLEE x ();\n",

@@ -117,6 +117,9 @@ struct Stored {
     /// Its groups went away before acknowledging it: it waits for the next
     /// group to subscribe to the topic.
     unclaimed: bool,
+    /// It came back from disk: which groups had acknowledged it is not
+    /// stored, so every group the broker starts with gets it.
+    recovered: bool,
 }
 
 struct Group {
@@ -269,6 +272,7 @@ impl Broker {
                 body: record.body,
                 pending: 0,
                 unclaimed: true,
+                recovered: true,
             };
             t.messages.insert(seq, stored);
         }
@@ -329,7 +333,11 @@ impl Broker {
         };
         let bit = 1u64 << slot;
         let mut pending = 0;
-        for message in t.messages.values_mut().filter(|m| m.unclaimed) {
+        // At the start (generation 1), the messages recovered from disk go
+        // to every group, not to the first only: a pub/sub subscriber must
+        // not lose what another one acknowledged before the crash.
+        let starting = generation == 1;
+        for message in t.messages.values_mut().filter(|m| m.unclaimed || (starting && m.recovered)) {
             message.unclaimed = false;
             message.pending |= bit;
             pending += 1;
@@ -431,8 +439,21 @@ impl Broker {
     /// block`) or refuses (`reject`); on a durable broker, completes once
     /// they are on disk.
     /// Their ids are the first one's, then [`MessageId::after`] it.
+    #[cfg(test)]
     pub async fn publish(&self, topic: &str, messages: &[(MessageHeaders, Bytes)]) -> Result<MessageId, PublishError> {
-        let (first, persisted) = match self.try_insert(topic, messages, false)? {
+        self.publish_given(topic, messages, &[]).await
+    }
+
+    /// [`publish`](Self::publish), where `given[i]`, when there is one, is
+    /// message `i`'s id (the publisher's own, e.g. an outbox row's); the
+    /// others get the broker's, as `publish` gives them.
+    pub async fn publish_given(
+        &self,
+        topic: &str,
+        messages: &[(MessageHeaders, Bytes)],
+        given: &[Option<String>],
+    ) -> Result<MessageId, PublishError> {
+        let (first, persisted) = match self.try_insert(topic, messages, given, false)? {
             Some(inserted) => inserted,
             None => loop {
                 // Full: wait for room, registered before looking again so
@@ -441,7 +462,7 @@ impl Broker {
                 let notified = space.notified();
                 let mut notified = std::pin::pin!(notified);
                 notified.as_mut().enable();
-                match self.try_insert(topic, messages, true)? {
+                match self.try_insert(topic, messages, given, true)? {
                     Some(inserted) => break inserted,
                     None => notified.await,
                 }
@@ -463,6 +484,7 @@ impl Broker {
         &self,
         topic: &str,
         messages: &[(MessageHeaders, Bytes)],
+        given: &[Option<String>],
         waiting: bool,
     ) -> Result<Option<Inserted>, PublishError> {
         let mut state = self.lock();
@@ -479,7 +501,10 @@ impl Broker {
         if t.messages.len() as u64 + n <= t.settings.capacity {
             let mut records = Vec::new();
             for (i, (headers, body)) in messages.iter().enumerate() {
-                let id = MessageId::Counter(self.boot, first_id + i as u64);
+                let id = match given.get(i) {
+                    Some(Some(id)) => MessageId::Text(id.as_str().into()),
+                    _ => MessageId::Counter(self.boot, first_id + i as u64),
+                };
                 let seq = t.insert(id.clone(), published_us, headers.clone(), body.clone());
                 if self.store.is_some() {
                     let headers = headers.as_deref().map(<[_]>::to_vec).unwrap_or_default();
@@ -739,7 +764,10 @@ impl Topic {
                 }
             }
         }
-        self.messages.insert(seq, Stored { id, published_us, headers, body, pending, unclaimed: pending == 0 });
+        self.messages.insert(
+            seq,
+            Stored { id, published_us, headers, body, pending, unclaimed: pending == 0, recovered: false },
+        );
         seq
     }
 
@@ -821,6 +849,42 @@ mod tests {
         b.ack(&jobs);
         assert_eq!(b.status()["topics"]["t"]["depth"], 1);
         assert_eq!(b.status()["topics"]["t"]["subscribers"]["two"]["lag"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_publisher_s_own_ids_are_what_deliveries_carry() {
+        let b = broker("t-given", Queue::default());
+        let group = b.subscribe("t", "one", "pubsub").unwrap();
+        let given = [Some("order-41".to_owned()), None, Some("order-43".to_owned())];
+        let first = b.publish_given("t", &[message("a"), message("b"), message("c")], &given).await.unwrap();
+        let ids: Vec<String> = take(&b, &group, 10).iter().map(|j| j.id.to_string()).collect();
+        // The one without an id gets the broker's, as a plain publish would.
+        assert_eq!(ids, ["order-41".to_owned(), first.after(1).to_string(), "order-43".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn after_a_crash_every_group_gets_what_came_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.redb");
+        let durable = || Settings::new(Queue { durable: true, ..Queue::default() }).unwrap();
+        {
+            let (b, _) = Broker::attach("t-recovered", durable(), &file).unwrap();
+            let (worker, audit) =
+                (b.subscribe("t", "worker", "pubsub").unwrap(), b.subscribe("t", "audit", "pubsub").unwrap());
+            b.publish("t", &[message("1"), message("2")]).await.unwrap();
+            // The worker acknowledged both, the audit neither: then a crash.
+            b.ack(&take(&b, &worker, 10));
+            assert_eq!(bodies(&take(&b, &audit, 0)), Vec::<&[u8]>::new());
+        }
+        let (b, _) = Broker::attach("t-recovered", durable(), &file).unwrap();
+        let (worker, audit) =
+            (b.subscribe("t", "worker", "pubsub").unwrap(), b.subscribe("t", "audit", "pubsub").unwrap());
+        // The worker gets them again (it deduplicates), and so does the
+        // audit, which joined second: not only the first group to join.
+        let jobs = take(&b, &worker, 10);
+        assert_eq!(bodies(&jobs), [b"1", b"2"]);
+        b.ack(&jobs);
+        assert_eq!(bodies(&take(&b, &audit, 10)), [b"1", b"2"]);
     }
 
     #[tokio::test]

@@ -162,6 +162,17 @@ impl Plugin for QueuePlugin {
                 &format!("a message is {} bytes; this broker takes at most {limit}", big.len()),
             );
         }
+        // A given id goes out in a header and is what consumers deduplicate
+        // on: short, and printable.
+        if let Some(bad) = given.iter().flatten().find(|id| !valid_given_id(id)) {
+            return Response::error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "`orch-message-id` `{}` is not a message id: 1 to {MAX_GIVEN_ID} printable ASCII characters, without spaces",
+                    bad.chars().take(MAX_GIVEN_ID).collect::<String>()
+                ),
+            );
+        }
         let Some(running) = running else {
             let Some(on_nats) = on_nats else { return Response::not_delivered("the broker is starting") };
             let messages: Vec<_> =
@@ -174,7 +185,16 @@ impl Plugin for QueuePlugin {
                 Err(nats::PublishError::Failed(why)) => Response::error(StatusCode::SERVICE_UNAVAILABLE, &why),
             };
         };
-        match running.broker.publish(topic, messages).await {
+        let any_given = given.iter().any(Option::is_some);
+        match running.broker.publish_given(topic, messages, if any_given { &given } else { &[] }).await {
+            Ok(first) if any_given => {
+                let ids: Vec<String> = given
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, id)| id.unwrap_or_else(|| first.after(i as u64).to_string()))
+                    .collect();
+                accepted_ids(&ids, batch, topic)
+            }
             Ok(first) => accepted(&first, messages.len(), batch, topic),
             Err(broker::PublishError::Full(why)) => {
                 Response::error(StatusCode::SERVICE_UNAVAILABLE, &why).with_header("retry-after", "1")
@@ -222,21 +242,28 @@ impl Plugin for QueuePlugin {
         let (stop, stopped) = watch::channel(false);
         let mut groups = Vec::new();
         let mut workers = Vec::new();
+        // Every group joins before any delivers: a message recovered from
+        // disk goes to each of them, and must not be acknowledged by one
+        // (and removed) before another has joined.
+        let mut joined = Vec::new();
         for sub in subscriptions {
-            let group = match broker.subscribe_as(&sub.topic, &sub.group_key(), sub.mode, &sub.link) {
-                Ok(group) => group,
+            match broker.subscribe_as(&sub.topic, &sub.group_key(), sub.mode, &sub.link) {
+                Ok(group) => {
+                    groups.push(group.clone());
+                    joined.push((group, Arc::new(sub)));
+                }
                 Err(e) => {
                     // Leave the groups joined so far before giving up.
                     drop(Running { broker, groups, stop, workers: Mutex::new(workers) });
                     return Err(e);
                 }
-            };
-            let sub = Arc::new(sub);
+            }
+        }
+        for (group, sub) in joined {
             for _ in 0..sub.concurrency {
                 let worker = deliver(broker.clone(), group.clone(), sub.clone(), cx.clone(), stopped.clone());
                 workers.push(delivery_runtime().spawn(worker));
             }
-            groups.push(group);
         }
         if self.running.set(Running { broker, groups, stop, workers: Mutex::new(workers) }).is_err() {
             return Err("the broker was started twice".to_owned());
@@ -435,6 +462,14 @@ impl Drop for Settle<'_> {
             self.broker.requeue(&job, "the delivery was interrupted".to_owned());
         }
     }
+}
+
+/// The longest id a publisher may give its message.
+const MAX_GIVEN_ID: usize = 200;
+
+/// A publisher's own message id: 1 to [`MAX_GIVEN_ID`] visible ASCII characters.
+fn valid_given_id(id: &str) -> bool {
+    (1..=MAX_GIVEN_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The answer to an accepted publish: `202`, the first id in `orch-message-id`,

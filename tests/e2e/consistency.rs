@@ -1,0 +1,324 @@
+//! Data consistency under kills: `topologies/orders-db.yaml` as shipped (a
+//! Flask api writing each order and its outbox row in one transaction with
+//! psycopg, the `db` tier relaying the outbox into a durable queue, Python
+//! workers and an audit applying each order once, a Redis cache), driven
+//! with orders while the api program, a worker replica, the PostgreSQL
+//! server and the orchestrator itself are killed with SIGKILL.
+//!
+//! The checker reads the database (with `psql`) and the api's answers,
+//! never the orchestrator's own figures.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use integration_tests::{Running, TopologyFile, tier};
+
+/// Orders the test waits to have accepted (2xx) before it stops sending.
+const ORDERS: usize = 2000;
+/// Everything settles (outbox empty, every order applied) within this.
+const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+
+fn data_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
+/// `topologies/orders-db.yaml`, its gateway on port 0, its paths absolute.
+fn orders_db() -> TopologyFile {
+    let root = integration_tests::repo_root();
+    let file = integration_tests::repo_topology("topologies/orders-db.yaml");
+    let yaml = file.yaml.replace(
+        "init: [../examples/python/orders/sql/schema.sql]",
+        &format!("init: [{}/examples/python/orders/sql/schema.sql]", root.display()),
+    );
+    assert_ne!(yaml, file.yaml, "the example's init file moved");
+    TopologyFile::new(&yaml)
+}
+
+async fn start(data: &Path) -> Running {
+    let data = data.display().to_string();
+    Running::start_with(orders_db(), &["--data-dir", &data]).await
+}
+
+/// The database's URL, as a program's link gets it, from what the tier keeps.
+fn db_url(data: &Path, status: &serde_json::Value) -> String {
+    let password = std::fs::read_to_string(data.join("db/password")).unwrap();
+    let port = tier(status, "db")["instances"][0]["detail"]["port"].as_u64().expect("the db's port");
+    format!("postgresql://postgres:{}@127.0.0.1:{port}/orders", password.trim())
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-F", ",", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn number(url: &str, sql: &str) -> i64 {
+    psql(url, sql).parse().unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn postmaster(data: &Path) -> u32 {
+    let pid = std::fs::read_to_string(data.join("db/pgdata/postmaster.pid")).unwrap();
+    pid.lines().next().unwrap().trim().parse().unwrap()
+}
+
+fn kill(pid: u32) {
+    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Clients posting orders with ids of their own until stopped: the ids
+/// answered 2xx (with when), and those that got no 2xx.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    web: Arc<Mutex<SocketAddr>>,
+    accepted: Arc<Mutex<Vec<(String, Instant)>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(web: SocketAddr, tasks: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let web = Arc::new(Mutex::new(web));
+        let (accepted, failed) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let http = integration_tests::client();
+        let items = ["widget", "gadget", "gizmo"];
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (stop, web, accepted, failed, http) =
+                    (stop.clone(), web.clone(), accepted.clone(), failed.clone(), http.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("c{t}-{n}");
+                        let body =
+                            format!(r#"{{"id": "{id}", "item": "{}", "quantity": {}}}"#, items[n % 3], 1 + n % 5);
+                        let addr = *web.lock().unwrap();
+                        match integration_tests::request(&http, "POST", addr, "/api/orders", Bytes::from(body)).await {
+                            Ok((201, _)) => accepted.lock().unwrap().push((id, Instant::now())),
+                            _ => {
+                                failed.lock().unwrap().push(id);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, web, accepted, failed, tasks }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    async fn wait_accepted(&self, n: usize) {
+        let wait = async {
+            while self.accepted() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(SETTLE_WITHIN, wait).await.unwrap_or_else(|_| panic!("{n} orders accepted"));
+    }
+
+    /// How long after `at` the next order was accepted.
+    async fn recovered_after(&self, at: Instant) -> Duration {
+        let wait = async {
+            loop {
+                if let Some(first) = self.accepted.lock().unwrap().iter().map(|(_, t)| *t).filter(|t| *t > at).min() {
+                    return first - at;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(SETTLE_WITHIN, wait).await.expect("orders accepted again after the kill")
+    }
+
+    async fn stop(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let accepted = self.accepted.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        let failed = self.failed.lock().unwrap().clone();
+        (accepted, failed)
+    }
+}
+
+/// Until every order in the database is applied by the worker and the
+/// audit, and the outbox is empty.
+async fn settled(orch: &Running, url: &str) {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    loop {
+        let row = psql(
+            url,
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
+             (SELECT count(*) FROM processed WHERE consumer = 'worker'), (SELECT count(*) FROM audit)",
+        );
+        let n: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
+        if n[1] == 0 && n[2] == n[0] && n[3] == n[0] {
+            return;
+        }
+        if Instant::now() > deadline {
+            let status = orch.status().await;
+            let queue = &tier(&status, "orders")["instances"][0]["detail"];
+            let failures: Vec<String> = orch
+                .log()
+                .into_iter()
+                .filter(|l| l.contains("dead-lettered") || l.contains("Delivery failed") || l.contains("Outbox"))
+                .take(40)
+                .collect();
+            let unaudited = psql(
+                url,
+                "SELECT o.id, o.created_at, (SELECT string_agg(consumer || ':' || message_id, ' ') FROM processed p \
+                 WHERE p.order_id = o.id) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.order_id = o.id)",
+            );
+            orch.fail(&format!(
+                "not settled: orders, outbox, applied, audited = {n:?}\nqueue: {queue}\nnot audited: {unaudited}\n{}",
+                failures.join("\n")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tier_and_of_the_orchestrator() {
+    let data = data_dir();
+    let mut orch = start(data.path()).await;
+    let status = orch.status().await;
+    for name in ["web", "api", "db", "cache", "orders", "worker", "audit"] {
+        assert_eq!(tier(&status, name)["state"], "running", "{status}");
+    }
+    let url = db_url(data.path(), &status);
+    let stock_before = number(&url, "SELECT sum(quantity) FROM stock");
+    let web = orch.tier_addr("web").await;
+    let clients = Clients::start(web, 6);
+    let mut recoveries = Vec::new();
+
+    // The api program, killed mid-request.
+    clients.wait_accepted(ORDERS / 6).await;
+    let api = integration_tests::program_pids(&orch.status().await, "api")[0];
+    println!("kill api at {}", psql(&url, "SELECT now()"));
+    let at = Instant::now();
+    kill(api);
+    recoveries.push(("api program", clients.recovered_after(at).await));
+
+    // A worker replica, killed while deliveries are in flight to it.
+    clients.wait_accepted(2 * ORDERS / 6).await;
+    let worker = integration_tests::program_pids(&orch.status().await, "worker")[0];
+    println!("kill worker at {}", psql(&url, "SELECT now()"));
+    let at = Instant::now();
+    kill(worker);
+    recoveries.push(("worker replica", clients.recovered_after(at).await));
+
+    // PostgreSQL itself: the api's writes, the relay and the consumers all
+    // lose their connections and come back to the same address.
+    clients.wait_accepted(3 * ORDERS / 6).await;
+    println!("kill postgres at {}", psql(&url, "SELECT now()"));
+    let at = Instant::now();
+    kill(postmaster(data.path()));
+    recoveries.push(("PostgreSQL", clients.recovered_after(at).await));
+
+    // The orchestrator: every tier dies with it; started again on the same
+    // data directory, the database, the outbox's rows and the queue's
+    // messages are where they were.
+    clients.wait_accepted(4 * ORDERS / 6).await;
+    println!("kill orchestrator at {}", psql(&url, "SELECT now()"));
+    let at = Instant::now();
+    orch.signal("KILL");
+    orch.wait_exit();
+    let orch = start(data.path()).await;
+    *clients.web.lock().unwrap() = orch.tier_addr("web").await;
+    recoveries.push(("orchestrator", clients.recovered_after(at).await));
+    let url = db_url(data.path(), &orch.status().await);
+
+    clients.wait_accepted(ORDERS).await;
+    let (accepted, failed) = clients.stop().await;
+    settled(&orch, &url).await;
+
+    // A row relayed again (as when a relay dies between the broker's answer
+    // and its delete): the same message id, recognised by both consumers.
+    let duplicates_before = number(&url, "SELECT count(*) FROM duplicates");
+    psql(
+        &url,
+        "INSERT INTO outbox (id, payload) SELECT 1, json_build_object('id', o.id, 'item', o.item, 'quantity', o.quantity)::text \
+         FROM orders o JOIN processed p ON p.order_id = o.id WHERE p.consumer = 'worker' AND p.message_id = '1'",
+    );
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    while number(&url, "SELECT count(*) FROM duplicates") < duplicates_before + 2 {
+        assert!(Instant::now() < deadline, "the repeated message was not seen by both consumers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled(&orch, &url).await;
+
+    // Every accepted order is in the database once (its id is the key)…
+    let stored: BTreeSet<String> = psql(&url, "SELECT id FROM orders").lines().map(str::to_owned).collect();
+    let lost: Vec<&String> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    // …and applied once: the stock went down by exactly the orders' sum,
+    // each order is marked applied, audited once, processed once by each.
+    let applied = number(&url, "SELECT count(*) FROM orders WHERE status = 'applied' AND version = 2");
+    let ordered = number(&url, "SELECT coalesce(sum(quantity), 0) FROM orders");
+    let stock_after = number(&url, "SELECT sum(quantity) FROM stock");
+    let audited = number(&url, "SELECT count(*) FROM audit");
+    let processed_twice = number(
+        &url,
+        "SELECT count(*) FROM (SELECT order_id FROM processed GROUP BY consumer, order_id HAVING count(*) > 1) x",
+    );
+    // No message went out for an order that was not committed.
+    let orphans = number(
+        &url,
+        "SELECT count(*) FROM processed p WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = p.order_id)",
+    );
+    let failed_but_stored = failed.iter().filter(|id| stored.contains(*id)).count();
+    let duplicates = number(&url, "SELECT count(*) FROM duplicates");
+
+    // What the cache serves, for every accepted order: the database's state.
+    let web = orch.tier_addr("web").await;
+    let mut stale = Vec::new();
+    for id in &accepted {
+        let (code, body) = orch.get(web, &format!("/api/orders/{id}")).await;
+        let order: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if code != 200 || order["status"] != "applied" || order["version"] != 2 {
+            stale.push(format!("{id}: {code} {body}"));
+        }
+    }
+
+    println!(
+        "orders: accepted {}, not answered 2xx {} (of which stored {failed_but_stored}), stored {}, applied {applied}, \
+         lost {}, duplicates delivered and suppressed {duplicates}, stale cache reads {}",
+        accepted.len(),
+        failed.len(),
+        stored.len(),
+        lost.len(),
+        stale.len()
+    );
+    for (what, took) in &recoveries {
+        println!("recovery: {what} killed, the next order accepted after {took:?}");
+    }
+    assert!(lost.is_empty(), "accepted orders lost: {lost:?}");
+    assert_eq!(applied as usize, stored.len(), "orders not applied, or applied more than once");
+    assert_eq!(stock_before - stock_after, ordered, "the stock did not go down by exactly the orders");
+    assert_eq!(audited as usize, stored.len());
+    assert_eq!(processed_twice, 0);
+    assert_eq!(orphans, 0, "a message went out for an order that was never committed");
+    assert!(duplicates >= 2, "the repeated message was not recognised");
+    assert!(stale.is_empty(), "the cache served states older than the database: {stale:?}");
+    assert_eq!(number(&url, "SELECT count(*) FROM outbox"), 0);
+    let status = orch.status().await;
+    let relay = &tier(&status, "db")["instances"][0]["detail"]["outbox"]["orders"];
+    assert_eq!(relay["connected"], true, "{status}");
+    assert_eq!(relay["pending"], 0, "{status}");
+}
