@@ -321,4 +321,13 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     let relay = &tier(&status, "db")["instances"][0]["detail"]["outbox"]["orders"];
     assert_eq!(relay["connected"], true, "{status}");
     assert_eq!(relay["pending"], 0, "{status}");
+    // The relay's figures, as Prometheus reads them.
+    let (_, metrics) = orch.get(orch.admin, "/admin/metrics").await;
+    let relayed = metrics
+        .lines()
+        .find(|l| l.starts_with("orchestrator_outbox_relayed_total{") && l.contains(r#"table="outbox""#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no outbox_relayed_total: {metrics}"));
+    assert!(relayed > 0, "relayed {relayed}");
+    assert!(metrics.contains("orchestrator_outbox_pending{"), "{metrics}");
 }

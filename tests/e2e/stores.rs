@@ -546,3 +546,39 @@ links:
     let (code, body) = orch.get(web, "/shelf").await;
     assert_eq!((code, visits(body.clone())), (200, 3.into()), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_the_orchestrator_makes_lets_every_store_s_server_in() {
+    // `--data-dir` does not exist yet; Redis, started first, makes it. As
+    // root, PostgreSQL runs as `postgres`, which must pass through it.
+    let parent = data_dir();
+    let data = parent.path().join("state/app");
+    let yaml = r#"
+version: 1
+name: both
+tiers:
+  cache:
+    plugin: redis
+  db:
+    plugin: postgres
+    after: [cache]
+  caller:
+    plugin: process
+    config: { command: [sh, -c, 'echo "URL=$ORCH_LINK_DB_URL"; exec sleep 3600'], readiness: { exec: ["true"] } }
+links:
+  - { from: caller, to: db, kind: tcp }
+  - { from: caller, to: cache, kind: tcp }
+"#;
+    let orch = start(TopologyFile::new(yaml), &data).await;
+    let status = orch.status().await;
+    for name in ["cache", "db", "caller"] {
+        assert_eq!(tier(&status, name)["state"], "running", "{status}");
+    }
+    let url = crate::tcp::printed(&orch, "URL");
+    assert_eq!(psql(&url, "SELECT 1").unwrap(), "1");
+    // Each tier's own directory stays its user's.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("cache")), 0o700);
+    assert_eq!(mode(&data), 0o711);
+}

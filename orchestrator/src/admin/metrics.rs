@@ -515,6 +515,43 @@ fn queues(scrape: &mut Scrape, status: &Status) {
     );
 }
 
+/// Outboxes: per `postgres` tier and link, from the relay's own report.
+fn outboxes(scrape: &mut Scrape, status: &Status) {
+    let (mut relayed, mut pending, mut oldest, mut lag) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for tier in &status.tiers {
+        for instance in &tier.instances {
+            for (link, o) in instance.detail["outbox"].as_object().into_iter().flatten() {
+                let table = o["table"].as_str().unwrap_or_default();
+                let l = labels(&[("tier", &tier.name), ("link", link), ("table", table)]);
+                relayed.push((l.clone(), num(&o["relayed"])));
+                pending.push((l.clone(), num(&o["pending"])));
+                let ms = |v: &Value| (v.as_u64().unwrap_or(0) as f64 / 1e3).into();
+                oldest.push((l.clone(), ms(&o["oldest_pending_ms"])));
+                lag.push((l, ms(&o["last_lag_ms"])));
+            }
+        }
+    }
+    scrape.add(
+        "outbox_relayed",
+        "Outbox rows the broker accepted (then deleted from the table)",
+        None,
+        Series::Counter(relayed),
+    );
+    scrape.add("outbox_pending", "Committed outbox rows not relayed yet", None, Series::Gauge(pending));
+    scrape.add(
+        "outbox_oldest_pending_age",
+        "Age of the oldest outbox row not relayed yet",
+        Some(Unit::Seconds),
+        Series::Gauge(oldest),
+    );
+    scrape.add(
+        "outbox_relay_lag",
+        "From the oldest row of the last batch relayed being written to the broker accepting it",
+        Some(Unit::Seconds),
+        Series::Gauge(lag),
+    );
+}
+
 fn commit_histogram(c: &serde_json::Map<String, Value>) -> HistogramSnapshot {
     let mut buckets: Vec<(f64, u64)> =
         c["buckets"].as_array().into_iter().flatten().filter_map(|b| Some((b[0].as_f64()?, b[1].as_u64()?))).collect();
@@ -609,6 +646,7 @@ pub fn render(status: &Status, workers_report: &[WorkerReport], format: Format) 
     tcp_links(&mut scrape);
     listeners(&mut scrape);
     queues(&mut scrape, status);
+    outboxes(&mut scrape, status);
     traces(&mut scrape);
     workers(&mut scrape, workers_report);
     bodies(&mut scrape);

@@ -255,6 +255,16 @@ impl Server_ {
         use std::os::unix::fs::DirBuilderExt as _;
         let fail =
             |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+        // The orchestrator's data directory, if this makes it, lets the
+        // other stores' users pass (PostgreSQL runs as `postgres`); the
+        // tier's own directories are this user's only.
+        if let Some(parent) = self.tier_dir.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(|e| fail("cannot make", parent, &e))?;
+        }
         for dir in [&self.tier_dir, &self.data] {
             std::fs::DirBuilder::new()
                 .recursive(true)
