@@ -237,6 +237,62 @@ links:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_edge_is_drawn_with_its_pending_and_relayed_rows() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let python = integration_tests::venv_python();
+    let subscriber = integration_tests::python_server(
+        "",
+        r#"    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.reply(204, {}, b"")
+
+    def do_GET(self):
+        self.reply(200, {}, b"ok")
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("subscriber.py"), subscriber).unwrap();
+    let topology = integration_tests::TopologyFile::new(&format!(
+        r#"
+version: 1
+name: outbox
+tiers:
+  db: {{ plugin: postgres }}
+  orders: {{ plugin: queue }}
+  audit:
+    plugin: process
+    config: {{ command: [{py}, {dir}/subscriber.py] }}
+  caller:
+    plugin: process
+    config: {{ command: [sh, -c, 'echo "URL=$ORCH_LINK_DB_URL"; exec sleep 3600'], readiness: {{ exec: ["true"] }} }}
+links:
+  - {{ from: db, to: orders, kind: queue, outbox: {{ table: outbox }} }}
+  - {{ from: orders, to: audit, kind: queue }}
+  - {{ from: caller, to: db, kind: tcp }}
+"#,
+        py = python.display(),
+        dir = dir.path().display()
+    ));
+    let data_arg = data.path().display().to_string();
+    let orch = Running::start_with(topology, &["--data-dir", &data_arg]).await;
+    let url = crate::tcp::printed(&orch, "URL");
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c"])
+        .arg("INSERT INTO outbox (payload) VALUES ('{\"n\": 1}'), ('{\"n\": 2}'), ('{\"n\": 3}')")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = NodeRun::start(
+        "outbox.test.mjs",
+        &[("ADMIN", orch.admin.to_string()), ("OUT", out_dir().display().to_string())],
+    );
+    run.finish(&orch, 1).await;
+    assert!(out_dir().join("outbox-edge.png").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_link_is_drawn_with_its_connections_and_bytes() {
     let python = integration_tests::venv_python();
     let caller = r#"import os, socket, time

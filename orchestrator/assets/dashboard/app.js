@@ -115,7 +115,25 @@
     return { lag, inFlight };
   }
 
+  /** A postgres tier's outbox relayed on `link`, if it is one: its relay's report. */
+  function outboxOf(link) {
+    const tier = tierByName(link.from);
+    if (!tier || link.kind !== "queue") return null;
+    const instance = tier.instances.find((i) => i.detail && i.detail.outbox);
+    return instance ? asMap(instance.detail.outbox).get(link.name) || null : null;
+  }
+
   function edgeText(link) {
+    const o = outboxOf(link);
+    if (o) {
+      const q = queueFigures(link);
+      return [
+        `outbox ${o.table} · ${o.pending} pending` + (o.error ? " · failing" : ""),
+        `${o.relayed} relayed` + (q && q.depth !== undefined ? ` · depth ${q.depth}` : ""),
+        o.relayed,
+        Boolean(o.error),
+      ];
+    }
     if (link.kind === "tcp") {
       const t = tcpFigures(link);
       if (!t) return ["tcp", "0 conn", 0, false];
