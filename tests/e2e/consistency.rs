@@ -18,10 +18,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use integration_tests::{Running, TopologyFile, tier};
 
-/// Orders the test waits to have accepted (2xx) before it stops sending.
-const ORDERS: usize = 2000;
-/// Everything settles (outbox empty, every order applied) within this.
-const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+/// Orders the test waits to have accepted (2xx) before it stops sending:
+/// 2,000, or `ORCH_CHAOS_ORDERS` (`benches/chaos_orders.sh` runs 100,000).
+fn orders() -> usize {
+    std::env::var("ORCH_CHAOS_ORDERS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+}
+
+/// Everything settles (outbox empty, every order applied), and each stage's
+/// orders are accepted, within this: 2 minutes, and 20 ms more per order.
+fn settle_within() -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(20 * orders() as u64)
+}
 
 fn data_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt as _;
@@ -130,7 +137,7 @@ impl Clients {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        tokio::time::timeout(SETTLE_WITHIN, wait).await.unwrap_or_else(|_| panic!("{n} orders accepted"));
+        tokio::time::timeout(settle_within(), wait).await.unwrap_or_else(|_| panic!("{n} orders accepted"));
     }
 
     /// How long after `at` the next order was accepted.
@@ -143,7 +150,7 @@ impl Clients {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        tokio::time::timeout(SETTLE_WITHIN, wait).await.expect("orders accepted again after the kill")
+        tokio::time::timeout(settle_within(), wait).await.expect("orders accepted again after the kill")
     }
 
     async fn stop(self) -> (Vec<String>, Vec<String>) {
@@ -160,7 +167,7 @@ impl Clients {
 /// Until every order in the database is applied by the worker and the
 /// audit, and the outbox is empty.
 async fn settled(orch: &Running, url: &str) {
-    let deadline = Instant::now() + SETTLE_WITHIN;
+    let deadline = Instant::now() + settle_within();
     loop {
         let row = psql(
             url,
@@ -209,7 +216,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     let mut recoveries = Vec::new();
 
     // The api program, killed mid-request.
-    clients.wait_accepted(ORDERS / 6).await;
+    clients.wait_accepted(orders() / 6).await;
     let api = integration_tests::program_pids(&orch.status().await, "api")[0];
     println!("kill api at {}", psql(&url, "SELECT now()"));
     let at = Instant::now();
@@ -217,7 +224,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     recoveries.push(("api program", clients.recovered_after(at).await));
 
     // A worker replica, killed while deliveries are in flight to it.
-    clients.wait_accepted(2 * ORDERS / 6).await;
+    clients.wait_accepted(2 * orders() / 6).await;
     let worker = integration_tests::program_pids(&orch.status().await, "worker")[0];
     println!("kill worker at {}", psql(&url, "SELECT now()"));
     let at = Instant::now();
@@ -226,7 +233,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
 
     // PostgreSQL itself: the api's writes, the relay and the consumers all
     // lose their connections and come back to the same address.
-    clients.wait_accepted(3 * ORDERS / 6).await;
+    clients.wait_accepted(3 * orders() / 6).await;
     println!("kill postgres at {}", psql(&url, "SELECT now()"));
     let at = Instant::now();
     kill(postmaster(data.path()));
@@ -235,7 +242,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     // The orchestrator: every tier dies with it; started again on the same
     // data directory, the database, the outbox's rows and the queue's
     // messages are where they were.
-    clients.wait_accepted(4 * ORDERS / 6).await;
+    clients.wait_accepted(4 * orders() / 6).await;
     println!("kill orchestrator at {}", psql(&url, "SELECT now()"));
     let at = Instant::now();
     orch.signal("KILL");
@@ -245,7 +252,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     recoveries.push(("orchestrator", clients.recovered_after(at).await));
     let url = db_url(data.path(), &orch.status().await);
 
-    clients.wait_accepted(ORDERS).await;
+    clients.wait_accepted(orders()).await;
     let (accepted, failed) = clients.stop().await;
     settled(&orch, &url).await;
 
@@ -257,7 +264,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
         "INSERT INTO outbox (id, payload) SELECT 1, json_build_object('id', o.id, 'item', o.item, 'quantity', o.quantity)::text \
          FROM orders o JOIN processed p ON p.order_id = o.id WHERE p.consumer = 'worker' AND p.message_id = '1'",
     );
-    let deadline = Instant::now() + SETTLE_WITHIN;
+    let deadline = Instant::now() + settle_within();
     while number(&url, "SELECT count(*) FROM duplicates") < duplicates_before + 2 {
         assert!(Instant::now() < deadline, "the repeated message was not seen by both consumers");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -330,4 +337,67 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
         .unwrap_or_else(|| panic!("no outbox_relayed_total: {metrics}"));
     assert!(relayed > 0, "relayed {relayed}");
     assert!(metrics.contains("orchestrator_outbox_pending{"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_relays_to_jetstream_where_a_row_relayed_twice_is_stored_once() {
+    let data = data_dir();
+    let store = tempfile::tempdir().unwrap();
+    let nats = integration_tests::NatsServer::start(store.path());
+    let dir = tempfile::tempdir().unwrap();
+    let subscriber = integration_tests::python_server(
+        "",
+        r#"    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        print("got " + self.headers["orch-message-id"] + " " + body.decode(), flush=True)
+        self.reply(204, {}, b"")
+
+    def do_GET(self):
+        self.reply(200, {}, b"ok")
+"#,
+    );
+    std::fs::write(dir.path().join("subscriber.py"), subscriber).unwrap();
+    let topology = TopologyFile::new(&format!(
+        r#"
+version: 1
+name: outbox-nats
+tiers:
+  db: {{ plugin: postgres }}
+  orders:
+    plugin: queue
+    config: {{ backend: nats, url: 'nats://127.0.0.1:{port}', stream: {{ name: outbox-test }} }}
+  audit:
+    plugin: process
+    config: {{ command: [{py}, {dir}/subscriber.py], readiness: {{ http: / }} }}
+  caller:
+    plugin: process
+    config: {{ command: [sh, -c, 'echo "URL=$ORCH_LINK_DB_URL"; exec sleep 3600'], readiness: {{ exec: ["true"] }} }}
+links:
+  - {{ from: db, to: orders, kind: queue, topic: orders, outbox: {{ table: outbox, poll: 50ms }} }}
+  - {{ from: orders, to: audit, kind: queue, topic: orders }}
+  - {{ from: caller, to: db, kind: tcp }}
+"#,
+        port = nats.port,
+        py = integration_tests::venv_python().display(),
+        dir = dir.path().display()
+    ));
+    let data_arg = data.path().display().to_string();
+    let orch = Running::start_with(topology, &["--data-dir", &data_arg]).await;
+    let url = crate::tcp::printed(&orch, "URL");
+    psql(&url, "INSERT INTO outbox (payload) VALUES ('one'), ('two'), ('three')");
+    for line in ["got 1 one", "got 2 two", "got 3 three"] {
+        orch.wait_for_line(line);
+    }
+    // Row 2 again (a relay that died before its delete), then a new row in
+    // the same transaction: JetStream keeps one message per id within its
+    // duplicate window, so the subscriber sees the new row and not row 2
+    // again (deliveries come in order: a repeat would come first).
+    psql(
+        &url,
+        "BEGIN; INSERT INTO outbox (id, payload) VALUES (2, 'two'); INSERT INTO outbox (payload) VALUES ('four'); COMMIT",
+    );
+    orch.wait_for_line("got 4 four");
+    let repeats = orch.log().iter().filter(|l| l.contains("got 2 two")).count();
+    assert_eq!(repeats, 1, "row 2 was delivered again");
+    assert_eq!(number(&url, "SELECT count(*) FROM outbox"), 0);
 }
