@@ -1,7 +1,8 @@
 //! Data consistency under kills: `topologies/orders-db.yaml` as shipped (a
 //! Flask api writing each order and its outbox row in one transaction with
 //! psycopg, the `db` tier relaying the outbox into a durable queue, Python
-//! workers and an audit applying each order once, a Redis cache), driven
+//! workers and an audit and a native ledger plugin applying each order
+//! once, a Redis cache), driven
 //! with orders while the api program, a worker replica, the PostgreSQL
 //! server and the orchestrator itself are killed with SIGKILL.
 //!
@@ -172,10 +173,11 @@ async fn settled(orch: &Running, url: &str) {
         let row = psql(
             url,
             "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
-             (SELECT count(*) FROM processed WHERE consumer = 'worker'), (SELECT count(*) FROM audit)",
+             (SELECT count(*) FROM processed WHERE consumer = 'worker'), (SELECT count(*) FROM audit), \
+             (SELECT count(*) FROM ledger)",
         );
         let n: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
-        if n[1] == 0 && n[2] == n[0] && n[3] == n[0] {
+        if n[1] == 0 && n[2] == n[0] && n[3] == n[0] && n[4] == n[0] {
             return;
         }
         if Instant::now() > deadline {
@@ -193,7 +195,7 @@ async fn settled(orch: &Running, url: &str) {
                  WHERE p.order_id = o.id) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.order_id = o.id)",
             );
             orch.fail(&format!(
-                "not settled: orders, outbox, applied, audited = {n:?}\nqueue: {queue}\nnot audited: {unaudited}\n{}",
+                "not settled: orders, outbox, applied, audited, in the ledger = {n:?}\nqueue: {queue}\nnot audited: {unaudited}\n{}",
                 failures.join("\n")
             ));
         }
@@ -206,7 +208,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     let data = data_dir();
     let mut orch = start(data.path()).await;
     let status = orch.status().await;
-    for name in ["web", "api", "db", "cache", "orders", "worker", "audit"] {
+    for name in ["web", "api", "db", "cache", "orders", "worker", "audit", "ledger"] {
         assert_eq!(tier(&status, name)["state"], "running", "{status}");
     }
     let url = db_url(data.path(), &status);
@@ -280,6 +282,8 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     let ordered = number(&url, "SELECT coalesce(sum(quantity), 0) FROM orders");
     let stock_after = number(&url, "SELECT sum(quantity) FROM stock");
     let audited = number(&url, "SELECT count(*) FROM audit");
+    let ledger = number(&url, "SELECT count(*) FROM ledger");
+    let ledger_sum = number(&url, "SELECT coalesce(sum(quantity), 0) FROM ledger");
     let processed_twice = number(
         &url,
         "SELECT count(*) FROM (SELECT order_id FROM processed GROUP BY consumer, order_id HAVING count(*) > 1) x",
@@ -313,12 +317,14 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
         stale.len()
     );
     for (what, took) in &recoveries {
-        println!("recovery: {what} killed, the next order accepted after {took:?}");
+        println!("recovery: {what} killed, the next order answered 201 after {took:?}");
     }
     assert!(lost.is_empty(), "accepted orders lost: {lost:?}");
     assert_eq!(applied as usize, stored.len(), "orders not applied, or applied more than once");
     assert_eq!(stock_before - stock_after, ordered, "the stock did not go down by exactly the orders");
     assert_eq!(audited as usize, stored.len());
+    // The native consumer (plugins/ledger), in process with the orchestrator.
+    assert_eq!((ledger as usize, ledger_sum), (stored.len(), ordered), "the ledger's orders");
     assert_eq!(processed_twice, 0);
     assert_eq!(orphans, 0, "a message went out for an order that was never committed");
     assert!(duplicates >= 2, "the repeated message was not recognised");

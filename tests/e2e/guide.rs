@@ -44,6 +44,8 @@ fn the_guide_shows_the_files_the_tests_compile() {
         "plugins/frontend/src/lib.rs",
         "plugins/visits/Cargo.toml",
         "plugins/visits/src/lib.rs",
+        "plugins/ledger/Cargo.toml",
+        "plugins/ledger/src/lib.rs",
     ] {
         assert!(files.contains(&required), "the guide does not show {required}");
     }

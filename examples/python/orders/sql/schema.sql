@@ -40,3 +40,9 @@ CREATE TABLE audit (
     item       text NOT NULL,
     quantity   integer NOT NULL
 );
+
+-- The native ledger tier's (plugins/ledger): each order's quantity, once.
+CREATE TABLE ledger (
+    order_id text PRIMARY KEY,
+    quantity integer NOT NULL
+);
