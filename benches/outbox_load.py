@@ -273,11 +273,19 @@ def main():
                 (f"{t0:.6f}", args.bulk))
             conn.commit()
             inserted = time.monotonic() - begin
+            # The relay's own pace: until the table is empty (each batch
+            # deleted once the broker stored it), deliveries aside.
+            while conn.execute("SELECT count(*) FROM outbox").fetchone()[0] > 0:
+                conn.commit()
+                time.sleep(0.01)
+            relayed = time.monotonic() - begin
+            conn.commit()
         latencies = bench.drain(args.bulk, timeout=300)
-        relayed = max(latencies)
+        delivered = max(latencies)
         print(f"relay alone: {args.bulk} rows inserted in one transaction in {inserted:.2f} s "
-              f"({args.bulk / inserted:.0f} rows/s); relayed and delivered within {relayed:.2f} s of the first "
-              f"insert ({args.bulk / relayed:.0f} rows/s)")
+              f"({args.bulk / inserted:.0f} rows/s); the relay emptied the table in {relayed:.2f} s "
+              f"({args.bulk / relayed:.0f} rows/s, stored on the durable topic); all delivered to the "
+              f"subscriber within {delivered:.2f} s")
     finally:
         started.stop()
         subprocess.run(["rm", "-rf", tmp])
