@@ -203,6 +203,83 @@ async fn settled(orch: &Running, url: &str) {
     }
 }
 
+/// What the database says of the orders, read once every tier settled.
+struct Checked {
+    accepted: usize,
+    failed: usize,
+    failed_but_stored: usize,
+    stored: usize,
+    lost: Vec<String>,
+    applied: i64,
+    ordered: i64,
+    stock_taken: i64,
+    audited: i64,
+    ledger: (i64, i64),
+    processed_twice: i64,
+    orphans: i64,
+    duplicates: i64,
+}
+
+impl Checked {
+    /// Reads it with `sql` (a query's rows, one per line, columns split by `,`).
+    fn read(sql: &dyn Fn(&str) -> String, accepted: &[String], failed: &[String], stock_before: i64) -> Self {
+        let n = |q: &str| -> i64 { sql(q).parse().unwrap_or_else(|e| panic!("{q}: {e}")) };
+        let stored: BTreeSet<String> = sql("SELECT id FROM orders").lines().map(str::to_owned).collect();
+        Self {
+            accepted: accepted.len(),
+            failed: failed.len(),
+            failed_but_stored: failed.iter().filter(|id| stored.contains(*id)).count(),
+            lost: accepted.iter().filter(|id| !stored.contains(*id)).cloned().collect(),
+            stored: stored.len(),
+            applied: n("SELECT count(*) FROM orders WHERE status = 'applied' AND version = 2"),
+            ordered: n("SELECT coalesce(sum(quantity), 0) FROM orders"),
+            stock_taken: stock_before - n("SELECT sum(quantity) FROM stock"),
+            audited: n("SELECT count(*) FROM audit"),
+            ledger: (n("SELECT count(*) FROM ledger"), n("SELECT coalesce(sum(quantity), 0) FROM ledger")),
+            processed_twice: n(
+                "SELECT count(*) FROM (SELECT order_id FROM processed GROUP BY consumer, order_id HAVING count(*) > 1) x",
+            ),
+            orphans: n(
+                "SELECT count(*) FROM processed p WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = p.order_id)",
+            ),
+            duplicates: n("SELECT count(*) FROM duplicates"),
+        }
+    }
+
+    /// Every accepted order is in the database once (its id is the key),
+    /// and applied once: the stock went down by exactly the orders' sum,
+    /// each order is marked applied, audited once, in the ledger once,
+    /// processed once by each consumer; no message went out for an order
+    /// that was not committed.
+    fn assert_exactly_once(&self) {
+        assert!(self.lost.is_empty(), "accepted orders lost: {:?}", self.lost);
+        assert_eq!(self.applied as usize, self.stored, "orders not applied, or applied more than once");
+        assert_eq!(self.stock_taken, self.ordered, "the stock did not go down by exactly the orders");
+        assert_eq!(self.audited as usize, self.stored);
+        // The native consumer (plugins/ledger), in process with the orchestrator.
+        assert_eq!((self.ledger.0 as usize, self.ledger.1), (self.stored, self.ordered), "the ledger's orders");
+        assert_eq!(self.processed_twice, 0);
+        assert_eq!(self.orphans, 0, "a message went out for an order that was never committed");
+    }
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "orders: accepted {}, not answered 2xx {} (of which stored {}), stored {}, applied {}, lost {}, \
+             duplicates delivered and suppressed {}",
+            self.accepted,
+            self.failed,
+            self.failed_but_stored,
+            self.stored,
+            self.applied,
+            self.lost.len(),
+            self.duplicates
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tier_and_of_the_orchestrator() {
     let data = data_dir();
@@ -273,28 +350,8 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     }
     settled(&orch, &url).await;
 
-    // Every accepted order is in the database once (its id is the key)…
-    let stored: BTreeSet<String> = psql(&url, "SELECT id FROM orders").lines().map(str::to_owned).collect();
-    let lost: Vec<&String> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
-    // …and applied once: the stock went down by exactly the orders' sum,
-    // each order is marked applied, audited once, processed once by each.
-    let applied = number(&url, "SELECT count(*) FROM orders WHERE status = 'applied' AND version = 2");
-    let ordered = number(&url, "SELECT coalesce(sum(quantity), 0) FROM orders");
-    let stock_after = number(&url, "SELECT sum(quantity) FROM stock");
-    let audited = number(&url, "SELECT count(*) FROM audit");
-    let ledger = number(&url, "SELECT count(*) FROM ledger");
-    let ledger_sum = number(&url, "SELECT coalesce(sum(quantity), 0) FROM ledger");
-    let processed_twice = number(
-        &url,
-        "SELECT count(*) FROM (SELECT order_id FROM processed GROUP BY consumer, order_id HAVING count(*) > 1) x",
-    );
-    // No message went out for an order that was not committed.
-    let orphans = number(
-        &url,
-        "SELECT count(*) FROM processed p WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = p.order_id)",
-    );
-    let failed_but_stored = failed.iter().filter(|id| stored.contains(*id)).count();
-    let duplicates = number(&url, "SELECT count(*) FROM duplicates");
+    let checked = Checked::read(&|sql| psql(&url, sql), &accepted, &failed, stock_before);
+    let duplicates = checked.duplicates;
 
     // What the cache serves, for every accepted order: the database's state.
     let web = orch.tier_addr("web").await;
@@ -306,27 +363,11 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
             stale.push(format!("{id}: {code} {body}"));
         }
     }
-
-    println!(
-        "orders: accepted {}, not answered 2xx {} (of which stored {failed_but_stored}), stored {}, applied {applied}, \
-         lost {}, duplicates delivered and suppressed {duplicates}, stale cache reads {}",
-        accepted.len(),
-        failed.len(),
-        stored.len(),
-        lost.len(),
-        stale.len()
-    );
+    println!("{checked}, stale cache reads {}", stale.len());
     for (what, took) in &recoveries {
         println!("recovery: {what} killed, the next order answered 201 after {took:?}");
     }
-    assert!(lost.is_empty(), "accepted orders lost: {lost:?}");
-    assert_eq!(applied as usize, stored.len(), "orders not applied, or applied more than once");
-    assert_eq!(stock_before - stock_after, ordered, "the stock did not go down by exactly the orders");
-    assert_eq!(audited as usize, stored.len());
-    // The native consumer (plugins/ledger), in process with the orchestrator.
-    assert_eq!((ledger as usize, ledger_sum), (stored.len(), ordered), "the ledger's orders");
-    assert_eq!(processed_twice, 0);
-    assert_eq!(orphans, 0, "a message went out for an order that was never committed");
+    checked.assert_exactly_once();
     assert!(duplicates >= 2, "the repeated message was not recognised");
     assert!(stale.is_empty(), "the cache served states older than the database: {stale:?}");
     assert_eq!(number(&url, "SELECT count(*) FROM outbox"), 0);
@@ -406,4 +447,135 @@ links:
     let repeats = orch.log().iter().filter(|l| l.contains("got 2 two")).count();
     assert_eq!(repeats, 1, "row 2 was delivered again");
     assert_eq!(number(&url, "SELECT count(*) FROM outbox"), 0);
+}
+
+/// `topologies/orders-db.yaml` over two hosts in network namespaces: the
+/// workers on h2, everything else on h1. The workers receive their
+/// deliveries through h1's peer listener and reach the database and the
+/// cache through tcp links tunnelled the same way.
+fn orders_db_across(network: &crate::netns::Network) -> TopologyFile {
+    let base = orders_db();
+    let mut yaml = base.yaml.replace("tiers:\n", &format!("{}tiers:\n", network.hosts_yaml()));
+    for tier in ["web", "api", "db", "cache", "orders", "ledger", "audit"] {
+        let (from, to) = (format!("\n  {tier}:\n"), format!("\n  {tier}:\n    host: h1\n"));
+        assert!(yaml.contains(&from), "no tier {tier}");
+        yaml = yaml.replacen(&from, &to, 1);
+    }
+    yaml = yaml.replacen("\n  worker:\n", "\n  worker:\n    host: h2\n", 1).replace("127.0.0.1:0", "127.0.0.1:18080");
+    let topology = TopologyFile::new(&yaml);
+    // PostgreSQL, run as `postgres`, keeps its data beside the topology file.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(topology.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    topology
+}
+
+#[test]
+fn every_accepted_order_is_applied_exactly_once_while_the_workers_host_is_cut_off() {
+    use crate::hosts::{Host, token_file};
+    let network = crate::netns::Network::new(2);
+    let topology = orders_db_across(&network);
+    let dir = topology.dir.path().to_path_buf();
+    let token = token_file(&dir);
+    // The database's host first: the workers' host learns its connection
+    // string from it before the workers start.
+    let h1 = Host::start(&network, 1, &topology, &token);
+    let h2 = Host::start(&network, 2, &topology, &token);
+    let status = h2.wait_status("workers ready", |s| {
+        tier(s, "worker")["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|r| r["ready"] == true))
+    });
+    let ns1 = network.ns("h1");
+    let port = tier(&h1.status(), "db")["instances"][0]["detail"]["port"].as_u64().unwrap();
+    let password = std::fs::read_to_string(dir.join(".orchestrator/db/password")).unwrap();
+    let url = format!("postgresql://postgres:{}@127.0.0.1:{port}/orders", password.trim());
+    let sql = |q: &str| -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns1, "psql", "-X", "-A", "-t", "-F", ",", "-v", "ON_ERROR_STOP=1", &url, "-c", q])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {q}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let stock_before: i64 = sql("SELECT sum(quantity) FROM stock").parse().unwrap();
+    drop(status);
+
+    // Clients on h1, until stopped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients = {
+        let (stop, accepted, failed, ns1) = (stop.clone(), accepted.clone(), failed.clone(), ns1.clone());
+        std::thread::spawn(move || {
+            crate::netns::in_ns(&ns1, async move || {
+                let http = integration_tests::client();
+                let web: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+                let tasks: Vec<_> = (0..4)
+                    .map(|t| {
+                        let (stop, accepted, failed, http) =
+                            (stop.clone(), accepted.clone(), failed.clone(), http.clone());
+                        tokio::spawn(async move {
+                            let mut n = 0;
+                            while !stop.load(Ordering::Relaxed) {
+                                n += 1;
+                                let id = format!("n{t}-{n}");
+                                let body = format!(r#"{{"id": "{id}", "item": "gizmo", "quantity": {}}}"#, 1 + n % 4);
+                                match integration_tests::request(&http, "POST", web, "/api/orders", Bytes::from(body))
+                                    .await
+                                {
+                                    Ok((201, _)) => accepted.lock().unwrap().push(id),
+                                    _ => {
+                                        failed.lock().unwrap().push(id);
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                    }
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            })
+        })
+    };
+    let wait_accepted = |n: usize| {
+        let deadline = Instant::now() + settle_within();
+        while accepted.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{n} orders accepted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // The workers' host cut off while orders come in: h1 goes on taking
+    // them (the api and the database are there); the queue keeps their
+    // messages for the workers, which cannot be reached.
+    wait_accepted(200);
+    network.link(2, false);
+    let cut = accepted.lock().unwrap().len();
+    wait_accepted(cut + 200);
+    let status = h1.status();
+    let lag = &tier(&status, "orders")["instances"][0]["detail"]["topics"]["orders"]["subscribers"]["worker"]["lag"];
+    assert!(lag.as_u64().unwrap_or(0) > 0, "no backlog for the cut-off workers: {status}");
+    // Back: the backlog goes to the workers, each order applied once.
+    network.link(2, true);
+    wait_accepted(cut + 400);
+    stop.store(true, Ordering::Relaxed);
+    clients.join().unwrap();
+    let (accepted, failed) = (accepted.lock().unwrap().clone(), failed.lock().unwrap().clone());
+
+    let deadline = Instant::now() + settle_within();
+    loop {
+        let row = sql("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
+             (SELECT count(*) FROM processed WHERE consumer = 'worker'), (SELECT count(*) FROM audit), \
+             (SELECT count(*) FROM ledger)");
+        let n: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
+        if n[1] == 0 && n[2] == n[0] && n[3] == n[0] && n[4] == n[0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: orders, outbox, applied, audited, ledger = {n:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let checked = Checked::read(&sql, &accepted, &failed, stock_before);
+    println!("{checked} (the workers' host cut off after {cut} accepted)");
+    checked.assert_exactly_once();
+    drop((h2, h1));
 }

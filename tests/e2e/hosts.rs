@@ -21,16 +21,16 @@ const TOKEN: &str = "a-peer-token-for-the-tests-only";
 
 /// An orchestrator running one host's share, in that host's namespace;
 /// stopped by its PID when dropped.
-struct Host {
+pub(crate) struct Host {
     child: Child,
     lines: Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
     ns: String,
     admin: SocketAddr,
 }
 
 impl Host {
-    fn start(network: &Network, i: usize, topology: &TopologyFile, token_file: &std::path::Path) -> Self {
+    pub(crate) fn start(network: &Network, i: usize, topology: &TopologyFile, token_file: &std::path::Path) -> Self {
         Self::start_as(network, i, &format!("h{i}"), topology, token_file)
     }
 
@@ -89,7 +89,7 @@ impl Host {
         host
     }
 
-    fn wait_for_line(&self, needle: &str) -> String {
+    pub(crate) fn wait_for_line(&self, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
         loop {
             match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -102,13 +102,13 @@ impl Host {
         }
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         self.status_at("/admin/status")
     }
 
     /// The status once `reached` holds of it: each read waits for the next
     /// reload (or 15 s), so this follows the host's reloads as they happen.
-    fn wait_status(&self, what: &str, reached: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_status(&self, what: &str, reached: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + DEADLINE;
         let mut status = self.status();
         while !reached(&status) {
@@ -170,7 +170,7 @@ links:
     )
 }
 
-fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("peer-token");
     integration_tests::write_secret(&path, TOKEN);
     path

@@ -638,6 +638,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_publisher_s_own_id_is_short_and_printable() {
+        assert!(valid_given_id("42") && valid_given_id(&"x".repeat(MAX_GIVEN_ID)));
+        for bad in ["", "a b", "tab\there", "é", &"x".repeat(MAX_GIVEN_ID + 1)] {
+            assert!(!valid_given_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_refusal_is_one_sentence() {
         // A process tier's program that answered 500 with nothing: before,
         // `the subscriber answered 500 …: {"error":"the program answered 500 Internal Server Error: "}`.
