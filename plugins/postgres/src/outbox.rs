@@ -232,6 +232,7 @@ async fn session(outbox: &Outbox, target: &Target, cx: &Context, backoff: &mut D
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
         let rows = client.query(&select, &[&outbox.batch]).await.map_err(pg)?;
+        let read_at = Instant::now();
         if rows.is_empty() {
             stats.pending.store(0, Ordering::Relaxed);
             stats.oldest_ms.store(0, Ordering::Relaxed);
@@ -284,7 +285,9 @@ async fn session(outbox: &Outbox, target: &Target, cx: &Context, backoff: &mut D
             stats.connected.store(true, Ordering::Relaxed);
         }
         publish_backoff = Duration::from_millis(50);
-        stats.last_lag_ms.store(oldest as u64, Ordering::Relaxed);
+        // The oldest row's age when read, and the time until the broker took it.
+        let lag_ms = oldest + read_at.elapsed().as_secs_f64() * 1000.0;
+        stats.last_lag_ms.store(lag_ms as u64, Ordering::Relaxed);
         client.execute(&delete, &[&ids]).await.map_err(pg)?;
         stats.relayed.fetch_add(n as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
