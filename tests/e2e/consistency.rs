@@ -326,7 +326,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
     let at = Instant::now();
     orch.signal("KILL");
     orch.wait_exit();
-    let orch = start(data.path()).await;
+    let mut orch = start(data.path()).await;
     *clients.web.lock().unwrap() = orch.tier_addr("web").await;
     recoveries.push(("orchestrator", clients.recovered_after(at).await));
     let url = db_url(data.path(), &orch.status().await);
@@ -384,6 +384,13 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
         .unwrap_or_else(|| panic!("no outbox_relayed_total: {metrics}"));
     assert!(relayed > 0, "relayed {relayed}");
     assert!(metrics.contains("orchestrator_outbox_pending{"), "{metrics}");
+
+    // A stop: the consumers, whose connections to the database count as
+    // calls in flight there, stop before it, so it drains at once.
+    orch.terminate();
+    assert!(orch.wait_exit().success());
+    let waited: Vec<String> = orch.log().into_iter().filter(|l| l.contains("Drain timeout")).collect();
+    assert!(waited.is_empty(), "a tier waited out the drain timeout: {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1075,7 +1075,12 @@ async fn retire(instance: Arc<Instance>, drain: Duration) {
 /// targets, `after:`) are in earlier groups or in the group itself (a cycle
 /// of links): the order to start them, reversed to stop them.
 fn start_order(topology: &Topology) -> Vec<Vec<TierId>> {
-    start_order_by(topology, |t, v| t.predecessors(v).map(|(to, _)| to.clone()).collect())
+    // The start graph's edges: a cycle through a queue is broken at its
+    // delivery, so that its subscribers stop before the tiers they call
+    // (a worker's connections to its database close before the database
+    // drains).
+    let waits = start_edges(topology);
+    start_order_by(topology, |_, v| waits.get(v).into_iter().flatten().map(|(to, _)| to.clone()).collect())
 }
 
 /// Tarjan's strongly connected components of `topology`'s tiers along
@@ -1334,6 +1339,8 @@ mod tests {
         assert_eq!(sorted(graph.startable()), ["db"]);
         graph.settle(&TierId::new("db"), true);
         assert_eq!(sorted(graph.startable()), ["worker"]);
+        // Stopped the other way round: the worker before the database it calls.
+        assert_eq!(names(start_order(&topology)), [vec!["other"], vec!["orders"], vec!["db"], vec!["worker"]]);
     }
 
     #[test]
