@@ -98,19 +98,33 @@ class Started:
                     p.wait()
 
 
-def start_orchestrator(started, topology_yaml, tmp, name, extra_args=(), binary=None):
+def start_orchestrator(started, topology_yaml, tmp, name, extra_args=(), binary=None, timeout=30):
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
         f.write(topology_yaml)
     proc = started.add(subprocess.Popen(
         [binary or os.path.join(RELEASE, "orchestrator"), "run", path, "--admin", "127.0.0.1:0", *extra_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1", "ORCH_LOG": "warn,orchestrator::runtime=info"}))
-    admin = wait_line(proc, proc.stderr, r"Admin API listening\. addr=(\S+)").group(1)
-    wait_line(proc, proc.stderr, r"Topology running\.")
+    admin = wait_line(proc, proc.stderr, r"Admin API listening\. addr=(\S+)", timeout).group(1)
+    wait_line(proc, proc.stderr, r"Topology running\.", timeout)
     # Keep draining stderr so the process never blocks on a full pipe.
     subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
     status = json.load(urllib.request.urlopen(f"http://{admin}/admin/status"))
     return proc, status
+
+
+def link_variables(env_file, keys, timeout=30):
+    """The `ORCH_LINK_*` variables a tier wrote into `env_file` as it started
+    (`env | grep ^ORCH_LINK_ > FILE`), once every one of `keys` is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        links = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line) \
+            if os.path.exists(env_file) else {}
+        if set(keys) <= links.keys():
+            return links
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the tier wrote no link variables {keys}: {links}")
+        time.sleep(0.05)
 
 
 def free_port():

@@ -39,7 +39,7 @@ import threading
 import time
 import urllib.request
 
-from benchlib import RELEASE, ROOT, Started, prepare, wait_line
+from benchlib import ROOT, Started, link_variables, prepare, start_orchestrator
 
 TOPOLOGY = """
 version: 1
@@ -207,21 +207,12 @@ def main():
     os.chmod(tmp, 0o711)  # PostgreSQL runs as `postgres` when this is root: it passes through.
     try:
         env_file = os.path.join(tmp, "links.env")
-        path = os.path.join(tmp, "topology.yaml")
         subscriber = os.path.join(tmp, "subscriber.py")
         with open(subscriber, "w") as f:
             f.write(SUBSCRIBER)
-        with open(path, "w") as f:
-            f.write(TOPOLOGY.format(env=env_file, python=python, subscriber=subscriber))
-        binary = args.bin or os.path.join(RELEASE, "orchestrator")
-        orch = started.add(subprocess.Popen(
-            [binary, "run", path, "--admin", "127.0.0.1:0", "--no-watch", "--data-dir", os.path.join(tmp, "data")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "NO_COLOR": "1", "ORCH_LOG": "warn,orchestrator::runtime=info"}))
-        admin = wait_line(orch, orch.stderr, r"Admin API listening\. addr=(\S+)", timeout=120).group(1)
-        wait_line(orch, orch.stderr, r"Topology running\.", timeout=120)
-        subprocess.Popen(["cat"], stdin=orch.stderr, stdout=subprocess.DEVNULL)
-        status = json.load(urllib.request.urlopen(f"http://{admin}/admin/status"))
+        _, status = start_orchestrator(
+            started, TOPOLOGY.format(env=env_file, python=python, subscriber=subscriber), tmp, "topology.yaml",
+            ["--no-watch", "--data-dir", os.path.join(tmp, "data")], binary=args.bin, timeout=120)
         tiers = {t["name"]: t for t in status["tiers"]}
         for name, t in tiers.items():
             if t["state"] != "running":
@@ -229,15 +220,7 @@ def main():
         db_port = tiers["db"]["instances"][0]["detail"]["port"]
         sub_port = tiers["sub"]["instances"][0]["detail"]["port"]
         password = open(os.path.join(tmp, "data/db/password")).read().strip()
-        deadline = time.monotonic() + 30
-        while True:
-            links = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line) \
-                if os.path.exists(env_file) else {}
-            if "ORCH_LINK_Q_URL" in links:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the publisher wrote no link variables: {links}")
-            time.sleep(0.05)
+        links = link_variables(env_file, ["ORCH_LINK_Q_URL"])
         bench = Bench(f"postgresql://postgres:{password}@127.0.0.1:{db_port}/bench",
                       links["ORCH_LINK_Q_URL"] + "/", f"http://127.0.0.1:{sub_port}")
         with bench.connect() as conn:

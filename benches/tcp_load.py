@@ -27,7 +27,6 @@ Only loopback addresses are used. Everything started is stopped by its PID.
 import argparse
 import csv
 import io
-import json
 import os
 import re
 import shutil
@@ -35,9 +34,8 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from benchlib import RELEASE, ROOT, Started, free_port, prepare, wait_line
+from benchlib import Started, free_port, link_variables, prepare, start_orchestrator
 
 TOPOLOGY = """
 version: 1
@@ -117,30 +115,13 @@ def main():
     os.chmod(tmp, 0o711)  # PostgreSQL runs as `postgres` when this is root: it passes through.
     try:
         env_file = os.path.join(tmp, "links.env")
-        path = os.path.join(tmp, "topology.yaml")
-        with open(path, "w") as f:
-            f.write(TOPOLOGY.format(env=env_file))
-        binary = args.bin or os.path.join(RELEASE, "orchestrator")
-        orch = started.add(subprocess.Popen(
-            [binary, "run", path, "--admin", "127.0.0.1:0", "--no-watch", "--data-dir", os.path.join(tmp, "data"),
-             "--workers", args.workers],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "NO_COLOR": "1", "ORCH_LOG": "warn,orchestrator::runtime=info"}))
-        admin = wait_line(orch, orch.stderr, r"Admin API listening\. addr=(\S+)", timeout=120).group(1)
-        wait_line(orch, orch.stderr, r"Topology running\.", timeout=120)
-        subprocess.Popen(["cat"], stdin=orch.stderr, stdout=subprocess.DEVNULL)
-        status = json.load(urllib.request.urlopen(f"http://{admin}/admin/status"))
+        _, status = start_orchestrator(
+            started, TOPOLOGY.format(env=env_file), tmp, "topology.yaml",
+            ["--no-watch", "--data-dir", os.path.join(tmp, "data"), "--workers", args.workers],
+            binary=args.bin, timeout=120)
         port = {t["name"]: t["instances"][0]["detail"]["port"] for t in status["tiers"] if t["name"] in ("db", "cache")}
         # The caller writes its links' variables as it starts (it is ready at once).
-        deadline = time.monotonic() + 30
-        while True:
-            links = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line) \
-                if os.path.exists(env_file) else {}
-            if {"ORCH_LINK_DB_PORT", "ORCH_LINK_CACHE_PORT"} <= links.keys():
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the caller wrote no link variables: {links}")
-            time.sleep(0.05)
+        links = link_variables(env_file, ["ORCH_LINK_DB_PORT", "ORCH_LINK_CACHE_PORT"])
         pg_pass = open(os.path.join(tmp, "data/db/password")).read().strip()
         redis_pass = open(os.path.join(tmp, "data/cache/password")).read().strip()
 
