@@ -157,3 +157,27 @@ fn validate_warns_of_a_command_that_is_not_there() {
     assert!(stderr.contains("tiers.b.config.command[0]: `./missing.sh` is not found"), "{stderr}");
     assert!(!stderr.contains("tiers.c."), "{stderr}");
 }
+
+#[test]
+fn validate_warns_of_an_outbox_into_a_broker_that_keeps_messages_in_memory() {
+    let yaml = |durable: &str| {
+        format!(
+            "version: 1\nname: x\ntiers:\n  db: {{ plugin: postgres }}\n  orders: {{ plugin: queue, config: {{ {durable} }} }}\nlinks:\n  - {{ from: db, to: orders, kind: queue, outbox: {{ table: outbox }} }}\n"
+        )
+    };
+    let topo = integration_tests::TopologyFile::new(&yaml(""));
+    let out = integration_tests::orchestrator(&["validate", topo.path_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}:7:42: links[0].outbox: tier `orders` keeps messages in memory",
+            topo.path_str()
+        )) && stderr.contains("give tier `orders` `durable: true`"),
+        "{stderr}"
+    );
+    let topo = integration_tests::TopologyFile::new(&yaml("durable: true"));
+    let out = integration_tests::orchestrator(&["validate", topo.path_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("links[0].outbox"), "{stderr}");
+}

@@ -53,11 +53,34 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Topology, Error> {
 /// What a valid topology may still get wrong at run time, located: a
 /// process tier whose command is neither on the `PATH` nor (with a `/`)
 /// relative to its working directory, a store tier whose server is not
-/// installed. Its replicas would fail at once.
+/// installed (its replicas would fail at once); an outbox into a broker
+/// that keeps its messages in memory.
 pub fn warnings(topology: &Topology) -> Vec<Diagnostic> {
     let Ok(source) = read(&topology.file, max_file_bytes()) else { return Vec::new() };
     let Ok(root) = node::Node::parse(&source) else { return Vec::new() };
     let mut out = Vec::new();
+    // An outbox into a broker that keeps its messages in memory: a row is
+    // deleted once the broker took it, so a crash would lose what it had
+    // not delivered yet.
+    for (i, link) in topology.links.iter().enumerate() {
+        let Some(broker) = link.outbox.as_ref().and_then(|_| topology.tiers.get(&link.to)) else { continue };
+        let durable = broker.config.get("durable").and_then(|d| d.as_bool()) == Some(true)
+            || broker.config.get("backend").and_then(|b| b.as_str()) == Some("nats");
+        if durable {
+            continue;
+        }
+        let path = node::KeyPath::root().key("links").index(i).key("outbox");
+        let mut d = Diagnostic::new(
+            &path,
+            format!(
+                "tier `{}` keeps messages in memory: an outbox row is deleted once it took it, so a crash would lose what it had not delivered",
+                link.to
+            ),
+        )
+        .at(root.locate_key(&path));
+        d.hint = Some(format!("give tier `{}` `durable: true` (or `backend: nats`)", link.to));
+        out.push(d);
+    }
     for (id, spec) in &topology.tiers {
         // A store tier whose server is not installed.
         let store = match spec.plugin.as_str() {
