@@ -4,7 +4,7 @@
 // tests/e2e/browser.rs starts the orchestrator; env: ADMIN, OUT, CHROMIUM.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { launch } from "./launch.mjs";
+import { launch, openPage } from "./launch.mjs";
 
 const ADMIN = `http://${process.env.ADMIN}`;
 let browser;
@@ -15,12 +15,7 @@ after(async () => {
 
 test("a tcp edge shows its connections and bytes", async () => {
   browser = await launch();
-  const page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
-  const problems = [];
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`console error: ${m.text()}`);
-  });
+  const { page, problems } = await openPage(browser);
   await page.goto(ADMIN + "/#/graph");
   await page.waitForSelector('g.edge[data-kind="tcp"]', { timeout: 15000 });
   // The caller holds one connection and PINGs on it: one open, bytes both ways.

@@ -87,10 +87,23 @@ fn kill(pid: u32) {
 
 /// Clients posting orders with ids of their own until stopped: the ids
 /// answered 2xx (with when), and those that got no 2xx.
+/// The orders answered 201, with when: each one announced to those
+/// waiting for a count of them.
+type Accepted = Arc<tokio::sync::watch::Sender<Vec<(String, Instant)>>>;
+
+/// Until `accepted` holds `n` orders (within the settle time).
+async fn accepted_count(accepted: &Accepted, n: usize) {
+    let mut rx = accepted.subscribe();
+    tokio::time::timeout(settle_within(), rx.wait_for(|a| a.len() >= n))
+        .await
+        .unwrap_or_else(|_| panic!("{n} orders accepted"))
+        .expect("the clients' list");
+}
+
 struct Clients {
     stop: Arc<AtomicBool>,
     web: Arc<Mutex<SocketAddr>>,
-    accepted: Arc<Mutex<Vec<(String, Instant)>>>,
+    accepted: Accepted,
     failed: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -99,7 +112,8 @@ impl Clients {
     fn start(web: SocketAddr, tasks: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let web = Arc::new(Mutex::new(web));
-        let (accepted, failed) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (accepted, failed) =
+            (Arc::new(tokio::sync::watch::Sender::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         let http = integration_tests::client();
         let items = ["widget", "gadget", "gizmo"];
         let tasks = (0..tasks)
@@ -115,7 +129,7 @@ impl Clients {
                             format!(r#"{{"id": "{id}", "item": "{}", "quantity": {}}}"#, items[n % 3], 1 + n % 5);
                         let addr = *web.lock().unwrap();
                         match integration_tests::request(&http, "POST", addr, "/api/orders", Bytes::from(body)).await {
-                            Ok((201, _)) => accepted.lock().unwrap().push((id, Instant::now())),
+                            Ok((201, _)) => accepted.send_modify(|a| a.push((id, Instant::now()))),
                             _ => {
                                 failed.lock().unwrap().push(id);
                                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -128,30 +142,19 @@ impl Clients {
         Self { stop, web, accepted, failed, tasks }
     }
 
-    fn accepted(&self) -> usize {
-        self.accepted.lock().unwrap().len()
-    }
-
     async fn wait_accepted(&self, n: usize) {
-        let wait = async {
-            while self.accepted() < n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(settle_within(), wait).await.unwrap_or_else(|_| panic!("{n} orders accepted"));
+        accepted_count(&self.accepted, n).await;
     }
 
     /// How long after `at` the next order was accepted.
     async fn recovered_after(&self, at: Instant) -> Duration {
-        let wait = async {
-            loop {
-                if let Some(first) = self.accepted.lock().unwrap().iter().map(|(_, t)| *t).filter(|t| *t > at).min() {
-                    return first - at;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(settle_within(), wait).await.expect("orders accepted again after the kill")
+        let after = |a: &Vec<(String, Instant)>| a.iter().map(|(_, t)| *t).filter(|t| *t > at).min();
+        let mut rx = self.accepted.subscribe();
+        let accepted = tokio::time::timeout(settle_within(), rx.wait_for(|a| after(a).is_some()))
+            .await
+            .expect("orders accepted again after the kill")
+            .expect("the clients' list");
+        after(&accepted).expect("one after the kill") - at
     }
 
     async fn stop(self) -> (Vec<String>, Vec<String>) {
@@ -159,48 +162,53 @@ impl Clients {
         for task in self.tasks {
             task.await.unwrap();
         }
-        let accepted = self.accepted.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        let accepted = self.accepted.borrow().iter().map(|(id, _)| id.clone()).collect();
         let failed = self.failed.lock().unwrap().clone();
         (accepted, failed)
     }
 }
 
-/// Until every order in the database is applied by the worker and the
-/// audit, and the outbox is empty.
-async fn settled(orch: &Running, url: &str) {
+/// Until every order in the database is applied by the worker, the audit
+/// and the ledger, and the outbox is empty: `Err` with the counts (orders,
+/// outbox, applied, audited, in the ledger) if that does not come within
+/// the settle time. The database is polled: nothing announces this state.
+fn poll_settled(sql: &dyn Fn(&str) -> String) -> Result<(), Vec<i64>> {
     let deadline = Instant::now() + settle_within();
     loop {
-        let row = psql(
-            url,
-            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
+        let row = sql("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
              (SELECT count(*) FROM processed WHERE consumer = 'worker'), (SELECT count(*) FROM audit), \
-             (SELECT count(*) FROM ledger)",
-        );
+             (SELECT count(*) FROM ledger)");
         let n: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
         if n[1] == 0 && n[2] == n[0] && n[3] == n[0] && n[4] == n[0] {
-            return;
+            return Ok(());
         }
         if Instant::now() > deadline {
-            let status = orch.status().await;
-            let queue = &tier(&status, "orders")["instances"][0]["detail"];
-            let failures: Vec<String> = orch
-                .log()
-                .into_iter()
-                .filter(|l| l.contains("dead-lettered") || l.contains("Delivery failed") || l.contains("Outbox"))
-                .take(40)
-                .collect();
-            let unaudited = psql(
-                url,
-                "SELECT o.id, o.created_at, (SELECT string_agg(consumer || ':' || message_id, ' ') FROM processed p \
-                 WHERE p.order_id = o.id) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.order_id = o.id)",
-            );
-            orch.fail(&format!(
-                "not settled: orders, outbox, applied, audited, in the ledger = {n:?}\nqueue: {queue}\nnot audited: {unaudited}\n{}",
-                failures.join("\n")
-            ));
+            return Err(n);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// [`poll_settled`], failing with what the queue and the log say.
+async fn settled(orch: &Running, url: &str) {
+    let Err(n) = poll_settled(&|sql| psql(url, sql)) else { return };
+    let status = orch.status().await;
+    let queue = &tier(&status, "orders")["instances"][0]["detail"];
+    let failures: Vec<String> = orch
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("dead-lettered") || l.contains("Delivery failed") || l.contains("Outbox"))
+        .take(40)
+        .collect();
+    let unaudited = psql(
+        url,
+        "SELECT o.id, o.created_at, (SELECT string_agg(consumer || ':' || message_id, ' ') FROM processed p \
+         WHERE p.order_id = o.id) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.order_id = o.id)",
+    );
+    orch.fail(&format!(
+        "not settled: orders, outbox, applied, audited, in the ledger = {n:?}\nqueue: {queue}\nnot audited: {unaudited}\n{}",
+        failures.join("\n")
+    ));
 }
 
 /// What the database says of the orders, read once every tier settled.
@@ -343,6 +351,7 @@ async fn every_accepted_order_is_applied_exactly_once_through_kills_of_every_tie
         "INSERT INTO outbox (id, payload) SELECT 1, json_build_object('id', o.id, 'item', o.item, 'quantity', o.quantity)::text \
          FROM orders o JOIN processed p ON p.order_id = o.id WHERE p.consumer = 'worker' AND p.message_id = '1'",
     );
+    // Polled: only the consumers' own table says they saw it.
     let deadline = Instant::now() + settle_within();
     while number(&url, "SELECT count(*) FROM duplicates") < duplicates_before + 2 {
         assert!(Instant::now() < deadline, "the repeated message was not seen by both consumers");
@@ -507,7 +516,7 @@ fn every_accepted_order_is_applied_exactly_once_while_the_workers_host_is_cut_of
 
     // Clients on h1, until stopped.
     let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let accepted: Accepted = Arc::new(tokio::sync::watch::Sender::new(Vec::new()));
     let failed = Arc::new(Mutex::new(Vec::<String>::new()));
     let clients = {
         let (stop, accepted, failed, ns1) = (stop.clone(), accepted.clone(), failed.clone(), ns1.clone());
@@ -528,7 +537,7 @@ fn every_accepted_order_is_applied_exactly_once_while_the_workers_host_is_cut_of
                                 match integration_tests::request(&http, "POST", web, "/api/orders", Bytes::from(body))
                                     .await
                                 {
-                                    Ok((201, _)) => accepted.lock().unwrap().push(id),
+                                    Ok((201, _)) => accepted.send_modify(|a| a.push((id, Instant::now()))),
                                     _ => {
                                         failed.lock().unwrap().push(id);
                                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -544,20 +553,16 @@ fn every_accepted_order_is_applied_exactly_once_while_the_workers_host_is_cut_of
             })
         })
     };
-    let wait_accepted = |n: usize| {
-        let deadline = Instant::now() + settle_within();
-        while accepted.lock().unwrap().len() < n {
-            assert!(Instant::now() < deadline, "{n} orders accepted");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    // The clients run on a runtime of their own, in h1's namespace.
+    let waiting = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait_accepted = |n: usize| waiting.block_on(accepted_count(&accepted, n));
 
     // The workers' host cut off while orders come in: h1 goes on taking
     // them (the api and the database are there); the queue keeps their
     // messages for the workers, which cannot be reached.
     wait_accepted(200);
     network.link(2, false);
-    let cut = accepted.lock().unwrap().len();
+    let cut = accepted.borrow().len();
     wait_accepted(cut + 200);
     let status = h1.status();
     let lag = &tier(&status, "orders")["instances"][0]["detail"]["topics"]["orders"]["subscribers"]["worker"]["lag"];
@@ -567,19 +572,11 @@ fn every_accepted_order_is_applied_exactly_once_while_the_workers_host_is_cut_of
     wait_accepted(cut + 400);
     stop.store(true, Ordering::Relaxed);
     clients.join().unwrap();
-    let (accepted, failed) = (accepted.lock().unwrap().clone(), failed.lock().unwrap().clone());
+    let accepted: Vec<String> = accepted.borrow().iter().map(|(id, _)| id.clone()).collect();
+    let failed = failed.lock().unwrap().clone();
 
-    let deadline = Instant::now() + settle_within();
-    loop {
-        let row = sql("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
-             (SELECT count(*) FROM processed WHERE consumer = 'worker'), (SELECT count(*) FROM audit), \
-             (SELECT count(*) FROM ledger)");
-        let n: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
-        if n[1] == 0 && n[2] == n[0] && n[3] == n[0] && n[4] == n[0] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not settled: orders, outbox, applied, audited, ledger = {n:?}");
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(n) = poll_settled(&sql) {
+        panic!("not settled: orders, outbox, applied, audited, in the ledger = {n:?}");
     }
     let checked = Checked::read(&sql, &accepted, &failed, stock_before);
     println!("{checked} (the workers' host cut off after {cut} accepted)");

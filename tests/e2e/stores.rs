@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use integration_tests::{DEADLINE, Running, TopologyFile, tier};
@@ -58,14 +58,15 @@ fn kill(pid: u32, signal: &str) {
 /// it acknowledged (201), and how many requests it did not.
 struct Writers {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    acked: Arc<Mutex<Vec<u64>>>,
+    /// Each acknowledged id announced to those waiting for a count.
+    acked: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
     tasks: Vec<tokio::task::JoinHandle<u64>>,
 }
 
 impl Writers {
     fn start(web: SocketAddr, tasks: usize) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new(tokio::sync::watch::Sender::new(Vec::new()));
         let http = integration_tests::client();
         let tasks = (0..tasks)
             .map(|t| {
@@ -79,7 +80,7 @@ impl Writers {
                         match integration_tests::request(&http, "POST", web, "/items", Bytes::from(body)).await {
                             Ok((201, body)) => {
                                 let id: serde_json::Value = serde_json::from_str(&body).unwrap();
-                                acked.lock().unwrap().push(id["id"].as_u64().unwrap());
+                                acked.send_modify(|a| a.push(id["id"].as_u64().unwrap()));
                             }
                             _ => refused += 1,
                         }
@@ -91,19 +92,14 @@ impl Writers {
         Self { stop, acked, tasks }
     }
 
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
     /// Waits until `n` more items than now are acknowledged.
     async fn wait_more(&self, n: usize) {
-        let target = self.acked() + n;
-        let wait = async {
-            while self.acked() < target {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(DEADLINE, wait).await.unwrap_or_else(|_| panic!("{n} more acknowledged writes"));
+        let mut rx = self.acked.subscribe();
+        let target = rx.borrow().len() + n;
+        tokio::time::timeout(DEADLINE, rx.wait_for(|a| a.len() >= target))
+            .await
+            .unwrap_or_else(|_| panic!("{n} more acknowledged writes"))
+            .expect("the writers' list");
     }
 
     async fn stop(self) -> (Vec<u64>, u64) {
@@ -112,7 +108,7 @@ impl Writers {
         for task in self.tasks {
             refused += task.await.unwrap();
         }
-        let acked = self.acked.lock().unwrap().clone();
+        let acked = self.acked.borrow().clone();
         (acked, refused)
     }
 }

@@ -79,9 +79,9 @@ pub struct Postgres {
     config: Config,
     #[serde(skip)]
     started: OnceLock<(Arc<Replica>, Arc<Server_>)>,
-    /// The outboxes it relays, each by a task of its own.
+    /// The tasks relaying its outboxes, one each.
     #[serde(skip)]
-    relays: OnceLock<Vec<(Arc<outbox::Outbox>, tokio::task::AbortHandle)>>,
+    relays: OnceLock<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Plugin for Postgres {
@@ -139,8 +139,10 @@ impl Plugin for Postgres {
                 let replica = Replica::start(settings, cx.clone());
                 let started = self.started.get_or_init(|| (replica, server));
                 self.relays.get_or_init(|| {
-                    outbox::Outbox::of(&cx)
-                        .into_iter()
+                    started
+                        .1
+                        .outboxes
+                        .iter()
                         .map(|o| {
                             cx.info(format_args!(
                                 "Relaying outbox table `{}` to topic `{}` (link `{}`).",
@@ -152,7 +154,7 @@ impl Plugin for Postgres {
                                 database: started.1.database.clone(),
                             };
                             let task = tokio::spawn(outbox::relay(o.clone(), target, cx.clone()));
-                            (o, task.abort_handle())
+                            task.abort_handle()
                         })
                         .collect()
                 });
@@ -169,9 +171,9 @@ impl Plugin for Postgres {
             map.insert("database".into(), server.database.clone().into());
             map.insert("data_dir".into(), server.pgdata.display().to_string().into());
             map.insert("run_as".into(), server.run_as.as_ref().map(|(name, ..)| name.clone()).into());
-            if let Some(relays) = self.relays.get().filter(|r| !r.is_empty()) {
+            if !server.outboxes.is_empty() {
                 let outboxes: serde_json::Map<String, serde_json::Value> =
-                    relays.iter().map(|(o, _)| (o.link.clone(), o.status())).collect();
+                    server.outboxes.iter().map(|o| (o.link.clone(), o.status())).collect();
                 map.insert("outbox".into(), outboxes.into());
             }
         }
@@ -190,7 +192,7 @@ impl Postgres {
     /// Rows being published when a relay stops stay in the table, and go
     /// out again (same ids) when a relay starts.
     fn stop_relays(&self) {
-        for (_, task) in self.relays.get().into_iter().flatten() {
+        for task in self.relays.get().into_iter().flatten() {
             task.abort();
         }
     }
@@ -294,9 +296,10 @@ pub struct Server_ {
     /// (name, uid, gid) when the orchestrator is root.
     run_as: Option<(String, u32, u32)>,
     password: OnceLock<String>,
-    /// What the outboxes with `create` make, at every start before the
-    /// tier is ready (each statement only makes what is missing).
-    outbox_ddl: Vec<String>,
+    /// Its queue links' outboxes: those with `create` have their table
+    /// made at every start before the tier is ready (each statement only
+    /// makes what is missing); each is relayed once the tier started.
+    outboxes: Vec<Arc<outbox::Outbox>>,
 }
 
 impl Postgres {
@@ -326,7 +329,7 @@ impl Postgres {
             init: c.init.iter().map(|f| (f.clone(), base.join(f))).collect(),
             run_as,
             password: OnceLock::new(),
-            outbox_ddl: outbox::Outbox::of(cx).iter().filter(|o| o.create).map(|o| o.ddl()).collect(),
+            outboxes: outbox::Outbox::of(cx),
             bin,
         });
         let mut command = vec![
@@ -554,8 +557,8 @@ impl Server_ {
         if !done.exists() {
             self.init_once(port).await?;
         }
-        for ddl in &self.outbox_ddl {
-            wire::query(&self.socket(port), "postgres", &self.database, ddl)
+        for outbox in self.outboxes.iter().filter(|o| o.create) {
+            wire::query(&self.socket(port), "postgres", &self.database, &outbox.ddl())
                 .await
                 .map_err(|e| format!("cannot make the outbox table: {e}"))?;
         }
@@ -686,7 +689,7 @@ mod tests {
             init: vec![("sql/schema.sql".into(), PathBuf::from("/t/sql/schema.sql"))],
             run_as: None,
             password: OnceLock::new(),
-            outbox_ddl: Vec::new(),
+            outboxes: Vec::new(),
         };
         let said = server.located(
             "psql:/t/sql/schema.sql:3: ERROR:  syntax error at or near \"TABLEE\"\nLINE 1: CREATE TABLEE x ();\n",
